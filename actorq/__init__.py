@@ -1,0 +1,58 @@
+"""actorq: a durable job queue for trio, run by one scheduler actor.
+
+Jobs have a type, JSON arguments, a channel and dependencies; workers dequeue
+by types and channels, hold a token while they run, heartbeat, and finish the
+job with a JSON result. See :class:`JobQueue` for the full contract.
+"""
+
+from ._core import QueueState
+from ._errors import (
+    ActiveJobsError,
+    CanceledError,
+    DequeueTimeoutError,
+    FinishedError,
+    HasDependentsError,
+    JobQueueError,
+    NotExistError,
+    NotPendingError,
+    NotRunningError,
+    QueueClosedError,
+    RunningError,
+    WorkerNotExistError,
+)
+from ._json import JSON, converter, structure
+from ._local import LocalQueue, open_queue
+from ._models import DequeuedJob, JobInfo, JobState, JobStatus, WorkerInfo
+from ._protocol import JobQueue
+from ._store import MemoryStore, Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "JSON",
+    "ActiveJobsError",
+    "CanceledError",
+    "DequeueTimeoutError",
+    "DequeuedJob",
+    "FinishedError",
+    "HasDependentsError",
+    "JobInfo",
+    "JobQueue",
+    "JobQueueError",
+    "JobState",
+    "JobStatus",
+    "LocalQueue",
+    "MemoryStore",
+    "NotExistError",
+    "NotPendingError",
+    "NotRunningError",
+    "QueueClosedError",
+    "QueueState",
+    "RunningError",
+    "Store",
+    "WorkerInfo",
+    "WorkerNotExistError",
+    "converter",
+    "open_queue",
+    "structure",
+]

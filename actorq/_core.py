@@ -1,0 +1,795 @@
+"""The queue's state and rules: plain synchronous code, no trio, no I/O.
+
+:class:`QueueState` is the whole queue. Each public method validates, changes
+state and returns what happened; jobs handed to blocked dequeuers along the way
+are collected as :class:`Assignment`\\ s for the caller (the scheduler actor) to
+deliver, and every job or worker that changed is remembered so a store can
+persist exactly that (:meth:`QueueState.take_changes`).
+
+Ready jobs are indexed by ``(type, channel)`` and by ``type`` alone, each a heap
+ordered by enqueue sequence, so a dequeue looks at one heap head per
+``(type, channel)`` pair it asks for, whatever else is pending. Blocked
+dequeuers ("waiters") are indexed the same way, so a job that becomes ready is
+offered to the oldest waiter that can take it, and to no one else.
+
+Both indexes delete lazily: an entry is valid only while the job's
+``ready_key`` (or the waiter's ``active`` flag) still matches, and a heap or
+deque that fills up with dead entries is compacted once dead entries outnumber
+live ones, so every operation is amortised O(log n) in the matching jobs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from uuid import UUID
+
+import attrs
+
+from ._errors import (
+    ActiveJobsError,
+    CanceledError,
+    FinishedError,
+    HasDependentsError,
+    NotExistError,
+    NotPendingError,
+    NotRunningError,
+    RunningError,
+    WorkerNotExistError,
+)
+from ._models import JobInfo, JobState, JobStatus, WorkerInfo
+
+__all__ = ["Assignment", "Changes", "JobRecord", "QueueState", "WorkerRecord"]
+
+_COMPACT_SLACK = 32
+
+
+@attrs.frozen
+class Assignment:
+    """A job handed to a dequeuer. ``args`` is JSON text."""
+
+    id: UUID
+    token: UUID
+    dependencies: tuple[UUID, ...]
+    type: str
+    args: str
+    channel: str
+
+
+@attrs.frozen
+class JobRecord:
+    """The durable form of a job: everything a store keeps, nothing derived."""
+
+    id: UUID
+    seq: int
+    type: str
+    channel: str
+    args: str
+    dependencies: tuple[UUID, ...]
+    queued: datetime
+    started: datetime | None
+    finished: datetime | None
+    canceled: bool
+    result: str | None
+    retries: int
+    token: UUID | None
+    worker_id: UUID | None
+
+
+@attrs.frozen
+class WorkerRecord:
+    """The durable form of a worker."""
+
+    id: UUID
+    channel: str
+    arch: str
+    updated: datetime
+
+
+@attrs.frozen
+class Changes:
+    """What changed since the last :meth:`QueueState.take_changes`."""
+
+    jobs: list[JobRecord]
+    deleted_jobs: list[UUID]
+    workers: list[WorkerRecord]
+    deleted_workers: list[UUID]
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs or self.deleted_jobs or self.workers or self.deleted_workers)
+
+
+@attrs.define(slots=True, eq=False)
+class _Job:
+    id: UUID
+    seq: int
+    type: str
+    channel: str
+    args: str
+    dependencies: tuple[UUID, ...]
+    queued: datetime
+    dependents: list[UUID] = attrs.field(factory=list)
+    started: datetime | None = None
+    finished: datetime | None = None
+    canceled: bool = False
+    result: str | None = None
+    retries: int = 0
+    token: UUID | None = None
+    worker_id: UUID | None = None
+    waiting_on: int = 0
+    heartbeat: float = 0.0
+    ready_key: int = 0  # nonzero while the job sits in the ready index
+
+    @property
+    def pending(self) -> bool:
+        return self.started is None and not self.canceled
+
+    @property
+    def running(self) -> bool:
+        return self.started is not None and self.finished is None and not self.canceled
+
+    def record(self) -> JobRecord:
+        return JobRecord(
+            id=self.id,
+            seq=self.seq,
+            type=self.type,
+            channel=self.channel,
+            args=self.args,
+            dependencies=self.dependencies,
+            queued=self.queued,
+            started=self.started,
+            finished=self.finished,
+            canceled=self.canceled,
+            result=self.result,
+            retries=self.retries,
+            token=self.token,
+            worker_id=self.worker_id,
+        )
+
+
+@attrs.define(slots=True, eq=False)
+class _Worker:
+    id: UUID
+    channel: str
+    arch: str
+    updated: datetime
+    heartbeat: float
+    active_jobs: set[UUID] = attrs.field(factory=set)
+
+    def record(self) -> WorkerRecord:
+        return WorkerRecord(id=self.id, channel=self.channel, arch=self.arch, updated=self.updated)
+
+
+@attrs.define(slots=True, eq=False)
+class _Waiter:
+    id: int
+    types: tuple[str, ...]
+    channels: tuple[str, ...] | None  # None: any channel
+    worker_id: UUID | None
+    active: bool = True
+
+
+class _ReadyHeap:
+    """Ready jobs of one key, oldest first, with lazy deletion."""
+
+    __slots__ = ("entries", "live")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, int, UUID]] = []  # (seq, ready_key, job id)
+        self.live = 0
+
+
+class _WaiterQueue:
+    """Waiters of one key, oldest first, with lazy deletion."""
+
+    __slots__ = ("live", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: deque[_Waiter] = deque()
+        self.live = 0
+
+
+_AnyChannel = None
+_TypeKey = tuple[str, str | None]
+
+
+class QueueState:
+    """The complete state of a job queue, and every rule that changes it.
+
+    ``wall`` returns the current time as an aware UTC datetime, for the
+    timestamps jobs carry; ``monotonic`` returns seconds on a monotonic clock,
+    for heartbeat and worker ages. Neither is called anywhere else, so a test
+    can drive time by hand.
+    """
+
+    def __init__(
+        self,
+        *,
+        wall: Callable[[], datetime],
+        monotonic: Callable[[], float],
+        track_changes: bool = False,
+        new_id: Callable[[], UUID] = uuid.uuid4,
+    ) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._new_id = new_id
+        self._jobs: dict[UUID, _Job] = {}
+        self._tokens: dict[UUID, UUID] = {}  # token -> job id; running or canceled while running
+        self._running: dict[UUID, _Job] = {}  # token -> job, running and not canceled
+        self._workers: dict[UUID, _Worker] = {}
+        self._ready: dict[_TypeKey, _ReadyHeap] = {}
+        self._waiters: dict[_TypeKey, _WaiterQueue] = {}
+        self._waiters_by_id: dict[int, _Waiter] = {}
+        self._next_seq = 1
+        self._next_ready_key = 1
+        self._next_waiter_id = 1
+        self._assignments: list[tuple[int, Assignment | WorkerNotExistError]] = []
+        self._track = track_changes
+        self._changed_jobs: set[UUID] = set()
+        self._deleted_jobs: set[UUID] = set()
+        self._changed_workers: set[UUID] = set()
+        self._deleted_workers: set[UUID] = set()
+
+    # ------------------------------------------------------------------ jobs
+
+    def enqueue(
+        self, job_type: str, args: str, dependencies: Iterable[UUID] = (), channel: str = ""
+    ) -> UUID:
+        """Add a job; ``args`` is JSON text.
+
+        Raises :class:`NotExistError`, and adds nothing, for an unknown dependency.
+        """
+        deps = tuple(dict.fromkeys(dependencies))
+        for dep_id in deps:
+            if dep_id not in self._jobs:
+                raise NotExistError(f"dependency {dep_id} does not exist")
+        job = _Job(
+            id=self._new_id(),
+            seq=self._next_seq,
+            type=job_type,
+            channel=channel,
+            args=args,
+            dependencies=deps,
+            queued=self._wall(),
+        )
+        self._next_seq += 1
+        self._jobs[job.id] = job
+        for dep_id in deps:
+            dep = self._jobs[dep_id]
+            dep.dependents.append(job.id)
+            if dep.finished is None:
+                job.waiting_on += 1
+        self._touch(job)
+        if job.waiting_on == 0:
+            self._make_ready(job)
+        return job.id
+
+    def dequeue(
+        self,
+        job_types: tuple[str, ...],
+        channels: tuple[str, ...] | None,
+        worker_id: UUID | None = None,
+    ) -> Assignment | None:
+        """Hand out the oldest ready job matching, or return ``None``.
+
+        ``channels=None`` matches every channel.
+        """
+        self._check_worker(worker_id)
+        job = self._oldest_ready(job_types, channels)
+        if job is None:
+            return None
+        return self._assign(job, worker_id)
+
+    def add_waiter(
+        self,
+        job_types: tuple[str, ...],
+        channels: tuple[str, ...] | None,
+        worker_id: UUID | None = None,
+    ) -> Assignment | int:
+        """Dequeue now if a job is ready; otherwise park a waiter and return its id.
+
+        A parked waiter receives the next matching job that becomes ready; it
+        shows up in :meth:`take_assignments` under its id.
+        """
+        found = self.dequeue(job_types, channels, worker_id)
+        if found is not None:
+            return found
+        waiter = _Waiter(self._next_waiter_id, job_types, channels, worker_id)
+        self._next_waiter_id += 1
+        self._waiters_by_id[waiter.id] = waiter
+        for key in self._waiter_keys(waiter):
+            queue = self._waiters.get(key)
+            if queue is None:
+                queue = self._waiters[key] = _WaiterQueue()
+            queue.waiters.append(waiter)
+            queue.live += 1
+        return waiter.id
+
+    def remove_waiter(self, waiter_id: int) -> bool:
+        """Withdraw a parked waiter. Returns False if it was already served or withdrawn."""
+        waiter = self._waiters_by_id.pop(waiter_id, None)
+        if waiter is None:
+            return False
+        self._retire_waiter(waiter)
+        return True
+
+    def take_assignments(self) -> list[tuple[int, Assignment | WorkerNotExistError]]:
+        """Jobs handed to parked waiters since the last call, as ``(waiter id, assignment)``.
+
+        A waiter whose worker was deleted while it waited gets a
+        :class:`WorkerNotExistError` instead.
+        """
+        out, self._assignments = self._assignments, []
+        return out
+
+    @property
+    def waiter_count(self) -> int:
+        return len(self._waiters_by_id)
+
+    def dequeue_by_id(self, job_id: UUID, worker_id: UUID | None = None) -> Assignment:
+        job = self._get(job_id)
+        if job.ready_key == 0:
+            raise NotPendingError()
+        self._check_worker(worker_id)
+        return self._assign(job, worker_id)
+
+    def release(self, job_id: UUID, token: UUID) -> bool:
+        """Undo an assignment that never reached its dequeuer.
+
+        The job returns to its place in the ready order, its token is void, and
+        nothing else about it changes. Returns False (and does nothing) if the
+        token no longer names that running job.
+        """
+        job = self._jobs.get(job_id)
+        if job is None or job.token != token or not job.running:
+            return False
+        self._stop_running(job)
+        job.started = None
+        self._touch(job)
+        self._make_ready(job)
+        return True
+
+    def finish_job(self, job_id: UUID, result: str) -> None:
+        job = self._get_running(job_id)
+        self._finish(job, result)
+
+    def requeue_or_finish_job(self, job_id: UUID, max_retries: int, result: str) -> bool:
+        job = self._get_running(job_id)
+        if job.retries >= max_retries:
+            self._finish(job, result)
+            return False
+        self._stop_running(job)
+        job.retries += 1
+        job.started = None
+        job.result = None
+        self._touch(job)
+        self._make_ready(job)
+        return True
+
+    def update_job_result(self, job_id: UUID, result: str) -> None:
+        job = self._get_running(job_id)
+        job.result = result
+        self._touch(job)
+
+    def fail_job(self, job_id: UUID, result: str) -> None:
+        """Finish a job that never started with ``result`` (its dependencies may be unfinished)."""
+        job = self._get(job_id)
+        if job.canceled:
+            raise CanceledError()
+        if job.finished is not None:
+            raise FinishedError()
+        if job.started is not None:
+            raise RunningError()
+        self._unready(job)
+        now = self._wall()
+        job.started = now
+        job.finished = now
+        job.result = result
+        self._touch(job)
+        self._release_dependents(job)
+
+    def cancel_job(self, job_id: UUID) -> None:
+        """Cancel a pending or running job and, transitively, its pending dependents.
+
+        Canceling a canceled job does nothing; a finished one raises
+        :class:`NotRunningError`.
+        """
+        job = self._get(job_id)
+        if job.finished is not None:
+            raise NotRunningError("job has already finished")
+        stack = [job]
+        while stack:
+            job = stack.pop()
+            if job.canceled or job.finished is not None:
+                continue
+            if job.running:
+                self._stop_running(job, keep_token=True)
+            else:
+                self._unready(job)
+            job.canceled = True
+            self._touch(job)
+            stack.extend(self._jobs[d] for d in job.dependents)
+
+    def delete_job(self, job_id: UUID) -> None:
+        """Delete a job and, recursively, each dependency nothing else needs.
+
+        A running job cannot be deleted (:class:`RunningError`), nor one that
+        other jobs depend on (:class:`HasDependentsError`). Dependencies that
+        are running are kept.
+        """
+        job = self._get(job_id)
+        if job.running:
+            raise RunningError()
+        if job.dependents:
+            raise HasDependentsError()
+        stack = [job]
+        while stack:
+            job = stack.pop()
+            self._unready(job)
+            if job.token is not None:
+                self._tokens.pop(job.token, None)
+            del self._jobs[job.id]
+            if self._track:
+                self._changed_jobs.discard(job.id)
+                self._deleted_jobs.add(job.id)
+            for dep_id in job.dependencies:
+                dep = self._jobs.get(dep_id)
+                if dep is None:
+                    continue
+                dep.dependents.remove(job.id)
+                if not dep.dependents and not dep.running:
+                    stack.append(dep)
+
+    def job_status(self, job_id: UUID) -> JobStatus:
+        job = self._get(job_id)
+        return JobStatus(
+            type=job.type,
+            channel=job.channel,
+            result=job.result,
+            queued=job.queued,
+            started=job.started,
+            finished=job.finished,
+            canceled=job.canceled,
+            dependencies=list(job.dependencies),
+            dependents=list(job.dependents),
+            retries=job.retries,
+        )
+
+    def job(self, job_id: UUID) -> JobInfo:
+        job = self._get(job_id)
+        return JobInfo(
+            type=job.type, args=job.args, dependencies=list(job.dependencies), channel=job.channel
+        )
+
+    def job_state(self, job_id: UUID) -> JobState:
+        job = self._get(job_id)
+        if job.canceled:
+            return JobState.CANCELED
+        if job.finished is not None:
+            return JobState.FINISHED
+        if job.started is not None:
+            return JobState.RUNNING
+        return JobState.PENDING
+
+    def id_from_token(self, token: UUID) -> UUID:
+        job_id = self._tokens.get(token)
+        if job_id is None:
+            raise NotExistError("token does not name a running job")
+        if self._jobs[job_id].canceled:
+            raise CanceledError()
+        return job_id
+
+    def refresh_heartbeat(self, token: UUID) -> None:
+        job_id = self.id_from_token(token)
+        self._jobs[job_id].heartbeat = self._monotonic()
+
+    def heartbeats(self, older_than: float) -> list[UUID]:
+        """Tokens of running jobs whose last heartbeat is at least ``older_than`` seconds old."""
+        now = self._monotonic()
+        return [tok for tok, job in self._running.items() if now - job.heartbeat >= older_than]
+
+    def all_root_job_ids(self) -> list[UUID]:
+        """Jobs no other job depends on, in enqueue order."""
+        return [job.id for job in self._jobs.values() if not job.dependents]
+
+    def job_ids(self) -> Iterator[UUID]:
+        return iter(self._jobs)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    # ---------------------------------------------------------------- workers
+
+    def insert_worker(self, channel: str, arch: str) -> UUID:
+        worker = _Worker(self._new_id(), channel, arch, self._wall(), self._monotonic())
+        self._workers[worker.id] = worker
+        self._touch_worker(worker)
+        return worker.id
+
+    def update_worker_status(self, worker_id: UUID) -> None:
+        worker = self._get_worker(worker_id)
+        worker.updated = self._wall()
+        worker.heartbeat = self._monotonic()
+        self._touch_worker(worker)
+
+    def workers(self, older_than: float = 0.0) -> list[WorkerInfo]:
+        """Workers whose last status update is at least ``older_than`` seconds old."""
+        now = self._monotonic()
+        return [
+            WorkerInfo(id=w.id, channel=w.channel, arch=w.arch, updated=w.updated)
+            for w in self._workers.values()
+            if now - w.heartbeat >= older_than
+        ]
+
+    def delete_worker(self, worker_id: UUID) -> None:
+        worker = self._get_worker(worker_id)
+        if worker.active_jobs:
+            raise ActiveJobsError()
+        del self._workers[worker_id]
+        if self._track:
+            self._changed_workers.discard(worker_id)
+            self._deleted_workers.add(worker_id)
+
+    # ------------------------------------------------------------ durability
+
+    def take_changes(self) -> Changes:
+        """Records of every job and worker changed or deleted since the last call."""
+        changes = Changes(
+            jobs=[self._jobs[i].record() for i in self._changed_jobs],
+            deleted_jobs=list(self._deleted_jobs),
+            workers=[self._workers[i].record() for i in self._changed_workers],
+            deleted_workers=list(self._deleted_workers),
+        )
+        self._changed_jobs = set()
+        self._deleted_jobs = set()
+        self._changed_workers = set()
+        self._deleted_workers = set()
+        return changes
+
+    def records(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
+        """Every job (in enqueue order) and worker, as a store would keep them."""
+        return (
+            [job.record() for job in self._jobs.values()],
+            [worker.record() for worker in self._workers.values()],
+        )
+
+    @classmethod
+    def restore(
+        cls,
+        jobs: Iterable[JobRecord],
+        workers: Iterable[WorkerRecord],
+        *,
+        wall: Callable[[], datetime],
+        monotonic: Callable[[], float],
+        track_changes: bool = False,
+        new_id: Callable[[], UUID] = uuid.uuid4,
+    ) -> QueueState:
+        """Rebuild a queue from records, which must come in enqueue order.
+
+        Heartbeat and worker clocks restart now: a worker that is gone will be
+        noticed by whoever watches :meth:`heartbeats`. Raises
+        :class:`ValueError` if the records are inconsistent.
+        """
+        state = cls(wall=wall, monotonic=monotonic, track_changes=track_changes, new_id=new_id)
+        now = monotonic()
+        for w in workers:
+            state._workers[w.id] = _Worker(w.id, w.channel, w.arch, w.updated, now)
+        last_seq = 0
+        for rec in jobs:
+            if rec.seq <= last_seq:
+                raise ValueError(f"job {rec.id}: records are not in enqueue order")
+            last_seq = rec.seq
+            job = _Job(
+                id=rec.id,
+                seq=rec.seq,
+                type=rec.type,
+                channel=rec.channel,
+                args=rec.args,
+                dependencies=tuple(rec.dependencies),
+                queued=rec.queued,
+                started=rec.started,
+                finished=rec.finished,
+                canceled=rec.canceled,
+                result=rec.result,
+                retries=rec.retries,
+                token=rec.token,
+                worker_id=rec.worker_id,
+                heartbeat=now,
+            )
+            if job.id in state._jobs:
+                raise ValueError(f"job {job.id} appears twice")
+            for dep_id in job.dependencies:
+                dep = state._jobs.get(dep_id)
+                if dep is None:
+                    raise ValueError(f"job {job.id} depends on missing job {dep_id}")
+                dep.dependents.append(job.id)
+                if dep.finished is None:
+                    job.waiting_on += 1
+            state._jobs[job.id] = job
+            if job.running:
+                if job.token is None:
+                    raise ValueError(f"running job {job.id} has no token")
+                state._tokens[job.token] = job.id
+                state._running[job.token] = job
+                if job.worker_id is not None:
+                    worker = state._workers.get(job.worker_id)
+                    if worker is None:
+                        job.worker_id = None
+                    else:
+                        worker.active_jobs.add(job.id)
+            elif job.canceled and job.token is not None and job.finished is None:
+                state._tokens[job.token] = job.id
+            elif job.pending and job.waiting_on == 0:
+                state._make_ready(job)
+        state._next_seq = last_seq + 1
+        return state
+
+    # -------------------------------------------------------------- internals
+
+    def _touch(self, job: _Job) -> None:
+        if self._track:
+            self._changed_jobs.add(job.id)
+
+    def _touch_worker(self, worker: _Worker) -> None:
+        if self._track:
+            self._changed_workers.add(worker.id)
+
+    def _get(self, job_id: UUID) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotExistError(f"job {job_id} does not exist")
+        return job
+
+    def _get_running(self, job_id: UUID) -> _Job:
+        job = self._get(job_id)
+        if job.canceled:
+            raise CanceledError()
+        if not job.running:
+            raise NotRunningError()
+        return job
+
+    def _get_worker(self, worker_id: UUID) -> _Worker:
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            raise WorkerNotExistError(f"worker {worker_id} does not exist")
+        return worker
+
+    def _check_worker(self, worker_id: UUID | None) -> None:
+        if worker_id is not None:
+            self._get_worker(worker_id)
+
+    def _finish(self, job: _Job, result: str) -> None:
+        self._stop_running(job)
+        job.finished = self._wall()
+        job.result = result
+        self._touch(job)
+        self._release_dependents(job)
+
+    def _release_dependents(self, job: _Job) -> None:
+        for dep_id in job.dependents:
+            dependent = self._jobs[dep_id]
+            dependent.waiting_on -= 1
+            if dependent.waiting_on == 0 and dependent.pending:
+                self._make_ready(dependent)
+
+    def _stop_running(self, job: _Job, *, keep_token: bool = False) -> None:
+        token = job.token
+        if token is not None:
+            self._running.pop(token, None)
+            if not keep_token:
+                self._tokens.pop(token, None)
+                job.token = None
+        if job.worker_id is not None:
+            worker = self._workers.get(job.worker_id)
+            if worker is not None:
+                worker.active_jobs.discard(job.id)
+            job.worker_id = None
+
+    def _assign(self, job: _Job, worker_id: UUID | None) -> Assignment:
+        self._unready(job)
+        token = self._new_id()
+        job.token = token
+        job.started = self._wall()
+        job.heartbeat = self._monotonic()
+        job.worker_id = worker_id
+        self._tokens[token] = job.id
+        self._running[token] = job
+        if worker_id is not None:
+            self._workers[worker_id].active_jobs.add(job.id)
+        self._touch(job)
+        return Assignment(job.id, token, job.dependencies, job.type, job.args, job.channel)
+
+    def _make_ready(self, job: _Job) -> None:
+        while (waiter := self._oldest_waiter(job)) is not None:
+            self._waiters_by_id.pop(waiter.id, None)
+            self._retire_waiter(waiter)
+            if waiter.worker_id is None or waiter.worker_id in self._workers:
+                self._assignments.append((waiter.id, self._assign(job, waiter.worker_id)))
+                return
+            # its worker was deleted while it waited: it can never take a job
+            self._assignments.append((waiter.id, WorkerNotExistError()))
+        key = self._next_ready_key
+        self._next_ready_key += 1
+        job.ready_key = key
+        entry = (job.seq, key, job.id)
+        for heap_key in ((job.type, job.channel), (job.type, _AnyChannel)):
+            heap = self._ready.get(heap_key)
+            if heap is None:
+                heap = self._ready[heap_key] = _ReadyHeap()
+            heapq.heappush(heap.entries, entry)
+            heap.live += 1
+
+    def _unready(self, job: _Job) -> None:
+        if job.ready_key == 0:
+            return
+        job.ready_key = 0
+        for heap_key in ((job.type, job.channel), (job.type, _AnyChannel)):
+            heap = self._ready[heap_key]
+            heap.live -= 1
+            if heap.live == 0:
+                del self._ready[heap_key]
+            elif len(heap.entries) > 2 * heap.live + _COMPACT_SLACK:
+                heap.entries = [e for e in heap.entries if self._live_entry(e)]
+                heapq.heapify(heap.entries)
+
+    def _live_entry(self, entry: tuple[int, int, UUID]) -> bool:
+        job = self._jobs.get(entry[2])
+        return job is not None and job.ready_key == entry[1]
+
+    def _head(self, heap: _ReadyHeap) -> tuple[int, int, UUID] | None:
+        entries = heap.entries
+        while entries:
+            if self._live_entry(entries[0]):
+                return entries[0]
+            heapq.heappop(entries)
+        return None
+
+    def _oldest_ready(
+        self, job_types: tuple[str, ...], channels: tuple[str, ...] | None
+    ) -> _Job | None:
+        best: tuple[int, int, UUID] | None = None
+        ready = self._ready
+        for job_type in job_types:
+            for channel in (_AnyChannel,) if channels is None else channels:
+                heap = ready.get((job_type, channel))
+                if heap is None:
+                    continue
+                head = self._head(heap)
+                if head is not None and (best is None or head < best):
+                    best = head
+        return None if best is None else self._jobs[best[2]]
+
+    @staticmethod
+    def _waiter_keys(waiter: _Waiter) -> Iterator[_TypeKey]:
+        for job_type in waiter.types:
+            if waiter.channels is None:
+                yield (job_type, _AnyChannel)
+            else:
+                for channel in waiter.channels:
+                    yield (job_type, channel)
+
+    def _retire_waiter(self, waiter: _Waiter) -> None:
+        waiter.active = False
+        for key in self._waiter_keys(waiter):
+            queue = self._waiters[key]
+            queue.live -= 1
+            if queue.live == 0:
+                del self._waiters[key]
+            elif len(queue.waiters) > 2 * queue.live + _COMPACT_SLACK:
+                queue.waiters = deque(w for w in queue.waiters if w.active)
+
+    def _oldest_waiter(self, job: _Job) -> _Waiter | None:
+        best: _Waiter | None = None
+        for key in ((job.type, job.channel), (job.type, _AnyChannel)):
+            queue = self._waiters.get(key)
+            if queue is None:
+                continue
+            waiters = queue.waiters
+            while waiters and not waiters[0].active:
+                waiters.popleft()
+            if waiters and (best is None or waiters[0].id < best.id):
+                best = waiters[0]
+        return best

@@ -1,0 +1,360 @@
+"""The in-process queue: a handle that talks to a scheduler actor in the same trio run."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import outcome
+import trio
+
+from . import _validate as v
+from ._core import Assignment, QueueState
+from ._errors import DequeueTimeoutError, QueueClosedError
+from ._json import loads, to_json_text
+from ._models import DequeuedJob, JobInfo, JobStatus, WorkerInfo
+from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
+from ._store import Store
+
+__all__ = ["LocalQueue", "open_queue", "utc_now"]
+
+T = TypeVar("T")
+
+
+def utc_now() -> datetime:
+    """The default wall clock: the current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def to_dequeued_job(got: Assignment) -> DequeuedJob:
+    return DequeuedJob(
+        id=got.id,
+        token=got.token,
+        dependencies=list(got.dependencies),
+        type=got.type,
+        args=loads(got.args),
+        channel=got.channel,
+    )
+
+
+def decode_status(status: JobStatus) -> JobStatus:
+    # The core keeps results as JSON text; callers get JSON values.
+    result = None if status.result is None else loads(status.result)
+    return JobStatus(
+        type=status.type,
+        channel=status.channel,
+        result=result,
+        queued=status.queued,
+        started=status.started,
+        finished=status.finished,
+        canceled=status.canceled,
+        dependencies=status.dependencies,
+        dependents=status.dependents,
+        retries=status.retries,
+    )
+
+
+def decode_info(info: JobInfo) -> JobInfo:
+    return JobInfo(
+        type=info.type, args=loads(info.args), dependencies=info.dependencies, channel=info.channel
+    )
+
+
+class LocalQueue:
+    """A :class:`actorq.JobQueue` served by a scheduler actor in this trio run.
+
+    Make one with :func:`open_queue`. Any number of tasks may use it at once;
+    each call is one message to the actor and one reply.
+    """
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._scheduler
+
+    # ------------------------------------------------------------ plumbing
+
+    async def call(self, fn: Callable[[QueueState], T]) -> T:
+        """Run ``fn`` on the queue state inside the actor and return its result.
+
+        For extensions; ``fn`` must be synchronous and quick. Whatever it
+        changes is committed before this returns.
+        """
+        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        self._scheduler.post_nowait(Call(fn, send))
+        result: T = await self._await_reply(receive)
+        return result
+
+    async def _await_reply(self, receive: trio.MemoryReceiveChannel[outcome.Outcome[Any]]) -> Any:
+        try:
+            got = await receive.receive()
+        except trio.EndOfChannel:
+            raise QueueClosedError() from None
+        except BaseException:
+            self._abandon(receive, None)
+            raise
+        return got.unwrap()
+
+    def _abandon(
+        self, receive: trio.MemoryReceiveChannel[outcome.Outcome[Any]], parked: Reply | None
+    ) -> Assignment | None:
+        # Runs synchronously when a requester stops waiting: a reply may have
+        # landed in the buffer after the wait ended (trio issue 719). A job in
+        # it must go back, and a wait still parked must be withdrawn, through
+        # calls that cannot block.
+        try:
+            got = receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            got = None
+        receive.close()
+        try:
+            if got is None:
+                if parked is not None:
+                    self._scheduler.post_nowait(Withdraw(parked))
+            elif isinstance(got, outcome.Value) and isinstance(got.value, Assignment):
+                return got.value
+        except QueueClosedError:
+            pass
+        return None
+
+    def _give_back(self, got: Assignment | None) -> None:
+        if got is not None:
+            with contextlib.suppress(QueueClosedError):
+                self._scheduler.post_nowait(Release(got))
+
+    async def _take(self, fn: Callable[[QueueState], Assignment | None]) -> Assignment | None:
+        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        self._scheduler.post_nowait(Call(fn, send))
+        try:
+            got = await receive.receive()
+        except trio.EndOfChannel:
+            raise QueueClosedError() from None
+        except BaseException:
+            self._give_back(self._abandon(receive, None))
+            raise
+        result: Assignment | None = got.unwrap()
+        return result
+
+    async def _wait_for_job(
+        self,
+        job_types: tuple[str, ...],
+        channels: tuple[str, ...] | None,
+        timeout: float | None,
+        worker_id: UUID | None,
+    ) -> DequeuedJob:
+        if timeout == 0:
+            # move_on_after(0) would cancel even a ready reply (trio issue 1626)
+            got = await self._take(lambda s: s.dequeue(job_types, channels, worker_id))
+            if got is None:
+                raise DequeueTimeoutError()
+            return to_dequeued_job(got)
+        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        self._scheduler.post_nowait(Park(job_types, channels, worker_id, send))
+        reply: outcome.Outcome[Any] | None = None
+        try:
+            with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                reply = await receive.receive()
+        except trio.EndOfChannel:
+            raise QueueClosedError() from None
+        except BaseException:
+            self._give_back(self._abandon(receive, send))
+            raise
+        if reply is None:
+            # Timed out. A job that raced in is ours to keep: nothing cancelled us.
+            late = self._abandon(receive, send)
+            if late is None:
+                raise DequeueTimeoutError()
+            return to_dequeued_job(late)
+        return to_dequeued_job(reply.unwrap())
+
+    # ------------------------------------------------------------ the API
+
+    async def enqueue(
+        self,
+        job_type: str,
+        args: Any = None,
+        dependencies: Iterable[UUID] = (),
+        channel: str = "",
+    ) -> UUID:
+        job_type = v.check_job_type(job_type)
+        deps = v.check_uuids(dependencies, "dependencies")
+        channel = v.check_channel(channel)
+        text = to_json_text(args, "args")
+        return await self.call(lambda s: s.enqueue(job_type, text, deps, channel))
+
+    async def enqueue_many(self, jobs: Iterable[tuple[str, Any]], channel: str = "") -> list[UUID]:
+        """Enqueue several jobs without dependencies in one request (one commit)."""
+        channel = v.check_channel(channel)
+        prepared = [(v.check_job_type(t), to_json_text(a, "args")) for t, a in jobs]
+        return await self.call(lambda s: [s.enqueue(t, a, (), channel) for t, a in prepared])
+
+    async def dequeue(
+        self,
+        job_types: Sequence[str],
+        channels: Sequence[str] = ("",),
+        *,
+        timeout: float | None = None,
+        worker_id: UUID | None = None,
+    ) -> DequeuedJob:
+        return await self._wait_for_job(
+            v.check_job_types(job_types),
+            v.check_channels(channels),
+            v.check_timeout(timeout),
+            v.check_optional_uuid(worker_id, "worker_id"),
+        )
+
+    async def dequeue_any_channel(
+        self,
+        job_types: Sequence[str],
+        *,
+        timeout: float | None = None,
+        worker_id: UUID | None = None,
+    ) -> DequeuedJob:
+        return await self._wait_for_job(
+            v.check_job_types(job_types),
+            None,
+            v.check_timeout(timeout),
+            v.check_optional_uuid(worker_id, "worker_id"),
+        )
+
+    async def dequeue_by_id(self, job_id: UUID, *, worker_id: UUID | None = None) -> DequeuedJob:
+        job_id = v.check_uuid(job_id, "job_id")
+        worker = v.check_optional_uuid(worker_id, "worker_id")
+        got = await self._take(lambda s: s.dequeue_by_id(job_id, worker))
+        assert got is not None
+        return to_dequeued_job(got)
+
+    async def finish_job(self, job_id: UUID, result: Any = None) -> None:
+        job_id = v.check_uuid(job_id, "job_id")
+        text = to_json_text(result, "result")
+        await self.call(lambda s: s.finish_job(job_id, text))
+
+    async def requeue_or_finish_job(
+        self, job_id: UUID, max_retries: int, result: Any = None
+    ) -> bool:
+        job_id = v.check_uuid(job_id, "job_id")
+        retries = v.check_max_retries(max_retries)
+        text = to_json_text(result, "result")
+        return await self.call(lambda s: s.requeue_or_finish_job(job_id, retries, text))
+
+    async def update_job_result(self, job_id: UUID, result: Any) -> None:
+        job_id = v.check_uuid(job_id, "job_id")
+        text = to_json_text(result, "result")
+        await self.call(lambda s: s.update_job_result(job_id, text))
+
+    async def fail_job(self, job_id: UUID, result: Any) -> None:
+        job_id = v.check_uuid(job_id, "job_id")
+        text = to_json_text(result, "result")
+        await self.call(lambda s: s.fail_job(job_id, text))
+
+    async def cancel_job(self, job_id: UUID) -> None:
+        job_id = v.check_uuid(job_id, "job_id")
+        await self.call(lambda s: s.cancel_job(job_id))
+
+    async def job_status(self, job_id: UUID) -> JobStatus:
+        job_id = v.check_uuid(job_id, "job_id")
+        return decode_status(await self.call(lambda s: s.job_status(job_id)))
+
+    async def job(self, job_id: UUID) -> JobInfo:
+        job_id = v.check_uuid(job_id, "job_id")
+        return decode_info(await self.call(lambda s: s.job(job_id)))
+
+    async def id_from_token(self, token: UUID) -> UUID:
+        token = v.check_uuid(token, "token")
+        return await self.call(lambda s: s.id_from_token(token))
+
+    async def heartbeats(self, older_than: float) -> list[UUID]:
+        seconds = v.check_seconds(older_than, "older_than")
+        return await self.call(lambda s: s.heartbeats(seconds))
+
+    async def refresh_heartbeat(self, token: UUID) -> None:
+        token = v.check_uuid(token, "token")
+        await self.call(lambda s: s.refresh_heartbeat(token))
+
+    async def all_root_job_ids(self) -> list[UUID]:
+        return await self.call(QueueState.all_root_job_ids)
+
+    async def delete_job(self, job_id: UUID) -> None:
+        job_id = v.check_uuid(job_id, "job_id")
+        await self.call(lambda s: s.delete_job(job_id))
+
+    async def insert_worker(self, channel: str, arch: str) -> UUID:
+        channel = v.check_channel(channel)
+        arch = v.check_str(arch, "arch")
+        return await self.call(lambda s: s.insert_worker(channel, arch))
+
+    async def update_worker_status(self, worker_id: UUID) -> None:
+        worker_id = v.check_uuid(worker_id, "worker_id")
+        await self.call(lambda s: s.update_worker_status(worker_id))
+
+    async def workers(self, older_than: float = 0.0) -> list[WorkerInfo]:
+        seconds = v.check_seconds(older_than, "older_than")
+        return await self.call(functools.partial(QueueState.workers, older_than=seconds))
+
+    async def delete_worker(self, worker_id: UUID) -> None:
+        worker_id = v.check_uuid(worker_id, "worker_id")
+        await self.call(lambda s: s.delete_worker(worker_id))
+
+
+def _resolve_store(store: str | Store | None) -> Store | None:
+    if store is None:
+        return None
+    if isinstance(store, str):
+        if store in ("memory://", "memory:"):
+            return None
+        raise ValueError(f"unsupported store URL {store!r}; use memory://")
+    if isinstance(store, Store):
+        return store
+    raise TypeError(f"store must be a URL or a Store, not {type(store).__name__}")
+
+
+@asynccontextmanager
+async def open_queue(
+    store: str | Store | None = None,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    max_batch: int = 1024,
+) -> AsyncIterator[LocalQueue]:
+    """Start a queue's scheduler actor for the duration of the ``async with`` block.
+
+    ``store`` is ``None`` or ``"memory://"`` for a queue that lives in memory
+    only, or a :class:`Store`: the queue is rebuilt from what the store holds
+    and every acknowledged change is committed to it. ``clock`` returns the
+    current time as an aware datetime, for job timestamps (default: wall
+    time in UTC); ages (heartbeats, workers) always use trio's clock, so
+    :class:`trio.testing.MockClock` drives them.
+
+    On exit the actor stops; blocked dequeuers and later calls raise
+    :class:`QueueClosedError`.
+    """
+    wall = clock or utc_now
+    sample = wall()
+    if not isinstance(sample, datetime) or sample.tzinfo is None:
+        raise ValueError("clock must return timezone-aware datetimes")
+    resolved = _resolve_store(store)
+    if resolved is None:
+        state = QueueState(wall=wall, monotonic=trio.current_time)
+    else:
+        jobs, workers = await resolved.load()
+        state = QueueState.restore(
+            jobs, workers, wall=wall, monotonic=trio.current_time, track_changes=True
+        )
+    scheduler = Scheduler(state, resolved, max_batch=max_batch)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            try:
+                yield LocalQueue(scheduler)
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        if resolved is not None:
+            with trio.CancelScope(shield=True):
+                await resolved.close()

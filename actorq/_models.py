@@ -1,0 +1,77 @@
+"""The values the queue hands back: frozen attrs classes, safe to share."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+
+class JobState(enum.Enum):
+    """Where a job is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELED = "canceled"
+
+
+@attrs.frozen
+class DequeuedJob:
+    """A job handed to a worker. ``token`` authorises the worker's later calls for it."""
+
+    id: UUID
+    token: UUID
+    dependencies: list[UUID]
+    type: str
+    args: Any
+    channel: str
+
+
+@attrs.frozen
+class JobStatus:
+    """What the queue knows about a job. Times are timezone-aware UTC; unset ones are ``None``."""
+
+    type: str
+    channel: str
+    result: Any
+    queued: datetime
+    started: datetime | None
+    finished: datetime | None
+    canceled: bool
+    dependencies: list[UUID]
+    dependents: list[UUID]
+    retries: int
+
+    @property
+    def state(self) -> JobState:
+        if self.canceled:
+            return JobState.CANCELED
+        if self.finished is not None:
+            return JobState.FINISHED
+        if self.started is not None:
+            return JobState.RUNNING
+        return JobState.PENDING
+
+
+@attrs.frozen
+class JobInfo:
+    """Everything given to ``enqueue`` for a job."""
+
+    type: str
+    args: Any
+    dependencies: list[UUID]
+    channel: str
+
+
+@attrs.frozen
+class WorkerInfo:
+    """A registered worker and when it last reported."""
+
+    id: UUID
+    channel: str
+    arch: str
+    updated: datetime

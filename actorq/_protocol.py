@@ -1,0 +1,116 @@
+"""The ``JobQueue`` protocol: what every actorq queue offers, local or remote."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+from uuid import UUID
+
+from ._models import DequeuedJob, JobInfo, JobStatus, WorkerInfo
+
+__all__ = ["JobQueue"]
+
+
+@runtime_checkable
+class JobQueue(Protocol):
+    """A job queue with dependencies, channels, tokens and heartbeats.
+
+    Every method is async. Queue errors are subclasses of
+    :class:`actorq.JobQueueError`; bad arguments raise :class:`TypeError` or
+    :class:`ValueError` before anything changes. Arguments and results are
+    JSON values (or attrs classes / dataclasses, unstructured through
+    :data:`actorq.converter`); anything else raises :class:`TypeError`.
+    """
+
+    async def enqueue(
+        self,
+        job_type: str,
+        args: Any = None,
+        dependencies: Iterable[UUID] = (),
+        channel: str = "",
+    ) -> UUID:
+        """Add a job. It is handed out once every dependency has finished.
+
+        Raises :class:`NotExistError` (and enqueues nothing) if a dependency
+        does not exist.
+        """
+        ...
+
+    async def dequeue(
+        self,
+        job_types: Sequence[str],
+        channels: Sequence[str] = ("",),
+        *,
+        timeout: float | None = None,
+        worker_id: UUID | None = None,
+    ) -> DequeuedJob:
+        """Take the oldest ready job whose type and channel match, waiting for one.
+
+        ``timeout`` seconds without a matching job raise
+        :class:`DequeueTimeoutError`; ``timeout=0`` only looks at what is ready
+        now. If the caller is cancelled, :class:`trio.Cancelled` propagates and
+        any job that was already assigned to it goes back to its place, its
+        token void.
+        """
+        ...
+
+    async def dequeue_any_channel(
+        self,
+        job_types: Sequence[str],
+        *,
+        timeout: float | None = None,
+        worker_id: UUID | None = None,
+    ) -> DequeuedJob:
+        """Like :meth:`dequeue`, matching jobs of every channel."""
+        ...
+
+    async def dequeue_by_id(self, job_id: UUID, *, worker_id: UUID | None = None) -> DequeuedJob:
+        """Take one particular job now. :class:`NotPendingError` unless it is ready."""
+        ...
+
+    async def finish_job(self, job_id: UUID, result: Any = None) -> None:
+        """Finish a running job with ``result``."""
+        ...
+
+    async def requeue_or_finish_job(
+        self, job_id: UUID, max_retries: int, result: Any = None
+    ) -> bool:
+        """Put a running job back (True) unless it has been retried ``max_retries`` times,
+        in which case finish it with ``result`` (False)."""
+        ...
+
+    async def update_job_result(self, job_id: UUID, result: Any) -> None:
+        """Store a result for a running job without finishing it."""
+        ...
+
+    async def fail_job(self, job_id: UUID, result: Any) -> None:
+        """Finish a job that never started, with ``result``."""
+        ...
+
+    async def cancel_job(self, job_id: UUID) -> None:
+        """Cancel a pending or running job, and its pending dependents."""
+        ...
+
+    async def job_status(self, job_id: UUID) -> JobStatus: ...
+
+    async def job(self, job_id: UUID) -> JobInfo: ...
+
+    async def id_from_token(self, token: UUID) -> UUID: ...
+
+    async def heartbeats(self, older_than: float) -> list[UUID]:
+        """Tokens of running jobs whose last heartbeat is at least ``older_than`` seconds old."""
+        ...
+
+    async def refresh_heartbeat(self, token: UUID) -> None: ...
+
+    async def all_root_job_ids(self) -> list[UUID]: ...
+
+    async def delete_job(self, job_id: UUID) -> None: ...
+
+    async def insert_worker(self, channel: str, arch: str) -> UUID: ...
+
+    async def update_worker_status(self, worker_id: UUID) -> None: ...
+
+    async def workers(self, older_than: float = 0.0) -> list[WorkerInfo]: ...
+
+    async def delete_worker(self, worker_id: UUID) -> None: ...

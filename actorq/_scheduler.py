@@ -1,0 +1,220 @@
+"""The scheduler actor: the one task that owns a queue's state.
+
+Every request reaches it as a message on an unbounded memory channel (its
+mailbox) and is answered on a one-shot reply channel that the requester made
+for it. The actor takes every message waiting in the mailbox as one batch,
+applies them all to the :class:`~actorq._core.QueueState`, commits what
+changed to the store in one transaction, and only then sends the replies:
+group commit, so a store's fsync is paid once per batch and never per request.
+
+The mailbox is unbounded on purpose: a requester that is being cancelled must
+be able to hand back a job or withdraw its wait without blocking
+(:meth:`Scheduler.post_nowait`), and every requester has at most one request
+in flight, so the mailbox never holds more messages than there are tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import attrs
+import outcome
+import trio
+
+from ._core import Assignment, QueueState
+from ._errors import JobQueueError, QueueClosedError
+from ._store import Store
+
+__all__ = ["Call", "Park", "Release", "Reply", "Scheduler", "Withdraw"]
+
+log = logging.getLogger("actorq.scheduler")
+
+Reply: TypeAlias = trio.MemorySendChannel[outcome.Outcome[Any]]
+
+
+@attrs.frozen(eq=False)
+class Call:
+    """Run ``fn`` on the state; reply with its return value or its queue error."""
+
+    fn: Callable[[QueueState], object]
+    reply: Reply
+
+
+@attrs.frozen(eq=False)
+class Park:
+    """Dequeue, waiting for a matching job if none is ready. ``channels=None`` means any."""
+
+    job_types: tuple[str, ...]
+    channels: tuple[str, ...] | None
+    worker_id: Any
+    reply: Reply
+
+
+@attrs.frozen(eq=False)
+class Withdraw:
+    """Stop waiting on behalf of the :class:`Park` that carried ``reply``."""
+
+    reply: Reply
+
+
+@attrs.frozen(eq=False)
+class Release:
+    """Put back a job whose assignment never reached its requester."""
+
+    assignment: Assignment
+
+
+Message: TypeAlias = Call | Park | Withdraw | Release
+
+
+class Scheduler:
+    """Owns a :class:`QueueState` and serves requests for it, one batch at a time."""
+
+    def __init__(
+        self, state: QueueState, store: Store | None = None, *, max_batch: int = 1024
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.max_batch = max_batch
+        self._send, self._receive = trio.open_memory_channel[Message](math.inf)
+        self._parked: dict[Reply, int] = {}  # reply channel -> waiter id
+        self._parked_by_waiter: dict[int, Reply] = {}
+        self._closed = False
+        self.batches = 0
+        self.messages = 0
+        self.commits = 0
+        #: Called after every commit with (seconds, number of requests); for metrics.
+        self.on_commit: Callable[[float, int], None] | None = None
+
+    # ------------------------------------------------------------ requesters
+
+    def post_nowait(self, message: Message) -> None:
+        """Hand a message to the actor without blocking; raise QueueClosedError once it stopped."""
+        try:
+            self._send.send_nowait(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise QueueClosedError() from None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ actor
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled. Parked and queued requesters are told the queue closed."""
+        task_status.started()
+        try:
+            while True:
+                batch = [await self._receive.receive()]
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                self.batches += 1
+                self.messages += len(batch)
+                replies: list[tuple[Reply, outcome.Outcome[Any]]] = []
+                for message in batch:
+                    self._apply(message, replies)
+                await self._settle(replies, len(batch))
+        finally:
+            self._shut_down()
+
+    def _apply(self, message: Message, replies: list[tuple[Reply, outcome.Outcome[Any]]]) -> None:
+        state = self.state
+        if type(message) is Call:
+            try:
+                replies.append((message.reply, outcome.Value(message.fn(state))))
+            except JobQueueError as exc:
+                replies.append((message.reply, outcome.Error(exc)))
+            except Exception as exc:  # a bug; the state checks before it changes anything
+                log.exception("request failed inside the scheduler")
+                replies.append((message.reply, outcome.Error(exc)))
+        elif type(message) is Park:
+            try:
+                got = state.add_waiter(message.job_types, message.channels, message.worker_id)
+            except JobQueueError as exc:
+                replies.append((message.reply, outcome.Error(exc)))
+                return
+            if isinstance(got, Assignment):
+                replies.append((message.reply, outcome.Value(got)))
+            else:
+                self._parked[message.reply] = got
+                self._parked_by_waiter[got] = message.reply
+        elif type(message) is Withdraw:
+            waiter_id = self._parked.pop(message.reply, None)
+            if waiter_id is not None:
+                del self._parked_by_waiter[waiter_id]
+                state.remove_waiter(waiter_id)
+        elif type(message) is Release:
+            state.release(message.assignment.id, message.assignment.token)
+
+    async def _settle(self, replies: list[tuple[Reply, outcome.Outcome[Any]]], count: int) -> None:
+        # Commit, then reply. A reply that cannot be delivered because its
+        # requester went away gives its job back, which is itself a change to
+        # commit and may hand the job to another waiter: loop until quiet.
+        while True:
+            for waiter_id, got in self.state.take_assignments():
+                reply = self._parked_by_waiter.pop(waiter_id)
+                del self._parked[reply]
+                replies.append(
+                    (
+                        reply,
+                        outcome.Value(got) if isinstance(got, Assignment) else outcome.Error(got),
+                    )
+                )
+            if self.store is not None:
+                changes = self.state.take_changes()
+                if changes:
+                    start = trio.current_time()
+                    try:
+                        await self.store.commit(changes)
+                    except BaseException as exc:
+                        self._fail_all(replies, exc)
+                        raise
+                    self.commits += 1
+                    if self.on_commit is not None:
+                        self.on_commit(trio.current_time() - start, count)
+            if not replies:
+                return
+            for reply, value in replies:
+                self._deliver(reply, value)
+            replies = []
+
+    def _deliver(self, reply: Reply, value: outcome.Outcome[Any]) -> None:
+        try:
+            reply.send_nowait(value)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            if isinstance(value, outcome.Value) and isinstance(value.value, Assignment):
+                log.debug("requester of job %s went away; putting it back", value.value.id)
+                self.state.release(value.value.id, value.value.token)
+        else:
+            reply.close()
+
+    def _fail_all(
+        self, replies: list[tuple[Reply, outcome.Outcome[Any]]], exc: BaseException
+    ) -> None:
+        error = QueueClosedError(f"the store failed to commit: {exc!r}")
+        for reply, _ in replies:
+            self._deliver(reply, outcome.Error(error))
+
+    def _shut_down(self) -> None:
+        self._closed = True
+        closed = outcome.Error(QueueClosedError())
+        for reply in self._parked:
+            self._deliver(reply, closed)
+        self._parked.clear()
+        self._parked_by_waiter.clear()
+        self._send.close()
+        while True:
+            try:
+                message = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if isinstance(message, Call | Park):
+                self._deliver(message.reply, closed)
+        self._receive.close()

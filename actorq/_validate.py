@@ -1,0 +1,101 @@
+"""Argument checks shared by every front end.
+
+They run in the caller's task, before a request reaches the scheduler, so a bad
+argument raises at once and changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from uuid import UUID
+
+
+def check_uuid(value: object, name: str) -> UUID:
+    if not isinstance(value, UUID):
+        raise TypeError(f"{name} must be a uuid.UUID, not {type(value).__name__}")
+    return value
+
+
+def check_optional_uuid(value: object, name: str) -> UUID | None:
+    return None if value is None else check_uuid(value, name)
+
+
+def check_uuids(values: object, name: str) -> tuple[UUID, ...]:
+    if isinstance(values, str | bytes | UUID) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be an iterable of uuid.UUID")
+    out: list[UUID] = []
+    seen: set[UUID] = set()
+    for value in values:
+        check_uuid(value, f"each of {name}")
+        if value not in seen:
+            seen.add(value)
+            out.append(value)
+    return tuple(out)
+
+
+def check_job_type(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"job_type must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError("job_type must not be empty")
+    return value
+
+
+def check_channel(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"channel must be a str, not {type(value).__name__}")
+    return value
+
+
+def check_strings(values: object, name: str, *, allow_empty_items: bool) -> tuple[str, ...]:
+    if isinstance(values, str | bytes):
+        raise TypeError(f"{name} must be a sequence of str, not a bare string ({values!r})")
+    if not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a sequence of str, not {type(values).__name__}")
+    out: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            raise TypeError(f"each of {name} must be a str, not {type(value).__name__}")
+        if not value and not allow_empty_items:
+            raise ValueError(f"{name} must not contain an empty string")
+        if value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+def check_job_types(values: object) -> tuple[str, ...]:
+    return check_strings(values, "job_types", allow_empty_items=False)
+
+
+def check_channels(values: object) -> tuple[str, ...]:
+    if values is None:  # upstream accepts a nil slice: it matches nothing
+        return ()
+    return check_strings(values, "channels", allow_empty_items=True)
+
+
+def check_seconds(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be >= 0, not {value!r}")
+    return seconds
+
+
+def check_timeout(value: object) -> float | None:
+    return None if value is None else check_seconds(value, "timeout")
+
+
+def check_max_retries(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_retries must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"max_retries must be >= 0, not {value}")
+    return value
+
+
+def check_str(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    return value
