@@ -18,6 +18,7 @@ from ._errors import (
     NotRunningError,
     QueueClosedError,
     RunningError,
+    StoreError,
     WorkerNotExistError,
 )
 from ._json import JSON, converter, structure
@@ -50,6 +51,7 @@ __all__ = [
     "QueueState",
     "RunningError",
     "Store",
+    "StoreError",
     "WorkerInfo",
     "WorkerNotExistError",
     "converter",

@@ -102,6 +102,13 @@ class QueueClosedError(JobQueueError):
     default_message = "queue is closed"
 
 
+class StoreError(JobQueueError):
+    """The store cannot be opened or written: corrupt, unreadable, or from a newer actorq."""
+
+    code = "store_error"
+    default_message = "store error"
+
+
 ERRORS_BY_CODE: dict[str, type[JobQueueError]] = {
     cls.code: cls
     for cls in (
@@ -117,5 +124,6 @@ ERRORS_BY_CODE: dict[str, type[JobQueueError]] = {
         WorkerNotExistError,
         ActiveJobsError,
         QueueClosedError,
+        StoreError,
     )
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from ._models import DequeuedJob, JobInfo, JobStatus, WorkerInfo
 from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
 from ._store import Store
 
-__all__ = ["LocalQueue", "open_queue", "utc_now"]
+__all__ = ["LocalQueue", "open_queue", "resolve_store", "utc_now"]
 
 T = TypeVar("T")
 
@@ -176,6 +177,18 @@ class LocalQueue:
 
     # ------------------------------------------------------------ the API
 
+    def release(self, job: DequeuedJob) -> None:
+        """Give back a job whose hand-over failed (for front ends such as the server).
+
+        Synchronous and non-blocking, so it is safe in ``finally`` blocks and
+        under cancellation. The job returns to its place in the ready order and
+        its token is void; if the job has moved on since (finished, canceled,
+        requeued), nothing happens.
+        """
+        self._give_back(
+            Assignment(job.id, job.token, tuple(job.dependencies), job.type, "null", job.channel)
+        )
+
     async def enqueue(
         self,
         job_type: str,
@@ -303,13 +316,27 @@ class LocalQueue:
         await self.call(lambda s: s.delete_worker(worker_id))
 
 
-def _resolve_store(store: str | Store | None) -> Store | None:
+def resolve_store(store: str | Store | None) -> Store | None:
+    """Turn a store URL into a :class:`Store` (``None`` for a memory-only queue).
+
+    ``memory://`` keeps nothing; ``sqlite:///path/to/file.db`` and
+    ``postgresql://...`` name durable stores.
+    """
     if store is None:
         return None
     if isinstance(store, str):
-        if store in ("memory://", "memory:"):
+        scheme = store.partition(":")[0].lower()
+        if scheme == "memory":
             return None
-        raise ValueError(f"unsupported store URL {store!r}; use memory://")
+        modules = {"sqlite": "_sqlite", "postgresql": "_postgres", "postgres": "_postgres"}
+        if scheme in modules:
+            # imported on demand: a memory-only queue never loads a database driver
+            module = importlib.import_module(f"actorq.{modules[scheme]}")
+            resolved: Store = module.store_from_url(store)
+            return resolved
+        raise ValueError(
+            f"unsupported store URL {store!r}; use memory://, sqlite:///PATH or postgresql://..."
+        )
     if isinstance(store, Store):
         return store
     raise TypeError(f"store must be a URL or a Store, not {type(store).__name__}")
@@ -338,7 +365,7 @@ async def open_queue(
     sample = wall()
     if not isinstance(sample, datetime) or sample.tzinfo is None:
         raise ValueError("clock must return timezone-aware datetimes")
-    resolved = _resolve_store(store)
+    resolved = resolve_store(store)
     if resolved is None:
         state = QueueState(wall=wall, monotonic=trio.current_time)
     else:

@@ -12,6 +12,9 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
+from _kinds_postgres import KINDS as POSTGRES_KINDS
+from _kinds_remote import KINDS as REMOTE_KINDS
+from _kinds_sqlite import KINDS as SQLITE_KINDS
 
 import actorq
 
@@ -29,6 +32,9 @@ def _memory_store() -> AbstractAsyncContextManager[actorq.JobQueue]:
 QUEUE_KINDS: dict[str, QueueFactory] = {
     "memory": _memory,
     "memory-store": _memory_store,
+    **SQLITE_KINDS,
+    **REMOTE_KINDS,
+    **POSTGRES_KINDS,
 }
 
 

@@ -36,7 +36,9 @@ from actorq import (
 Q = Any  # an actorq.JobQueue
 
 
-async def push(q: Q, job_type: str, args: Any = None, deps: Any = (), channel: str = "") -> uuid.UUID:
+async def push(
+    q: Q, job_type: str, args: Any = None, deps: Any = (), channel: str = ""
+) -> uuid.UUID:
     job_id = await q.enqueue(job_type, args, deps, channel)
     assert isinstance(job_id, uuid.UUID)
     return job_id
@@ -237,7 +239,7 @@ async def test_null_args(queue: Q) -> None:
 async def test_escaped_null_bytes(queue: Q) -> None:
     await push(queue, "octopus")
     job = await queue.dequeue(["octopus"], [""])
-    result = {"logs": {'blegh\u0000': "\u0000"}}
+    result = {"logs": {"blegh\u0000": "\u0000"}}
     assert await queue.requeue_or_finish_job(job.id, 0, result) is False
     assert (await queue.job_status(job.id)).result == result
 
@@ -668,7 +670,9 @@ async def test_one_double_channel_dequeuer(queue: Q) -> None:
     assert got == [one, two]
 
 
-async def test_dequeue_nonexistent_channel(queue: Q, autojump_clock: trio.testing.MockClock) -> None:
+async def test_dequeue_nonexistent_channel(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
     await push(queue, "octopus", None, (), "toucan")
     with pytest.raises(DequeueTimeoutError):
         await queue.dequeue(["octopus"], [""], timeout=0.1)
@@ -679,7 +683,9 @@ async def test_dequeue_nonexistent_channel(queue: Q, autojump_clock: trio.testin
     await queue.dequeue(["octopus"], [""])
 
 
-async def test_dequeue_nil_and_empty_channels(queue: Q, autojump_clock: trio.testing.MockClock) -> None:
+async def test_dequeue_nil_and_empty_channels(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
     await push(queue, "octopus")
     await push(queue, "octopus", None, (), "toucan")
     with pytest.raises(DequeueTimeoutError):
