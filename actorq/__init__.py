@@ -23,7 +23,15 @@ from ._errors import (
 )
 from ._json import JSON, converter, structure
 from ._local import LocalQueue, open_queue
-from ._models import DequeuedJob, JobInfo, JobState, JobStatus, WorkerInfo
+from ._models import (
+    DequeuedJob,
+    JobInfo,
+    JobState,
+    JobStatus,
+    JobSummary,
+    QueueStats,
+    WorkerInfo,
+)
 from ._protocol import JobQueue
 from ._store import MemoryStore, Store
 
@@ -42,6 +50,7 @@ __all__ = [
     "JobQueueError",
     "JobState",
     "JobStatus",
+    "JobSummary",
     "LocalQueue",
     "MemoryStore",
     "NotExistError",
@@ -49,6 +58,7 @@ __all__ = [
     "NotRunningError",
     "QueueClosedError",
     "QueueState",
+    "QueueStats",
     "RunningError",
     "Store",
     "StoreError",

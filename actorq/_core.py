@@ -40,7 +40,7 @@ from ._errors import (
     RunningError,
     WorkerNotExistError,
 )
-from ._models import JobInfo, JobState, JobStatus, WorkerInfo
+from ._models import JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 
 __all__ = ["Assignment", "Changes", "JobRecord", "QueueState", "WorkerRecord"]
 
@@ -190,6 +190,16 @@ class _WaiterQueue:
     def __init__(self) -> None:
         self.waiters: deque[_Waiter] = deque()
         self.live = 0
+
+
+def _state_of(job: _Job) -> JobState:
+    if job.canceled:
+        return JobState.CANCELED
+    if job.finished is not None:
+        return JobState.FINISHED
+    if job.started is not None:
+        return JobState.RUNNING
+    return JobState.PENDING
 
 
 _AnyChannel = None
@@ -465,14 +475,7 @@ class QueueState:
         )
 
     def job_state(self, job_id: UUID) -> JobState:
-        job = self._get(job_id)
-        if job.canceled:
-            return JobState.CANCELED
-        if job.finished is not None:
-            return JobState.FINISHED
-        if job.started is not None:
-            return JobState.RUNNING
-        return JobState.PENDING
+        return _state_of(self._get(job_id))
 
     def id_from_token(self, token: UUID) -> UUID:
         job_id = self._tokens.get(token)
@@ -494,6 +497,64 @@ class QueueState:
     def all_root_job_ids(self) -> list[UUID]:
         """Jobs no other job depends on, in enqueue order."""
         return [job.id for job in self._jobs.values() if not job.dependents]
+
+    def list_jobs(
+        self,
+        state: JobState | None = None,
+        job_type: str | None = None,
+        channel: str | None = None,
+        limit: int | None = None,
+    ) -> list[JobSummary]:
+        """Jobs in enqueue order, filtered by state, type and channel, at most ``limit``."""
+        out: list[JobSummary] = []
+        for job in self._jobs.values():
+            if job_type is not None and job.type != job_type:
+                continue
+            if channel is not None and job.channel != channel:
+                continue
+            job_state = _state_of(job)
+            if state is not None and job_state is not state:
+                continue
+            out.append(
+                JobSummary(
+                    id=job.id,
+                    type=job.type,
+                    channel=job.channel,
+                    state=job_state,
+                    queued=job.queued,
+                    started=job.started,
+                    finished=job.finished,
+                    retries=job.retries,
+                    dependencies=list(job.dependencies),
+                )
+            )
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def stats(self) -> QueueStats:
+        ready: dict[tuple[str, str], int] = {}
+        counts = dict.fromkeys(JobState, 0)
+        blocked = 0
+        for job in self._jobs.values():
+            job_state = _state_of(job)
+            counts[job_state] += 1
+            if job.ready_key:
+                key = (job.type, job.channel)
+                ready[key] = ready.get(key, 0) + 1
+            elif job_state is JobState.PENDING:
+                blocked += 1
+        return QueueStats(
+            jobs=len(self._jobs),
+            pending=counts[JobState.PENDING],
+            ready=[(t, c, n) for (t, c), n in ready.items()],
+            blocked=blocked,
+            running=counts[JobState.RUNNING],
+            finished=counts[JobState.FINISHED],
+            canceled=counts[JobState.CANCELED],
+            waiting_dequeuers=len(self._waiters_by_id),
+            workers=len(self._workers),
+        )
 
     def job_ids(self) -> Iterator[UUID]:
         return iter(self._jobs)

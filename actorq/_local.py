@@ -18,7 +18,7 @@ from . import _validate as v
 from ._core import Assignment, QueueState
 from ._errors import DequeueTimeoutError, QueueClosedError
 from ._json import loads, to_json_text
-from ._models import DequeuedJob, JobInfo, JobStatus, WorkerInfo
+from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
 from ._store import Store
 
@@ -314,6 +314,22 @@ class LocalQueue:
     async def delete_worker(self, worker_id: UUID) -> None:
         worker_id = v.check_uuid(worker_id, "worker_id")
         await self.call(lambda s: s.delete_worker(worker_id))
+
+    async def list_jobs(
+        self,
+        state: JobState | None = None,
+        job_type: str | None = None,
+        channel: str | None = None,
+        limit: int | None = None,
+    ) -> list[JobSummary]:
+        wanted = v.check_state(state)
+        job_type = None if job_type is None else v.check_str(job_type, "job_type")
+        channel = None if channel is None else v.check_channel(channel)
+        limit = v.check_limit(limit)
+        return await self.call(lambda s: s.list_jobs(wanted, job_type, channel, limit))
+
+    async def stats(self) -> QueueStats:
+        return await self.call(QueueState.stats)
 
 
 def resolve_store(store: str | Store | None) -> Store | None:

@@ -75,3 +75,38 @@ class WorkerInfo:
     channel: str
     arch: str
     updated: datetime
+
+
+@attrs.frozen
+class JobSummary:
+    """One line of a job listing."""
+
+    id: UUID
+    type: str
+    channel: str
+    state: JobState
+    queued: datetime
+    started: datetime | None
+    finished: datetime | None
+    retries: int
+    dependencies: list[UUID]
+
+
+@attrs.frozen
+class QueueStats:
+    """A snapshot of the queue's size, for dashboards and ``actorq watch``.
+
+    ``ready`` counts pending jobs whose dependencies have all finished, per
+    ``"type"`` and ``"channel"`` (as ``[type, channel, count]`` rows, oldest
+    type first); ``blocked`` counts pending jobs still waiting on dependencies.
+    """
+
+    jobs: int
+    pending: int
+    ready: list[tuple[str, str, int]]
+    blocked: int
+    running: int
+    finished: int
+    canceled: int
+    waiting_dequeuers: int
+    workers: int

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
-from ._models import DequeuedJob, JobInfo, JobStatus, WorkerInfo
+from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 
 __all__ = ["JobQueue"]
 
@@ -114,3 +114,17 @@ class JobQueue(Protocol):
     async def workers(self, older_than: float = 0.0) -> list[WorkerInfo]: ...
 
     async def delete_worker(self, worker_id: UUID) -> None: ...
+
+    async def list_jobs(
+        self,
+        state: JobState | None = None,
+        job_type: str | None = None,
+        channel: str | None = None,
+        limit: int | None = None,
+    ) -> list[JobSummary]:
+        """Jobs in enqueue order, filtered by state, type and channel; at most ``limit``."""
+        ...
+
+    async def stats(self) -> QueueStats:
+        """Counts of jobs by state, ready jobs per type and channel, dequeuers, workers."""
+        ...

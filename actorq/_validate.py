@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable
 from uuid import UUID
 
+from ._models import JobState
+
 
 def check_uuid(value: object, name: str) -> UUID:
     if not isinstance(value, UUID):
@@ -99,3 +101,25 @@ def check_str(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     return value
+
+
+def check_limit(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"limit must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"limit must be >= 0, not {value}")
+    return value
+
+
+def check_state(value: object) -> JobState | None:
+    if value is None or isinstance(value, JobState):
+        return value
+    if isinstance(value, str):
+        try:
+            return JobState(value)
+        except ValueError:
+            names = ", ".join(s.value for s in JobState)
+            raise ValueError(f"state must be one of {names}, not {value!r}") from None
+    raise TypeError(f"state must be a JobState or str, not {type(value).__name__}")

@@ -984,3 +984,49 @@ async def test_delete_canceled_running_job_forgets_its_token(queue: Q) -> None:
     await queue.delete_job(job.id)
     with pytest.raises(NotExistError):
         await queue.id_from_token(job.token)
+
+
+# ---------------------------------------------------------- listing, stats
+
+
+async def test_list_jobs(queue: Q) -> None:
+    a = await push(queue, "a", None, (), "x")
+    b = await push(queue, "b", None, (), "y")
+    c = await push(queue, "a", None, [a], "y")
+    d = await push(queue, "a")
+    await queue.dequeue(["b"], ["y"], timeout=0)
+    await queue.cancel_job(d)
+    everything = await queue.list_jobs()
+    assert [j.id for j in everything] == [a, b, c, d]
+    assert [j.state for j in everything] == [
+        actorq.JobState.PENDING,
+        actorq.JobState.RUNNING,
+        actorq.JobState.PENDING,
+        actorq.JobState.CANCELED,
+    ]
+    assert everything[2].dependencies == [a]
+    assert [j.id for j in await queue.list_jobs(state=actorq.JobState.PENDING)] == [a, c]
+    assert [j.id for j in await queue.list_jobs(state="running")] == [b]
+    assert [j.id for j in await queue.list_jobs(job_type="a", channel="y")] == [c]
+    assert [j.id for j in await queue.list_jobs(limit=2)] == [a, b]
+    with pytest.raises(ValueError):
+        await queue.list_jobs(state="sleeping")
+
+
+async def test_stats(queue: Q) -> None:
+    a = await push(queue, "a", None, (), "x")
+    await push(queue, "a", None, (), "x")
+    await push(queue, "b", None, [a], "")
+    await push(queue, "c")
+    w = await queue.insert_worker("", "x86_64")
+    job = await queue.dequeue(["c"], timeout=0, worker_id=w)
+    stats = await queue.stats()
+    assert stats.jobs == 4
+    assert stats.pending == 3
+    assert sorted(stats.ready) == [("a", "x", 2)]
+    assert stats.blocked == 1
+    assert stats.running == 1
+    assert stats.workers == 1
+    await queue.finish_job(job.id, {})
+    stats = await queue.stats()
+    assert (stats.running, stats.finished) == (0, 1)
