@@ -120,6 +120,9 @@ class Scheduler:
                 replies: list[tuple[Reply, outcome.Outcome[Any]]] = []
                 for message in batch:
                     self._apply(message, replies)
+                    # before the next message: a Withdraw must not find a waiter that
+                    # this message already served
+                    self._collect_assignments(replies)
                 await self._settle(replies, len(batch))
         finally:
             self._shut_down()
@@ -158,15 +161,7 @@ class Scheduler:
         # requester went away gives its job back, which is itself a change to
         # commit and may hand the job to another waiter: loop until quiet.
         while True:
-            for waiter_id, got in self.state.take_assignments():
-                reply = self._parked_by_waiter.pop(waiter_id)
-                del self._parked[reply]
-                replies.append(
-                    (
-                        reply,
-                        outcome.Value(got) if isinstance(got, Assignment) else outcome.Error(got),
-                    )
-                )
+            self._collect_assignments(replies)
             if self.store is not None:
                 changes = self.state.take_changes()
                 if changes:
@@ -184,6 +179,13 @@ class Scheduler:
             for reply, value in replies:
                 self._deliver(reply, value)
             replies = []
+
+    def _collect_assignments(self, replies: list[tuple[Reply, outcome.Outcome[Any]]]) -> None:
+        for waiter_id, got in self.state.take_assignments():
+            reply = self._parked_by_waiter.pop(waiter_id)
+            del self._parked[reply]
+            value = outcome.Value(got) if isinstance(got, Assignment) else outcome.Error(got)
+            replies.append((reply, value))
 
     def _deliver(self, reply: Reply, value: outcome.Outcome[Any]) -> None:
         try:

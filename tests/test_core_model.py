@@ -1,0 +1,390 @@
+"""Property tests of the pure queue state against a small reference model.
+
+The model is deliberately naive (scan everything, every time); the core's
+indexes, lazy deletion and compaction must agree with it on every result,
+every error and every hand-out to a parked dequeuer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from actorq import CanceledError as Canceled
+from actorq import FinishedError as Finished
+from actorq import HasDependentsError as HasDependents
+from actorq import JobQueueError
+from actorq import NotExistError as NotExist
+from actorq import NotPendingError as NotPending
+from actorq import NotRunningError as NotRunning
+from actorq import RunningError as Running
+from actorq._core import Assignment, QueueState
+
+TYPES = ("a", "b", "c")
+CHANNELS = ("", "x", "y")
+
+
+@attrs.define
+class MJob:
+    id: uuid.UUID
+    seq: int
+    type: str
+    channel: str
+    deps: tuple[uuid.UUID, ...]
+    state: str = "pending"  # pending | running | finished | canceled
+    token: uuid.UUID | None = None
+    retries: int = 0
+    result: str | None = None
+    dependents: list[uuid.UUID] = attrs.field(factory=list)
+
+
+@attrs.define
+class MWaiter:
+    id: int
+    types: tuple[str, ...]
+    channels: tuple[str, ...] | None
+
+
+class Model:
+    def __init__(self) -> None:
+        self.jobs: dict[uuid.UUID, MJob] = {}
+        self.waiters: list[MWaiter] = []
+        self.seq = itertools.count(1)
+        self.handed: list[tuple[int, uuid.UUID]] = []
+
+    def is_ready(self, job: MJob) -> bool:
+        return job.state == "pending" and all(self.jobs[d].state == "finished" for d in job.deps)
+
+    @staticmethod
+    def matches(job: MJob, types: tuple[str, ...], channels: tuple[str, ...] | None) -> bool:
+        return job.type in types and (channels is None or job.channel in channels)
+
+    def oldest_ready(self, types: tuple[str, ...], channels: tuple[str, ...] | None) -> MJob | None:
+        ready = [
+            j for j in self.jobs.values() if self.is_ready(j) and self.matches(j, types, channels)
+        ]
+        return min(ready, key=lambda j: j.seq, default=None)
+
+    def wake(self) -> None:
+        for job in sorted(self.jobs.values(), key=lambda j: j.seq):
+            if not self.is_ready(job):
+                continue
+            for waiter in self.waiters:
+                if self.matches(job, waiter.types, waiter.channels):
+                    self.waiters.remove(waiter)
+                    job.state = "running"
+                    self.handed.append((waiter.id, job.id))
+                    break
+
+
+def fixed_wall() -> datetime:
+    return datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class QueueMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.core = QueueState(wall=fixed_wall, monotonic=lambda: self.now, track_changes=True)
+        self.model = Model()
+        self.tokens: dict[uuid.UUID, uuid.UUID] = {}  # job id -> token, as the core handed out
+        self.parked: set[int] = set()
+
+    # -------------------------------------------------------------- helpers
+
+    def both(self, core_call: Any, model_call: Any) -> Any:
+        """Run the same operation on both; they must agree on success or error class."""
+        try:
+            got = core_call()
+        except JobQueueError as exc:
+            expected = model_call()
+            assert isinstance(expected, type) and isinstance(exc, expected), (exc, expected)
+            return None
+        expected = model_call()
+        assert not isinstance(expected, type), (got, expected)
+        if expected is not None:
+            assert got == expected
+        return got
+
+    def pick(self, data: st.DataObject) -> uuid.UUID:
+        ids = list(self.model.jobs)
+        if not ids or data.draw(st.integers(0, 9)) == 0:
+            return uuid.uuid4()
+        return data.draw(st.sampled_from(ids))
+
+    def record_assignment(self, got: Assignment) -> None:
+        self.tokens[got.id] = got.token
+        job = self.model.jobs[got.id]
+        job.token = got.token
+
+    def absorb_handouts(self) -> None:
+        core_handed = self.core.take_assignments()
+        got = []
+        for waiter_id, assignment in core_handed:
+            assert isinstance(assignment, Assignment)
+            got.append((waiter_id, assignment.id))
+            self.record_assignment(assignment)
+            self.parked.discard(waiter_id)
+        assert got == self.model.handed
+        self.model.handed = []
+
+    # ---------------------------------------------------------------- rules
+
+    @rule(data=st.data(), job_type=st.sampled_from(TYPES), channel=st.sampled_from(CHANNELS))
+    def enqueue(self, data: st.DataObject, job_type: str, channel: str) -> None:
+        deps = data.draw(
+            st.lists(st.sampled_from(list(self.model.jobs) or [uuid.uuid4()]), max_size=3)
+        )
+        known = all(d in self.model.jobs for d in deps)
+        try:
+            job_id = self.core.enqueue(job_type, "null", deps, channel)
+        except JobQueueError:
+            assert not known
+            return
+        assert known
+        deps_t = tuple(dict.fromkeys(deps))
+        self.model.jobs[job_id] = MJob(job_id, next(self.model.seq), job_type, channel, deps_t)
+        for d in deps_t:
+            self.model.jobs[d].dependents.append(job_id)
+        self.model.wake()
+        self.absorb_handouts()
+
+    @rule(
+        types=st.lists(st.sampled_from(TYPES), min_size=1, max_size=3, unique=True),
+        channels=st.one_of(st.none(), st.lists(st.sampled_from(CHANNELS), max_size=3, unique=True)),
+        park=st.booleans(),
+    )
+    def dequeue(self, types: list[str], channels: list[str] | None, park: bool) -> None:
+        t, c = tuple(types), None if channels is None else tuple(channels)
+        expected = self.model.oldest_ready(t, c)
+        if park:
+            got: Assignment | int | None = self.core.add_waiter(t, c)
+        else:
+            got = self.core.dequeue(t, c)
+        if expected is None:
+            if park:
+                assert isinstance(got, int)
+                self.model.waiters.append(MWaiter(got, t, c))
+                self.parked.add(got)
+            else:
+                assert got is None
+            return
+        assert isinstance(got, Assignment) and got.id == expected.id
+        expected.state = "running"
+        self.record_assignment(got)
+
+    @precondition(lambda self: self.parked)
+    @rule(data=st.data())
+    def withdraw(self, data: st.DataObject) -> None:
+        waiter_id = data.draw(st.sampled_from(sorted(self.parked)))
+        assert self.core.remove_waiter(waiter_id)
+        self.parked.discard(waiter_id)
+        self.model.waiters = [w for w in self.model.waiters if w.id != waiter_id]
+
+    @rule(data=st.data())
+    def dequeue_by_id(self, data: st.DataObject) -> None:
+        job_id = self.pick(data)
+
+        def model() -> Any:
+            job = self.model.jobs.get(job_id)
+            if job is None:
+                return NotExist
+            if not self.model.is_ready(job):
+                return NotPending
+            job.state = "running"
+            return None
+
+        got = self.both(lambda: self.core.dequeue_by_id(job_id), model)
+        if got is not None:
+            self.record_assignment(got)
+
+    def _running_op(self, job_id: uuid.UUID) -> Any:
+        job = self.model.jobs.get(job_id)
+        if job is None:
+            return NotExist
+        if job.state == "canceled":
+            return Canceled
+        if job.state != "running":
+            return NotRunning
+        return job
+
+    def _finish_model(self, job: MJob) -> None:
+        job.state = "finished"
+        job.token = None
+        self.model.wake()
+
+    @rule(data=st.data())
+    def finish(self, data: st.DataObject) -> None:
+        job_id = self.pick(data)
+
+        def model() -> Any:
+            job = self._running_op(job_id)
+            if isinstance(job, type):
+                return job
+            self._finish_model(job)
+            return None
+
+        self.both(lambda: self.core.finish_job(job_id, '"done"'), model)
+        self.absorb_handouts()
+
+    @rule(data=st.data(), max_retries=st.integers(0, 2))
+    def requeue(self, data: st.DataObject, max_retries: int) -> None:
+        job_id = self.pick(data)
+
+        def model() -> Any:
+            job = self._running_op(job_id)
+            if isinstance(job, type):
+                return job
+            if job.retries >= max_retries:
+                self._finish_model(job)
+                return False
+            job.retries += 1
+            job.state = "pending"
+            job.token = None
+            self.model.wake()
+            return True
+
+        self.both(lambda: self.core.requeue_or_finish_job(job_id, max_retries, "1"), model)
+        self.absorb_handouts()
+
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        if not self.tokens:
+            return
+        job_id = data.draw(st.sampled_from(sorted(self.tokens)))
+        token = self.tokens[job_id]
+        job = self.model.jobs.get(job_id)
+        expected = job is not None and job.state == "running" and job.token == token
+        assert self.core.release(job_id, token) == expected
+        if expected:
+            assert job is not None
+            job.state = "pending"
+            job.token = None
+            self.model.wake()
+        self.absorb_handouts()
+
+    @rule(data=st.data())
+    def fail(self, data: st.DataObject) -> None:
+        job_id = self.pick(data)
+
+        def model() -> Any:
+            job = self.model.jobs.get(job_id)
+            if job is None:
+                return NotExist
+            if job.state == "canceled":
+                return Canceled
+            if job.state == "finished":
+                return Finished
+            if job.state == "running":
+                return Running
+            self._finish_model(job)
+            return None
+
+        self.both(lambda: self.core.fail_job(job_id, "{}"), model)
+        self.absorb_handouts()
+
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        job_id = self.pick(data)
+
+        def model() -> Any:
+            job = self.model.jobs.get(job_id)
+            if job is None:
+                return NotExist
+            if job.state == "finished":
+                return NotRunning
+            stack = [job]
+            while stack:
+                j = stack.pop()
+                if j.state in ("canceled", "finished"):
+                    continue
+                j.state = "canceled"
+                stack.extend(self.model.jobs[d] for d in j.dependents)
+            return None
+
+        self.both(lambda: self.core.cancel_job(job_id), model)
+
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        job_id = self.pick(data)
+
+        def model() -> Any:
+            job = self.model.jobs.get(job_id)
+            if job is None:
+                return NotExist
+            if job.state == "running":
+                return Running
+            if job.dependents:
+                return HasDependents
+            stack = [job]
+            while stack:
+                j = stack.pop()
+                del self.model.jobs[j.id]
+                self.tokens.pop(j.id, None)
+                for d in j.deps:
+                    dep = self.model.jobs.get(d)
+                    if dep is None:
+                        continue
+                    dep.dependents.remove(j.id)
+                    if not dep.dependents and dep.state != "running":
+                        stack.append(dep)
+            return None
+
+        self.both(lambda: self.core.delete_job(job_id), model)
+
+    @rule(seconds=st.floats(0, 100))
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+    # ----------------------------------------------------------- invariants
+
+    @invariant()
+    def states_agree(self) -> None:
+        for job_id, job in self.model.jobs.items():
+            assert self.core.job_state(job_id).value == job.state
+            assert self.core.job_status(job_id).retries == job.retries
+        assert sorted(self.core.job_ids()) == sorted(self.model.jobs)
+        running = {j.token for j in self.model.jobs.values() if j.state == "running"}
+        assert set(self.core.heartbeats(0)) == running
+        assert self.core.waiter_count == len(self.model.waiters)
+
+    @invariant()
+    def restore_is_exact(self) -> None:
+        jobs, workers = self.core.records()
+        copy = QueueState.restore(jobs, workers, wall=fixed_wall, monotonic=lambda: self.now)
+        assert copy.records() == (jobs, workers)
+        for types in (TYPES,):
+            assert [j.id for j in copy.list_jobs()] == [j.id for j in self.core.list_jobs()]
+            ready_core = self.model.oldest_ready(types, None)
+            ready_copy = copy.dequeue(types, None)
+            assert (ready_copy.id if ready_copy else None) == (
+                ready_core.id if ready_core else None
+            )
+
+    @invariant()
+    def changes_cover_everything(self) -> None:
+        # replaying every change onto a store keeps it equal to the state
+        changes = self.core.take_changes()
+        store = self.store
+        for job_id in changes.deleted_jobs:
+            store.pop(job_id, None)
+        for record in changes.jobs:
+            store[record.id] = record
+        assert sorted(store.values(), key=lambda r: r.seq) == self.core.records()[0]
+
+    @property
+    def store(self) -> dict[uuid.UUID, Any]:
+        if not hasattr(self, "_store"):
+            self._store: dict[uuid.UUID, Any] = {}
+        return self._store
+
+
+QueueMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestQueueModel = QueueMachine.TestCase
