@@ -5,6 +5,8 @@ by types and channels, hold a token while they run, heartbeat, and finish the
 job with a JSON result. See :class:`JobQueue` for the full contract.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._core import QueueState
 from ._errors import (
     ActiveJobsError,
@@ -35,6 +37,9 @@ from ._models import (
 from ._protocol import JobQueue
 from ._store import MemoryStore, Store
 
+if TYPE_CHECKING:
+    from ._postgres import PostgresStore
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -56,6 +61,7 @@ __all__ = [
     "NotExistError",
     "NotPendingError",
     "NotRunningError",
+    "PostgresStore",
     "QueueClosedError",
     "QueueState",
     "QueueStats",
@@ -68,3 +74,13 @@ __all__ = [
     "open_queue",
     "structure",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PostgresStore needs psycopg (the "postgres" extra), which takes long to
+    # import: load it on first use, so that "import actorq" never does.
+    if name == "PostgresStore":
+        from ._postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module 'actorq' has no attribute {name!r}")

@@ -393,6 +393,12 @@ async def open_queue(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
+            # A store that can lose the right to write (a PostgreSQL leader
+            # that was deposed) has a watch() that raises when it does: the
+            # queue must then stop serving at once, not at its next commit.
+            watch = getattr(resolved, "watch", None)
+            if watch is not None:
+                nursery.start_soon(watch)
             try:
                 yield LocalQueue(scheduler)
             finally:
