@@ -7,6 +7,7 @@ job with a JSON result. See :class:`JobQueue` for the full contract.
 
 from typing import TYPE_CHECKING, Any
 
+from ._client import RemoteQueue, connect
 from ._core import QueueState
 from ._errors import (
     ActiveJobsError,
@@ -35,7 +36,9 @@ from ._models import (
     WorkerInfo,
 )
 from ._protocol import JobQueue
+from ._server import QueueServer, serve
 from ._store import MemoryStore, Store
+from ._wire import ProtocolError
 
 if TYPE_CHECKING:
     from ._postgres import PostgresStore
@@ -61,17 +64,22 @@ __all__ = [
     "NotExistError",
     "NotPendingError",
     "NotRunningError",
+    "ProtocolError",
     "PostgresStore",
     "QueueClosedError",
+    "QueueServer",
     "QueueState",
     "QueueStats",
+    "RemoteQueue",
     "RunningError",
     "Store",
     "StoreError",
     "WorkerInfo",
     "WorkerNotExistError",
+    "connect",
     "converter",
     "open_queue",
+    "serve",
     "structure",
 ]
 

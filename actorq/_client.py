@@ -1,0 +1,719 @@
+"""The remote client: a :class:`actorq.JobQueue` that talks to :func:`actorq.serve`.
+
+``async with actorq.connect("ws://host:port", token=...) as queue:`` gives a
+:class:`RemoteQueue`: the same methods, arguments, checks, return types and
+exceptions as the in-process queue. One connection carries any number of
+concurrent requests: each has an id, a reader task hands every reply to the
+request that carries its id, and a writer task sends every frame (so a
+cancelled caller never leaves half a frame on the socket).
+
+Cancellation follows :class:`LocalQueue`: a cancelled call raises
+:class:`trio.Cancelled`, tells the server to stop (a ``cancel`` message), and
+gives back any job that reaches it too late (a ``release`` message), so no job
+is lost. Jobs this client holds (dequeued, not yet finished or requeued) get
+their heartbeats refreshed automatically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, NoReturn, TypeVar
+from uuid import UUID
+
+import orjson
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    connect_websocket_url,
+    wrap_client_stream,
+)
+
+from . import _validate as v
+from . import _wire as w
+from ._errors import (
+    CanceledError,
+    DequeueTimeoutError,
+    FinishedError,
+    JobQueueError,
+    NotExistError,
+    NotRunningError,
+    QueueClosedError,
+)
+from ._json import to_json_text
+from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
+
+__all__ = ["RemoteQueue", "connect", "connect_stream"]
+
+log = logging.getLogger("actorq.client")
+
+T = TypeVar("T")
+
+_Reply = w.Message | QueueClosedError
+
+# Errors after which a token is worth nothing: stop holding (and refreshing) it.
+_TOKEN_GONE = (NotExistError, NotRunningError, CanceledError, FinishedError)
+_REFRESH_BATCH = 10_000  # tokens per refresh message, well below any frame limit
+
+
+def _refresh_message(request_id: int, tokens: list[UUID]) -> w.Message:
+    return w.RefreshHeartbeats(id=request_id, tokens=tokens)
+
+
+def _fragment(value: object, what: str) -> orjson.Fragment:
+    # Checked and encoded exactly as the in-process queue does, then embedded
+    # in the frame as it is.
+    return orjson.Fragment(to_json_text(value, what))
+
+
+class RemoteQueue:
+    """A :class:`actorq.JobQueue` on the other end of a websocket.
+
+    Made by :func:`connect`; usable by any number of tasks at once. Bad
+    arguments raise :class:`TypeError`/:class:`ValueError` before anything is
+    sent; queue errors raised on the server are raised here as the same class.
+    Once the connection is lost every call raises :class:`QueueClosedError`.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        *,
+        max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self._ws = ws
+        self._max_message_size = max_message_size
+        self._pending: dict[int, trio.MemorySendChannel[_Reply]] = {}
+        self._ids = itertools.count(1)
+        self._outbox, self._outbox_receive = trio.open_memory_channel[str](math.inf)
+        self._held: dict[UUID, UUID] = {}  # job id -> token, for jobs this client runs
+        self._slots = trio.Semaphore(1)  # until the server says how many it takes
+        self._closed: QueueClosedError | None = None
+        #: The protocol version agreed with the server.
+        self.version = 0
+        #: The largest frame the server accepts, in characters.
+        self.server_max_message_size = w.DEFAULT_MAX_MESSAGE_SIZE
+        #: How many requests the server takes at once on this connection.
+        self.max_in_flight = 1
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    @property
+    def held_jobs(self) -> dict[UUID, UUID]:
+        """Jobs this client runs (``{job id: token}``), whose heartbeats it refreshes."""
+        return dict(self._held)
+
+    def _shut(self, error: QueueClosedError) -> None:
+        # Synchronous and idempotent: fail every waiting request, stop sending.
+        if self._closed is None:
+            self._closed = error
+        pending, self._pending = self._pending, {}
+        for send in pending.values():
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                send.send_nowait(self._closed)
+        self._outbox.close()
+
+    def _post_nowait(self, message: w.Message) -> None:
+        # For the cancellation paths: cannot block or fail. If the connection is
+        # gone, the server has already cancelled the request and released its job.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self._outbox.send_nowait(w.encode(message))
+
+    async def _request(self, make: Callable[[int], w.Message]) -> w.Message:
+        """Send one request and wait for its reply; raise the error it carries."""
+        if self._closed is not None:
+            raise QueueClosedError(self._closed.message)
+        async with self._slots:
+            request_id = next(self._ids)
+            text = w.encode(make(request_id))
+            if len(text) > self.server_max_message_size:
+                raise w.ProtocolError(
+                    f"request of {len(text)} characters exceeds the server's limit of "
+                    f"{self.server_max_message_size}",
+                    "oversize",
+                )
+            if self._closed is not None:
+                raise QueueClosedError(self._closed.message)
+            send, receive = trio.open_memory_channel[_Reply](1)
+            self._pending[request_id] = send
+            try:
+                self._outbox.send_nowait(text)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._pending.pop(request_id, None)
+                raise QueueClosedError() from None
+            try:
+                reply = await receive.receive()
+            except BaseException:
+                self._abandon(request_id, receive)
+                raise
+        if isinstance(reply, QueueClosedError):
+            raise QueueClosedError(reply.message)
+        if type(reply) is w.Error:
+            raise w.exception_from_reply(reply)
+        return reply
+
+    def _abandon(self, request_id: int, receive: trio.MemoryReceiveChannel[_Reply]) -> None:
+        # Runs synchronously when a caller stops waiting (cancelled). The reply
+        # may already sit in the buffer (trio issue 719): a job in it goes back.
+        # If none came yet, the server is told to stop; a job it sends anyway is
+        # released by the reader, which no longer finds the request.
+        self._pending.pop(request_id, None)
+        try:
+            got: _Reply | None = receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            got = None
+        receive.close()
+        if got is None:
+            self._post_nowait(w.Cancel(id=request_id))
+        elif type(got) is w.Dequeued:
+            self._release_nowait(got.job.id, got.job.token)
+
+    def _release_nowait(self, job_id: UUID, token: UUID) -> None:
+        self._post_nowait(w.Release(id=next(self._ids), job_id=job_id, token=token))
+
+    async def _reader(self) -> None:
+        error = QueueClosedError("the connection to the queue server was lost")
+        try:
+            while True:
+                try:
+                    frame = await self._ws.get_message()
+                except ConnectionClosed as exc:
+                    if exc.reason is not None and exc.reason.code not in (1000, 1001):
+                        error = QueueClosedError(
+                            f"the server closed the connection: {exc.reason.code} "
+                            f"{exc.reason.reason or exc.reason.name}"
+                        )
+                    return
+                try:
+                    reply = w.decode(frame, max_size=self._max_message_size, kinds=w.SERVER_KINDS)
+                except w.ProtocolError as exc:
+                    error = QueueClosedError(f"the server broke the protocol: {exc}")
+                    log.warning("closing: %s", error)
+                    return
+                send = self._pending.pop(reply.id, None) if reply.id is not None else None
+                if send is None:
+                    # A reply to a request that was cancelled; give back its job.
+                    if type(reply) is w.Dequeued:
+                        self._release_nowait(reply.job.id, reply.job.token)
+                    elif type(reply) is w.Error:
+                        log.warning("error from server: %s %s", reply.error, reply.message)
+                    continue
+                try:
+                    send.send_nowait(reply)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+                    if type(reply) is w.Dequeued:
+                        self._release_nowait(reply.job.id, reply.job.token)
+        except Exception as exc:  # a bug; the connection ends, the program goes on
+            log.exception("remote queue reader failed")
+            error = QueueClosedError(f"the connection failed: {exc!r}")
+        finally:
+            self._shut(error)
+
+    async def _writer(self) -> None:
+        try:
+            async for text in self._outbox_receive:
+                await self._ws.send_message(text)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._shut(QueueClosedError("the connection to the queue server was lost"))
+
+    async def _refresher(self, interval: float) -> None:
+        # Keep the jobs this client runs alive, however long the work takes.
+        while True:
+            await trio.sleep(interval)
+            tokens = list(self._held.values())
+            for start in range(0, len(tokens), _REFRESH_BATCH):
+                batch = tokens[start : start + _REFRESH_BATCH]
+                try:
+                    reply = await self._request(partial(_refresh_message, tokens=batch))
+                except QueueClosedError:
+                    return
+                except JobQueueError as exc:
+                    log.warning("heartbeat refresh failed: %s", exc)
+                    continue
+                gone = set(self._structure(reply, list[UUID]))
+                if gone:
+                    for job_id, token in list(self._held.items()):
+                        if token in gone:
+                            del self._held[job_id]
+
+    async def _greet(self, token: str | None, client: str) -> None:
+        reply = await self._request(
+            lambda i: w.Hello(
+                id=i,
+                versions=list(w.SUPPORTED_VERSIONS),
+                token=token,
+                client=client,
+                max_message_size=self._max_message_size,
+            )
+        )
+        if type(reply) is not w.Welcome:
+            raise w.ProtocolError(f"expected welcome, got {reply.KIND}", "unexpected_kind")
+        if reply.version not in w.SUPPORTED_VERSIONS:
+            raise w.ProtocolError(f"server chose version {reply.version}", "unsupported_version")
+        self.version = reply.version
+        self.server_max_message_size = reply.max_message_size
+        self.max_in_flight = max(1, reply.max_in_flight)
+        self._slots = trio.Semaphore(self.max_in_flight)
+
+    @staticmethod
+    def _structure(reply: w.Message, cls: Any) -> Any:
+        if type(reply) is not w.Ok:
+            raise w.ProtocolError(f"unexpected {reply.KIND} reply", "unexpected_kind")
+        return w.structure_value(reply.value, cls)
+
+    async def _value(self, make: Callable[[int], w.Message], cls: Any) -> Any:
+        return self._structure(await self._request(make), cls)
+
+    async def _job(self, make: Callable[[int], w.Message]) -> DequeuedJob:
+        reply = await self._request(make)
+        if type(reply) is not w.Dequeued:
+            raise w.ProtocolError(f"unexpected {reply.KIND} reply", "unexpected_kind")
+        job = reply.job
+        self._held[job.id] = job.token
+        return job
+
+    async def _token_op(self, job_id: UUID, make: Callable[[int, UUID | None], w.Message]) -> Any:
+        """A call for a job this client may hold: it carries the job's token, so the
+        server applies it only while that token still names the job."""
+        token = self._held.get(job_id)
+        try:
+            reply = await self._request(lambda i: make(i, token))
+        except _TOKEN_GONE:
+            self._forget(job_id, token)
+            raise
+        return reply
+
+    def _forget(self, job_id: UUID, token: UUID | None) -> None:
+        if token is not None and self._held.get(job_id) == token:
+            del self._held[job_id]
+
+    # ------------------------------------------------------------ extras
+
+    def release(self, job: DequeuedJob) -> None:
+        """Give back a job this client will not run: it returns to its place, its
+        token void. Synchronous and non-blocking (safe in ``finally``); if the
+        connection is gone the job comes back when its heartbeat expires."""
+        self._forget(job.id, job.token)
+        self._release_nowait(job.id, job.token)
+
+    async def enqueue_many(self, jobs: Iterable[tuple[str, Any]], channel: str = "") -> list[UUID]:
+        """Enqueue several jobs without dependencies in one request: all, or none."""
+        channel = v.check_channel(channel)
+        specs = [w.JobSpec(v.check_job_type(t), _fragment(a, "args"), [], channel) for t, a in jobs]
+        ids: list[UUID] = await self._value(lambda i: w.EnqueueMany(id=i, jobs=specs), list[UUID])
+        return ids
+
+    async def finish_and_dequeue(
+        self,
+        job_id: UUID,
+        result: Any,
+        job_types: Sequence[str],
+        channels: Sequence[str] = ("",),
+        *,
+        any_channel: bool = False,
+        timeout: float | None = None,
+        worker_id: UUID | None = None,
+    ) -> DequeuedJob:
+        """Finish ``job_id`` with ``result``, then dequeue the next job: one round trip.
+
+        If the finish fails its error is raised and nothing is dequeued. Any
+        other outcome (a job, :class:`DequeueTimeoutError`, an error about the
+        dequeue arguments, a cancellation once the request was sent) may come
+        after the finish took effect.
+        """
+        job_id = v.check_uuid(job_id, "job_id")
+        text = _fragment(result, "result")
+        types = v.check_job_types(job_types)
+        chans = () if any_channel else v.check_channels(channels)
+        wait = v.check_timeout(timeout)
+        worker = v.check_optional_uuid(worker_id, "worker_id")
+        token = self._held.get(job_id)
+        try:
+            reply = await self._request(
+                lambda i: w.FinishAndDequeue(
+                    id=i,
+                    job_id=job_id,
+                    token=token,
+                    result=text,
+                    job_types=list(types),
+                    channels=list(chans),
+                    any_channel=any_channel,
+                    timeout=wait,
+                    worker_id=worker,
+                )
+            )
+        except (*_TOKEN_GONE, DequeueTimeoutError):
+            # the token is void, or the finish took effect before the dequeue timed out
+            self._forget(job_id, token)
+            raise
+        # (If the outcome is unknown, say after a cancellation, the token stays
+        # held; the next heartbeat refresh drops it if the finish took effect.)
+        self._forget(job_id, token)
+        if type(reply) is not w.Dequeued:
+            raise w.ProtocolError(f"unexpected {reply.KIND} reply", "unexpected_kind")
+        self._held[reply.job.id] = reply.job.token
+        return reply.job
+
+    # ------------------------------------------------------------ the API
+
+    async def enqueue(
+        self,
+        job_type: str,
+        args: Any = None,
+        dependencies: Iterable[UUID] = (),
+        channel: str = "",
+    ) -> UUID:
+        job_type = v.check_job_type(job_type)
+        deps = v.check_uuids(dependencies, "dependencies")
+        channel = v.check_channel(channel)
+        text = _fragment(args, "args")
+        job_id: UUID = await self._value(
+            lambda i: w.Enqueue(
+                id=i, job_type=job_type, args=text, dependencies=list(deps), channel=channel
+            ),
+            UUID,
+        )
+        return job_id
+
+    async def dequeue(
+        self,
+        job_types: Sequence[str],
+        channels: Sequence[str] = ("",),
+        *,
+        timeout: float | None = None,
+        worker_id: UUID | None = None,
+    ) -> DequeuedJob:
+        types = v.check_job_types(job_types)
+        chans = v.check_channels(channels)
+        wait = v.check_timeout(timeout)
+        worker = v.check_optional_uuid(worker_id, "worker_id")
+        return await self._job(
+            lambda i: w.Dequeue(
+                id=i, job_types=list(types), channels=list(chans), timeout=wait, worker_id=worker
+            )
+        )
+
+    async def dequeue_any_channel(
+        self,
+        job_types: Sequence[str],
+        *,
+        timeout: float | None = None,
+        worker_id: UUID | None = None,
+    ) -> DequeuedJob:
+        types = v.check_job_types(job_types)
+        wait = v.check_timeout(timeout)
+        worker = v.check_optional_uuid(worker_id, "worker_id")
+        return await self._job(
+            lambda i: w.Dequeue(
+                id=i,
+                job_types=list(types),
+                channels=[],
+                any_channel=True,
+                timeout=wait,
+                worker_id=worker,
+            )
+        )
+
+    async def dequeue_by_id(self, job_id: UUID, *, worker_id: UUID | None = None) -> DequeuedJob:
+        job_id = v.check_uuid(job_id, "job_id")
+        worker = v.check_optional_uuid(worker_id, "worker_id")
+        return await self._job(lambda i: w.DequeueById(id=i, job_id=job_id, worker_id=worker))
+
+    async def finish_job(self, job_id: UUID, result: Any = None) -> None:
+        job_id = v.check_uuid(job_id, "job_id")
+        text = _fragment(result, "result")
+        await self._token_op(
+            job_id, lambda i, tok: w.FinishJob(id=i, job_id=job_id, token=tok, result=text)
+        )
+        self._forget(job_id, self._held.get(job_id))
+
+    async def requeue_or_finish_job(
+        self, job_id: UUID, max_retries: int, result: Any = None
+    ) -> bool:
+        job_id = v.check_uuid(job_id, "job_id")
+        retries = v.check_max_retries(max_retries)
+        text = _fragment(result, "result")
+        reply = await self._token_op(
+            job_id,
+            lambda i, tok: w.RequeueOrFinishJob(
+                id=i, job_id=job_id, token=tok, max_retries=retries, result=text
+            ),
+        )
+        self._forget(job_id, self._held.get(job_id))
+        requeued: bool = self._structure(reply, bool)
+        return requeued
+
+    async def update_job_result(self, job_id: UUID, result: Any) -> None:
+        job_id = v.check_uuid(job_id, "job_id")
+        text = _fragment(result, "result")
+        await self._token_op(
+            job_id, lambda i, tok: w.UpdateJobResult(id=i, job_id=job_id, token=tok, result=text)
+        )
+
+    async def fail_job(self, job_id: UUID, result: Any) -> None:
+        job_id = v.check_uuid(job_id, "job_id")
+        text = _fragment(result, "result")
+        await self._request(lambda i: w.FailJob(id=i, job_id=job_id, result=text))
+
+    async def cancel_job(self, job_id: UUID) -> None:
+        job_id = v.check_uuid(job_id, "job_id")
+        await self._request(lambda i: w.CancelJob(id=i, job_id=job_id))
+        self._forget(job_id, self._held.get(job_id))
+
+    async def job_status(self, job_id: UUID) -> JobStatus:
+        job_id = v.check_uuid(job_id, "job_id")
+        status: JobStatus = await self._value(
+            lambda i: w.GetJobStatus(id=i, job_id=job_id), JobStatus
+        )
+        return status
+
+    async def job(self, job_id: UUID) -> JobInfo:
+        job_id = v.check_uuid(job_id, "job_id")
+        info: JobInfo = await self._value(lambda i: w.GetJob(id=i, job_id=job_id), JobInfo)
+        return info
+
+    async def id_from_token(self, token: UUID) -> UUID:
+        token = v.check_uuid(token, "token")
+        job_id: UUID = await self._value(lambda i: w.IdFromToken(id=i, token=token), UUID)
+        return job_id
+
+    async def heartbeats(self, older_than: float) -> list[UUID]:
+        seconds = v.check_seconds(older_than, "older_than")
+        tokens: list[UUID] = await self._value(
+            lambda i: w.GetHeartbeats(id=i, older_than=seconds), list[UUID]
+        )
+        return tokens
+
+    async def refresh_heartbeat(self, token: UUID) -> None:
+        token = v.check_uuid(token, "token")
+        try:
+            await self._request(lambda i: w.RefreshHeartbeat(id=i, token=token))
+        except _TOKEN_GONE:
+            for job_id, held in list(self._held.items()):
+                if held == token:
+                    del self._held[job_id]
+            raise
+
+    async def all_root_job_ids(self) -> list[UUID]:
+        ids: list[UUID] = await self._value(lambda i: w.AllRootJobIds(id=i), list[UUID])
+        return ids
+
+    async def delete_job(self, job_id: UUID) -> None:
+        job_id = v.check_uuid(job_id, "job_id")
+        await self._request(lambda i: w.DeleteJob(id=i, job_id=job_id))
+        self._forget(job_id, self._held.get(job_id))
+
+    async def insert_worker(self, channel: str, arch: str) -> UUID:
+        channel = v.check_channel(channel)
+        arch = v.check_str(arch, "arch")
+        worker_id: UUID = await self._value(
+            lambda i: w.InsertWorker(id=i, channel=channel, arch=arch), UUID
+        )
+        return worker_id
+
+    async def update_worker_status(self, worker_id: UUID) -> None:
+        worker_id = v.check_uuid(worker_id, "worker_id")
+        await self._request(lambda i: w.UpdateWorkerStatus(id=i, worker_id=worker_id))
+
+    async def workers(self, older_than: float = 0.0) -> list[WorkerInfo]:
+        seconds = v.check_seconds(older_than, "older_than")
+        found: list[WorkerInfo] = await self._value(
+            lambda i: w.GetWorkers(id=i, older_than=seconds), list[WorkerInfo]
+        )
+        return found
+
+    async def delete_worker(self, worker_id: UUID) -> None:
+        worker_id = v.check_uuid(worker_id, "worker_id")
+        await self._request(lambda i: w.DeleteWorker(id=i, worker_id=worker_id))
+
+    async def list_jobs(
+        self,
+        state: JobState | None = None,
+        job_type: str | None = None,
+        channel: str | None = None,
+        limit: int | None = None,
+    ) -> list[JobSummary]:
+        wanted = v.check_state(state)
+        job_type = None if job_type is None else v.check_str(job_type, "job_type")
+        channel = None if channel is None else v.check_channel(channel)
+        limit = v.check_limit(limit)
+        jobs: list[JobSummary] = await self._value(
+            lambda i: w.ListJobs(
+                id=i, state=wanted, job_type=job_type, channel=channel, limit=limit
+            ),
+            list[JobSummary],
+        )
+        return jobs
+
+    async def stats(self) -> QueueStats:
+        stats: QueueStats = await self._value(lambda i: w.GetStats(id=i), QueueStats)
+        return stats
+
+
+def _reraise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    # Our internal nursery wraps even a lone error; callers see the error itself.
+    if len(group.exceptions) == 1:
+        exc = group.exceptions[0]
+        context = exc.__context__
+        try:
+            raise exc
+        finally:
+            exc.__context__ = context
+            del exc, context
+    raise group
+
+
+@contextlib.asynccontextmanager
+async def _session(
+    ws: WebSocketConnection,
+    nursery: trio.Nursery,
+    *,
+    token: str | None,
+    heartbeat_interval: float | None,
+    max_message_size: int,
+) -> AsyncIterator[RemoteQueue]:
+    queue = RemoteQueue(ws, max_message_size=max_message_size)
+    nursery.start_soon(queue._reader)
+    nursery.start_soon(queue._writer)
+    await queue._greet(token, "actorq-python")
+    if heartbeat_interval is not None:
+        nursery.start_soon(queue._refresher, heartbeat_interval)
+    try:
+        yield queue
+    finally:
+        queue._shut(QueueClosedError("the queue connection was closed"))
+
+
+def _check_options(heartbeat_interval: float | None, max_message_size: int) -> None:
+    if heartbeat_interval is not None:
+        seconds = v.check_seconds(heartbeat_interval, "heartbeat_interval")
+        if seconds == 0:
+            raise ValueError("heartbeat_interval must be > 0 (or None to turn refreshes off)")
+    if isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
+        raise TypeError("max_message_size must be an int")
+    if max_message_size < 1024:
+        raise ValueError("max_message_size must be at least 1024")
+
+
+async def _close_ws(ws: WebSocketConnection, timeout: float) -> None:
+    with trio.move_on_after(timeout) as scope:
+        scope.shield = True
+        await ws.aclose()
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    url: str | Sequence[str],
+    *,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    heartbeat_interval: float | None = 30.0,
+    connect_timeout: float = 10.0,
+    max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
+) -> AsyncIterator[RemoteQueue]:
+    """Connect to an actorq server; yield a :class:`RemoteQueue` for the block.
+
+    ``url`` is ``ws://host:port`` or ``wss://host:port`` (TLS, verified with
+    ``ssl_context`` or the system's defaults), or a list of them tried in order
+    until one answers. ``token`` is the server's bearer token. Every
+    ``heartbeat_interval`` seconds the client refreshes the heartbeats of the
+    jobs it holds (``None`` turns that off). ``max_message_size`` bounds the
+    frames this client accepts.
+
+    Raises :class:`QueueClosedError` if no server answers within
+    ``connect_timeout`` seconds, and :class:`ProtocolError` if the server
+    refuses the connection (``unauthorized``, ``unsupported_version``).
+    Leaving the block closes the connection; running jobs stay running on the
+    server until their heartbeats expire or another client finishes them.
+    """
+    _check_options(heartbeat_interval, max_message_size)
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("url must name at least one server")
+    try:
+        async with trio.open_nursery() as nursery:
+            ws: WebSocketConnection | None = None
+            failures: list[str] = []
+            for candidate in urls:
+                try:
+                    with trio.fail_after(connect_timeout):
+                        ws = await connect_websocket_url(
+                            nursery,
+                            candidate,
+                            ssl_context,
+                            message_queue_size=4,
+                            max_message_size=max_message_size,
+                            receive_buffer_size=65536,
+                        )
+                    break
+                except (HandshakeError, OSError, trio.TooSlowError, ValueError) as exc:
+                    failures.append(f"{candidate}: {exc!r}")
+            if ws is None:
+                raise QueueClosedError("cannot connect to the queue server: " + "; ".join(failures))
+            try:
+                async with _session(
+                    ws,
+                    nursery,
+                    token=token,
+                    heartbeat_interval=heartbeat_interval,
+                    max_message_size=max_message_size,
+                ) as queue:
+                    yield queue
+            finally:
+                await _close_ws(ws, 2.0)
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        _reraise_single(group)
+
+
+@contextlib.asynccontextmanager
+async def connect_stream(
+    stream: trio.abc.Stream,
+    *,
+    token: str | None = None,
+    host: str = "localhost",
+    resource: str = "/",
+    heartbeat_interval: float | None = 30.0,
+    max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
+) -> AsyncIterator[RemoteQueue]:
+    """Like :func:`connect`, over an already open trio stream (tests use
+    :func:`trio.testing.memory_stream_pair`)."""
+    _check_options(heartbeat_interval, max_message_size)
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(
+                nursery,
+                stream,  # type: ignore[arg-type]
+                host,
+                resource,
+                message_queue_size=4,
+                max_message_size=max_message_size,
+                receive_buffer_size=65536,
+            )
+            try:
+                async with _session(
+                    ws,
+                    nursery,
+                    token=token,
+                    heartbeat_interval=heartbeat_interval,
+                    max_message_size=max_message_size,
+                ) as queue:
+                    yield queue
+            finally:
+                await _close_ws(ws, 2.0)
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        _reraise_single(group)

@@ -1,0 +1,679 @@
+"""The remote protocol, sans I/O: message classes, ``encode`` and ``decode``.
+
+Every message is a JSON object in one websocket text frame, with a ``"kind"``
+field naming its class. The classes below are attrs classes, (un)structured by
+one cattrs converter (:data:`wire_converter`, derived from
+:data:`actorq.converter`) through a tagged union on ``"kind"``. Nothing here
+does I/O: the server and the client call :func:`encode` and :func:`decode`,
+and map errors with :func:`error_reply` and :func:`exception_from_reply`.
+
+:func:`decode` is strict and total: for any input it returns a
+:class:`Message` or raises :class:`ProtocolError` (with a ``reason`` code),
+never anything else. See ``docs/protocol.md`` for the whole protocol.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from functools import partial
+from typing import Any, ClassVar, Final, TypeVar, get_args, get_origin
+from uuid import UUID
+
+import attrs
+import cattrs
+import orjson
+from cattrs.strategies import configure_tagged_union, include_subclasses
+
+from ._errors import ERRORS_BY_CODE, JobQueueError
+from ._json import converter as app_converter
+from ._models import DequeuedJob, JobState
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "ProtocolError",
+    "decode",
+    "encode",
+    "error_reply",
+    "exception_from_reply",
+    "negotiate",
+    "structure_value",
+    "wire_converter",
+]
+
+T = TypeVar("T")
+
+PROTOCOL_VERSION: Final = 1
+"""The newest protocol version this actorq speaks."""
+
+SUPPORTED_VERSIONS: Final = (1,)
+"""Every protocol version this actorq speaks, oldest first."""
+
+DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
+"""Largest message accepted by default, in characters (as trio-websocket counts)."""
+
+MAX_ID: Final = 2**53 - 1  # request ids stay exact in every JSON implementation
+
+
+class ProtocolError(JobQueueError):
+    """A message broke the protocol, or the peer refused the connection.
+
+    ``reason`` is a stable code saying what was wrong (see ``docs/protocol.md``):
+    ``bad_json``, ``not_object``, ``missing_kind``, ``unknown_kind``,
+    ``unexpected_kind``, ``bad_field``, ``bad_uuid``, ``oversize``, ``binary``,
+    ``duplicate_id``, ``too_many_requests``, ``hello_expected``,
+    ``unsupported_version``, ``unauthorized``, ``forbidden``, ``internal``.
+    ``request_id`` is the id of the offending request when it could be read.
+    """
+
+    code = "protocol_error"
+    default_message = "protocol error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        reason: str = "protocol_error",
+        request_id: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.request_id = request_id
+
+
+# ---------------------------------------------------------------- messages
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """Base of every message. ``id`` is chosen by the client for each request;
+    replies echo it, ``cancel`` names the request to cancel with it."""
+
+    KIND: ClassVar[str] = ""
+    id: int
+
+
+@attrs.frozen
+class JobSpec:
+    """One job of an ``enqueue_many`` request."""
+
+    job_type: str
+    args: Any = None
+    dependencies: list[UUID] = attrs.Factory(list)
+    channel: str = ""
+
+
+# Requests: client to server. Each gets exactly one reply (ok, dequeued or
+# error), unless the client cancels it first.
+
+
+@attrs.frozen(kw_only=True)
+class Hello(Message):
+    """First message of a connection. Answered by ``welcome`` or an error and a close."""
+
+    KIND = "hello"
+    versions: list[int]
+    token: str | None = None
+    client: str = ""
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+
+
+@attrs.frozen(kw_only=True)
+class Enqueue(Message):
+    KIND = "enqueue"
+    job_type: str
+    args: Any = None
+    dependencies: list[UUID] = attrs.Factory(list)
+    channel: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class EnqueueMany(Message):
+    """Enqueue several jobs at once: all of them, or (on an error) none."""
+
+    KIND = "enqueue_many"
+    jobs: list[JobSpec]
+
+
+@attrs.frozen(kw_only=True)
+class Dequeue(Message):
+    """Take a job. ``any_channel`` ignores ``channels`` and matches every channel."""
+
+    KIND = "dequeue"
+    job_types: list[str]
+    channels: list[str] = attrs.Factory(lambda: [""])
+    any_channel: bool = False
+    timeout: float | None = None
+    worker_id: UUID | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DequeueById(Message):
+    KIND = "dequeue_by_id"
+    job_id: UUID
+    worker_id: UUID | None = None
+
+
+@attrs.frozen(kw_only=True)
+class FinishJob(Message):
+    """Finish a running job. With ``token``, only if that token still names the job."""
+
+    KIND = "finish_job"
+    job_id: UUID
+    token: UUID | None = None
+    result: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class RequeueOrFinishJob(Message):
+    KIND = "requeue_or_finish_job"
+    job_id: UUID
+    token: UUID | None = None
+    max_retries: int
+    result: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class UpdateJobResult(Message):
+    KIND = "update_job_result"
+    job_id: UUID
+    token: UUID | None = None
+    result: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class FailJob(Message):
+    KIND = "fail_job"
+    job_id: UUID
+    result: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class CancelJob(Message):
+    KIND = "cancel_job"
+    job_id: UUID
+
+
+@attrs.frozen(kw_only=True)
+class GetJobStatus(Message):
+    KIND = "job_status"
+    job_id: UUID
+
+
+@attrs.frozen(kw_only=True)
+class GetJob(Message):
+    KIND = "job"
+    job_id: UUID
+
+
+@attrs.frozen(kw_only=True)
+class IdFromToken(Message):
+    KIND = "id_from_token"
+    token: UUID
+
+
+@attrs.frozen(kw_only=True)
+class GetHeartbeats(Message):
+    KIND = "heartbeats"
+    older_than: float
+
+
+@attrs.frozen(kw_only=True)
+class RefreshHeartbeat(Message):
+    KIND = "refresh_heartbeat"
+    token: UUID
+
+
+@attrs.frozen(kw_only=True)
+class RefreshHeartbeats(Message):
+    """Refresh many tokens; the reply lists those that no longer name a running job."""
+
+    KIND = "refresh_heartbeats"
+    tokens: list[UUID]
+
+
+@attrs.frozen(kw_only=True)
+class AllRootJobIds(Message):
+    KIND = "all_root_job_ids"
+
+
+@attrs.frozen(kw_only=True)
+class DeleteJob(Message):
+    KIND = "delete_job"
+    job_id: UUID
+
+
+@attrs.frozen(kw_only=True)
+class InsertWorker(Message):
+    KIND = "insert_worker"
+    channel: str
+    arch: str
+
+
+@attrs.frozen(kw_only=True)
+class UpdateWorkerStatus(Message):
+    KIND = "update_worker_status"
+    worker_id: UUID
+
+
+@attrs.frozen(kw_only=True)
+class GetWorkers(Message):
+    KIND = "workers"
+    older_than: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
+class DeleteWorker(Message):
+    KIND = "delete_worker"
+    worker_id: UUID
+
+
+@attrs.frozen(kw_only=True)
+class ListJobs(Message):
+    KIND = "list_jobs"
+    state: JobState | None = None
+    job_type: str | None = None
+    channel: str | None = None
+    limit: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class GetStats(Message):
+    KIND = "stats"
+
+
+@attrs.frozen(kw_only=True)
+class FinishAndDequeue(Message):
+    """Finish ``job_id`` (as ``finish_job``), then dequeue (as ``dequeue``): one round trip.
+
+    If the finish fails, its error is the reply and nothing is dequeued; any
+    later error (``dequeue_timeout`` included) means the finish took effect.
+    """
+
+    KIND = "finish_and_dequeue"
+    job_id: UUID
+    token: UUID | None = None
+    result: Any = None
+    job_types: list[str]
+    channels: list[str] = attrs.Factory(lambda: [""])
+    any_channel: bool = False
+    timeout: float | None = None
+    worker_id: UUID | None = None
+
+
+# Control messages: client to server, never answered.
+
+
+@attrs.frozen(kw_only=True)
+class Cancel(Message):
+    """Stop working on request ``id``. No reply; the request gets none either."""
+
+    KIND = "cancel"
+
+
+@attrs.frozen(kw_only=True)
+class Release(Message):
+    """Give back a job the client received but will not run (its request was cancelled)."""
+
+    KIND = "release"
+    job_id: UUID
+    token: UUID
+
+
+# Replies: server to client.
+
+
+@attrs.frozen(kw_only=True)
+class Welcome(Message):
+    """Answer to ``hello``: the version chosen and the server's limits."""
+
+    KIND = "welcome"
+    version: int
+    server: str = ""
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_in_flight: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class Ok(Message):
+    """Success; ``value`` is the method's return value as JSON (``null`` for none)."""
+
+    KIND = "ok"
+    value: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class Dequeued(Message):
+    """A job handed to the client by ``dequeue``, ``dequeue_by_id`` or ``finish_and_dequeue``."""
+
+    KIND = "dequeued"
+    job: DequeuedJob
+
+
+@attrs.frozen(kw_only=True)
+class Error(Message):
+    """Failure. ``error`` is a code; ``id`` is ``null`` when the request could not be read."""
+
+    KIND = "error"
+    id: int | None  # type: ignore[assignment]
+    error: str
+    message: str = ""
+    reason: str | None = None
+
+
+REQUEST_TYPES: Final[tuple[type[Message], ...]] = (
+    Hello,
+    Enqueue,
+    EnqueueMany,
+    Dequeue,
+    DequeueById,
+    FinishJob,
+    RequeueOrFinishJob,
+    UpdateJobResult,
+    FailJob,
+    CancelJob,
+    GetJobStatus,
+    GetJob,
+    IdFromToken,
+    GetHeartbeats,
+    RefreshHeartbeat,
+    RefreshHeartbeats,
+    AllRootJobIds,
+    DeleteJob,
+    InsertWorker,
+    UpdateWorkerStatus,
+    GetWorkers,
+    DeleteWorker,
+    ListJobs,
+    GetStats,
+    FinishAndDequeue,
+)
+CONTROL_TYPES: Final[tuple[type[Message], ...]] = (Cancel, Release)
+REPLY_TYPES: Final[tuple[type[Message], ...]] = (Welcome, Ok, Dequeued, Error)
+
+KINDS: Final[dict[str, type[Message]]] = {
+    cls.KIND: cls for cls in (*REQUEST_TYPES, *CONTROL_TYPES, *REPLY_TYPES)
+}
+"""Every message kind and its class."""
+
+CLIENT_KINDS: Final = frozenset(cls.KIND for cls in (*REQUEST_TYPES, *CONTROL_TYPES))
+SERVER_KINDS: Final = frozenset(cls.KIND for cls in REPLY_TYPES)
+
+
+# --------------------------------------------------------------- converter
+
+
+class _BadUUID(ValueError):
+    pass
+
+
+def _structure_str(value: object, _: object) -> str:
+    if type(value) is not str:
+        raise TypeError(f"expected a string, not {_json_type(value)}")
+    return value
+
+
+def _structure_int(value: object, _: object) -> int:
+    if type(value) is not int:
+        raise TypeError(f"expected an integer, not {_json_type(value)}")
+    return value
+
+
+def _structure_float(value: object, _: object) -> float:
+    if type(value) is not float and type(value) is not int:
+        raise TypeError(f"expected a number, not {_json_type(value)}")
+    return float(value)
+
+
+def _structure_bool(value: object, _: object) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"expected true or false, not {_json_type(value)}")
+    return value
+
+
+def _structure_uuid(value: object, _: object) -> UUID:
+    if type(value) is not str:
+        raise _BadUUID(f"expected a UUID string, not {_json_type(value)}")
+    try:
+        return UUID(value)
+    except ValueError:
+        raise _BadUUID(f"{value[:64]!r} is not a UUID") from None
+
+
+def _structure_datetime(value: object, _: object) -> datetime:
+    if type(value) is not str:
+        raise TypeError(f"expected an ISO 8601 string, not {_json_type(value)}")
+    return datetime.fromisoformat(value)
+
+
+def _structure_any(value: object, _: object) -> Any:
+    return value
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", int: "integer", float: "number"}
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "a boolean"
+    return names.get(type(value), type(value).__name__)
+
+
+def _is_optional(tp: Any) -> bool:
+    args = get_args(tp)
+    return (
+        get_origin(tp) in (types.UnionType, typing.Union) and len(args) == 2 and type(None) in args
+    )
+
+
+def _is_sequence(tp: Any) -> bool:
+    return get_origin(tp) in (list, tuple)
+
+
+def _kind_of(cls: Any) -> str:
+    kind: str = cls.KIND
+    return kind
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = app_converter.copy(forbid_extra_keys=True)
+    # JSON gives exactly these types; cattrs would otherwise coerce ("5" -> 5,
+    # 5 -> "5", "ab" -> ["a", "b"]), accepting wrongly typed fields.
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook(bool, _structure_bool)
+    conv.register_structure_hook(UUID, _structure_uuid)
+    conv.register_structure_hook(datetime, _structure_datetime)
+    conv.register_structure_hook(Any, _structure_any)
+
+    def optional_hook(tp: Any) -> Callable[[object, object], object]:
+        inner = next(a for a in get_args(tp) if a is not type(None))
+        hook = conv.get_structure_hook(inner)
+
+        def structure(value: object, _: object) -> object:
+            return None if value is None else hook(value, inner)
+
+        return structure
+
+    def sequence_hook(tp: Any) -> Callable[[object, object], object]:
+        args = get_args(tp)
+        origin = get_origin(tp)
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            hooks = [(conv.get_structure_hook(a), a) for a in args]
+
+            def fixed(value: object, _: object) -> object:
+                if type(value) is not list or len(value) != len(hooks):
+                    raise TypeError(f"expected an array of {len(hooks)} items")
+                return tuple(h(v, a) for (h, a), v in zip(hooks, value, strict=True))
+
+            return fixed
+        item = args[0] if args else Any
+        hook = conv.get_structure_hook(item)
+
+        def homogeneous(value: object, _: object) -> object:
+            if type(value) is not list:
+                raise TypeError(f"expected an array, not {_json_type(value)}")
+            out = [hook(v, item) for v in value]
+            return out if origin is list else tuple(out)
+
+        return homogeneous
+
+    conv.register_structure_hook_factory(_is_optional, optional_hook)
+    conv.register_structure_hook_factory(_is_sequence, sequence_hook)
+    include_subclasses(
+        Message,
+        conv,
+        subclasses=tuple(KINDS.values()),
+        union_strategy=partial(configure_tagged_union, tag_name="kind", tag_generator=_kind_of),
+    )
+    return conv
+
+
+wire_converter: Final[cattrs.Converter] = _make_converter()
+"""The one converter for wire messages: strict (no coercion, no extra keys)."""
+
+
+# ------------------------------------------------------------------ codec
+
+
+def encode(message: Message) -> str:
+    """Return ``message`` as one JSON text frame.
+
+    ``Any`` fields (args, results, values) may hold :class:`orjson.Fragment`
+    objects: JSON text embedded as it is, so the queue's stored JSON is never
+    parsed just to be written again. Raises :class:`TypeError` for a value
+    that JSON cannot carry (a bug in the caller: values are checked before).
+    """
+    try:
+        return orjson.dumps(wire_converter.unstructure(message, Message)).decode()
+    except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
+        raise TypeError(f"cannot encode {message.KIND} message: {exc}") from None
+
+
+def decode(
+    text: str | bytes | bytearray | memoryview,
+    *,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    kinds: Iterable[str] | None = None,
+) -> Message:
+    """Parse one frame into a :class:`Message`, or raise :class:`ProtocolError`.
+
+    ``kinds`` restricts the accepted kinds (a server accepts only requests and
+    control messages); others raise with reason ``unexpected_kind``. Total:
+    every failure (bad JSON, a non-object, an unknown kind, missing, extra or
+    wrongly typed fields, a bad UUID, more than ``max_size`` characters, a
+    binary frame) raises :class:`ProtocolError`, and nothing else escapes.
+    """
+    if not isinstance(text, str):
+        raise ProtocolError("binary frames are not part of the protocol", "binary")
+    if len(text) > max_size:
+        raise ProtocolError(f"message exceeds {max_size} characters", "oversize")
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"malformed JSON: {exc}", "bad_json") from None
+    except RecursionError:
+        raise ProtocolError("JSON nested too deeply", "bad_json") from None
+    if type(obj) is not dict:
+        raise ProtocolError(f"a message is a JSON object, not {_json_type(obj)}", "not_object")
+    raw_id = obj.get("id")
+    request_id = raw_id if type(raw_id) is int and 0 <= raw_id <= MAX_ID else None
+    kind = obj.get("kind")
+    if kind is None:
+        raise ProtocolError("message has no kind", "missing_kind", request_id)
+    if type(kind) is not str or kind not in KINDS:
+        raise ProtocolError(f"unknown kind {str(kind)[:64]!r}", "unknown_kind", request_id)
+    if kinds is not None and kind not in kinds:
+        raise ProtocolError(f"{kind} is not expected here", "unexpected_kind", request_id)
+    if raw_id is not None and request_id is None:
+        raise ProtocolError(f"id must be an integer in 0..{MAX_ID}", "bad_field")
+    try:
+        message: Message = wire_converter.structure(obj, Message)
+    except Exception as exc:
+        reason = "bad_uuid" if _contains(exc, _BadUUID) else "bad_field"
+        raise ProtocolError(f"bad {kind} message: {_describe(exc)}", reason, request_id) from None
+    if type(message) is not Error and request_id is None:
+        raise ProtocolError("message has no id", "bad_field")
+    return message
+
+
+def _contains(exc: BaseException, cls: type[BaseException]) -> bool:
+    if isinstance(exc, cls):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_contains(e, cls) for e in exc.exceptions)
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return "; ".join(cattrs.transform_error(exc))
+    except Exception:
+        return repr(exc)
+
+
+def structure_value(value: object, cls: type[T] | Any) -> T:
+    """Structure a reply's ``value`` as ``cls`` strictly, or raise :class:`ProtocolError`."""
+    try:
+        out: T = wire_converter.structure(value, cls)
+    except Exception as exc:
+        raise ProtocolError(f"bad reply value: {_describe(exc)}", "bad_field") from None
+    return out
+
+
+def unstructure_value(value: object) -> Any:
+    """A return value (UUID, model class, list of them...) as a JSON-ready value."""
+    return wire_converter.unstructure(value)
+
+
+# --------------------------------------------------------------- errors
+
+
+def error_reply(request_id: int | None, exc: BaseException) -> Error:
+    """The ``error`` reply for ``exc``: queue errors by code, bad arguments as
+    ``type_error``/``value_error``, anything else as ``internal``."""
+    if isinstance(exc, ProtocolError):
+        return Error(id=request_id, error=exc.code, message=exc.message, reason=exc.reason)
+    if isinstance(exc, JobQueueError):
+        return Error(id=request_id, error=exc.code, message=exc.message)
+    if isinstance(exc, TypeError):
+        return Error(id=request_id, error="type_error", message=str(exc))
+    if isinstance(exc, ValueError):
+        return Error(id=request_id, error="value_error", message=str(exc))
+    return Error(id=request_id, error="internal", message="internal server error")
+
+
+def exception_from_reply(reply: Error) -> Exception:
+    """The exception a client raises for an ``error`` reply: the same class the
+    queue raised on the server, or :class:`JobQueueError` for an unknown code."""
+    if reply.error == ProtocolError.code:
+        return ProtocolError(reply.message or None, reply.reason or "protocol_error", reply.id)
+    if reply.error == "type_error":
+        return TypeError(reply.message)
+    if reply.error == "value_error":
+        return ValueError(reply.message)
+    cls = ERRORS_BY_CODE.get(reply.error)
+    if cls is None:
+        return JobQueueError(f"{reply.error}: {reply.message}")
+    return cls(reply.message or None)
+
+
+def negotiate(offered: Iterable[int], supported: Iterable[int] = SUPPORTED_VERSIONS) -> int:
+    """The newest version both sides speak, or :class:`ProtocolError` (``unsupported_version``)."""
+    common = set(offered) & set(supported)
+    if not common:
+        raise ProtocolError(
+            f"no common protocol version: this side speaks {sorted(set(supported))}",
+            "unsupported_version",
+        )
+    return max(common)
+
+
+def new_token() -> str:
+    """A fresh random bearer token, for configuration and tests."""
+    return uuid.uuid4().hex + uuid.uuid4().hex
