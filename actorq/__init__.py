@@ -26,6 +26,7 @@ from ._errors import (
 )
 from ._json import JSON, converter, structure
 from ._local import LocalQueue, open_queue
+from ._maintenance import Maintenance
 from ._models import (
     DequeuedJob,
     JobInfo,
@@ -60,6 +61,7 @@ __all__ = [
     "JobStatus",
     "JobSummary",
     "LocalQueue",
+    "Maintenance",
     "MemoryStore",
     "NotExistError",
     "NotPendingError",

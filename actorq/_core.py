@@ -498,6 +498,38 @@ class QueueState:
         """Jobs no other job depends on, in enqueue order."""
         return [job.id for job in self._jobs.values() if not job.dependents]
 
+    def settled_roots(self, finished_before: datetime) -> list[tuple[UUID, bool]]:
+        """Roots of settled, old job trees, for retention: ``(root id, has_canceled)``.
+
+        A root is a job nothing depends on; its tree is the root and,
+        transitively, its dependencies. A tree is settled when no job in it is
+        pending or running. Returned are the roots of settled trees whose
+        finished jobs all finished before ``finished_before``, in enqueue order.
+        The queue records no cancel time, so ``has_canceled`` is True when the
+        tree holds a canceled job: its caller must age such a tree itself.
+        """
+        # Dependencies are enqueued before their dependents, so a single pass in
+        # enqueue order has judged every dependency before the job that needs it.
+        settled: dict[UUID, tuple[bool, bool]] = {}  # job id -> (old enough, has canceled)
+        out: list[tuple[UUID, bool]] = []
+        for job in self._jobs.values():
+            if job.canceled:
+                old, canceled = True, True
+            elif job.finished is not None:
+                old, canceled = job.finished < finished_before, False
+            else:
+                continue
+            for dep_id in job.dependencies:
+                dep = settled.get(dep_id)
+                if dep is None:
+                    break
+                old, canceled = old and dep[0], canceled or dep[1]
+            else:
+                settled[job.id] = (old, canceled)
+                if old and not job.dependents:
+                    out.append((job.id, canceled))
+        return out
+
     def list_jobs(
         self,
         state: JobState | None = None,

@@ -18,6 +18,7 @@ from . import _validate as v
 from ._core import Assignment, QueueState
 from ._errors import DequeueTimeoutError, QueueClosedError
 from ._json import loads, to_json_text
+from ._maintenance import Maintainer, Maintenance
 from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
 from ._store import Store
@@ -364,6 +365,7 @@ async def open_queue(
     *,
     clock: Callable[[], datetime] | None = None,
     max_batch: int = 1024,
+    maintenance: Maintenance | None = None,
 ) -> AsyncIterator[LocalQueue]:
     """Start a queue's scheduler actor for the duration of the ``async with`` block.
 
@@ -373,6 +375,10 @@ async def open_queue(
     current time as an aware datetime, for job timestamps (default: wall
     time in UTC); ages (heartbeats, workers) always use trio's clock, so
     :class:`trio.testing.MockClock` drives them.
+
+    ``maintenance`` (a :class:`actorq.Maintenance`) runs the heartbeat
+    reaper, stale-worker removal and retention next to the actor; ``None``
+    runs none of them, and the queue changes only when asked to.
 
     On exit the actor stops; blocked dequeuers and later calls raise
     :class:`QueueClosedError`.
@@ -390,6 +396,7 @@ async def open_queue(
             jobs, workers, wall=wall, monotonic=trio.current_time, track_changes=True
         )
     scheduler = Scheduler(state, resolved, max_batch=max_batch)
+    queue = LocalQueue(scheduler)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
@@ -399,8 +406,10 @@ async def open_queue(
             watch = getattr(resolved, "watch", None)
             if watch is not None:
                 nursery.start_soon(watch)
+            if maintenance is not None:
+                await nursery.start(Maintainer(queue, maintenance, wall).run)
             try:
-                yield LocalQueue(scheduler)
+                yield queue
             finally:
                 nursery.cancel_scope.cancel()
     finally:
