@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-import outcome
 import trio
 
 from . import _validate as v
@@ -87,62 +87,20 @@ class LocalQueue:
         """Run ``fn`` on the queue state inside the actor and return its result.
 
         For extensions; ``fn`` must be synchronous and quick. Whatever it
-        changes is committed before this returns.
+        changes is committed before this returns. If the caller is cancelled
+        before the actor gets to the request, ``fn`` never runs; once it ran,
+        cancellation cannot undo it.
         """
-        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
-        self._scheduler.post_nowait(Call(fn, send))
-        result: T = await self._await_reply(receive)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        reply = Reply()
+        self._scheduler.post_nowait(Call(fn, reply))
+        result: T = await reply.wait()
         return result
-
-    async def _await_reply(self, receive: trio.MemoryReceiveChannel[outcome.Outcome[Any]]) -> Any:
-        try:
-            got = await receive.receive()
-        except trio.EndOfChannel:
-            raise QueueClosedError() from None
-        except BaseException:
-            self._abandon(receive, None)
-            raise
-        return got.unwrap()
-
-    def _abandon(
-        self, receive: trio.MemoryReceiveChannel[outcome.Outcome[Any]], parked: Reply | None
-    ) -> Assignment | None:
-        # Runs synchronously when a requester stops waiting: a reply may have
-        # landed in the buffer after the wait ended (trio issue 719). A job in
-        # it must go back, and a wait still parked must be withdrawn, through
-        # calls that cannot block.
-        try:
-            got = receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
-            got = None
-        receive.close()
-        try:
-            if got is None:
-                if parked is not None:
-                    self._scheduler.post_nowait(Withdraw(parked))
-            elif isinstance(got, outcome.Value) and isinstance(got.value, Assignment):
-                return got.value
-        except QueueClosedError:
-            pass
-        return None
 
     def _give_back(self, got: Assignment | None) -> None:
         if got is not None:
             with contextlib.suppress(QueueClosedError):
                 self._scheduler.post_nowait(Release(got))
-
-    async def _take(self, fn: Callable[[QueueState], Assignment | None]) -> Assignment | None:
-        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
-        self._scheduler.post_nowait(Call(fn, send))
-        try:
-            got = await receive.receive()
-        except trio.EndOfChannel:
-            raise QueueClosedError() from None
-        except BaseException:
-            self._give_back(self._abandon(receive, None))
-            raise
-        result: Assignment | None = got.unwrap()
-        return result
 
     async def _wait_for_job(
         self,
@@ -153,28 +111,24 @@ class LocalQueue:
     ) -> DequeuedJob:
         if timeout == 0:
             # move_on_after(0) would cancel even a ready reply (trio issue 1626)
-            got = await self._take(lambda s: s.dequeue(job_types, channels, worker_id))
+            got = await self.call(lambda s: s.dequeue(job_types, channels, worker_id))
             if got is None:
                 raise DequeueTimeoutError()
             return to_dequeued_job(got)
-        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
-        self._scheduler.post_nowait(Park(job_types, channels, worker_id, send))
-        reply: outcome.Outcome[Any] | None = None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        reply = Reply()
+        self._scheduler.post_nowait(Park(job_types, channels, worker_id, reply))
         try:
-            with trio.move_on_after(timeout if timeout is not None else float("inf")):
-                reply = await receive.receive()
-        except trio.EndOfChannel:
-            raise QueueClosedError() from None
-        except BaseException:
-            self._give_back(self._abandon(receive, send))
-            raise
-        if reply is None:
-            # Timed out. A job that raced in is ours to keep: nothing cancelled us.
-            late = self._abandon(receive, send)
-            if late is None:
-                raise DequeueTimeoutError()
-            return to_dequeued_job(late)
-        return to_dequeued_job(reply.unwrap())
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                return to_dequeued_job(await reply.wait())
+        finally:
+            if reply.abandoned:
+                # Timed out or cancelled before a job arrived: withdraw the wait.
+                # A job assigned meanwhile finds the reply abandoned and the
+                # actor puts it back itself.
+                with contextlib.suppress(QueueClosedError):
+                    self._scheduler.post_nowait(Withdraw(reply))
+        raise DequeueTimeoutError()
 
     # ------------------------------------------------------------ the API
 
@@ -241,9 +195,7 @@ class LocalQueue:
     async def dequeue_by_id(self, job_id: UUID, *, worker_id: UUID | None = None) -> DequeuedJob:
         job_id = v.check_uuid(job_id, "job_id")
         worker = v.check_optional_uuid(worker_id, "worker_id")
-        got = await self._take(lambda s: s.dequeue_by_id(job_id, worker))
-        assert got is not None
-        return to_dequeued_job(got)
+        return to_dequeued_job(await self.call(lambda s: s.dequeue_by_id(job_id, worker)))
 
     async def finish_job(self, job_id: UUID, result: Any = None) -> None:
         job_id = v.check_uuid(job_id, "job_id")

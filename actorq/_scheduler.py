@@ -1,14 +1,15 @@
 """The scheduler actor: the one task that owns a queue's state.
 
 Every request reaches it as a message on an unbounded memory channel (its
-mailbox) and is answered on a one-shot reply channel that the requester made
-for it. The actor takes every message waiting in the mailbox as one batch,
-applies them all to the :class:`~actorq._core.QueueState`, commits what
-changed to the store in one transaction, and only then sends the replies:
-group commit, so a store's fsync is paid once per batch and never per request.
+mailbox) and is answered on a one-shot reply channel, a :class:`Reply`, that
+the requester made for it. The actor takes every message waiting in the
+mailbox as one batch, applies them all to the
+:class:`~actorq._core.QueueState`, commits what changed to the store in one
+transaction, and only then sends the replies: group commit, so a store's
+fsync is paid once per batch and never per request.
 
 The mailbox is unbounded on purpose: a requester that is being cancelled must
-be able to hand back a job or withdraw its wait without blocking
+be able to withdraw its wait or hand back a job without blocking
 (:meth:`Scheduler.post_nowait`), and every requester has at most one request
 in flight, so the mailbox never holds more messages than there are tasks.
 """
@@ -32,10 +33,70 @@ __all__ = ["Call", "Park", "Release", "Reply", "Scheduler", "Withdraw"]
 
 log = logging.getLogger("actorq.scheduler")
 
-Reply: TypeAlias = trio.MemorySendChannel[outcome.Outcome[Any]]
+
+class Reply:
+    """A one-shot reply channel: the actor delivers one outcome, one requester waits for it.
+
+    Built on :func:`trio.lowlevel.wait_task_rescheduled`, the way trio builds
+    its own primitives, rather than on a memory channel: there is no buffer,
+    so a reply cannot be stranded in one when its requester is cancelled (the
+    lost-reply race of trio issue 719 cannot happen). Either the actor
+    delivers first, and the requester returns the value even if a cancel
+    arrives right after; or the cancel comes first, the reply is *abandoned*,
+    and :meth:`deliver` returns False, so the actor knows the value never
+    reached anyone (and puts a job it carried back). It is also about three
+    times cheaper than a memory channel pair, and this is the hottest path of
+    the queue.
+    """
+
+    __slots__ = ("_abandoned", "_task", "_value")
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+        self._value: outcome.Outcome[Any] | None = None
+        self._abandoned = False
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the requester stopped waiting without a reply."""
+        return self._abandoned
+
+    def deliver(self, value: outcome.Outcome[Any]) -> bool:
+        """Hand ``value`` to the requester. False if it was abandoned (or already answered)."""
+        if self._abandoned or self._value is not None:
+            return False
+        self._value = value
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task, value)
+        return True
+
+    def abandon(self) -> None:
+        """Give up on the reply (the requester will not wait for it)."""
+        if self._value is None:
+            self._abandoned = True
+
+    async def wait(self) -> Any:
+        """Wait for the reply and return its value (or raise its error).
+
+        Cancellation: if the wait is cancelled before the reply arrives, the
+        reply is abandoned and :class:`trio.Cancelled` propagates.
+        """
+        if self._value is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return self._value.unwrap()
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._task = None
+            self._abandoned = True
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        # reschedule() hands the outcome to wait_task_rescheduled, which unwraps it
+        return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
-@attrs.frozen(eq=False)
+@attrs.define(slots=True, eq=False)
 class Call:
     """Run ``fn`` on the state; reply with its return value or its queue error."""
 
@@ -43,7 +104,7 @@ class Call:
     reply: Reply
 
 
-@attrs.frozen(eq=False)
+@attrs.define(slots=True, eq=False)
 class Park:
     """Dequeue, waiting for a matching job if none is ready. ``channels=None`` means any."""
 
@@ -53,14 +114,14 @@ class Park:
     reply: Reply
 
 
-@attrs.frozen(eq=False)
+@attrs.define(slots=True, eq=False)
 class Withdraw:
     """Stop waiting on behalf of the :class:`Park` that carried ``reply``."""
 
     reply: Reply
 
 
-@attrs.frozen(eq=False)
+@attrs.define(slots=True, eq=False)
 class Release:
     """Put back a job whose assignment never reached its requester."""
 
@@ -130,6 +191,8 @@ class Scheduler:
     def _apply(self, message: Message, replies: list[tuple[Reply, outcome.Outcome[Any]]]) -> None:
         state = self.state
         if type(message) is Call:
+            if message.reply.abandoned:
+                return  # its requester was cancelled before we got to it: do nothing
             try:
                 replies.append((message.reply, outcome.Value(message.fn(state))))
             except JobQueueError as exc:
@@ -138,6 +201,8 @@ class Scheduler:
                 log.exception("request failed inside the scheduler")
                 replies.append((message.reply, outcome.Error(exc)))
         elif type(message) is Park:
+            if message.reply.abandoned:
+                return
             try:
                 got = state.add_waiter(message.job_types, message.channels, message.worker_id)
             except JobQueueError as exc:
@@ -188,14 +253,11 @@ class Scheduler:
             replies.append((reply, value))
 
     def _deliver(self, reply: Reply, value: outcome.Outcome[Any]) -> None:
-        try:
-            reply.send_nowait(value)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-            if isinstance(value, outcome.Value) and isinstance(value.value, Assignment):
-                log.debug("requester of job %s went away; putting it back", value.value.id)
-                self.state.release(value.value.id, value.value.token)
-        else:
-            reply.close()
+        if not reply.deliver(value) and isinstance(value, outcome.Value):
+            got = value.value
+            if isinstance(got, Assignment):
+                log.debug("requester of job %s went away; putting it back", got.id)
+                self.state.release(got.id, got.token)
 
     def _fail_all(
         self, replies: list[tuple[Reply, outcome.Outcome[Any]]], exc: BaseException

@@ -1,10 +1,10 @@
 """Cancellation races of the in-process queue: no job is ever lost.
 
 A dequeuer can be cancelled at the very moment the scheduler hands it a job
-(trio issue 719: the job sits in the reply buffer and would be dropped with
-the channel). These tests stage that moment deliberately, in both orders the
-scheduler and the cancelled task can run in, and check that the job goes back
-to its place with a void token.
+(with a buffered reply channel, the job would sit in the buffer and be dropped
+with it: trio issue 719). These tests stage that moment deliberately, in both
+orders the scheduler and the cancelled task can run in, and check that the
+job goes back to its place with a void token.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import trio.testing
 
 import actorq
 from actorq import DequeueTimeoutError
+from actorq._scheduler import Call, Park, Reply
 
 
 async def test_cancel_after_assign_puts_the_job_back() -> None:
@@ -26,7 +27,11 @@ async def test_cancel_after_assign_puts_the_job_back() -> None:
             scope = trio.CancelScope()
             outcome: list[object] = []
 
-            async def dequeuer(scope: trio.CancelScope = scope) -> None:
+            async def dequeuer(
+                queue: actorq.LocalQueue = queue,
+                scope: trio.CancelScope = scope,
+                outcome: list[object] = outcome,
+            ) -> None:
                 with scope:
                     outcome.append(await queue.dequeue(["t"]))
                 outcome.append("cancelled" if scope.cancelled_caught else "returned")
@@ -51,44 +56,41 @@ async def test_cancel_after_assign_puts_the_job_back() -> None:
             assert (await queue.job_status(older)).state is actorq.JobState.PENDING
 
 
-async def test_reply_waiting_in_the_buffer_is_given_back() -> None:
-    # Deterministic form of the race: the scheduler delivers the job into the
-    # reply buffer while the requester is blocked, then the requester's scope
-    # is cancelled before it runs again. trio delivers the value first, so
-    # the requester would return; we emulate the lost-wakeup variant with the
-    # low-level pieces instead, exactly as the queue's abandon path sees it.
+async def test_job_for_an_abandoned_reply_goes_back() -> None:
+    # The lowest level of the race: a dequeuer is parked, its reply is
+    # abandoned (what a cancel does) but its withdrawal has not reached the
+    # scheduler yet, and a job arrives. The scheduler must not strand it.
     async with actorq.open_queue() as queue:
-        job_id = await queue.enqueue("t")
-        send, receive = trio.open_memory_channel[object](1)
-        scheduler = queue.scheduler
-        from actorq._scheduler import Park  # the mailbox message a dequeue sends
-
-        scheduler.post_nowait(Park(("t",), ("",), None, send))  # type: ignore[arg-type]
+        reply = Reply()
+        queue.scheduler.post_nowait(Park(("t",), ("",), None, reply))
         await trio.testing.wait_all_tasks_blocked()
-        # the assignment is in the buffer; nobody will ever receive it
-        got = queue._abandon(receive, send)  # type: ignore[arg-type]
-        assert got is not None and got.id == job_id
-        queue._give_back(got)
-        await trio.testing.wait_all_tasks_blocked()
+        reply.abandon()
+        job_id = await queue.enqueue("t", [1])
         status = await queue.job_status(job_id)
         assert status.state is actorq.JobState.PENDING
-        with pytest.raises(actorq.NotExistError):
-            await queue.id_from_token(got.token)
-        assert (await queue.dequeue(["t"], timeout=0)).id == job_id
+        assert status.started is None
+        assert await queue.heartbeats(0) == []
+        job = await queue.dequeue(["t"], timeout=0)
+        assert (job.id, job.args) == (job_id, [1])
 
 
-async def test_reply_to_a_closed_requester_is_given_back() -> None:
+async def test_request_abandoned_before_the_scheduler_runs_it_does_nothing() -> None:
     async with actorq.open_queue() as queue:
-        send, receive = trio.open_memory_channel[object](1)
-        from actorq._scheduler import Park
+        reply = Reply()
+        reply.abandon()
+        ran: list[bool] = []
+        queue.scheduler.post_nowait(Call(lambda s: ran.append(True), reply))
+        await queue.stats()  # a later request: the abandoned one was skipped before it
+        assert ran == []
 
-        queue.scheduler.post_nowait(Park(("t",), ("",), None, send))  # type: ignore[arg-type]
-        await trio.testing.wait_all_tasks_blocked()
-        receive.close()  # the requester vanished without withdrawing
-        job_id = await queue.enqueue("t")
-        # the scheduler could not deliver, so the job went straight back
-        assert (await queue.job_status(job_id)).state is actorq.JobState.PENDING
-        assert (await queue.dequeue(["t"], timeout=0)).id == job_id
+
+async def test_already_cancelled_call_changes_nothing() -> None:
+    async with actorq.open_queue() as queue:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await queue.enqueue("t")
+        assert scope.cancelled_caught
+        assert await queue.list_jobs() == []
 
 
 async def test_timeout_racing_with_a_job_returns_the_job(
@@ -153,15 +155,14 @@ async def test_closed_queue_raises_queue_closed() -> None:
 
 async def test_parked_dequeuer_is_told_when_the_queue_closes() -> None:
     errors: list[BaseException] = []
-    async with trio.open_nursery() as nursery:
-        async with actorq.open_queue() as queue:
+    async with trio.open_nursery() as nursery, actorq.open_queue() as queue:
 
-            async def dequeuer() -> None:
-                try:
-                    await queue.dequeue(["t"])
-                except actorq.QueueClosedError as exc:
-                    errors.append(exc)
+        async def dequeuer() -> None:
+            try:
+                await queue.dequeue(["t"])
+            except actorq.QueueClosedError as exc:
+                errors.append(exc)
 
-            nursery.start_soon(dequeuer)
-            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(dequeuer)
+        await trio.testing.wait_all_tasks_blocked()
     assert len(errors) == 1

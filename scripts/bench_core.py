@@ -1,0 +1,119 @@
+"""Benchmark suite ``core``: the in-process queue against a bare trio round trip.
+
+- ``round_trip``: a bare trio memory-channel request/reply round trip, the
+  same shape as one queue request (a message carrying a fresh one-shot reply
+  channel to a server task, which answers it). The baseline.
+- ``cycle``: one job's life in-process, sequentially: enqueue, dequeue,
+  finish. Three requests, so 3 round trips is the floor; the goal is <= 4.
+- ``dequeue_cost``: a dequeue (plus the requeue that puts the job back, so
+  the pending count stays fixed) with 10, 10k and 1M pending jobs spread over
+  100 types x 100 channels. It must stay flat as pending jobs grow.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import trio
+
+import actorq
+from actorq._core import QueueState
+from bench import summarize, time_per_op
+
+
+async def _round_trip_baseline(ops: int, repeats: int) -> list[float]:
+    send, receive = trio.open_memory_channel[Any](math.inf)
+
+    async def server() -> None:
+        async for payload, reply in receive:
+            reply.send_nowait(payload)
+            reply.close()
+
+    async def client() -> None:
+        for i in range(ops):
+            reply_send, reply_receive = trio.open_memory_channel[Any](1)
+            send.send_nowait((i, reply_send))
+            await reply_receive.receive()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        samples = await time_per_op(client, ops, repeats)
+        nursery.cancel_scope.cancel()
+    return samples
+
+
+async def _cycle(ops: int, repeats: int) -> list[float]:
+    async with actorq.open_queue() as queue:
+
+        async def cycles() -> None:
+            for i in range(ops):
+                await queue.enqueue("build", {"n": i})
+                job = await queue.dequeue(["build"], timeout=0)
+                await queue.finish_job(job.id, {"ok": True})
+
+        return await time_per_op(cycles, ops, repeats)
+
+
+def _fill(state: QueueState, pending: int) -> None:
+    for i in range(pending):
+        state.enqueue(f"type{i % 100}", "null", (), f"chan{(i // 100) % 100}")
+
+
+async def _dequeue_cost(pending: int, ops: int, repeats: int) -> dict[str, Any]:
+    async with actorq.open_queue() as queue:
+        await queue.call(lambda s: _fill(s, pending))
+        types = ["type7", "type42"]
+        channels = ["chan0", "chan3"]  # type7 on chan0 exists even with 10 pending
+
+        async def dequeues() -> None:
+            for _ in range(ops):
+                job = await queue.dequeue(types, channels, timeout=0)
+                await queue.requeue_or_finish_job(job.id, 1 << 30)
+
+        # the pure core alone, without the actor round trips
+        def core_loop(state: QueueState) -> None:
+            for _ in range(ops):
+                got = state.dequeue(tuple(types), tuple(channels))
+                assert got is not None
+                state.release(got.id, got.token)
+
+        queue_samples = await time_per_op(dequeues, ops, repeats)
+        core_samples = []
+        for _ in range(repeats):
+            start = trio.current_time()
+            await queue.call(core_loop)
+            core_samples.append((trio.current_time() - start) / ops)
+        return {
+            "pending": pending,
+            "queue_dequeue_plus_requeue": summarize(queue_samples),
+            "core_dequeue_plus_release": summarize(core_samples),
+        }
+
+
+async def _main(quick: bool) -> dict[str, Any]:
+    ops = 2_000 if quick else 20_000
+    repeats = 3 if quick else 7
+    baseline = await _round_trip_baseline(ops, repeats)
+    cycle = await _cycle(ops // 2, repeats)
+    rt = statistics.median(baseline)
+    cyc = statistics.median(cycle)
+    sizes = [10, 10_000, 100_000] if quick else [10, 10_000, 1_000_000]
+    costs = [await _dequeue_cost(n, ops // 4, repeats) for n in sizes]
+    flat = costs[-1]["queue_dequeue_plus_requeue"]["median_us"] / max(
+        costs[0]["queue_dequeue_plus_requeue"]["median_us"], 1e-9
+    )
+    return {
+        "round_trip": summarize(baseline),
+        "cycle": summarize(cycle),
+        "cycles_per_second": 1 / cyc,
+        "cycle_in_round_trips": cyc / rt,
+        "cycle_goal_round_trips": 4,
+        "dequeue_cost": costs,
+        "dequeue_cost_ratio_largest_to_smallest": flat,
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    return trio.run(_main, quick)
