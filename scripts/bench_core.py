@@ -17,10 +17,10 @@ import statistics
 from typing import Any
 
 import trio
+from bench import summarize, time_per_op
 
 import actorq
 from actorq._core import QueueState
-from bench import summarize, time_per_op
 
 
 async def _round_trip_baseline(ops: int, repeats: int) -> list[float]:
