@@ -40,6 +40,7 @@ from ._protocol import JobQueue
 from ._server import QueueServer, serve
 from ._store import MemoryStore, Store
 from ._wire import ProtocolError
+from ._worker import Job, Worker, error_result
 
 if TYPE_CHECKING:
     from ._postgres import PostgresStore
@@ -54,6 +55,7 @@ __all__ = [
     "DequeuedJob",
     "FinishedError",
     "HasDependentsError",
+    "Job",
     "JobInfo",
     "JobQueue",
     "JobQueueError",
@@ -66,8 +68,8 @@ __all__ = [
     "NotExistError",
     "NotPendingError",
     "NotRunningError",
-    "ProtocolError",
     "PostgresStore",
+    "ProtocolError",
     "QueueClosedError",
     "QueueServer",
     "QueueState",
@@ -76,10 +78,12 @@ __all__ = [
     "RunningError",
     "Store",
     "StoreError",
+    "Worker",
     "WorkerInfo",
     "WorkerNotExistError",
     "connect",
     "converter",
+    "error_result",
     "open_queue",
     "serve",
     "structure",

@@ -70,7 +70,7 @@ def test_defaults_are_upstreams() -> None:
 )
 def test_bad_config_raises(field: str, value: object, error: type[Exception]) -> None:
     with pytest.raises(error):
-        Maintenance(**{field: value})
+        Maintenance(**{field: value})  # type: ignore[arg-type]
 
 
 async def test_no_maintenance_by_default(autojump_clock: trio.testing.MockClock) -> None:

@@ -1,0 +1,732 @@
+"""The worker runtime: run your handlers for the jobs of any :class:`actorq.JobQueue`.
+
+A :class:`Worker` registers itself with the queue, dequeues up to
+``concurrency`` jobs at once, runs each through the handler registered for its
+type, keeps the job's heartbeat fresh while the handler runs, and finishes the
+job with the handler's return value, or with a structured error result when the
+handler raises. It uses the :class:`~actorq.JobQueue` protocol only, so the
+same worker runs against an in-process queue and a remote one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import platform
+import signal
+import socket
+import traceback
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from uuid import UUID
+
+import attrs
+import cattrs
+import trio
+
+from ._errors import (
+    ActiveJobsError,
+    CanceledError,
+    DequeueTimeoutError,
+    JobQueueError,
+    NotExistError,
+    QueueClosedError,
+    WorkerNotExistError,
+)
+from ._json import converter
+from ._models import DequeuedJob
+from ._protocol import JobQueue
+
+__all__ = ["Job", "Worker", "error_result"]
+
+log = logging.getLogger("actorq.worker")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.ClassValidationError | cattrs.IterableValidationError):
+        # cattrs' own text is "While structuring X (n sub-exceptions)"; name the fields.
+        return "invalid job args: " + "; ".join(cattrs.transform_error(exc))
+    return str(exc)
+
+
+def error_result(exc: BaseException) -> dict[str, Any]:
+    """The result a job gets when its handler raises ``exc``.
+
+    ``{"error": {"type": ..., "message": ..., "traceback": ...}}``: the
+    exception's class (module-qualified unless built in), its message, and the
+    formatted traceback.
+    """
+    return {
+        "error": {
+            "type": _type_name(exc),
+            "message": _message(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+        }
+    }
+
+
+def _shutdown_result(max_retries: int) -> dict[str, Any]:
+    return {
+        "error": {
+            "type": "WorkerShutdown",
+            "message": (
+                "the worker shut down before the job finished, "
+                f"and the job was already retried {max_retries} times"
+            ),
+            "traceback": None,
+        }
+    }
+
+
+@attrs.define(eq=False)
+class Job:
+    """A job as a handler sees it.
+
+    ``id``, ``type``, ``args`` (JSON, as enqueued), ``channel`` and
+    ``dependencies`` describe the job; ``token`` authorises this run of it and
+    ``worker_id`` names the worker running it.
+    """
+
+    id: UUID
+    token: UUID
+    type: str
+    args: Any
+    channel: str
+    dependencies: list[UUID]
+    worker_id: UUID | None
+    _queue: JobQueue = attrs.field(repr=False, alias="queue")
+    _cancel_requested: bool = attrs.field(default=False, init=False, repr=False)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the worker has started cancelling this handler.
+
+        Async handlers are cancelled through their cancel scope and need not
+        look; a sync handler runs in a thread that cannot be interrupted, and
+        may poll this to stop early.
+        """
+        return self._cancel_requested
+
+    async def dependency_results(self) -> list[Any]:
+        """The results of this job's dependencies, in the order of ``dependencies``.
+
+        Each dependency has finished (the queue hands a job out only then), so
+        each result is whatever its handler returned, or its error result. A
+        dependency deleted meanwhile raises :class:`NotExistError`.
+        """
+        return [(await self._queue.job_status(dep)).result for dep in self.dependencies]
+
+    async def update_result(self, result: Any) -> None:
+        """Store a partial result (progress, say) without finishing the job."""
+        await self._queue.update_job_result(self.id, result)
+
+
+@attrs.frozen
+class _Handler:
+    fn: Callable[..., Any]
+    is_async: bool
+    args_type: Any  # None: the handler takes the job only; Any: args as JSON
+
+
+def _make_handler(job_type: str, fn: Callable[..., Any]) -> _Handler:
+    if not callable(fn):
+        raise TypeError(f"handler for {job_type!r} is not callable")
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"cannot inspect handler for {job_type!r}: {exc}") from None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) not in (1, 2) or any(
+        p.default is p.empty for p in params if p not in positional and p.kind is p.KEYWORD_ONLY
+    ):
+        raise TypeError(
+            f"handler for {job_type!r} must take (job) or (job, args), not {inspect.signature(fn)}"
+        )
+    args_type: Any = None
+    if len(positional) == 2:
+        name = positional[1].name
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:
+            annotation = positional[1].annotation
+            if isinstance(annotation, str):
+                raise TypeError(
+                    f"cannot resolve the annotation {annotation!r} of handler for {job_type!r}; "
+                    "define the args class at module level"
+                ) from None
+            hints = {} if annotation is inspect.Parameter.empty else {name: annotation}
+        args_type = hints.get(name, Any)
+    # an object whose __call__ is async is an async handler too
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    return _Handler(fn, is_async, args_type)
+
+
+@attrs.define(eq=False)
+class _Run:
+    """One running job: its handler's cancel scope and how it ended."""
+
+    job: Job
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    result: Any = None
+    has_result: bool = False
+    # why the handler was cancelled: "canceled" (job canceled), "lost" (token
+    # void), "shutdown" (grace period over); None while it runs on
+    reason: str | None = None
+    settled: bool = False
+
+
+def _check_seconds(name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{name} must be > 0, not {value!r}")
+
+
+class Worker:
+    """Runs registered handlers for the jobs of a :class:`~actorq.JobQueue`.
+
+    ``channels`` are the channels it takes jobs from (``None``: every channel);
+    ``concurrency`` caps the jobs it runs at once. While a handler runs, its
+    job's heartbeat is refreshed every ``heartbeat_interval`` seconds and the
+    worker's status every ``status_interval`` seconds. ``grace`` is the default
+    grace period of :meth:`shutdown`; ``max_retries`` bounds the requeues of a
+    job interrupted by shutdown (past it, the job finishes with an error
+    result). ``name`` (for logs) and ``arch`` (registered with the queue)
+    default to this host and process.
+
+    Register handlers with :meth:`handler` before :meth:`run`::
+
+        worker = actorq.Worker(queue, concurrency=4)
+
+        @worker.handler("build")
+        async def build(job: actorq.Job, args: BuildArgs) -> dict[str, str]:
+            ...
+
+    A handler takes the :class:`Job` and optionally its args: annotate the
+    second parameter with a class and the args are structured into it through
+    :data:`actorq.converter` (invalid args finish the job with an error
+    result). Async handlers run in the worker's trio run; sync ones run in a
+    thread (:func:`trio.to_thread.run_sync`).
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        channels: Sequence[str] | None = ("",),
+        *,
+        concurrency: int = 8,
+        heartbeat_interval: float = 15.0,
+        status_interval: float = 60.0,
+        grace: float = 30.0,
+        max_retries: int = 2,
+        poll_timeout: float | None = None,
+        cleanup_timeout: float = 10.0,
+        name: str | None = None,
+        arch: str | None = None,
+    ) -> None:
+        if channels is not None:
+            if isinstance(channels, str) or not all(isinstance(c, str) for c in channels):
+                raise TypeError("channels must be a sequence of str, or None for every channel")
+            channels = tuple(dict.fromkeys(channels))
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency must be an int, not {type(concurrency).__name__}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, not {concurrency}")
+        _check_seconds("heartbeat_interval", heartbeat_interval)
+        _check_seconds("status_interval", status_interval)
+        _check_seconds("poll_timeout", poll_timeout, allow_none=True)
+        _check_seconds("cleanup_timeout", cleanup_timeout)
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
+            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
+        self.queue = queue
+        self.channels: tuple[str, ...] | None = channels
+        self.concurrency = concurrency
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.status_interval = float(status_interval)
+        self.grace = float(grace)
+        self.max_retries = max_retries
+        self.poll_timeout = poll_timeout
+        self.cleanup_timeout = float(cleanup_timeout)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.arch = arch or platform.machine() or "unknown"
+        self._handlers: dict[str, _Handler] = {}
+        self._id: UUID | None = None
+        self._active: dict[UUID, _Run] = {}
+        self._started = False
+        self._stopping = False
+        self._deadline = math.inf
+        self._dequeue_scope: trio.CancelScope | None = None
+        self._grace_scope: trio.CancelScope | None = None
+        self._idle: trio.Event | None = None
+        self._slots = trio.Semaphore(concurrency)
+        self._threads = trio.CapacityLimiter(concurrency)
+        self._crashed = False
+
+    # ------------------------------------------------------------ registry
+
+    def handler(self, job_type: str) -> Callable[[F], F]:
+        """Decorator: register the decorated function as the handler of ``job_type``."""
+
+        def register(fn: F) -> F:
+            self.add_handler(job_type, fn)
+            return fn
+
+        return register
+
+    def add_handler(self, job_type: str, fn: Callable[..., Any]) -> None:
+        """Register ``fn`` for ``job_type``.
+
+        Raises :class:`TypeError` for a signature other than ``(job)`` or
+        ``(job, args)``, :class:`ValueError` if ``job_type`` is empty or taken,
+        and :class:`RuntimeError` once the worker has started.
+        """
+        if not isinstance(job_type, str):
+            raise TypeError(f"job_type must be a str, not {type(job_type).__name__}")
+        if not job_type:
+            raise ValueError("job_type must not be empty")
+        if self._started:
+            raise RuntimeError("register handlers before the worker runs")
+        if job_type in self._handlers:
+            raise ValueError(f"a handler for {job_type!r} is already registered")
+        self._handlers[job_type] = _make_handler(job_type, fn)
+
+    @property
+    def job_types(self) -> list[str]:
+        """The job types this worker has handlers for."""
+        return list(self._handlers)
+
+    @property
+    def id(self) -> UUID | None:
+        """The worker's id in the queue while it is registered, else ``None``."""
+        return self._id
+
+    @property
+    def running_jobs(self) -> list[UUID]:
+        """Ids of the jobs whose handlers run now."""
+        return list(self._active)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Stop gracefully; :meth:`run` returns once done. Synchronous, never blocks.
+
+        The worker stops dequeuing at once; running handlers get ``grace``
+        seconds (default: the worker's ``grace``) to finish, then they are
+        cancelled and their jobs requeued (:meth:`JobQueue.requeue_or_finish_job`).
+        Calling it again can shorten the grace period, never lengthen it;
+        ``grace=0`` cancels running handlers now. Must be called from the
+        worker's trio thread. Before :meth:`run`, it makes ``run`` return at once.
+        """
+        grace = self.grace if grace is None else grace
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
+            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        self._stopping = True
+        try:
+            deadline = trio.current_time() + grace
+        except RuntimeError:  # outside trio: the worker is not running
+            return
+        self._deadline = min(self._deadline, deadline)
+        if self._grace_scope is not None:
+            self._grace_scope.deadline = self._deadline
+        if self._dequeue_scope is not None:
+            self._dequeue_scope.cancel()
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = False,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Register, run jobs until :meth:`shutdown`, then deregister and return.
+
+        With ``handle_signals=True`` (main thread only), SIGTERM or SIGINT calls
+        :meth:`shutdown`; a second one cancels running handlers at once. With
+        ``nursery.start(worker.run)``, startup returns once the worker is
+        registered.
+
+        A handler's error never stops the worker. If the queue closes (or the
+        connection to it is lost), running handlers are cancelled and ``run``
+        raises :class:`QueueClosedError`. If ``run`` itself is cancelled,
+        running handlers are cancelled and their jobs requeued before the
+        cancellation propagates. Either way the worker deregisters itself, each
+        cleanup call bounded by ``cleanup_timeout``. A worker runs once.
+        """
+        if self._started:
+            raise RuntimeError("a Worker runs only once; make a new one")
+        if not self._handlers:
+            raise RuntimeError("register at least one handler before running the worker")
+        self._started = True
+        await self._register()
+        try:
+            try:
+                async with trio.open_nursery() as services:
+                    if handle_signals:
+                        await services.start(self._watch_signals)
+                    services.start_soon(self._report_status)
+                    task_status.started()
+                    await self._run_jobs()
+                    services.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                raise _unwrap(group) from None
+        finally:
+            if not self._crashed:
+                with trio.move_on_after(self.cleanup_timeout, shield=True):
+                    await self._deregister()
+
+    async def _run_jobs(self) -> None:
+        async with trio.open_nursery() as jobs:
+            await self._dequeue_loop(jobs)
+            # shutdown: no more dequeues; give running handlers their grace period
+            jobs.start_soon(self._enforce_grace)
+
+    async def _enforce_grace(self) -> None:
+        self._idle = trio.Event()
+        if not self._active:
+            return
+        with trio.CancelScope(deadline=self._deadline) as self._grace_scope:
+            await self._idle.wait()
+            return
+        for run in list(self._active.values()):
+            if run.reason is None:
+                run.reason = "shutdown"
+            run.job._cancel_requested = True
+            run.scope.cancel()
+
+    async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self._stopping:
+                    log.info(
+                        "worker %s: %s, shutting down (grace %s s)",
+                        self.name,
+                        name,
+                        self.grace,
+                        extra=self._extra(event="worker_stopping", signal=name),
+                    )
+                    self.shutdown()
+                else:
+                    log.warning(
+                        "worker %s: %s again, cancelling running jobs",
+                        self.name,
+                        name,
+                        extra=self._extra(event="worker_stopping", signal=name),
+                    )
+                    self.shutdown(grace=0)
+
+    # ------------------------------------------------------------ registry calls
+
+    async def _register(self) -> None:
+        channel = "" if not self.channels else self.channels[0]
+        self._id = await self.queue.insert_worker(channel, self.arch)
+        log.info(
+            "worker %s registered as %s for %s",
+            self.name,
+            self._id,
+            ", ".join(self._handlers),
+            extra=self._extra(event="worker_registered"),
+        )
+
+    async def _deregister(self) -> None:
+        worker_id, self._id = self._id, None
+        if worker_id is None:
+            return
+        try:
+            await self.queue.delete_worker(worker_id)
+        except WorkerNotExistError:
+            pass
+        except ActiveJobsError:
+            log.warning(
+                "worker %s could not deregister: it still holds jobs",
+                self.name,
+                extra=self._extra(event="worker_deregister_failed", worker_id=str(worker_id)),
+            )
+            return
+        except JobQueueError as exc:
+            log.warning("worker %s could not deregister: %s", self.name, exc)
+            return
+        log.info(
+            "worker %s deregistered",
+            self.name,
+            extra=self._extra(event="worker_deregistered", worker_id=str(worker_id)),
+        )
+
+    async def _report_status(self) -> None:
+        while True:
+            await trio.sleep(self.status_interval)
+            if self._id is None:
+                continue
+            try:
+                await self.queue.update_worker_status(self._id)
+            except WorkerNotExistError:
+                # removed as stale (a long pause, say): come back under a new id
+                await self._register()
+            except QueueClosedError:
+                return
+            except JobQueueError as exc:
+                log.warning("worker %s: status update failed: %s", self.name, exc)
+
+    # ------------------------------------------------------------ dequeuing
+
+    async def _dequeue_loop(self, jobs: trio.Nursery) -> None:
+        types = list(self._handlers)
+        while not self._stopping:
+            with trio.CancelScope() as self._dequeue_scope:
+                if self._stopping:  # shutdown() ran while the scope was being replaced
+                    break
+                await self._slots.acquire()
+                try:
+                    got = await self._dequeue(types)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                if got is None:
+                    self._slots.release()
+                    continue
+                jobs.start_soon(self._run_job, got, name=f"actorq job {got.id}")
+        self._dequeue_scope = None
+
+    async def _dequeue(self, types: list[str]) -> DequeuedJob | None:
+        try:
+            if self.channels is None:
+                return await self.queue.dequeue_any_channel(
+                    types, timeout=self.poll_timeout, worker_id=self._id
+                )
+            return await self.queue.dequeue(
+                types, self.channels, timeout=self.poll_timeout, worker_id=self._id
+            )
+        except DequeueTimeoutError:
+            return None
+        except WorkerNotExistError:
+            await self._register()
+            return None
+        except QueueClosedError:
+            raise
+        except JobQueueError as exc:
+            log.warning("worker %s: dequeue failed: %s", self.name, exc)
+            await trio.sleep(1)
+            return None
+
+    # ------------------------------------------------------------ running a job
+
+    async def _run_job(self, got: DequeuedJob) -> None:
+        job = Job(
+            id=got.id,
+            token=got.token,
+            type=got.type,
+            args=got.args,
+            channel=got.channel,
+            dependencies=list(got.dependencies),
+            worker_id=self._id,
+            queue=self.queue,
+        )
+        run = _Run(job)
+        self._active[job.id] = run
+        log.debug("job %s (%s) started", job.id, job.type, extra=self._job_extra(job, "started"))
+        try:
+            await self._execute(run)
+            if not self._crashed:
+                await self._settle(run)
+        finally:
+            try:
+                if not run.settled and not self._crashed:
+                    # cancelled from outside (or settling was): put the job in order
+                    # before going, shielded but bounded, since the queue may be gone
+                    with trio.move_on_after(self.cleanup_timeout, shield=True):
+                        await self._settle(run)
+            finally:
+                del self._active[job.id]
+                self._slots.release()
+                if not self._active and self._idle is not None:
+                    self._idle.set()
+
+    async def _execute(self, run: _Run) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeat, run)
+            with run.scope:
+                try:
+                    run.result = await self._invoke(run.job)
+                except Exception as exc:
+                    run.result = error_result(exc)
+                    log.warning(
+                        "job %s (%s) failed: %s: %s",
+                        run.job.id,
+                        run.job.type,
+                        _type_name(exc),
+                        _message(exc),
+                        extra=self._job_extra(run.job, "handler_failed"),
+                    )
+                run.has_result = True
+            nursery.cancel_scope.cancel()
+
+    async def _invoke(self, job: Job) -> Any:
+        handler = self._handlers[job.type]
+        args: tuple[Any, ...] = (job,)
+        if handler.args_type is not None:
+            value = job.args
+            if handler.args_type is not Any:
+                value = converter.structure(value, handler.args_type)
+            args = (job, value)
+        if handler.is_async:
+            return await handler.fn(*args)
+        # a thread cannot be interrupted: on cancellation, stop waiting for it and
+        # let it run out in the background (the handler may poll job.cancel_requested)
+        return await trio.to_thread.run_sync(
+            handler.fn, *args, abandon_on_cancel=True, limiter=self._threads
+        )
+
+    async def _heartbeat(self, run: _Run) -> None:
+        # The refresh is also how the worker learns that its job was canceled
+        # (or its token voided): then the handler's work is wasted, so stop it.
+        job = run.job
+        while True:
+            await trio.sleep(self.heartbeat_interval)
+            try:
+                await self.queue.refresh_heartbeat(job.token)
+            except CanceledError:
+                reason = "canceled"
+                break
+            except NotExistError:
+                reason = "lost"
+                break
+            except QueueClosedError:
+                return
+            except JobQueueError as exc:
+                log.warning("job %s: heartbeat failed: %s", job.id, exc)
+        run.reason = reason
+        job._cancel_requested = True
+        run.scope.cancel()
+
+    async def _settle(self, run: _Run) -> None:
+        """Tell the queue how the run ended: finished, requeued, or nothing to say."""
+        job = run.job
+        if run.reason == "canceled":
+            log.info(
+                "job %s (%s) was canceled; its handler was cancelled",
+                job.id,
+                job.type,
+                extra=self._job_extra(job, "canceled"),
+            )
+        elif run.reason == "lost":
+            log.warning(
+                "job %s (%s) is no longer ours (its heartbeat lapsed); result dropped",
+                job.id,
+                job.type,
+                extra=self._job_extra(job, "lost"),
+            )
+        elif run.has_result:
+            await self._finish(job, run.result)
+        else:
+            await self._requeue(job)
+        run.settled = True
+
+    async def _finish(self, job: Job, result: Any) -> None:
+        try:
+            # a token voided since (job reaped, requeued, handed to another
+            # worker) means the job is no longer ours to finish
+            await self.queue.id_from_token(job.token)
+            try:
+                await self.queue.finish_job(job.id, result)
+            except TypeError as exc:  # the result is not JSON
+                await self.queue.finish_job(job.id, error_result(exc))
+        except JobQueueError as exc:
+            log.warning(
+                "job %s (%s): could not finish: %s",
+                job.id,
+                job.type,
+                exc,
+                extra=self._job_extra(job, "finish_failed"),
+            )
+            return
+        log.debug("job %s (%s) finished", job.id, job.type, extra=self._job_extra(job, "finished"))
+
+    async def _requeue(self, job: Job) -> None:
+        try:
+            requeued = await self.queue.requeue_or_finish_job(
+                job.id, self.max_retries, _shutdown_result(self.max_retries)
+            )
+        except JobQueueError as exc:
+            log.warning(
+                "job %s (%s): could not requeue: %s",
+                job.id,
+                job.type,
+                exc,
+                extra=self._job_extra(job, "requeue_failed"),
+            )
+            return
+        log.info(
+            "job %s (%s) interrupted by shutdown: %s",
+            job.id,
+            job.type,
+            "requeued" if requeued else "finished with an error after retries",
+            extra=self._job_extra(job, "requeued" if requeued else "finished"),
+        )
+
+    # ------------------------------------------------------------ testing aid
+
+    def _crash(self) -> None:
+        """Stop as if the process died: no more calls to the queue, nothing cleaned up.
+
+        For :mod:`actorq.testing`: the queue sees a worker that fell silent, so
+        the reaper's handling of lost jobs can be tested.
+        """
+        self._crashed = True
+        self._stopping = True
+        self._deadline = -math.inf
+        if self._dequeue_scope is not None:
+            self._dequeue_scope.cancel()
+        if self._grace_scope is not None:
+            self._grace_scope.deadline = -math.inf
+        for run in self._active.values():
+            run.reason = run.reason or "crashed"
+            run.settled = True
+            run.scope.cancel()
+
+    # ------------------------------------------------------------ logging
+
+    def _extra(self, **fields: Any) -> dict[str, Any]:
+        return {
+            "worker": self.name,
+            "worker_id": None if self._id is None else str(self._id),
+            **fields,
+        }
+
+    def _job_extra(self, job: Job, event: str) -> dict[str, Any]:
+        return self._extra(
+            event=f"job_{event}", job_id=str(job.id), job_type=job.type, channel=job.channel
+        )
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    # trio's strict exception groups wrap even a lone error; users get the error
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    non_cancel = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    if len(non_cancel) == 1:
+        return non_cancel[0]
+    if not non_cancel and leaves:
+        return leaves[0]
+    return group
