@@ -19,6 +19,7 @@ from ._core import Assignment, QueueState
 from ._errors import DequeueTimeoutError, QueueClosedError
 from ._json import loads, to_json_text
 from ._maintenance import Maintainer, Maintenance
+from ._metrics import QueueMetrics, instrument, state_class
 from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
 from ._store import Store
@@ -318,6 +319,7 @@ async def open_queue(
     clock: Callable[[], datetime] | None = None,
     max_batch: int = 1024,
     maintenance: Maintenance | None = None,
+    metrics: QueueMetrics | None = None,
 ) -> AsyncIterator[LocalQueue]:
     """Start a queue's scheduler actor for the duration of the ``async with`` block.
 
@@ -332,6 +334,11 @@ async def open_queue(
     reaper, stale-worker removal and retention next to the actor; ``None``
     runs none of them, and the queue changes only when asked to.
 
+    ``metrics`` (an :class:`actorq.metrics.QueueMetrics`, one per queue)
+    receives the queue's Prometheus metrics while it is open. State changes
+    are logged to ``actorq.jobs`` and ``actorq.workers`` when those loggers
+    are enabled for INFO as the queue opens.
+
     On exit the actor stops; blocked dequeuers and later calls raise
     :class:`QueueClosedError`.
     """
@@ -340,15 +347,17 @@ async def open_queue(
     if not isinstance(sample, datetime) or sample.tzinfo is None:
         raise ValueError("clock must return timezone-aware datetimes")
     resolved = resolve_store(store)
+    state_cls = state_class(metrics)
     if resolved is None:
-        state = QueueState(wall=wall, monotonic=trio.current_time)
+        state = state_cls(wall=wall, monotonic=trio.current_time)
     else:
         jobs, workers = await resolved.load()
-        state = QueueState.restore(
+        state = state_cls.restore(
             jobs, workers, wall=wall, monotonic=trio.current_time, track_changes=True
         )
     scheduler = Scheduler(state, resolved, max_batch=max_batch)
     queue = LocalQueue(scheduler)
+    uninstrument = instrument(state, scheduler, metrics)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
@@ -365,6 +374,7 @@ async def open_queue(
             finally:
                 nursery.cancel_scope.cancel()
     finally:
+        uninstrument()
         if resolved is not None:
             with trio.CancelScope(shield=True):
                 await resolved.close()
