@@ -84,6 +84,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """
         CREATE TABLE {s}.workers (
             id uuid PRIMARY KEY,
+            seq bigint GENERATED ALWAYS AS IDENTITY,  -- load in insertion order
             channel text NOT NULL,
             arch text NOT NULL,
             updated timestamptz NOT NULL
@@ -234,12 +235,15 @@ _UPDATE_JOBS = """
 """
 _UPSERT_WORKERS = """
     INSERT INTO {s}.workers (id, channel, arch, updated)
-    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[])
+    SELECT id, channel, arch, updated
+    FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[])
+        WITH ORDINALITY AS u(id, channel, arch, updated, n)
+    ORDER BY n
     ON CONFLICT (id) DO UPDATE SET updated = EXCLUDED.updated
 """
 _DELETE_JOBS = "DELETE FROM {s}.jobs WHERE id = ANY(%s::uuid[])"
 _DELETE_WORKERS = "DELETE FROM {s}.workers WHERE id = ANY(%s::uuid[])"
-_LOAD_WORKERS = "SELECT id, channel, arch, updated FROM {s}.workers"
+_LOAD_WORKERS = "SELECT id, channel, arch, updated FROM {s}.workers ORDER BY seq"
 _LOAD_JOBS = """
     SELECT id, seq, type, channel, args::text, queued, started, finished, canceled,
            result::text, retries, token, worker_id
@@ -327,10 +331,27 @@ class PostgresStore:
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._queries: dict[str, sql.Composed] = {}
 
+    @property
+    def lock_backend_pid(self) -> int | None:
+        """The server process of the lock connection (for monitoring), if connected."""
+        conn = self._lock_conn
+        return None if conn is None or conn.closed else conn.info.backend_pid
+
+    @property
+    def data_backend_pid(self) -> int | None:
+        """The server process of the data connection (for monitoring), if connected."""
+        conn = self._data_conn
+        return None if conn is None or conn.closed else conn.info.backend_pid
+
     # ------------------------------------------------------------ the protocol
 
     async def load(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
-        """Wait for the leadership, migrate the schema, and return every record."""
+        """Wait for the leadership, migrate the schema, and return every record.
+
+        A store is loaded once: a second call raises :class:`RuntimeError`.
+        """
+        if self._trio_token is not None:
+            raise RuntimeError("a PostgresStore is loaded once; make a new one to load again")
         self._trio_token = trio.lowlevel.current_trio_token()
         self._lost = trio.Event()
         try:

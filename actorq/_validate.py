@@ -36,18 +36,34 @@ def check_uuids(values: object, name: str) -> tuple[UUID, ...]:
     return tuple(out)
 
 
+def check_storable(value: str, name: str) -> str:
+    """Refuse text that a durable store cannot keep as text.
+
+    PostgreSQL's text cannot hold NUL, and no store can encode a lone
+    surrogate as UTF-8. Such a name must fail here, before the state changes,
+    not at commit time, where it would fail the whole batch and stop the queue.
+    """
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
 def check_job_type(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"job_type must be a str, not {type(value).__name__}")
     if not value:
         raise ValueError("job_type must not be empty")
-    return value
+    return check_storable(value, "job_type")
 
 
 def check_channel(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"channel must be a str, not {type(value).__name__}")
-    return value
+    return check_storable(value, "channel")
 
 
 def check_strings(values: object, name: str, *, allow_empty_items: bool) -> tuple[str, ...]:
@@ -100,7 +116,7 @@ def check_max_retries(value: object) -> int:
 def check_str(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    return value
+    return check_storable(value, name)
 
 
 def check_limit(value: object) -> int | None:
