@@ -38,6 +38,7 @@ from ._models import (
 )
 from ._protocol import JobQueue
 from ._server import QueueServer, serve
+from ._sqlite import SqliteStore
 from ._store import MemoryStore, Store
 from ._wire import ProtocolError
 from ._worker import Job, Worker, error_result
@@ -76,6 +77,7 @@ __all__ = [
     "QueueStats",
     "RemoteQueue",
     "RunningError",
+    "SqliteStore",
     "Store",
     "StoreError",
     "Worker",

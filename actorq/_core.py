@@ -20,6 +20,7 @@ live ones, so every operation is amortised O(log n) in the matching jobs.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import os
 import uuid
@@ -132,7 +133,9 @@ class _Job:
     args: str
     dependencies: tuple[UUID, ...]
     queued: datetime
-    dependents: list[UUID] = attrs.field(factory=list)
+    # Most jobs never get a dependent: they share the empty tuple until their
+    # first one, which saves a list per job (a reopen builds a million jobs).
+    dependents: list[UUID] | tuple[()] = ()
     started: datetime | None = None
     finished: datetime | None = None
     canceled: bool = False
@@ -213,6 +216,19 @@ class _WaiterQueue:
         self.live = 0
 
 
+def _add_dependent(job: _Job, dependent: UUID) -> None:
+    if isinstance(job.dependents, list):
+        job.dependents.append(dependent)
+    else:
+        job.dependents = [dependent]
+
+
+def _remove_dependent(job: _Job, dependent: UUID) -> None:
+    # only called for a dependent the job has, so they are in a list
+    assert isinstance(job.dependents, list)
+    job.dependents.remove(dependent)
+
+
 def _state_of(job: _Job) -> JobState:
     if job.canceled:
         return JobState.CANCELED
@@ -290,7 +306,7 @@ class QueueState:
         self._jobs[job.id] = job
         for dep_id in deps:
             dep = self._jobs[dep_id]
-            dep.dependents.append(job.id)
+            _add_dependent(dep, job.id)
             if dep.finished is None:
                 job.waiting_on += 1
         self._touch(job)
@@ -472,7 +488,7 @@ class QueueState:
                 dep = self._jobs.get(dep_id)
                 if dep is None:
                     continue
-                dep.dependents.remove(job.id)
+                _remove_dependent(dep, job.id)
                 if not dep.dependents and not dep.running:
                     stack.append(dep)
 
@@ -693,55 +709,102 @@ class QueueState:
         now = monotonic()
         for w in workers:
             state._workers[w.id] = _Worker(w.id, w.channel, w.arch, w.updated, now)
+        # A reopen builds every job at once. None of these objects is garbage,
+        # yet the cyclic collector would rescan the growing heap again and
+        # again (a third of the time at a million jobs): pause it meanwhile.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            state._restore_jobs(jobs, now)
+        finally:
+            if collecting:
+                gc.enable()
+        return state
+
+    def _restore_jobs(self, jobs: Iterable[JobRecord], now: float) -> None:
+        # The hot loop of a reopen, so names are bound locally and each job
+        # is built slot by slot (an attrs __init__ with keywords costs several
+        # times as much). Ready jobs go straight into their heaps: records come
+        # in enqueue order, so appending keeps each heap sorted, which is a
+        # valid heap, and no waiter exists yet to be offered them.
+        all_jobs = self._jobs
+        tokens = self._tokens
+        running = self._running
+        workers = self._workers
+        ready = self._ready
+        new = object.__new__
+        ready_key = self._next_ready_key
         last_seq = 0
         for rec in jobs:
-            if rec.seq <= last_seq:
-                raise ValueError(f"job {rec.id}: records are not in enqueue order")
-            last_seq = rec.seq
-            job = _Job(
-                id=rec.id,
-                seq=rec.seq,
-                type=rec.type,
-                channel=rec.channel,
-                args=rec.args,
-                dependencies=tuple(rec.dependencies),
-                queued=rec.queued,
-                started=rec.started,
-                finished=rec.finished,
-                canceled=rec.canceled,
-                result=rec.result,
-                retries=rec.retries,
-                token=rec.token,
-                worker_id=rec.worker_id,
-                heartbeat=now,
-            )
-            if job.id in state._jobs:
-                raise ValueError(f"job {job.id} appears twice")
-            for dep_id in job.dependencies:
-                dep = state._jobs.get(dep_id)
+            seq = rec.seq
+            job_id = rec.id
+            if seq <= last_seq:
+                raise ValueError(f"job {job_id}: records are not in enqueue order")
+            last_seq = seq
+            if job_id in all_jobs:
+                raise ValueError(f"job {job_id} appears twice")
+            job_type = rec.type
+            channel = rec.channel
+            dependencies = tuple(rec.dependencies)
+            started = rec.started
+            finished = rec.finished
+            canceled = rec.canceled
+            token = rec.token
+            waiting_on = 0
+            for dep_id in dependencies:
+                dep = all_jobs.get(dep_id)
                 if dep is None:
-                    raise ValueError(f"job {job.id} depends on missing job {dep_id}")
-                dep.dependents.append(job.id)
+                    raise ValueError(f"job {job_id} depends on missing job {dep_id}")
+                _add_dependent(dep, job_id)
                 if dep.finished is None:
-                    job.waiting_on += 1
-            state._jobs[job.id] = job
-            if job.running:
-                if job.token is None:
-                    raise ValueError(f"running job {job.id} has no token")
-                state._tokens[job.token] = job.id
-                state._running[job.token] = job
+                    waiting_on += 1
+            job: _Job = new(_Job)
+            job.id = job_id
+            job.seq = seq
+            job.type = job_type
+            job.channel = channel
+            job.args = rec.args
+            job.dependencies = dependencies
+            job.queued = rec.queued
+            job.dependents = ()
+            job.started = started
+            job.finished = finished
+            job.canceled = canceled
+            job.result = rec.result
+            job.retries = rec.retries
+            job.token = token
+            job.worker_id = rec.worker_id
+            job.waiting_on = waiting_on
+            job.heartbeat = now
+            job.ready_key = 0
+            all_jobs[job_id] = job
+            if canceled:
+                if token is not None and finished is None:
+                    tokens[token] = job_id  # canceled while running: the token says so
+            elif started is None:
+                if waiting_on == 0:
+                    job.ready_key = ready_key
+                    entry = (seq, ready_key, job_id)
+                    ready_key += 1
+                    for heap_key in ((job_type, channel), (job_type, _AnyChannel)):
+                        heap = ready.get(heap_key)
+                        if heap is None:
+                            heap = ready[heap_key] = _ReadyHeap()
+                        heap.entries.append(entry)
+                        heap.live += 1
+            elif finished is None:
+                if token is None:
+                    raise ValueError(f"running job {job_id} has no token")
+                tokens[token] = job_id
+                running[token] = job
                 if job.worker_id is not None:
-                    worker = state._workers.get(job.worker_id)
+                    worker = workers.get(job.worker_id)
                     if worker is None:
                         job.worker_id = None
                     else:
-                        worker.active_jobs.add(job.id)
-            elif job.canceled and job.token is not None and job.finished is None:
-                state._tokens[job.token] = job.id
-            elif job.pending and job.waiting_on == 0:
-                state._make_ready(job)
-        state._next_seq = last_seq + 1
-        return state
+                        worker.active_jobs.add(job_id)
+        self._next_ready_key = ready_key
+        self._next_seq = last_seq + 1
 
     # -------------------------------------------------------------- internals
 
