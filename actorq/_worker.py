@@ -277,6 +277,7 @@ class Worker:
         self._slots = trio.Semaphore(concurrency)
         self._threads = trio.CapacityLimiter(concurrency)
         self._crashed = False
+        self._registering = trio.Lock()
 
     # ------------------------------------------------------------ registry
 
@@ -444,6 +445,13 @@ class Worker:
             extra=self._extra(event="worker_registered"),
         )
 
+    async def _reregister(self, lost: UUID | None) -> None:
+        # The status loop and the dequeue loop can both find the registration
+        # gone; only the first to get here registers again.
+        async with self._registering:
+            if self._id == lost:
+                await self._register()
+
     async def _deregister(self) -> None:
         worker_id, self._id = self._id, None
         if worker_id is None:
@@ -471,13 +479,14 @@ class Worker:
     async def _report_status(self) -> None:
         while True:
             await trio.sleep(self.status_interval)
-            if self._id is None:
+            worker_id = self._id
+            if worker_id is None:
                 continue
             try:
-                await self.queue.update_worker_status(self._id)
+                await self.queue.update_worker_status(worker_id)
             except WorkerNotExistError:
                 # removed as stale (a long pause, say): come back under a new id
-                await self._register()
+                await self._reregister(worker_id)
             except QueueClosedError:
                 return
             except JobQueueError as exc:
@@ -504,18 +513,19 @@ class Worker:
         self._dequeue_scope = None
 
     async def _dequeue(self, types: list[str]) -> DequeuedJob | None:
+        worker_id = self._id
         try:
             if self.channels is None:
                 return await self.queue.dequeue_any_channel(
-                    types, timeout=self.poll_timeout, worker_id=self._id
+                    types, timeout=self.poll_timeout, worker_id=worker_id
                 )
             return await self.queue.dequeue(
-                types, self.channels, timeout=self.poll_timeout, worker_id=self._id
+                types, self.channels, timeout=self.poll_timeout, worker_id=worker_id
             )
         except DequeueTimeoutError:
             return None
         except WorkerNotExistError:
-            await self._register()
+            await self._reregister(worker_id)
             return None
         except QueueClosedError:
             raise

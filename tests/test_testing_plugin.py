@@ -6,6 +6,7 @@ import re
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -13,7 +14,11 @@ import trio.testing
 
 import actorq
 from actorq import JobState
-from actorq.testing import MOCK_EPOCH, Harness
+
+if TYPE_CHECKING:
+    # imported by pytest_plugins below; importing it first would keep pytest
+    # from rewriting its asserts
+    from actorq.testing import Harness
 
 pytest_plugins = ["actorq.testing", "pytester"]
 
@@ -45,6 +50,8 @@ async def test_a_worker_runs_jobs(actorq_harness: Harness) -> None:
     status = await actorq_harness.run("double", 21)
     assert status.result == 42
     # job timestamps follow the mock clock
+    from actorq.testing import MOCK_EPOCH
+
     assert status.queued - MOCK_EPOCH < timedelta(seconds=5)
     assert status.finished is not None and status.started is not None
     assert (status.finished - status.started).total_seconds() == pytest.approx(60, abs=1)
