@@ -34,8 +34,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 async def test_runs_under_an_autojump_mock_clock(actorq_harness: Harness) -> None:
     assert isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
     start = time.monotonic()
-    await actorq_harness.advance(7 * 24 * 3600)
-    assert time.monotonic() - start < 5  # a week, in no wall time
+    await actorq_harness.advance(24 * 3600)
+    assert time.monotonic() - start < 5  # a day, in no wall time
 
 
 async def test_a_worker_runs_jobs(actorq_harness: Harness) -> None:
