@@ -535,3 +535,36 @@ async def test_a_worker_runs_once(autojump_clock: MockClock) -> None:
             await worker.run()
         with pytest.raises(RuntimeError):
             worker.add_handler("u", lambda job: None)
+
+
+# ------------------------------------------------------------------ remote
+
+
+async def test_the_same_worker_runs_against_a_remote_queue(autojump_clock: MockClock) -> None:
+    from _kinds_remote import remote_pair
+
+    async with remote_pair() as (remote, local, _):
+        worker = Worker(remote, heartbeat_interval=5)
+
+        @worker.handler("build")
+        async def build(job: Job, args: BuildArgs) -> BuildResult:
+            if args.count < 0:
+                raise ValueError("negative count")
+            await trio.sleep(args.count)
+            return BuildResult(artifact=args.name)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            ok = await remote.enqueue("build", BuildArgs("img", 3))
+            bad = await remote.enqueue("build", BuildArgs("img", -1))
+            canceled = await remote.enqueue("build", BuildArgs("img", 10_000))
+            interrupted = await remote.enqueue("build", BuildArgs("img", 10_000))
+            assert (await wait_done(remote, ok)).result == {"artifact": "img"}
+            assert (await wait_done(remote, bad)).result["error"]["type"] == "ValueError"
+            await remote.cancel_job(canceled)
+            await trio.sleep(6)
+            assert len(worker.running_jobs) == 1  # the canceled handler stopped
+            worker.shutdown(grace=1)
+        status = await local.job_status(interrupted)
+        assert (status.state, status.retries) == (JobState.PENDING, 1)
+        assert await local.workers() == []
