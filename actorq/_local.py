@@ -286,6 +286,11 @@ class LocalQueue:
         return await self.call(QueueState.stats)
 
 
+#: What :func:`open_queue` runs unless told otherwise: upstream's heartbeat
+#: reaper (120 s, checked every 30 s, 2 retries) and stale-worker removal.
+DEFAULT_MAINTENANCE = Maintenance()
+
+
 def resolve_store(store: str | Store | None) -> Store | None:
     """Turn a store URL into a :class:`Store` (``None`` for a memory-only queue).
 
@@ -318,7 +323,7 @@ async def open_queue(
     *,
     clock: Callable[[], datetime] | None = None,
     max_batch: int = 1024,
-    maintenance: Maintenance | None = None,
+    maintenance: Maintenance | None = DEFAULT_MAINTENANCE,
     metrics: QueueMetrics | None = None,
 ) -> AsyncIterator[LocalQueue]:
     """Start a queue's scheduler actor for the duration of the ``async with`` block.
@@ -331,8 +336,11 @@ async def open_queue(
     :class:`trio.testing.MockClock` drives them.
 
     ``maintenance`` (a :class:`actorq.Maintenance`) runs the heartbeat
-    reaper, stale-worker removal and retention next to the actor; ``None``
-    runs none of them, and the queue changes only when asked to.
+    reaper, stale-worker removal and retention next to the actor. The
+    default is upstream's: a running job silent for 120 s is requeued
+    (checked every 30 s) and finished with an error after 2 retries; workers
+    silent for an hour are removed. ``None`` runs none of them, and the queue
+    changes only when asked to.
 
     ``metrics`` (an :class:`actorq.metrics.QueueMetrics`, one per queue)
     receives the queue's Prometheus metrics while it is open. State changes
