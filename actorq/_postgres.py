@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import threading
 import zlib
@@ -81,6 +82,19 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
         "INSERT INTO {s}.leader (epoch) VALUES (0)",
+        # Every commit calls this first, in its own transaction. The row lock
+        # it takes also makes an election wait for a commit in flight.
+        """
+        CREATE FUNCTION {s}.fence(my_epoch bigint) RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE {s}.leader SET renewed = statement_timestamp() WHERE epoch = my_epoch;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'epoch % is over: another process leads this queue', my_epoch
+                    USING ERRCODE = 'AQ001';
+            END IF;
+        END
+        $$
+        """,
         """
         CREATE TABLE {s}.workers (
             id uuid PRIMARY KEY,
@@ -195,54 +209,53 @@ def _q(text: str, schema: str) -> sql.Composed:
 
 # ----------------------------------------------------------------- queries
 
-_FENCE = "UPDATE {s}.leader SET renewed = statement_timestamp() WHERE epoch = %s"
+# A fencing failure raises this SQLSTATE (see the fence function).
+_DEPOSED: Final = "AQ001"
+_FENCE = "SELECT {s}.fence(%b)"
 _ELECT = """
     UPDATE {s}.leader
     SET epoch = epoch + 1, holder = %s, elected = statement_timestamp(),
         renewed = statement_timestamp()
     RETURNING epoch
 """
-_EXISTING = "SELECT id FROM {s}.jobs WHERE id = ANY(%s::uuid[])"
-_INSERT_JOBS = """
+# New jobs are inserted whole; for known ones only what can change is set.
+_UPSERT_JOBS = """
     INSERT INTO {s}.jobs (id, seq, type, channel, args, queued, started, finished,
                           canceled, result, retries, token, worker_id)
     SELECT id, seq, type, channel, args::json, queued, started, finished,
            canceled, result::json, retries, token, worker_id
-    FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[],
-                %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::boolean[],
-                %s::text[], %s::bigint[], %s::uuid[], %s::uuid[])
+    FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[],
+                %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::boolean[],
+                %b::text[], %b::bigint[], %b::uuid[], %b::uuid[])
         AS u(id, seq, type, channel, args, queued, started, finished,
              canceled, result, retries, token, worker_id)
     ORDER BY seq
+    ON CONFLICT (id) DO UPDATE
+    SET started = EXCLUDED.started, finished = EXCLUDED.finished, canceled = EXCLUDED.canceled,
+        result = EXCLUDED.result, retries = EXCLUDED.retries, token = EXCLUDED.token,
+        worker_id = EXCLUDED.worker_id
 """
-# A dependency that does not exist finds no seq, and the NOT NULL on
+# A job's dependencies never change: rows already stored are skipped. A
+# dependency that does not exist finds no seq, and the NOT NULL on
 # dependency_seq rejects the row rather than dropping it quietly.
 _INSERT_DEPENDENCIES = """
     INSERT INTO {s}.job_dependencies (job_id, job_seq, position, dependency_id, dependency_seq)
-    SELECT u.job_id, u.job_seq, u.position, u.dependency_id, j.seq
-    FROM unnest(%s::uuid[], %s::bigint[], %s::integer[], %s::uuid[])
+    SELECT u.job_id, u.job_seq, u.position, u.dependency_id, d.seq
+    FROM unnest(%b::uuid[], %b::bigint[], %b::integer[], %b::uuid[])
         AS u(job_id, job_seq, position, dependency_id)
-    LEFT JOIN {s}.jobs j ON j.id = u.dependency_id
-"""
-_UPDATE_JOBS = """
-    UPDATE {s}.jobs AS j
-    SET started = u.started, finished = u.finished, canceled = u.canceled,
-        result = u.result::json, retries = u.retries, token = u.token, worker_id = u.worker_id
-    FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[], %s::boolean[], %s::text[],
-                %s::bigint[], %s::uuid[], %s::uuid[])
-        AS u(id, started, finished, canceled, result, retries, token, worker_id)
-    WHERE j.id = u.id
+    LEFT JOIN {s}.jobs d ON d.id = u.dependency_id
+    ON CONFLICT (job_id, position) DO NOTHING
 """
 _UPSERT_WORKERS = """
     INSERT INTO {s}.workers (id, channel, arch, updated)
     SELECT id, channel, arch, updated
-    FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[])
+    FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::timestamptz[])
         WITH ORDINALITY AS u(id, channel, arch, updated, n)
     ORDER BY n
     ON CONFLICT (id) DO UPDATE SET updated = EXCLUDED.updated
 """
-_DELETE_JOBS = "DELETE FROM {s}.jobs WHERE id = ANY(%s::uuid[])"
-_DELETE_WORKERS = "DELETE FROM {s}.workers WHERE id = ANY(%s::uuid[])"
+_DELETE_JOBS = "DELETE FROM {s}.jobs WHERE id = ANY(%b::uuid[])"
+_DELETE_WORKERS = "DELETE FROM {s}.workers WHERE id = ANY(%b::uuid[])"
 _LOAD_WORKERS = "SELECT id, channel, arch, updated FROM {s}.workers ORDER BY seq"
 _LOAD_JOBS = """
     SELECT id, seq, type, channel, args::text, queued, started, finished, canceled,
@@ -257,10 +270,6 @@ _LOCK_HELD = """
     WHERE locktype = 'advisory' AND classid = %s::oid AND objid = %s::oid AND objsubid = 2
       AND pid = pg_backend_pid() AND granted
 """
-
-
-class _Deposed(Exception):
-    """The fencing update found a newer epoch: another process leads now."""
 
 
 class PostgresStore:
@@ -348,12 +357,17 @@ class PostgresStore:
     async def load(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
         """Wait for the leadership, migrate the schema, and return every record.
 
-        A store is loaded once: a second call raises :class:`RuntimeError`.
+        A store that was closed can be loaded again (it stands for election
+        anew); loading one that is open raises :class:`RuntimeError`.
         """
-        if self._trio_token is not None:
-            raise RuntimeError("a PostgresStore is loaded once; make a new one to load again")
+        if self._lock_conn is not None or self._data_conn is not None:
+            raise RuntimeError("this PostgresStore is open; close it before loading it again")
         self._trio_token = trio.lowlevel.current_trio_token()
         self._lost = trio.Event()
+        self._lost_reason = ""
+        self._stopping = threading.Event()
+        self._failed = None
+        self.epoch = None
         try:
             await self._run(self._open_lock_connection)
             waiting = False
@@ -394,89 +408,56 @@ class PostgresStore:
             raise StoreError(self._failed)
         if self.epoch is None:
             raise StoreError("the store has not been loaded (it is not the leader)")
-        for attempt in (1, 2):
-            conn = self._data_conn
-            committing = False
-            try:
-                if conn is None or conn.closed:
-                    conn = self._data_conn = self._connect("data")
-                with conn.cursor() as cur:
-                    cur.execute(self._sql(_FENCE), (self.epoch,))
-                    if cur.rowcount != 1:
-                        raise _Deposed()
-                    self._write(cur, changes)
-                committing = True
+        conn = self._data_conn
+        try:
+            if conn is None or conn.closed or not _idle_and_alive(conn):
+                # Dropped while idle (a restart, an idle timeout, an admin):
+                # nothing of this batch was sent, so a new connection is safe.
+                if conn is not None:
+                    log.warning("queue %r: the data connection was lost; reconnecting", self.schema)
+                    conn.close()
+                conn = self._data_conn = None
+                conn = self._data_conn = self._connect("data")
+            # One round trip: the fence, every write and the COMMIT go out as
+            # one pipeline. If the fence fails, the server skips the rest and
+            # the COMMIT rolls back.
+            with conn.pipeline(), conn.cursor() as cur:
+                cur.execute(self._sql(_FENCE), (self.epoch,))
+                self._write(cur, changes)
                 conn.commit()
-                return
-            except _Deposed:
-                self._rollback(conn)
+        except psycopg.Error as exc:
+            self._rollback(conn)
+            if exc.sqlstate == _DEPOSED:
                 self._fail(
                     f"queue {self.schema!r}: another process has become leader since "
                     f"this one was elected (epoch {self.epoch}); this one stops"
                 )
-            except psycopg.Error as exc:
-                self._rollback(conn)
-                if attempt == 1 and not committing and conn is not None and conn.broken:
-                    # Nothing reached a COMMIT, so nothing was written: the
-                    # connection dropped while idle. One retry on a new one
-                    # is safe, the fence is checked again there.
-                    log.warning("the data connection was lost (%s); reconnecting", exc)
-                    self._data_conn = None
-                    continue
-                unknown = committing and isinstance(exc, psycopg.OperationalError)
-                what = "its outcome is unknown" if unknown else "nothing was written"
-                self._fail(f"PostgreSQL commit failed ({what}): {exc}")
-        raise AssertionError("unreachable")
+            # A connection lost while the pipeline was out may have committed.
+            lost = isinstance(exc, psycopg.OperationalError) and (conn is None or conn.broken)
+            what = "its outcome is unknown" if lost else "nothing was written"
+            self._fail(f"PostgreSQL commit failed ({what}): {exc}")
 
     def _write(self, cur: psycopg.Cursor[Any], changes: Changes) -> None:
-        # Workers first and deleted last, so that within the transaction rows
-        # are referenced only once they exist (the foreign keys that could
-        # trip on order are deferred to COMMIT anyway).
+        # Workers first and deletions last, so that rows exist before they
+        # are referenced (the foreign keys that could trip on order are
+        # deferred to COMMIT anyway).
         if changes.workers:
             ws = changes.workers
             cur.execute(
                 self._sql(_UPSERT_WORKERS),
-                (
-                    [w.id for w in ws],
-                    [w.channel for w in ws],
-                    [w.arch for w in ws],
-                    [w.updated for w in ws],
-                ),
-            )
+                ([w.id for w in ws], [w.channel for w in ws], [w.arch for w in ws],
+                 [w.updated for w in ws]),
+            )  # fmt: skip
         if changes.jobs:
-            cur.execute(self._sql(_EXISTING), ([r.id for r in changes.jobs],))
-            existing = {row[0] for row in cur.fetchall()}
-            new = [r for r in changes.jobs if r.id not in existing]
-            old = [r for r in changes.jobs if r.id in existing]
-            if new:
-                cur.execute(self._sql(_INSERT_JOBS), _job_columns(new))
-                deps = [(r, pos, dep) for r in new for pos, dep in enumerate(r.dependencies)]
-                if deps:
-                    cur.execute(
-                        self._sql(_INSERT_DEPENDENCIES),
-                        (
-                            [r.id for r, _, _ in deps],
-                            [r.seq for r, _, _ in deps],
-                            [pos for _, pos, _ in deps],
-                            [dep for _, _, dep in deps],
-                        ),
-                    )
-            if old:
+            jobs = changes.jobs
+            cur.execute(self._sql(_UPSERT_JOBS), _job_columns(jobs))
+            deps = [(r, pos, dep) for r in jobs for pos, dep in enumerate(r.dependencies)]
+            if deps:
                 cur.execute(
-                    self._sql(_UPDATE_JOBS),
-                    (
-                        [r.id for r in old],
-                        [r.started for r in old],
-                        [r.finished for r in old],
-                        [r.canceled for r in old],
-                        [r.result for r in old],
-                        [r.retries for r in old],
-                        [r.token for r in old],
-                        [r.worker_id for r in old],
-                    ),
-                )
-                if cur.rowcount != len(old):
-                    raise psycopg.DataError("a job vanished while it was being updated")
+                    self._sql(_INSERT_DEPENDENCIES),
+                    ([r.id for r, _, _ in deps], [r.seq for r, _, _ in deps],
+                     [pos for _, pos, _ in deps], [dep for _, _, dep in deps]),
+                )  # fmt: skip
         if changes.deleted_jobs:
             cur.execute(self._sql(_DELETE_JOBS), (list(changes.deleted_jobs),))
         if changes.deleted_workers:
@@ -741,6 +722,30 @@ class PostgresStore:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+
+def _idle_and_alive(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection is still usable, without a round trip.
+
+    An idle connection has nothing to read; if its socket is readable, the
+    server has closed it (or sent a notice, which is rare): check it then.
+    """
+    if conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return False
+    fd = conn.fileno()
+    if hasattr(select, "poll"):  # select.select fails on descriptors past 1023
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        readable = bool(poller.poll(0))
+    else:
+        readable = bool(select.select([fd], [], [], 0)[0])
+    if not readable:
+        return True
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
 
 
 def _job_columns(records: Sequence[JobRecord]) -> tuple[list[Any], ...]:

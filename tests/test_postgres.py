@@ -519,3 +519,15 @@ async def test_a_dropped_idle_data_connection_is_replaced(
     check = make_store(pg, schema)
     assert len((await check.load())[0]) == 2
     await check.close()
+
+
+async def test_a_closed_store_can_be_loaded_again(pg: pgserver.PgServer, schema: str) -> None:
+    store = make_store(pg, schema)
+    async with actorq.open_queue(store) as q:
+        job_id = await q.enqueue("t", None)
+    with pytest.raises(StoreError, match="closed"):
+        await store.commit(Changes([], [job_id], [], []))
+    async with actorq.open_queue(store) as q:
+        assert await q.all_root_job_ids() == [job_id]
+        with pytest.raises(RuntimeError, match="open"):
+            await store.load()
