@@ -21,9 +21,10 @@ import itertools
 import logging
 import math
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import orjson
@@ -32,7 +33,6 @@ from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
     WebSocketConnection,
-    connect_websocket_url,
     wrap_client_stream,
 )
 
@@ -61,6 +61,7 @@ _Reply = w.Message | QueueClosedError
 # Errors after which a token is worth nothing: stop holding (and refreshing) it.
 _TOKEN_GONE = (NotExistError, NotRunningError, CanceledError, FinishedError)
 _REFRESH_BATCH = 10_000  # tokens per refresh message, well below any frame limit
+_MAX_VOID = 4096
 
 
 def _refresh_message(request_id: int, tokens: list[UUID]) -> w.Message:
@@ -87,13 +88,21 @@ class RemoteQueue:
         ws: WebSocketConnection,
         *,
         max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
+        send_timeout: float = 10.0,
+        abort: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._ws = ws
+        self._send_timeout = send_timeout
+        self._abort_stream = abort
         self._max_message_size = max_message_size
         self._pending: dict[int, trio.MemorySendChannel[_Reply]] = {}
         self._ids = itertools.count(1)
         self._outbox, self._outbox_receive = trio.open_memory_channel[str](math.inf)
         self._held: dict[UUID, UUID] = {}  # job id -> token, for jobs this client runs
+        self._queued = 0  # frames in the writer's queue or being sent by it
+        # job id -> a token of ours that the server refused for it: token
+        # operations on that job keep carrying it (bounded, oldest dropped)
+        self._void: dict[UUID, UUID] = {}
         self._slots = trio.Semaphore(1)  # until the server says how many it takes
         self._closed: QueueClosedError | None = None
         #: The protocol version agreed with the server.
@@ -124,44 +133,82 @@ class RemoteQueue:
                 send.send_nowait(self._closed)
         self._outbox.close()
 
+    async def _abort(self) -> None:
+        if self._abort_stream is not None:
+            await self._abort_stream()
+
     def _post_nowait(self, message: w.Message) -> None:
         # For the cancellation paths: cannot block or fail. If the connection is
         # gone, the server has already cancelled the request and released its job.
+        self._queue_frame(w.encode(message))
+
+    def _queue_frame(self, text: str) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            self._outbox.send_nowait(w.encode(message))
+            self._outbox.send_nowait(text)
+            self._queued += 1
 
     async def _request(self, make: Callable[[int], w.Message]) -> w.Message:
         """Send one request and wait for its reply; raise the error it carries."""
         if self._closed is not None:
             raise QueueClosedError(self._closed.message)
-        async with self._slots:
-            request_id = next(self._ids)
-            text = w.encode(make(request_id))
-            if len(text) > self.server_max_message_size:
-                raise w.ProtocolError(
-                    f"request of {len(text)} characters exceeds the server's limit of "
-                    f"{self.server_max_message_size}",
-                    "oversize",
-                )
+        request_id = next(self._ids)
+        text = w.encode(make(request_id))
+        if len(text) > self.server_max_message_size:
+            raise w.ProtocolError(
+                f"request of {len(text)} characters exceeds the server's limit of "
+                f"{self.server_max_message_size}",
+                "oversize",
+            )
+        slots = self._slots
+        try:
+            slots.acquire_nowait()  # the common case, without a scheduler pass
+        except trio.WouldBlock:
+            await slots.acquire()
+        try:
             if self._closed is not None:
                 raise QueueClosedError(self._closed.message)
             send, receive = trio.open_memory_channel[_Reply](1)
             self._pending[request_id] = send
-            try:
-                self._outbox.send_nowait(text)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._pending.pop(request_id, None)
-                raise QueueClosedError() from None
+            if self._queued:
+                # A cancel or release waits in the writer's queue: this request
+                # must not overtake it (a cancelled dequeue's job would be handed
+                # out to it before being given back), so it queues behind.
+                self._queue_frame(text)
+            else:
+                await self._send_frame(text)
             try:
                 reply = await receive.receive()
             except BaseException:
                 self._abandon(request_id, receive)
                 raise
+        finally:
+            slots.release()
         if isinstance(reply, QueueClosedError):
             raise QueueClosedError(reply.message)
         if type(reply) is w.Error:
             raise w.exception_from_reply(reply)
         return reply
+
+    async def _send_frame(self, text: str) -> None:
+        """Send one frame from the caller's task.
+
+        Shielded, because a cancelled send_message would leave half a frame on
+        the stream (a cancelled caller then abandons its request right after);
+        bounded by ``send_timeout``, past which the server is not reading and
+        the connection is aborted. Sending here rather than through the writer
+        task saves a scheduler pass per request.
+        """
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self._send_timeout
+            try:
+                await self._ws.send_message(text)
+                return
+            except ConnectionClosed:
+                pass
+        if scope.cancelled_caught:
+            self._shut(QueueClosedError("the queue server does not read our requests"))
+            await self._abort()
+        # The reader sees the close too and fails the request we registered.
 
     def _abandon(self, request_id: int, receive: trio.MemoryReceiveChannel[_Reply]) -> None:
         # Runs synchronously when a caller stops waiting (cancelled). The reply
@@ -223,9 +270,8 @@ class RemoteQueue:
     async def _writer(self) -> None:
         try:
             async for text in self._outbox_receive:
-                await self._ws.send_message(text)
-        except ConnectionClosed:
-            pass
+                await self._send_frame(text)
+                self._queued -= 1
         finally:
             self._shut(QueueClosedError("the connection to the queue server was lost"))
 
@@ -282,19 +328,32 @@ class RemoteQueue:
         if type(reply) is not w.Dequeued:
             raise w.ProtocolError(f"unexpected {reply.KIND} reply", "unexpected_kind")
         job = reply.job
-        self._held[job.id] = job.token
+        self._hold(job)
         return job
 
     async def _token_op(self, job_id: UUID, make: Callable[[int, UUID | None], w.Message]) -> Any:
         """A call for a job this client may hold: it carries the job's token, so the
         server applies it only while that token still names the job."""
-        token = self._held.get(job_id)
+        token = self._token_for(job_id)
         try:
             reply = await self._request(lambda i: make(i, token))
-        except _TOKEN_GONE:
+        except _TOKEN_GONE as exc:
             self._forget(job_id, token)
+            if isinstance(exc, NotExistError) and token is not None:
+                # The job runs under someone else's token now. Keep sending ours,
+                # so a retry cannot touch the other worker's run either.
+                self._void[job_id] = token
+                while len(self._void) > _MAX_VOID:
+                    del self._void[next(iter(self._void))]
             raise
         return reply
+
+    def _token_for(self, job_id: UUID) -> UUID | None:
+        return self._held.get(job_id) or self._void.get(job_id)
+
+    def _hold(self, job: DequeuedJob) -> None:
+        self._void.pop(job.id, None)
+        self._held[job.id] = job.token
 
     def _forget(self, job_id: UUID, token: UUID | None) -> None:
         if token is not None and self._held.get(job_id) == token:
@@ -340,7 +399,7 @@ class RemoteQueue:
         chans = () if any_channel else v.check_channels(channels)
         wait = v.check_timeout(timeout)
         worker = v.check_optional_uuid(worker_id, "worker_id")
-        token = self._held.get(job_id)
+        token = self._token_for(job_id)
         try:
             reply = await self._request(
                 lambda i: w.FinishAndDequeue(
@@ -364,7 +423,7 @@ class RemoteQueue:
         self._forget(job_id, token)
         if type(reply) is not w.Dequeued:
             raise w.ProtocolError(f"unexpected {reply.KIND} reply", "unexpected_kind")
-        self._held[reply.job.id] = reply.job.token
+        self._hold(reply.job)
         return reply.job
 
     # ------------------------------------------------------------ the API
@@ -576,27 +635,6 @@ def _reraise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     raise group
 
 
-@contextlib.asynccontextmanager
-async def _session(
-    ws: WebSocketConnection,
-    nursery: trio.Nursery,
-    *,
-    token: str | None,
-    heartbeat_interval: float | None,
-    max_message_size: int,
-) -> AsyncIterator[RemoteQueue]:
-    queue = RemoteQueue(ws, max_message_size=max_message_size)
-    nursery.start_soon(queue._reader)
-    nursery.start_soon(queue._writer)
-    await queue._greet(token, "actorq-python")
-    if heartbeat_interval is not None:
-        nursery.start_soon(queue._refresher, heartbeat_interval)
-    try:
-        yield queue
-    finally:
-        queue._shut(QueueClosedError("the queue connection was closed"))
-
-
 def _check_options(heartbeat_interval: float | None, max_message_size: int) -> None:
     if heartbeat_interval is not None:
         seconds = v.check_seconds(heartbeat_interval, "heartbeat_interval")
@@ -608,10 +646,98 @@ def _check_options(heartbeat_interval: float | None, max_message_size: int) -> N
         raise ValueError("max_message_size must be at least 1024")
 
 
-async def _close_ws(ws: WebSocketConnection, timeout: float) -> None:
-    with trio.move_on_after(timeout) as scope:
-        scope.shield = True
-        await ws.aclose()
+def _parse_url(url: str) -> tuple[str, int, str, bool]:
+    """``(host, port, resource, tls)`` of a ``ws://`` or ``wss://`` URL."""
+    if not isinstance(url, str):
+        raise TypeError(f"a server URL must be a str, not {type(url).__name__}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
+    tls = parts.scheme == "wss"
+    port = parts.port or (443 if tls else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.hostname, port, resource, tls
+
+
+async def _open_stream(
+    url: str, ssl_context: ssl.SSLContext | None
+) -> tuple[trio.abc.Stream, str, str]:
+    host, port, resource, tls = _parse_url(url)
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    if tls:
+        context = ssl_context or ssl.create_default_context()
+        tls_stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
+        try:
+            await tls_stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        stream = tls_stream
+    header_host = host if (port == (443 if tls else 80)) else f"{host}:{port}"
+    return stream, header_host, resource
+
+
+@contextlib.asynccontextmanager
+async def _open_session(
+    stream: trio.abc.Stream,
+    host: str,
+    resource: str,
+    *,
+    token: str | None,
+    heartbeat_interval: float | None,
+    max_message_size: int,
+    send_timeout: float,
+    handshake_timeout: float,
+) -> AsyncIterator[RemoteQueue]:
+    """The websocket handshake, hello and background tasks over an open stream."""
+    entered = False
+    try:
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    with trio.fail_after(handshake_timeout):
+                        ws = await wrap_client_stream(
+                            nursery,
+                            stream,  # type: ignore[arg-type]
+                            host,
+                            resource,
+                            message_queue_size=4,
+                            max_message_size=max_message_size,
+                            receive_buffer_size=65536,
+                        )
+                    queue = RemoteQueue(
+                        ws,
+                        max_message_size=max_message_size,
+                        send_timeout=send_timeout,
+                        abort=partial(trio.aclose_forcefully, stream),
+                    )
+                    nursery.start_soon(queue._reader)
+                    nursery.start_soon(queue._writer)
+                    with trio.fail_after(handshake_timeout):
+                        await queue._greet(token, "actorq-python")
+                    if heartbeat_interval is not None:
+                        nursery.start_soon(queue._refresher, heartbeat_interval)
+                    try:
+                        entered = True
+                        yield queue
+                    finally:
+                        queue._shut(QueueClosedError("the queue connection was closed"))
+                        with trio.move_on_after(2.0) as scope:
+                            scope.shield = True
+                            await ws.aclose()
+                finally:
+                    # Close first, shielded, then cancel: a checkpoint in an already
+                    # cancelled nursery would raise Cancelled here, replacing (and,
+                    # once the nursery absorbs it, swallowing) the body's exception.
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(stream)
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            _reraise_single(group)
+    except (HandshakeError, trio.TooSlowError, ConnectionClosed) as exc:
+        if entered:
+            raise
+        raise QueueClosedError(f"the websocket handshake failed: {exc!r}") from None
 
 
 @contextlib.asynccontextmanager
@@ -622,16 +748,19 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
     heartbeat_interval: float | None = 30.0,
     connect_timeout: float = 10.0,
+    send_timeout: float = 10.0,
     max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
 ) -> AsyncIterator[RemoteQueue]:
     """Connect to an actorq server; yield a :class:`RemoteQueue` for the block.
 
     ``url`` is ``ws://host:port`` or ``wss://host:port`` (TLS, verified with
     ``ssl_context`` or the system's defaults), or a list of them tried in order
-    until one answers. ``token`` is the server's bearer token. Every
+    until one answers (at connect time; a connection lost later is not
+    re-established). ``token`` is the server's bearer token. Every
     ``heartbeat_interval`` seconds the client refreshes the heartbeats of the
-    jobs it holds (``None`` turns that off). ``max_message_size`` bounds the
-    frames this client accepts.
+    jobs it holds (``None`` turns that off). A frame the server does not take
+    within ``send_timeout`` seconds aborts the connection. ``max_message_size``
+    bounds the frames this client accepts.
 
     Raises :class:`QueueClosedError` if no server answers within
     ``connect_timeout`` seconds, and :class:`ProtocolError` if the server
@@ -643,40 +772,32 @@ async def connect(
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
         raise ValueError("url must name at least one server")
-    try:
-        async with trio.open_nursery() as nursery:
-            ws: WebSocketConnection | None = None
-            failures: list[str] = []
-            for candidate in urls:
-                try:
-                    with trio.fail_after(connect_timeout):
-                        ws = await connect_websocket_url(
-                            nursery,
-                            candidate,
-                            ssl_context,
-                            message_queue_size=4,
-                            max_message_size=max_message_size,
-                            receive_buffer_size=65536,
-                        )
-                    break
-                except (HandshakeError, OSError, trio.TooSlowError, ValueError) as exc:
-                    failures.append(f"{candidate}: {exc!r}")
-            if ws is None:
-                raise QueueClosedError("cannot connect to the queue server: " + "; ".join(failures))
-            try:
-                async with _session(
-                    ws,
-                    nursery,
-                    token=token,
-                    heartbeat_interval=heartbeat_interval,
-                    max_message_size=max_message_size,
-                ) as queue:
-                    yield queue
-            finally:
-                await _close_ws(ws, 2.0)
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        _reraise_single(group)
+    for candidate in urls:
+        _parse_url(candidate)  # a malformed URL is a bug, not a server that is down
+    timeout = v.check_seconds(connect_timeout, "connect_timeout")
+    send_wait = v.check_seconds(send_timeout, "send_timeout")
+    failures: list[str] = []
+    for candidate in urls:
+        try:
+            with trio.fail_after(timeout):
+                stream, host, resource = await _open_stream(candidate, ssl_context)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            failures.append(f"{candidate}: {exc!r}")
+            continue
+        break
+    else:
+        raise QueueClosedError("cannot connect to the queue server: " + "; ".join(failures))
+    async with _open_session(
+        stream,
+        host,
+        resource,
+        token=token,
+        heartbeat_interval=heartbeat_interval,
+        max_message_size=max_message_size,
+        send_timeout=send_wait,
+        handshake_timeout=timeout,
+    ) as queue:
+        yield queue
 
 
 @contextlib.asynccontextmanager
@@ -687,33 +808,21 @@ async def connect_stream(
     host: str = "localhost",
     resource: str = "/",
     heartbeat_interval: float | None = 30.0,
+    send_timeout: float = 10.0,
+    handshake_timeout: float = 10.0,
     max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
 ) -> AsyncIterator[RemoteQueue]:
     """Like :func:`connect`, over an already open trio stream (tests use
-    :func:`trio.testing.memory_stream_pair`)."""
+    :func:`trio.testing.memory_stream_pair`). The stream is closed on exit."""
     _check_options(heartbeat_interval, max_message_size)
-    try:
-        async with trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(
-                nursery,
-                stream,  # type: ignore[arg-type]
-                host,
-                resource,
-                message_queue_size=4,
-                max_message_size=max_message_size,
-                receive_buffer_size=65536,
-            )
-            try:
-                async with _session(
-                    ws,
-                    nursery,
-                    token=token,
-                    heartbeat_interval=heartbeat_interval,
-                    max_message_size=max_message_size,
-                ) as queue:
-                    yield queue
-            finally:
-                await _close_ws(ws, 2.0)
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        _reraise_single(group)
+    async with _open_session(
+        stream,
+        host,
+        resource,
+        token=token,
+        heartbeat_interval=heartbeat_interval,
+        max_message_size=max_message_size,
+        send_timeout=v.check_seconds(send_timeout, "send_timeout"),
+        handshake_timeout=v.check_seconds(handshake_timeout, "handshake_timeout"),
+    ) as queue:
+        yield queue

@@ -18,7 +18,6 @@ import logging
 import math
 import ssl
 from collections.abc import Callable, Collection, Mapping, Sequence
-from functools import partial
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
@@ -51,6 +50,7 @@ DEFAULT_MAX_IN_FLIGHT = 1024
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_PROTOCOL_ERROR = 4000
 CLOSE_UNAUTHORIZED = 4001
@@ -130,6 +130,7 @@ class QueueServer:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         handshake_timeout: float = 10.0,
         close_timeout: float = 2.0,
+        send_timeout: float = 10.0,
     ) -> None:
         if auth is not None and not isinstance(auth, str):
             raise TypeError("auth must be a token string or None")
@@ -155,8 +156,11 @@ class QueueServer:
         self.max_in_flight = max_in_flight
         self.handshake_timeout = v.check_seconds(handshake_timeout, "handshake_timeout")
         self.close_timeout = v.check_seconds(close_timeout, "close_timeout")
+        self.send_timeout = v.check_seconds(send_timeout, "send_timeout")
         self._listeners: list[trio.SocketListener | trio.SSLListener[trio.SocketStream]] = []
         self._scope = trio.CancelScope()
+        self._closing = trio.Event()
+        self._handshakes: set[trio.CancelScope] = set()
         #: Connections currently open (past the websocket handshake).
         self.connections = 0
 
@@ -181,12 +185,17 @@ class QueueServer:
         return out
 
     def close(self) -> None:
-        """Stop listening and close every connection. Synchronous; :func:`serve` then returns."""
-        self._scope.cancel()
+        """Stop listening and close every connection; :func:`serve` then returns.
+
+        Synchronous. Connections get a close frame (1001) and ``close_timeout``
+        seconds to finish it; in-flight requests are cancelled, so their jobs
+        go back, and whatever is left after that is cut.
+        """
+        self._closing.set()
 
     @property
     def closed(self) -> bool:
-        return self._scope.cancel_called
+        return self._closing.is_set()
 
     async def run(
         self,
@@ -196,17 +205,27 @@ class QueueServer:
     ) -> None:
         """Serve connections from ``listeners`` until :meth:`close` or cancellation."""
         self._listeners = list(listeners)
+        listening = trio.CancelScope()
         with self._scope:
             async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    partial(
-                        trio.serve_listeners,
-                        self.handle_stream,
-                        self._listeners,
-                        handler_nursery=nursery,
-                    )
-                )
+
+                async def listen(*, task_status: trio.TaskStatus[object]) -> None:
+                    with listening:
+                        await trio.serve_listeners(
+                            self.handle_stream,
+                            self._listeners,
+                            handler_nursery=nursery,
+                            task_status=task_status,
+                        )
+
+                await nursery.start(listen)
                 task_status.started(self)
+                await self._closing.wait()
+                listening.cancel()
+                for scope in self._handshakes:
+                    scope.cancel()  # connections not yet open are simply dropped
+                # Connections close themselves on _closing; cut what is left after.
+                nursery.cancel_scope.deadline = trio.current_time() + self.close_timeout + 1
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection on ``stream`` until either side closes it.
@@ -217,19 +236,25 @@ class QueueServer:
         try:
             async with trio.open_nursery() as nursery:
                 ws: WebSocketConnection | None = None
-                with trio.move_on_after(self.handshake_timeout):
-                    request = await wrap_server_stream(
-                        nursery,
-                        stream,
-                        message_queue_size=4,
-                        max_message_size=self.max_message_size,
-                        receive_buffer_size=65536,
-                    )
-                    ws = await request.accept()
+                with trio.move_on_after(self.handshake_timeout) as handshake:
+                    if self.closed:
+                        handshake.cancel()
+                    self._handshakes.add(handshake)
+                    try:
+                        request = await wrap_server_stream(
+                            nursery,
+                            stream,
+                            message_queue_size=4,
+                            max_message_size=self.max_message_size,
+                            receive_buffer_size=65536,
+                        )
+                        ws = await request.accept()
+                    finally:
+                        self._handshakes.discard(handshake)
                 if ws is not None:
                     self.connections += 1
                     try:
-                        await _Connection(self, ws).run()
+                        await _Connection(self, ws, stream).run()
                     finally:
                         self.connections -= 1
                 nursery.cancel_scope.cancel()
@@ -318,10 +343,17 @@ _Outgoing = tuple[str, DequeuedJob | None]
 class _Connection:
     """One client connection: a reader loop, a writer task and a task per request."""
 
-    def __init__(self, server: QueueServer, ws: WebSocketConnection) -> None:
+    def __init__(
+        self, server: QueueServer, ws: WebSocketConnection, stream: trio.abc.Stream
+    ) -> None:
         self.server = server
         self.queue = server.queue
         self.ws = ws
+        self.stream = stream
+        # Frames the reader loop queues (welcome, errors) beyond what a client
+        # that reads its replies can have outstanding: past it, the client is
+        # flooding without reading, and the connection is closed.
+        self.max_backlog = server.max_in_flight + 256
         self.allowed: frozenset[str] | None = None  # None: every channel
         self.peer_max_message_size = w.DEFAULT_MAX_MESSAGE_SIZE
         self.in_flight: dict[int, _Request] = {}
@@ -358,33 +390,66 @@ class _Connection:
     # ------------------------------------------------------------ plumbing
 
     async def run(self) -> None:
+        graceful = True
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 try:
                     if await self._handshake():
                         async with trio.open_nursery() as requests:
+                            requests.start_soon(self._close_when_server_closes)
                             await self._read_loop(requests)
                             # the peer left or broke the protocol: its waits are withdrawn
                             requests.cancel_scope.cancel()
                 finally:
                     self.outbox.close()  # the writer sends what is queued, then ends
                     nursery.cancel_scope.deadline = trio.current_time() + self.server.close_timeout
-        except trio.Cancelled:
-            self.close_code, self.close_reason = CLOSE_GOING_AWAY, "server shutting down"
+        except BaseException:
+            # Cancelled from outside: the websocket's own reader is cancelled too,
+            # so no close handshake can complete; the stream is simply closed.
+            graceful = False
             raise
         finally:
-            with trio.move_on_after(self.server.close_timeout) as scope:
-                scope.shield = True
-                await self.ws.aclose(self.close_code, self.close_reason)
+            if graceful:
+                with trio.move_on_after(self.server.close_timeout) as scope:
+                    scope.shield = True
+                    await self.ws.aclose(self.close_code, self.close_reason)
+
+    async def _close_when_server_closes(self) -> None:
+        await self.server._closing.wait()
+        self._close(CLOSE_GOING_AWAY, "server shutting down")
+        # The read loop sees the connection close and tears the rest down.
+        with trio.move_on_after(self.server.close_timeout):
+            await self.ws.aclose(self.close_code, self.close_reason)
 
     def _close(self, code: int, reason: str) -> None:
         if self.close_code == CLOSE_NORMAL:
             self.close_code, self.close_reason = code, reason[:120]  # a close reason is short
 
+    async def _send_now(self, text: str, job: DequeuedJob | None) -> None:
+        """Send one reply from a request's task, giving its job back if that fails.
+
+        Shielded, because a cancelled send_message would leave half a frame on
+        the stream; bounded by the server's send timeout, past which the peer
+        is not reading and the connection is aborted. (Sending here rather than
+        through the writer task saves a scheduler pass per request.)
+        """
+        sent = False
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.server.send_timeout
+            try:
+                await self.ws.send_message(text)
+                sent = True
+            except ConnectionClosed:
+                pass
+        if not sent and job is not None:
+            self.queue.release(job)
+        if scope.cancelled_caught:
+            self._close(CLOSE_POLICY_VIOLATION, "client does not read its replies")
+            await trio.aclose_forcefully(self.stream)
+
     async def _writer(self) -> None:
-        # The only task that sends frames: a cancelled send_message would leave
-        # the stream in an unknown state, and requests are cancelled often.
+        # Sends what the reader loop queues, which must never wait on the socket.
         try:
             async for text, job in self._outbox_receive:
                 try:
@@ -408,6 +473,9 @@ class _Connection:
 
     def _send(self, text: str, job: DequeuedJob | None = None) -> None:
         """Queue a frame for the writer; never blocks. A job that cannot be queued goes back."""
+        if self.outbox.statistics().current_buffer_used >= self.max_backlog:
+            self._close(CLOSE_POLICY_VIOLATION, "client does not read its replies")
+            self.outbox.close()  # the reader loop sees it and ends the connection
         try:
             self.outbox.send_nowait((text, job))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -464,6 +532,8 @@ class _Connection:
     async def _read_loop(self, requests: trio.Nursery) -> None:
         max_size = self.server.max_message_size
         while True:
+            if self.close_code != CLOSE_NORMAL:
+                return
             try:
                 frame = await self.ws.get_message()
             except ConnectionClosed:
@@ -539,7 +609,7 @@ class _Connection:
                 )
             )
             job = None
-        self._send(text, job)
+        await self._send_now(text, job)
 
     # ------------------------------------------------------------ tenancy
 

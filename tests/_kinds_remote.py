@@ -31,6 +31,7 @@ async def remote_pair(
     tenants: dict[str, list[str]] | None = None,
     token: str | None = None,
     heartbeat_interval: float | None = None,
+    client_max_message_size: int = 4 * 1024 * 1024,
     **server_options: Any,
 ) -> AsyncIterator[tuple[actorq.RemoteQueue, actorq.LocalQueue, QueueServer]]:
     """A served in-memory queue and a remote client connected to it in memory."""
@@ -40,7 +41,10 @@ async def remote_pair(
         nursery.start_soon(server.handle_stream, server_stream)
         try:
             async with connect_stream(
-                client_stream, token=token, heartbeat_interval=heartbeat_interval
+                client_stream,
+                token=token,
+                heartbeat_interval=heartbeat_interval,
+                max_message_size=client_max_message_size,
             ) as remote:
                 yield remote, local, server
         finally:

@@ -1,0 +1,330 @@
+"""The wire codec on its own: no I/O, no trio.
+
+Every message kind round-trips; every malformed input raises one
+:class:`actorq.ProtocolError` with a reason code and nothing else (checked by
+hand for each kind of damage, and by hypothesis for arbitrary input); errors
+map to the same exception classes on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import actorq
+from actorq import _wire as w
+from actorq._errors import ERRORS_BY_CODE
+
+U1 = uuid.UUID("12345678-1234-5678-1234-567812345678")
+U2 = uuid.UUID("87654321-4321-8765-4321-876543210987")
+
+SAMPLES: list[w.Message] = [
+    w.Hello(id=0, versions=[1], token="t", client="c", max_message_size=2048),
+    w.Enqueue(id=1, job_type="t", args={"a": [1, 2.5, None, True]}, dependencies=[U1], channel="c"),
+    w.EnqueueMany(id=2, jobs=[w.JobSpec("t", {"n": 1}, [U1], "c"), w.JobSpec("u")]),
+    w.Dequeue(id=3, job_types=["a", "b"], channels=["", "x"], timeout=1.5, worker_id=U1),
+    w.Dequeue(id=4, job_types=["a"], channels=[], any_channel=True),
+    w.DequeueById(id=5, job_id=U1, worker_id=None),
+    w.FinishJob(id=6, job_id=U1, token=U2, result={"ok": True}),
+    w.RequeueOrFinishJob(id=7, job_id=U1, token=None, max_retries=3, result=None),
+    w.UpdateJobResult(id=8, job_id=U1, token=U2, result=[1]),
+    w.FailJob(id=9, job_id=U1, result="boom"),
+    w.CancelJob(id=10, job_id=U1),
+    w.GetJobStatus(id=11, job_id=U1),
+    w.GetJob(id=12, job_id=U1),
+    w.IdFromToken(id=13, token=U2),
+    w.GetHeartbeats(id=14, older_than=30.0),
+    w.RefreshHeartbeat(id=15, token=U2),
+    w.RefreshHeartbeats(id=16, tokens=[U1, U2]),
+    w.AllRootJobIds(id=17),
+    w.DeleteJob(id=18, job_id=U1),
+    w.InsertWorker(id=19, channel="c", arch="x86_64"),
+    w.UpdateWorkerStatus(id=20, worker_id=U1),
+    w.GetWorkers(id=21, older_than=0.0),
+    w.DeleteWorker(id=22, worker_id=U1),
+    w.ListJobs(id=23, state=actorq.JobState.RUNNING, job_type="t", channel=None, limit=5),
+    w.GetStats(id=24),
+    w.FinishAndDequeue(id=25, job_id=U1, token=U2, result={}, job_types=["t"], timeout=0.0),
+    w.Cancel(id=26),
+    w.Release(id=27, job_id=U1, token=U2),
+    w.Welcome(id=0, version=1, server="actorq", max_message_size=4096, max_in_flight=8),
+    w.Ok(id=28, value={"any": ["json", 1]}),
+    w.Dequeued(
+        id=29,
+        job=actorq.DequeuedJob(
+            id=U1, token=U2, dependencies=[U1], type="t", args={"x": 1}, channel=""
+        ),
+    ),
+    w.Error(id=None, error="protocol_error", message="m", reason="bad_json"),
+    w.Error(id=30, error="not_exist", message="job does not exist"),
+]
+
+
+def test_every_kind_has_a_sample() -> None:
+    assert {type(m) for m in SAMPLES} == set(w.KINDS.values())
+    assert len(w.KINDS) == len({cls.KIND for cls in w.KINDS.values()})
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: m.KIND)
+def test_round_trip(message: w.Message) -> None:
+    text = w.encode(message)
+    obj = orjson.loads(text)
+    assert obj["kind"] == message.KIND
+    assert obj["id"] == message.id
+    assert w.decode(text) == message
+
+
+def test_encoded_uuids_are_canonical_strings() -> None:
+    obj = orjson.loads(w.encode(w.FinishJob(id=1, job_id=U1, token=U2)))
+    assert obj["job_id"] == str(U1)
+    assert obj["token"] == str(U2)
+
+
+def test_fragments_are_embedded_as_they_are() -> None:
+    # args stored as JSON text travel without being parsed and written again
+    message = w.Enqueue(id=1, job_type="t", args=orjson.Fragment('{"b":1,"a":[true]}'))
+    assert '"args":{"b":1,"a":[true]}' in w.encode(message)
+    assert w.decode(w.encode(message)) == w.Enqueue(id=1, job_type="t", args={"b": 1, "a": [True]})
+
+
+def test_defaults_may_be_left_out() -> None:
+    assert w.decode('{"kind":"enqueue","id":3,"job_type":"t"}') == w.Enqueue(id=3, job_type="t")
+    got = w.decode('{"kind":"dequeue","id":3,"job_types":["t"]}')
+    assert got == w.Dequeue(id=3, job_types=["t"], channels=[""], timeout=None)
+
+
+def test_integer_timeouts_are_numbers() -> None:
+    got = w.decode('{"kind":"dequeue","id":3,"job_types":["t"],"timeout":5}')
+    assert isinstance(got, w.Dequeue)
+    assert got.timeout == 5.0 and isinstance(got.timeout, float)
+
+
+def reason_of(text: Any, **kwargs: Any) -> str:
+    with pytest.raises(w.ProtocolError) as info:
+        w.decode(text, **kwargs)
+    return info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "bad_json"),
+        ("{", "bad_json"),
+        ("{'kind': 'stats'}", "bad_json"),
+        ('{"kind":"stats","id":1,"x":NaN}', "bad_json"),
+        ('{"kind":"stats","id":1}garbage', "bad_json"),
+        ("[]", "not_object"),
+        ('"stats"', "not_object"),
+        ("7", "not_object"),
+        ("null", "not_object"),
+        ('{"id":1}', "missing_kind"),
+        ('{"kind":"explode","id":1}', "unknown_kind"),
+        ('{"kind":7,"id":1}', "unknown_kind"),
+        ('{"kind":"","id":1}', "unknown_kind"),
+        ('{"kind":"stats"}', "bad_field"),
+        ('{"kind":"stats","id":-1}', "bad_field"),
+        ('{"kind":"stats","id":1.0}', "bad_field"),
+        ('{"kind":"stats","id":true}', "bad_field"),
+        ('{"kind":"stats","id":"1"}', "bad_field"),
+        ('{"kind":"stats","id":9007199254740992}', "bad_field"),
+        ('{"kind":"stats","id":1,"extra":0}', "bad_field"),
+        ('{"kind":"enqueue","id":1}', "bad_field"),
+        ('{"kind":"enqueue","id":1,"job_type":5}', "bad_field"),
+        ('{"kind":"enqueue","id":1,"job_type":"t","channel":null}', "bad_field"),
+        ('{"kind":"dequeue","id":1,"job_types":"abc"}', "bad_field"),
+        ('{"kind":"dequeue","id":1,"job_types":[1]}', "bad_field"),
+        ('{"kind":"dequeue","id":1,"job_types":["t"],"timeout":"5"}', "bad_field"),
+        ('{"kind":"dequeue","id":1,"job_types":["t"],"timeout":true}', "bad_field"),
+        ('{"kind":"dequeue","id":1,"job_types":["t"],"any_channel":1}', "bad_field"),
+        (
+            f'{{"kind":"requeue_or_finish_job","id":1,"job_id":"{U1}","max_retries":1.5}}',
+            "bad_field",
+        ),
+        ('{"kind":"list_jobs","id":1,"state":"sleeping"}', "bad_field"),
+        ('{"kind":"list_jobs","id":1,"limit":"3"}', "bad_field"),
+        ('{"kind":"enqueue_many","id":1,"jobs":[{"job_type":"t","x":1}]}', "bad_field"),
+        ('{"kind":"enqueue_many","id":1,"jobs":{}}', "bad_field"),
+        ('{"kind":"cancel_job","id":1,"job_id":"nope"}', "bad_uuid"),
+        ('{"kind":"cancel_job","id":1,"job_id":7}', "bad_uuid"),
+        ('{"kind":"cancel_job","id":1,"job_id":null}', "bad_uuid"),
+        (f'{{"kind":"refresh_heartbeats","id":1,"tokens":["{U1}","x"]}}', "bad_uuid"),
+        ('{"kind":"enqueue","id":1,"job_type":"t","dependencies":["zz"]}', "bad_uuid"),
+    ],
+)
+def test_malformed_input(text: str, reason: str) -> None:
+    assert reason_of(text) == reason
+
+
+def test_binary_frames_and_oversize() -> None:
+    assert reason_of(b'{"kind":"stats","id":1}') == "binary"
+    big = '{"kind":"enqueue","id":1,"job_type":"t","args":"' + "x" * 5000 + '"}'
+    assert reason_of(big, max_size=4096) == "oversize"
+    assert isinstance(w.decode(big, max_size=len(big)), w.Enqueue)
+
+
+def test_unexpected_kind() -> None:
+    text = w.encode(w.Ok(id=1))
+    assert reason_of(text, kinds=w.CLIENT_KINDS) == "unexpected_kind"
+    assert reason_of(w.encode(w.GetStats(id=1)), kinds=w.SERVER_KINDS) == "unexpected_kind"
+
+
+def test_request_id_is_kept_when_readable() -> None:
+    with pytest.raises(w.ProtocolError) as info:
+        w.decode('{"kind":"cancel_job","id":41,"job_id":"nope"}')
+    assert info.value.request_id == 41
+    assert "job_id" in info.value.message
+    with pytest.raises(w.ProtocolError) as info:
+        w.decode('{"kind":"explode","id":42}')
+    assert info.value.request_id == 42
+    with pytest.raises(w.ProtocolError) as info:
+        w.decode("{")
+    assert info.value.request_id is None
+
+
+def test_decode_is_strict_about_types() -> None:
+    # cattrs would coerce all of these; the wire does not
+    for text in (
+        '{"kind":"insert_worker","id":1,"channel":1,"arch":"a"}',
+        '{"kind":"workers","id":1,"older_than":"1"}',
+        '{"kind":"hello","id":1,"versions":["1"]}',
+        '{"kind":"welcome","id":1,"version":1,"max_in_flight":false}',
+    ):
+        assert reason_of(text) == "bad_field"
+
+
+def test_structure_value() -> None:
+    status = actorq.JobStatus(
+        type="t",
+        channel="",
+        result={"r": 1},
+        queued=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        started=None,
+        finished=None,
+        canceled=False,
+        dependencies=[U1],
+        dependents=[],
+        retries=0,
+    )
+    value = orjson.loads(orjson.dumps(w.unstructure_value(status)))
+    assert w.structure_value(value, actorq.JobStatus) == status
+    stats = actorq.QueueStats(1, 1, [("t", "", 1)], 0, 0, 0, 0, 0, 0)
+    value = orjson.loads(orjson.dumps(w.unstructure_value(stats)))
+    assert w.structure_value(value, actorq.QueueStats) == stats
+    with pytest.raises(w.ProtocolError):
+        w.structure_value({"jobs": "1"}, actorq.QueueStats)
+    with pytest.raises(w.ProtocolError):
+        w.structure_value("not a uuid", uuid.UUID)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("cls", sorted(ERRORS_BY_CODE.values(), key=lambda c: c.code))
+def test_queue_errors_map_back_to_their_class(cls: type[actorq.JobQueueError]) -> None:
+    reply = w.error_reply(5, cls("some words"))
+    assert reply.error == cls.code
+    again = w.decode(w.encode(reply))
+    assert isinstance(again, w.Error)
+    exc = w.exception_from_reply(again)
+    assert type(exc) is cls
+    assert str(exc) == "some words"
+
+
+def test_argument_errors_map_to_builtin_classes() -> None:
+    for exc in (TypeError("bad type"), ValueError("bad value")):
+        got = w.exception_from_reply(w.error_reply(1, exc))
+        assert type(got) is type(exc)
+        assert str(got) == str(exc)
+
+
+def test_protocol_errors_keep_their_reason() -> None:
+    got = w.exception_from_reply(w.error_reply(3, w.ProtocolError("no", "forbidden")))
+    assert isinstance(got, actorq.ProtocolError)
+    assert got.reason == "forbidden"
+    assert isinstance(got, actorq.JobQueueError)
+
+
+def test_unknown_errors() -> None:
+    reply = w.error_reply(1, RuntimeError("secret detail"))
+    assert reply.error == "internal"
+    assert "secret" not in reply.message  # internals do not leak to clients
+    exc = w.exception_from_reply(w.Error(id=1, error="from_the_future", message="m"))
+    assert type(exc) is actorq.JobQueueError
+
+
+def test_negotiate() -> None:
+    assert w.negotiate([1]) == 1
+    assert w.negotiate([1, 2, 3], supported=[1, 2]) == 2
+    with pytest.raises(w.ProtocolError) as info:
+        w.negotiate([99])
+    assert info.value.reason == "unsupported_version"
+
+
+# ------------------------------------------------------------------ fuzz
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+field_names = st.sampled_from(
+    sorted(
+        {a.name for cls in w.KINDS.values() for a in attrs.fields(cls)}
+        | {"kind", "job_type", "zzz"}
+    )
+)
+
+
+def check_decode_is_total(text: Any) -> None:
+    try:
+        got = w.decode(text, max_size=10_000)
+    except w.ProtocolError as exc:
+        assert exc.reason
+        assert exc.request_id is None or isinstance(exc.request_id, int)
+    else:
+        assert isinstance(got, w.Message)
+        # what decodes encodes back to something that decodes to the same
+        assert w.decode(w.encode(got)) == got
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzz_arbitrary_text(text: str) -> None:
+    check_decode_is_total(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=100))
+def test_fuzz_arbitrary_bytes(data: bytes) -> None:
+    check_decode_is_total(data)
+    check_decode_is_total(data.decode("latin-1"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(w.KINDS)) | st.text(max_size=8),
+    request_id=st.integers(min_value=-2, max_value=2**60) | json_values,
+    fields=st.dictionaries(field_names, json_values, max_size=6),
+)
+def test_fuzz_message_shaped_objects(kind: str, request_id: Any, fields: dict[str, Any]) -> None:
+    check_decode_is_total(json.dumps({"kind": kind, "id": request_id, **fields}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sample=st.sampled_from(SAMPLES),
+    field=field_names,
+    value=json_values | st.uuids().map(str),
+)
+def test_fuzz_one_field_of_a_valid_message(sample: w.Message, field: str, value: Any) -> None:
+    obj = orjson.loads(w.encode(sample))
+    obj[field] = value
+    check_decode_is_total(json.dumps(obj))
