@@ -19,6 +19,7 @@ points run on the same schema, so recovery also runs on recovered data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -75,6 +77,17 @@ async def child(url: str, schema: str, seed: int) -> None:
                 nursery.start_soon(produce, f"{seed}.{p}")
             for _ in range(WORKERS):
                 nursery.start_soon(work)
+
+
+async def server(url: str, schema: str, port: int) -> None:
+    """A queue server on ``port``: it listens only once it leads (a hot standby till then)."""
+    print("started", flush=True)
+    async with (
+        actorq.open_queue(PostgresStore(url, schema=schema)) as queue,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(actorq.serve, queue, "127.0.0.1", port)
+        print("serving", flush=True)
 
 
 # ----------------------------------------------------------------- parent
@@ -213,4 +226,165 @@ def test_sigkill_loses_no_acknowledged_operation() -> None:
 
 
 if __name__ == "__main__":
-    trio.run(child, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    if sys.argv[1] == "serve":
+        trio.run(server, sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        trio.run(child, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+
+
+# --------------------------------------------------------------- failover
+
+
+class ServerProcess:
+    """``python test_postgres_crash.py serve URL SCHEMA PORT``, with its stdout lines watched."""
+
+    def __init__(self, url: str, schema: str, port: int) -> None:
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        self.port = port
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "serve", url, schema, str(port)],
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.changed:
+                self.lines.append(line.strip())
+                self.changed.notify_all()
+
+    def wait_for(self, word: str, timeout: float) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: word in self.lines, timeout):
+                raise TimeoutError(f"server on port {self.port} never said {word!r}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.reader.join(5)
+
+
+def test_failover_between_two_servers_loses_no_acknowledged_operation() -> None:
+    """Two servers on one database; SIGKILL the leader mid-load; the standby carries on.
+
+    Workers connect with both URLs and reconnect on any connection loss. No
+    acknowledged enqueue, dequeue or finish is lost, no job is held by two
+    workers at once, and jobs keep flowing through the new leader.
+    """
+    import pgserver
+    from _kinds_postgres import new_schema
+
+    db = pgserver.require_server()
+    url, schema = db.url(), new_schema()
+    ports = [pgserver._free_port(), pgserver._free_port()]
+    urls = [f"ws://127.0.0.1:{port}" for port in ports]
+    first = ServerProcess(url, schema, ports[0])
+    second: ServerProcess | None = None
+    enqueued: set[uuid.UUID] = set()
+    tokens: dict[uuid.UUID, uuid.UUID] = {}  # job -> last token a worker was handed
+    finished: set[uuid.UUID] = set()
+    holders: dict[uuid.UUID, int] = {}  # job -> the worker holding it right now
+    after_failover: list[uuid.UUID] = []
+    killed = trio.Event()
+    warmed_up = trio.Event()
+    carried_on = trio.Event()
+
+    async def session(body: Any) -> None:
+        """Run ``body(queue)`` on a connection, reconnecting until it returns."""
+        while True:
+            try:
+                async with actorq.connect(urls, connect_timeout=2.0) as queue:
+                    await body(queue)
+                    return
+            except actorq.QueueClosedError:
+                await trio.sleep(0.05)  # both down for a moment: the standby is taking over
+
+    async def producer() -> None:
+        count = 0
+
+        async def body(queue: Any) -> None:
+            nonlocal count
+            while count < 400:
+                job_id = await queue.enqueue("fo", {"i": count})
+                enqueued.add(job_id)
+                count += 1
+                await trio.sleep(0.002)
+
+        await session(body)
+
+    async def worker(n: int) -> None:
+        holding: actorq.DequeuedJob | None = None
+
+        async def body(queue: Any) -> None:
+            nonlocal holding
+            while len(after_failover) < 30:
+                if holding is None:
+                    try:
+                        job = await queue.dequeue(["fo"], timeout=0.2)
+                    except actorq.DequeueTimeoutError:
+                        continue
+                    assert job.id not in holders, "a job is held by two workers at once"
+                    holders[job.id] = n
+                    tokens[job.id] = job.token
+                    holding = job
+                # NotRunningError: our finish was committed just before the leader died
+                with contextlib.suppress(actorq.NotRunningError):
+                    await queue.finish_job(holding.id, {"by": n})
+                finished.add(holding.id)
+                if len(finished) >= 60:
+                    warmed_up.set()
+                if killed.is_set():
+                    after_failover.append(holding.id)
+                    if len(after_failover) >= 30:
+                        carried_on.set()
+                del holders[holding.id]
+                holding = None
+
+        await session(body)
+
+    try:
+        first.wait_for("serving", 30)
+        second = ServerProcess(url, schema, ports[1])
+        second.wait_for("started", 30)
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(producer)
+                for n in range(4):
+                    nursery.start_soon(worker, n)
+                await warmed_up.wait()
+                first.kill()  # SIGKILL, mid-load
+                killed.set()
+                with trio.fail_after(30):
+                    await trio.to_thread.run_sync(second.wait_for, "serving", 30)
+                    await carried_on.wait()
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+
+    async def load() -> list[JobRecord]:
+        store = PostgresStore(url, schema=schema)
+        jobs, _ = await store.load()
+        await store.close()
+        return jobs
+
+    records = {r.id: r for r in trio.run(load)}
+    assert enqueued <= set(records)
+    for job_id in finished:
+        assert records[job_id].finished is not None
+    for job_id, token in tokens.items():
+        r = records[job_id]
+        assert r.started is not None
+        assert r.finished is not None or r.token == token
+    assert len(after_failover) >= 30
