@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A small actorq demo: a chain of dependent jobs, two workers on two channels.
 
-    python scripts/demo.py                       # a throwaway in-memory queue
-    python scripts/demo.py --store sqlite:///demo.db
+    python scripts/demo.py                       # SQLite in ./actorq-demo.db
+    python scripts/demo.py --store memory://     # a throwaway in-memory queue
 
 Two tenants ("red" and "blue") each get a build pipeline of dependent jobs:
 fetch -> compile -> package, plus a final "publish" job per tenant that needs
@@ -76,9 +76,15 @@ async def main(store: str) -> None:
                 )
         stats = await queue.stats()
         print(f"queue: {stats.jobs} jobs, {stats.finished} finished, {stats.pending} pending")
+        if store.startswith("sqlite"):
+            print(f"(kept in {store}: run again and the earlier jobs are still there)")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default="memory://", help="store URL (default: memory://)")
+    parser.add_argument(
+        "--store",
+        default="sqlite:///actorq-demo.db",
+        help="store URL (default: sqlite:///actorq-demo.db, in the current directory)",
+    )
     trio.run(main, parser.parse_args().store)
