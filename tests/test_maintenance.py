@@ -73,12 +73,22 @@ def test_bad_config_raises(field: str, value: object, error: type[Exception]) ->
         Maintenance(**{field: value})  # type: ignore[arg-type]
 
 
-async def test_no_maintenance_by_default(autojump_clock: trio.testing.MockClock) -> None:
-    async with actorq.open_queue() as q:
+async def test_maintenance_none_turns_the_reaper_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with actorq.open_queue(maintenance=None) as q:
         job_id = await q.enqueue("t")
         await q.dequeue(["t"], timeout=0)
         await trio.sleep(10_000)
         assert await state_at(q, job_id) == (JobState.RUNNING, 0)
+
+
+async def test_the_reaper_runs_by_default(autojump_clock: trio.testing.MockClock) -> None:
+    async with actorq.open_queue() as q:
+        job_id = await q.enqueue("t")
+        await q.dequeue(["t"], timeout=0)
+        await trio.sleep(150)  # the 120 s timeout, then at most one 30 s tick
+        assert await state_at(q, job_id) == (JobState.PENDING, 1)
 
 
 # ------------------------------------------------------------------ reaper
