@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, SafeUUID
 
+import attrs
 import trio
 
 from ._core import Changes, JobRecord, WorkerRecord
@@ -89,13 +90,11 @@ _JOB_COLUMNS = (
     "seq, id, type, channel, args, dependencies, queued, started, finished,"
     " canceled, result, retries, token, worker_id"
 )
-# The immutable columns of a job never change after its first insert, so an
-# update rewrites only the ones that can.
-_UPSERT_JOB = (
-    f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (seq) DO UPDATE SET started = excluded.started,"
-    " finished = excluded.finished, canceled = excluded.canceled, result = excluded.result,"
-    " retries = excluded.retries, token = excluded.token, worker_id = excluded.worker_id"
+_INSERT_JOB = f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# The other columns of a job never change after its insert.
+_UPDATE_JOB = (
+    "UPDATE jobs SET started = ?, finished = ?, canceled = ?, result = ?, retries = ?,"
+    " token = ?, worker_id = ? WHERE seq = ?"
 )
 _UPSERT_WORKER = (
     "INSERT INTO workers (id, channel, arch, updated) VALUES (?, ?, ?, ?)"
@@ -200,6 +199,98 @@ def _job_row(rec: JobRecord) -> tuple[Any, ...]:
     )
 
 
+def _job_update_row(rec: JobRecord) -> tuple[Any, ...]:
+    return (
+        _optional_time(rec.started),
+        _optional_time(rec.finished),
+        1 if rec.canceled else 0,
+        rec.result,
+        rec.retries,
+        _optional_bytes(rec.token),
+        _optional_bytes(rec.worker_id),
+        rec.seq,
+    )
+
+
+def _make_fast_record() -> Callable[..., JobRecord]:
+    # JobRecord is frozen, so its attrs __init__ sets each of its 14 slots
+    # through object.__setattr__, by name; setting them through the slot
+    # descriptors halves the cost of the reopen's hottest line. Used only if
+    # JobRecord is still a plain slotted class with these fields, in this
+    # order, and the shortcut builds a record equal to the constructor's.
+    try:
+        fields = attrs.fields(JobRecord)
+        if any(f.validator or f.converter or not f.init for f in fields):
+            return JobRecord
+        setters = [JobRecord.__dict__[f.name].__set__ for f in fields]
+        (s_id, s_seq, s_type, s_channel, s_args, s_deps, s_queued) = setters[:7]
+        (s_started, s_finished, s_canceled, s_result, s_retries, s_token, s_worker) = setters[7:]
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return JobRecord
+    new = object.__new__
+
+    def fast_record(
+        id: UUID,
+        seq: int,
+        type: str,
+        channel: str,
+        args: str,
+        dependencies: tuple[UUID, ...],
+        queued: datetime,
+        started: datetime | None,
+        finished: datetime | None,
+        canceled: bool,
+        result: str | None,
+        retries: int,
+        token: UUID | None,
+        worker_id: UUID | None,
+    ) -> JobRecord:
+        made: JobRecord = new(JobRecord)
+        s_id(made, id)
+        s_seq(made, seq)
+        s_type(made, type)
+        s_channel(made, channel)
+        s_args(made, args)
+        s_deps(made, dependencies)
+        s_queued(made, queued)
+        s_started(made, started)
+        s_finished(made, finished)
+        s_canceled(made, canceled)
+        s_result(made, result)
+        s_retries(made, retries)
+        s_token(made, token)
+        s_worker(made, worker_id)
+        return made
+
+    now = datetime.now(UTC)
+    values = (
+        UUID(int=1),
+        7,
+        "t",
+        "c",
+        "[]",
+        (UUID(int=2),),
+        now,
+        now,
+        None,
+        True,
+        "1",
+        2,
+        None,
+        None,
+    )
+    try:
+        made, real = fast_record(*values), JobRecord(*values)
+        if made == real and hash(made) == hash(real) and repr(made) == repr(real):
+            return fast_record
+    except Exception:  # an attrs that lays classes out differently
+        pass
+    return JobRecord
+
+
+_new_record = _make_fast_record()
+
+
 def _worker_row(rec: WorkerRecord) -> tuple[Any, ...]:
     return (rec.id.bytes, rec.channel, rec.arch, encode_time(rec.updated))
 
@@ -234,6 +325,7 @@ class SqliteStore:
         # already commits one batch at a time, this also covers close().
         self._limiter = trio.CapacityLimiter(1)
         self._failure: str | None = None
+        self._last_seq = 0  # the highest job seq in the file
 
     @property
     def path(self) -> str:
@@ -309,6 +401,9 @@ class SqliteStore:
             conn.execute("BEGIN EXCLUSIVE")
             try:
                 self._migrate(conn)
+                self._last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM jobs").fetchone()[
+                    0
+                ]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.rollback()
@@ -426,7 +521,7 @@ class SqliteStore:
         from_timestamp = _from_timestamp
         utc = UTC
         fast_limit = _FAST_TIME_LIMIT
-        record = JobRecord
+        record = _new_record
         strings: dict[str, str] = {}  # one object per distinct type and channel
         intern = strings.setdefault
         known: dict[int, UUID] = {}  # the jobs read so far, by id as an integer
@@ -525,9 +620,19 @@ class SqliteStore:
                 f"{self._path}: an earlier commit failed ({self._failure}); reopen the queue"
             )
         conn = self._conn if self._conn is not None else self._open_sync()
-        # Encode before the transaction: a bad record then aborts nothing.
+        # Encode before the transaction: a bad record then aborts nothing. A
+        # job is new exactly when its seq is above every seq in the file (the
+        # queue numbers jobs upwards from the last one it loaded); an old one
+        # has only its mutable columns rewritten.
+        last_seq = self._last_seq
+        inserts = []
+        updates = []
+        for rec in changes.jobs:
+            if rec.seq > last_seq:
+                inserts.append(_job_row(rec))
+            else:
+                updates.append(_job_update_row(rec))
         deleted_jobs = [(job_id.bytes,) for job_id in changes.deleted_jobs]
-        jobs = [_job_row(rec) for rec in changes.jobs]
         deleted_workers = [(worker_id.bytes,) for worker_id in changes.deleted_workers]
         workers = [_worker_row(rec) for rec in changes.workers]
         try:
@@ -535,8 +640,15 @@ class SqliteStore:
             try:
                 if deleted_jobs:
                     conn.executemany("DELETE FROM jobs WHERE id = ?", deleted_jobs)
-                if jobs:
-                    conn.executemany(_UPSERT_JOB, jobs)
+                if inserts:
+                    conn.executemany(_INSERT_JOB, inserts)
+                if updates:
+                    changed = conn.executemany(_UPDATE_JOB, updates).rowcount
+                    if changed != len(updates):
+                        raise StoreError(
+                            f"{self._path}: {len(updates) - changed} changed jobs are not in"
+                            " the file; was it written by another queue?"
+                        )
                 if deleted_workers:
                     conn.executemany("DELETE FROM workers WHERE id = ?", deleted_workers)
                 if workers:
@@ -549,6 +661,11 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._failure = str(exc)
             raise StoreError(f"{self._path}: commit failed: {exc}") from exc
+        except StoreError as exc:
+            self._failure = str(exc)
+            raise
+        if inserts:
+            self._last_seq = max(last_seq, max(row[0] for row in inserts))
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None
@@ -559,9 +676,11 @@ class SqliteStore:
 def store_from_url(url: str) -> SqliteStore:
     """A :class:`SqliteStore` for a ``sqlite:`` URL.
 
-    ``sqlite:///abs/path.db`` names an absolute path, ``sqlite:relative.db``
-    (or ``sqlite:dir/relative.db``) one relative to the working directory.
-    The rest of the URL is the file name, taken literally. Raises
+    ``sqlite:///abs/path.db`` (empty host, absolute path, as in ``file:``
+    URLs; ``sqlite:////abs/path.db`` too) names an absolute path;
+    ``sqlite:relative.db`` or ``sqlite:dir/relative.db`` one relative to the
+    working directory at this call. The rest of the URL is the file name,
+    taken literally (no percent-decoding, no query). Raises
     :class:`ValueError` for any other form.
     """
     scheme, sep, rest = url.partition(":")
@@ -574,7 +693,8 @@ def store_from_url(url: str) -> SqliteStore:
                 f"unsupported sqlite URL {url!r}:"
                 " use sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH"
             )
-        path = "/" + path
+        # sqlite:////abs/path (SQLAlchemy's absolute form) names the same file
+        path = "/" + path.lstrip("/")
     else:
         path = rest
     if path in ("", "/"):
