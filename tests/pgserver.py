@@ -21,6 +21,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -78,6 +79,7 @@ class PgServer:
         self.port = 0
         self.dir: Path | None = None
         self._user: str | None = "postgres" if os.geteuid() == 0 else None
+        self._reaper: subprocess.Popen[bytes] | None = None
 
     @property
     def datadir(self) -> Path:
@@ -140,10 +142,35 @@ class PgServer:
                 "start",
             )
             if done.returncode == 0:
+                self._start_reaper()
                 return
         log = (self.dir / "server.log").read_text(errors="replace")
         self._remove()
         raise RuntimeError(f"pg_ctl start failed:\n{done.stdout}\n{done.stderr}\n{log}")
+
+    def _start_reaper(self) -> None:
+        # pg_ctl daemonizes the server, so it outlives a test run that is
+        # killed (a timeout, SIGKILL) before its teardown. A detached helper
+        # waits for EOF on a pipe that only this process holds; the kernel
+        # closes it when this process ends, however it ends, and the helper
+        # then stops the server and removes its directory.
+        assert self.dir is not None
+        stop = [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop"]
+        if self._user is not None:
+            stop = ["runuser", "-u", self._user, "--", *stop]
+        code = (
+            "import shutil, subprocess, sys\n"
+            "sys.stdin.buffer.read()\n"
+            f"subprocess.run({stop!r}, capture_output=True, cwd='/')\n"
+            f"shutil.rmtree({str(self.dir)!r}, ignore_errors=True)\n"
+        )
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not killed along with the test run's process group
+        )
 
     def stop(self) -> None:
         """Stop the server at once and delete its directory. Idempotent."""
@@ -152,6 +179,11 @@ class PgServer:
         if (self.datadir / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
         self._remove()
+        if self._reaper is not None:
+            assert self._reaper.stdin is not None
+            self._reaper.stdin.close()  # nothing left to do for it
+            self._reaper.wait()
+            self._reaper = None
 
     def _remove(self) -> None:
         if self.dir is not None:
