@@ -15,6 +15,9 @@ The parent SIGKILLs the child at a random moment, loads the schema with a new
 store (which must win the leadership the dead child held) and checks that
 every complete line is there and nothing is half applied. Several kill
 points run on the same schema, so recovery also runs on recovered data.
+
+The failover test runs two ``actorq serve`` processes on one database, with
+workers that know both URLs, and SIGKILLs the leader mid-load.
 """
 
 from __future__ import annotations
@@ -77,17 +80,6 @@ async def child(url: str, schema: str, seed: int) -> None:
                 nursery.start_soon(produce, f"{seed}.{p}")
             for _ in range(WORKERS):
                 nursery.start_soon(work)
-
-
-async def server(url: str, schema: str, port: int) -> None:
-    """A queue server on ``port``: it listens only once it leads (a hot standby till then)."""
-    print("started", flush=True)
-    async with (
-        actorq.open_queue(PostgresStore(url, schema=schema)) as queue,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(actorq.serve, queue, "127.0.0.1", port)
-        print("serving", flush=True)
 
 
 # ----------------------------------------------------------------- parent
@@ -226,43 +218,47 @@ def test_sigkill_loses_no_acknowledged_operation() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
-        trio.run(server, sys.argv[2], sys.argv[3], int(sys.argv[4]))
-    else:
-        trio.run(child, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    trio.run(child, sys.argv[1], sys.argv[2], int(sys.argv[3]))
 
 
 # --------------------------------------------------------------- failover
 
 
 class ServerProcess:
-    """``python test_postgres_crash.py serve URL SCHEMA PORT``, with its stdout lines watched."""
+    """``actorq --store URL serve`` in a process of its own, its stderr watched.
 
-    def __init__(self, url: str, schema: str, port: int) -> None:
+    It says ``actorq serving`` only once it leads: a standby waits silently.
+    """
+
+    def __init__(self, store_url: str, port: int) -> None:
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         self.port = port
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "serve", url, schema, str(port)],
-            stdout=subprocess.PIPE,
+            [sys.executable, "-m", "actorq", "--store", store_url, "serve",
+             "--host", "127.0.0.1", "--port", str(port)],
+            stderr=subprocess.PIPE,
             env=env,
             text=True,
-        )
+        )  # fmt: skip
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
             with self.changed:
                 self.lines.append(line.strip())
                 self.changed.notify_all()
 
-    def wait_for(self, word: str, timeout: float) -> None:
+    def serving(self) -> bool:
+        return any(line.startswith("actorq serving") for line in self.lines)
+
+    def wait_serving(self, timeout: float) -> None:
         with self.changed:
-            if not self.changed.wait_for(lambda: word in self.lines, timeout):
-                raise TimeoutError(f"server on port {self.port} never said {word!r}")
+            if not self.changed.wait_for(self.serving, timeout):
+                raise TimeoutError(f"server on port {self.port} never served: {self.lines}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -271,8 +267,20 @@ class ServerProcess:
         self.reader.join(5)
 
 
+def lock_sessions(db: Any, dbname: str) -> int:
+    import psycopg
+
+    with psycopg.connect(db.url(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = %s AND application_name = 'actorq lock'",
+            (dbname,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_failover_between_two_servers_loses_no_acknowledged_operation() -> None:
-    """Two servers on one database; SIGKILL the leader mid-load; the standby carries on.
+    """Two ``actorq serve`` on one database; SIGKILL the leader mid-load; the standby carries on.
 
     Workers connect with both URLs and reconnect on any connection loss. No
     acknowledged enqueue, dequeue or finish is lost, no job is held by two
@@ -282,10 +290,11 @@ def test_failover_between_two_servers_loses_no_acknowledged_operation() -> None:
     from _kinds_postgres import new_schema
 
     db = pgserver.require_server()
-    url, schema = db.url(), new_schema()
+    dbname = new_schema()  # a database of its own, to count its sessions
+    url = db.create_database(dbname)
     ports = [pgserver._free_port(), pgserver._free_port()]
     urls = [f"ws://127.0.0.1:{port}" for port in ports]
-    first = ServerProcess(url, schema, ports[0])
+    first = ServerProcess(url, ports[0])
     second: ServerProcess | None = None
     enqueued: set[uuid.UUID] = set()
     tokens: dict[uuid.UUID, uuid.UUID] = {}  # job -> last token a worker was handed
@@ -350,9 +359,13 @@ def test_failover_between_two_servers_loses_no_acknowledged_operation() -> None:
         await session(body)
 
     try:
-        first.wait_for("serving", 30)
-        second = ServerProcess(url, schema, ports[1])
-        second.wait_for("started", 30)
+        first.wait_serving(30)
+        second = ServerProcess(url, ports[1])
+        deadline = time.monotonic() + 30
+        while lock_sessions(db, dbname) < 2:  # the standby is connected and polling
+            assert time.monotonic() < deadline, "the standby never connected"
+            time.sleep(0.05)
+        assert not second.serving()
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
@@ -363,7 +376,7 @@ def test_failover_between_two_servers_loses_no_acknowledged_operation() -> None:
                 first.kill()  # SIGKILL, mid-load
                 killed.set()
                 with trio.fail_after(30):
-                    await trio.to_thread.run_sync(second.wait_for, "serving", 30)
+                    await trio.to_thread.run_sync(second.wait_serving, 30)
                     await carried_on.wait()
                 nursery.cancel_scope.cancel()
 
@@ -374,7 +387,7 @@ def test_failover_between_two_servers_loses_no_acknowledged_operation() -> None:
             second.kill()
 
     async def load() -> list[JobRecord]:
-        store = PostgresStore(url, schema=schema)
+        store = PostgresStore(url)
         jobs, _ = await store.load()
         await store.close()
         return jobs
