@@ -189,7 +189,7 @@ async def test_restored_running_job_is_reaped(autojump_clock: trio.testing.MockC
 
 
 async def test_reap_pass_can_be_called_directly(autojump_clock: trio.testing.MockClock) -> None:
-    async with actorq.open_queue() as q:
+    async with actorq.open_queue(maintenance=None) as q:
         maintainer = Maintainer(q, Maintenance(max_retries=0), mock_wall)
         job_id = await q.enqueue("t", channel="c")
         await q.dequeue(["t"], ["c"], timeout=0)
