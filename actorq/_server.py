@@ -442,6 +442,8 @@ class _Connection:
                 sent = True
             except ConnectionClosed:
                 pass
+            except Exception:  # a bug below us: the reply is lost, its job must not be
+                log.exception("sending a reply failed")
         if not sent and job is not None:
             self.queue.release(job)
         if scope.cancelled_caught:

@@ -11,9 +11,13 @@ Measured in the same run:
 * ``echo``: the round trip of one small text frame (the baseline);
 * ``sequential``: one connection doing enqueue, dequeue, finish one after
   the other, in microseconds and in echo round trips (3 is the floor);
+* ``sequential_combined``: the same cycle as a worker runs it with the
+  combined request: enqueue, then ``finish_and_dequeue`` (2 round trips);
 * ``workers_N``: N worker connections, each looping ``finish_and_dequeue``,
   while a producer connection enqueues the jobs in batches (``enqueue_many``);
-  jobs/s end to end (enqueue, dequeue, finish of every job);
+  jobs/s end to end (enqueue, dequeue, finish of every job), beside N echo
+  connections' round trips per second measured just before (the ceiling this
+  machine puts on any protocol that needs one round trip per job);
 * ``workers_N_unbatched``: the same, but every worker enqueues its own jobs
   one request each (no batching anywhere).
 """
@@ -95,6 +99,50 @@ async def _sequential(url: str, rounds: int, repeats: int) -> list[float]:
     return out
 
 
+async def _sequential_combined(url: str, rounds: int, repeats: int) -> list[float]:
+    out = []
+    async with actorq.connect(url) as q:
+        await q.enqueue("comb", {"n": 0})
+        job = await q.dequeue(["comb"], timeout=0)
+        for _ in range(50):
+            await q.enqueue("comb", {"n": 1})
+            job = await q.finish_and_dequeue(job.id, {"ok": True}, ["comb"], timeout=0)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(rounds):
+                await q.enqueue("comb", {"n": 1})
+                job = await q.finish_and_dequeue(job.id, {"ok": True}, ["comb"], timeout=0)
+            out.append((time.perf_counter() - start) / rounds)
+        await q.finish_job(job.id)
+    return out
+
+
+async def _echo_throughput(url: str, connections: int, seconds: float) -> float:
+    counts = [0] * connections
+    ready = trio.Event()
+    opened = [0]
+
+    async def one(n: int) -> None:
+        async with open_websocket_url(url) as ws:
+            opened[0] += 1
+            if opened[0] == connections:
+                ready.set()
+            await ready.wait()
+            frame = '{"kind":"ok","id":1,"value":null}'
+            with trio.move_on_after(seconds):
+                while True:
+                    await ws.send_message(frame)
+                    await ws.get_message()
+                    counts[n] += 1
+
+    async with trio.open_nursery() as nursery:
+        for n in range(connections):
+            nursery.start_soon(one, n)
+        await ready.wait()
+        start = time.perf_counter()
+    return sum(counts) / (time.perf_counter() - start)
+
+
 async def _worker(q: actorq.RemoteQueue, job_type: str, own_jobs: int) -> int:
     done = 0
     if own_jobs:
@@ -161,29 +209,60 @@ def _median(samples: list[float]) -> float:
 
 
 async def _measure(ports: tuple[int, int], quick: bool) -> dict[str, Any]:
+    # Every figure is taken next to its baseline, repeat by repeat, and the
+    # ratios are the medians of per-repeat ratios: on a shared, noisy machine
+    # the baseline drifts within a run, and a ratio to a stale baseline lies.
     queue_url = f"ws://{HOST}:{ports[0]}"
     echo_url = f"ws://{HOST}:{ports[1]}"
-    rounds = 300 if quick else 2000
+    rounds = 200 if quick else 1000
     repeats = 3 if quick else 5
-    echo = await _echo_rtt(echo_url, rounds, repeats)
-    seq = await _sequential(queue_url, rounds // 3, repeats)
-    echo_us = _median(echo) * 1e6
-    seq_us = _median(seq) * 1e6
+    echo_us: list[float] = []
+    seq_us: list[float] = []
+    comb_us: list[float] = []
+    seq_ratio: list[float] = []
+    comb_ratio: list[float] = []
+    for _ in range(repeats):
+        before = (await _echo_rtt(echo_url, rounds, 1))[0] * 1e6
+        seq = (await _sequential(queue_url, rounds // 3, 1))[0] * 1e6
+        comb = (await _sequential_combined(queue_url, rounds // 2, 1))[0] * 1e6
+        after = (await _echo_rtt(echo_url, rounds, 1))[0] * 1e6
+        echo = (before + after) / 2
+        echo_us.append(echo)
+        seq_us.append(seq)
+        comb_us.append(comb)
+        seq_ratio.append(seq / echo)
+        comb_ratio.append(comb / echo)
     results: dict[str, Any] = {
-        "echo": {"median_us": echo_us, "runs_us": [s * 1e6 for s in echo]},
+        "echo": {"median_us": _median(echo_us), "runs_us": echo_us},
         "sequential": {
-            "median_us": seq_us,
-            "runs_us": [s * 1e6 for s in seq],
-            "echo_round_trips": seq_us / echo_us,
+            "median_us": _median(seq_us),
+            "runs_us": seq_us,
+            "echo_round_trips": _median(seq_ratio),
+            "echo_round_trips_runs": seq_ratio,
             "goal_echo_round_trips": 4,
         },
+        "sequential_combined": {
+            "median_us": _median(comb_us),
+            "runs_us": comb_us,
+            "echo_round_trips": _median(comb_ratio),
+            "echo_round_trips_runs": comb_ratio,
+        },
     }
-    jobs = 3000 if quick else 20000
+    jobs = 3000 if quick else 10000
+    seconds = 1.0 if quick else 2.0
     for workers in (1, 16, 64):
-        rates = [await _throughput(queue_url, workers, jobs, True) for _ in range(repeats)]
+        rates, echoes, ratios = [], [], []
+        for _ in range(repeats):
+            echo_rate = await _echo_throughput(echo_url, workers, seconds)
+            rate = await _throughput(queue_url, workers, jobs, True)
+            rates.append(rate)
+            echoes.append(echo_rate)
+            ratios.append(rate / echo_rate)
         results[f"workers_{workers}"] = {
             "jobs_per_s": _median(rates),
             "runs": rates,
+            "echo_round_trips_per_s": _median(echoes),
+            "jobs_per_echo_round_trip": _median(ratios),
             "jobs": jobs,
             "enqueue_batch": 100,
         }
@@ -191,8 +270,6 @@ async def _measure(ports: tuple[int, int], quick: bool) -> dict[str, Any]:
         rates = [await _throughput(queue_url, workers, jobs, False) for _ in range(repeats)]
         results[f"workers_{workers}_unbatched"] = {"jobs_per_s": _median(rates), "runs": rates}
     results["goal_workers_64_jobs_per_s"] = 5000
-    # the same run's echo again, to show the machine did not drift meanwhile
-    results["echo_after_us"] = _median(await _echo_rtt(echo_url, rounds, repeats)) * 1e6
     return results
 
 
