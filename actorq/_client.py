@@ -272,6 +272,8 @@ class RemoteQueue:
             async for text in self._outbox_receive:
                 await self._send_frame(text)
                 self._queued -= 1
+        except Exception:  # a bug; the connection ends, the program goes on
+            log.exception("remote queue writer failed")
         finally:
             self._shut(QueueClosedError("the connection to the queue server was lost"))
 
@@ -284,12 +286,12 @@ class RemoteQueue:
                 batch = tokens[start : start + _REFRESH_BATCH]
                 try:
                     reply = await self._request(partial(_refresh_message, tokens=batch))
+                    gone = set(self._structure(reply, list[UUID]))
                 except QueueClosedError:
                     return
-                except JobQueueError as exc:
+                except JobQueueError as exc:  # busy, or a bad reply: try again next time
                     log.warning("heartbeat refresh failed: %s", exc)
                     continue
-                gone = set(self._structure(reply, list[UUID]))
                 if gone:
                     for job_id, token in list(self._held.items()):
                         if token in gone:
