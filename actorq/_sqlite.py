@@ -40,7 +40,15 @@ import trio
 from ._core import Changes, JobRecord, WorkerRecord
 from ._errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore", "store_from_url"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SqliteStore",
+    "decode_time",
+    "encode_time",
+    "store_from_url",
+    "uuid_from_bytes",
+    "uuid_from_int",
+]
 
 T = TypeVar("T")
 
@@ -119,7 +127,10 @@ _from_timestamp = datetime.fromtimestamp
 
 
 def encode_time(value: datetime) -> int:
-    """A timezone-aware datetime as integer microseconds since the Unix epoch."""
+    """A timezone-aware datetime as integer microseconds since the Unix epoch.
+
+    Raises :class:`TypeError` for a naive datetime.
+    """
     return (value - _EPOCH) // _MICROSECOND
 
 

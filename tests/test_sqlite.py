@@ -8,6 +8,7 @@ durable store has.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import sys
 import uuid
@@ -219,6 +220,19 @@ def test_time_encoding_is_exact(value: datetime) -> None:
     decoded = decode_time(encoded)
     assert decoded == value
     assert decoded.tzinfo is UTC
+
+
+def test_fast_time_decoding_is_exact_up_to_its_limit() -> None:
+    # the float fast path is exact while half an ulp stays under half a
+    # microsecond: check the top of its range hardest, and both sides of it
+    rng = random.Random(7)
+    limit = _sqlite._FAST_TIME_LIMIT
+    samples = [limit - 1, limit, limit + 1, 0, 1, 999_999, 10**6]
+    samples += [rng.randrange(limit // 2, limit) for _ in range(20_000)]
+    samples += [rng.randrange(0, limit) for _ in range(5_000)]
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for micros in samples:
+        assert decode_time(micros) == epoch + timedelta(microseconds=micros), micros
 
 
 @given(st.uuids())
