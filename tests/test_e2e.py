@@ -15,8 +15,13 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+import trio
+
+import actorq
+from actorq._cli import _status_dict
 
 PYTHON = sys.executable
 
@@ -88,8 +93,13 @@ def cli(url: str, *args: str) -> str:
 
 
 def status(url: str, job_id: str) -> dict[str, object]:
-    result: dict[str, object] = json.loads(cli(url, "status", job_id))
-    return result
+    """A job's status as ``actorq status`` prints it; polls use the client directly (fast)."""
+
+    async def fetch() -> dict[str, object]:
+        async with actorq.connect(url, heartbeat_interval=None) as queue:
+            return _status_dict(UUID(job_id), await queue.job_status(UUID(job_id)))
+
+    return trio.run(fetch)
 
 
 def start_worker(url: str, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
@@ -116,6 +126,7 @@ def test_serve_workers_dependencies_kill_and_drain(server: str, tmp_path: Path) 
         c = cli(url, "enqueue", "work", '{"text": "c"}', "--after", a, "--after", b)
         failing = cli(url, "enqueue", "work", '{"fail": true}')
         wait_for(lambda: status(url, c)["state"] == "finished")
+        assert json.loads(cli(url, "status", c)) == status(url, c)
         for job_id, text in ((a, "a"), (b, "b"), (c, "c")):
             got = status(url, job_id)
             assert got["result"] == {"job": job_id, "echo": text}
@@ -140,12 +151,14 @@ def test_serve_workers_dependencies_kill_and_drain(server: str, tmp_path: Path) 
         assert runners == [victim_pid, survivor.pid]
 
         # SIGTERM drains: the running job finishes, then the worker exits 0
-        draining = cli(url, "enqueue", "work", json.dumps({"sleep": 1}))
-        wait_for(lambda: status(url, draining)["state"] == "running")
+        started = tmp_path / "draining-started"
+        draining = cli(url, "enqueue", "work", json.dumps({"marker": str(started), "sleep": 2}))
+        wait_for(started.exists)
         survivor.send_signal(signal.SIGTERM)
         assert survivor.wait(timeout=20) == 0
-        assert status(url, draining)["state"] == "finished"
-        assert status(url, draining)["retries"] == 0
+        drained = status(url, draining)
+        assert (drained["state"], drained["retries"]) == ("finished", 0)
+        assert drained["result"] == {"job": draining, "echo": None}
     finally:
         for w in workers:
             if w.poll() is None:
