@@ -27,6 +27,7 @@ and arguments and results the queue's JSON text, stored as ``TEXT`` unchanged.
 from __future__ import annotations
 
 import gc
+import operator
 import os
 import sqlite3
 from collections.abc import Callable
@@ -300,6 +301,10 @@ def _make_fast_record() -> Callable[..., JobRecord]:
 
 
 _new_record = _make_fast_record()
+
+
+_first = operator.itemgetter(0)
+_last = operator.itemgetter(-1)
 
 
 def _worker_row(rec: WorkerRecord) -> tuple[Any, ...]:
@@ -643,6 +648,10 @@ class SqliteStore:
                 inserts.append(_job_row(rec))
             else:
                 updates.append(_job_update_row(rec))
+        # In seq order, the rows go to neighbouring pages of the table, and a
+        # big batch appends to its end instead of splitting pages all over it.
+        inserts.sort(key=_first)
+        updates.sort(key=_last)
         deleted_jobs = [(job_id.bytes,) for job_id in changes.deleted_jobs]
         deleted_workers = [(worker_id.bytes,) for worker_id in changes.deleted_workers]
         workers = [_worker_row(rec) for rec in changes.workers]
