@@ -363,6 +363,7 @@ async def open_queue(
         state = state_cls.restore(
             jobs, workers, wall=wall, monotonic=trio.current_time, track_changes=True
         )
+        del jobs, workers  # the records are in the state now; don't hold them twice
     scheduler = Scheduler(state, resolved, max_batch=max_batch)
     queue = LocalQueue(scheduler)
     uninstrument = instrument(state, scheduler, metrics)

@@ -696,12 +696,12 @@ class SqliteStore:
 def store_from_url(url: str) -> SqliteStore:
     """A :class:`SqliteStore` for a ``sqlite:`` URL.
 
-    ``sqlite:///abs/path.db`` (empty host, absolute path, as in ``file:``
-    URLs; ``sqlite:////abs/path.db`` too) names an absolute path;
-    ``sqlite:relative.db`` or ``sqlite:dir/relative.db`` one relative to the
-    working directory at this call. The rest of the URL is the file name,
-    taken literally (no percent-decoding, no query). Raises
-    :class:`ValueError` for any other form.
+    As in SQLAlchemy: ``sqlite:///queue.db`` (three slashes) names a path
+    relative to the working directory at this call, ``sqlite:////abs/queue.db``
+    (four) an absolute one, so ``f"sqlite:///{path}"`` works for either kind
+    of ``path``. ``sqlite:relative.db`` is relative too. The rest of the URL
+    is the file name, taken literally (no percent-decoding, no query). Raises
+    :class:`ValueError` for any other form (a host, say).
     """
     scheme, sep, rest = url.partition(":")
     if not sep or scheme.lower() != "sqlite":
@@ -711,10 +711,8 @@ def store_from_url(url: str) -> SqliteStore:
         if host or not slash:
             raise ValueError(
                 f"unsupported sqlite URL {url!r}:"
-                " use sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH"
+                " use sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH"
             )
-        # sqlite:////abs/path (SQLAlchemy's absolute form) names the same file
-        path = "/" + path.lstrip("/")
     else:
         path = rest
     if path in ("", "/"):

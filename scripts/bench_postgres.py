@@ -83,7 +83,7 @@ def _store_factory(kind: str, server: pgserver.PgServer, tmp: Path) -> Any:
         if kind == "memory":
             return None
         if kind == "sqlite":
-            return f"sqlite://{tmp}/bench-{n}.db"
+            return f"sqlite:///{tmp}/bench-{n}.db"
         return PostgresStore(server.url(), schema=f"bench_{n}")
 
     return make

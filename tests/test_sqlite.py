@@ -31,7 +31,7 @@ from actorq._sqlite import SqliteStore, decode_time, encode_time, store_from_url
 
 
 def url(path: Path) -> str:
-    return f"sqlite:///{str(path).lstrip('/')}"
+    return f"sqlite:///{path}"
 
 
 def snapshot(queue: actorq.LocalQueue) -> tuple[list[JobRecord], list[WorkerRecord]]:
@@ -56,9 +56,12 @@ async def reopened(path: Path, **options: Any) -> AsyncIterator[actorq.LocalQueu
 
 
 def test_url_forms(tmp_path: Path) -> None:
-    assert store_from_url("sqlite:///var/lib/q.db").path == "/var/lib/q.db"
-    assert store_from_url("SQLite:///var/lib/q.db").path == "/var/lib/q.db"
+    # SQLAlchemy's forms: three slashes and a relative path, four and an absolute one
+    assert store_from_url("sqlite:///q.db").path == os.path.abspath("q.db")
+    assert store_from_url("sqlite:///data/q.db").path == os.path.abspath("data/q.db")
     assert store_from_url("sqlite:////var/lib/q.db").path == "/var/lib/q.db"
+    assert store_from_url("SQLite:////var/lib/q.db").path == "/var/lib/q.db"
+    assert store_from_url(f"sqlite:///{tmp_path / 'q.db'}").path == str(tmp_path / "q.db")
     assert store_from_url("sqlite:q.db").path == os.path.abspath("q.db")
     assert store_from_url("sqlite:data/q.db").path == os.path.abspath("data/q.db")
     for bad in ("sqlite://host/q.db", "sqlite:", "sqlite:///", "sqlite::memory:", "memory://"):
