@@ -332,18 +332,24 @@ def enqueue_command(
     click.echo(str(_run(run)))
 
 
+def _on_job(ctx: click.Context, job_id: str, action: Callable[[JobQueue, UUID], Awaitable[T]]) -> T:
+    """Run one queue call on the job named on the command line."""
+    parsed = _parse_uuid(job_id)
+
+    async def run() -> T:
+        async with _queue(ctx) as queue:
+            return await action(queue, parsed)
+
+    return _run(run)
+
+
 @main.command("status")
 @click.argument("job_id")
 @click.pass_context
 def status_command(ctx: click.Context, job_id: str) -> None:
     """Print a job's status as JSON."""
-    parsed = _parse_uuid(job_id)
-
-    async def run() -> JobStatus:
-        async with _queue(ctx) as queue:
-            return await queue.job_status(parsed)
-
-    click.echo(json.dumps(_status_dict(parsed, _run(run)), indent=2))
+    status = _on_job(ctx, job_id, lambda q, i: q.job_status(i))
+    click.echo(json.dumps(_status_dict(UUID(job_id), status), indent=2))
 
 
 @main.command("cancel")
@@ -351,14 +357,8 @@ def status_command(ctx: click.Context, job_id: str) -> None:
 @click.pass_context
 def cancel_command(ctx: click.Context, job_id: str) -> None:
     """Cancel a job and its pending dependents."""
-    parsed = _parse_uuid(job_id)
-
-    async def run() -> None:
-        async with _queue(ctx) as queue:
-            await queue.cancel_job(parsed)
-
-    _run(run)
-    click.echo(f"canceled {parsed}")
+    _on_job(ctx, job_id, lambda q, i: q.cancel_job(i))
+    click.echo(f"canceled {UUID(job_id)}")
 
 
 @main.command("delete")
@@ -366,14 +366,8 @@ def cancel_command(ctx: click.Context, job_id: str) -> None:
 @click.pass_context
 def delete_command(ctx: click.Context, job_id: str) -> None:
     """Delete a job tree: the job and every dependency nothing else needs."""
-    parsed = _parse_uuid(job_id)
-
-    async def run() -> None:
-        async with _queue(ctx) as queue:
-            await queue.delete_job(parsed)
-
-    _run(run)
-    click.echo(f"deleted {parsed}")
+    _on_job(ctx, job_id, lambda q, i: q.delete_job(i))
+    click.echo(f"deleted {UUID(job_id)}")
 
 
 @main.command("jobs")
