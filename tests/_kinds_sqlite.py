@@ -90,10 +90,18 @@ class AwakeStore:
             await self.inner.close()
 
 
+_TMPFS = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
 @asynccontextmanager
 async def sqlite_store() -> AsyncIterator[tuple[AwakeStore, KeepAwake]]:
-    """A store on a fresh temporary file, and the :class:`KeepAwake` it reports to."""
-    with tempfile.TemporaryDirectory(prefix="actorq-") as directory:
+    """A store on a fresh temporary file, and the :class:`KeepAwake` it reports to.
+
+    The file goes on a tmpfs where there is one: these kinds test the store's
+    records and recovery, not the disk, and an fsync there costs nothing, which
+    keeps the suite fast. ``test_crash.py`` kills real processes on a real disk.
+    """
+    with tempfile.TemporaryDirectory(prefix="actorq-", dir=_TMPFS) as directory:
         awake = KeepAwake()
         async with trio.open_nursery() as nursery:
             await nursery.start(awake.run)
