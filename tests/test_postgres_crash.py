@@ -1,20 +1,12 @@
 """Kill -9 a process serving a queue on PostgreSQL; every acknowledged operation survives.
 
-The parent starts this very file as a child process (``python
-tests/test_postgres_crash.py URL SCHEMA SEED``). The child leads a queue on
-the session's cluster and drives it flat out: producers enqueue jobs (some
-depending on their previous one, all with a ``\\u0000`` in the args), workers
-dequeue and finish them. It prints one line per operation *after* the queue
-acknowledged it:
-
-    E <job id> <n> <dependency id or ->   enqueue returned
-    D <job id> <token>                     dequeue returned
-    F <job id> <n>                         finish_job returned
-
-The parent SIGKILLs the child at a random moment, loads the schema with a new
-store (which must win the leadership the dead child held) and checks that
-every complete line is there and nothing is half applied. Several kill
-points run on the same schema, so recovery also runs on recovered data.
+The crash test runs ``_crash_child.py`` (the same child and checks as the
+SQLite crash test) on a fresh schema of the session's cluster: the child leads
+a queue and drives it flat out, the parent SIGKILLs it at a random moment,
+reopens the schema (which must win the leadership the dead child held) and
+checks that every acknowledged operation is there and nothing is half
+applied. Several kill points run on the same schema, so recovery also runs on
+recovered data.
 
 The failover test runs two ``actorq serve`` processes on one database, with
 workers that know both URLs, and SIGKILLs the leader mid-load.
@@ -23,10 +15,7 @@ workers that know both URLs, and SIGKILLs the leader mid-load.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import threading
@@ -42,183 +31,15 @@ from actorq._core import JobRecord
 from actorq._postgres import PostgresStore
 
 KILLS = 4
-PRODUCERS = 3
-WORKERS = 3
-
-
-# ------------------------------------------------------------------ child
-
-
-async def child(url: str, schema: str, seed: int) -> None:
-    rng = random.Random(seed)
-
-    def ack(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-    async with actorq.open_queue(PostgresStore(url, schema=schema)) as queue:
-        ack("ready")
-
-        async def produce(name: str) -> None:
-            previous: uuid.UUID | None = None
-            for i in range(10**9):
-                n = f"{name}.{i}"
-                deps = [previous] if previous is not None and rng.random() < 0.3 else []
-                job_id = await queue.enqueue("crash", {"n": n, "nul": "\u0000"}, deps)
-                ack(f"E {job_id} {n} {deps[0] if deps else '-'}")
-                previous = job_id
-
-        async def work() -> None:
-            while True:
-                job = await queue.dequeue(["crash"])
-                ack(f"D {job.id} {job.token}")
-                await queue.finish_job(job.id, {"n": job.args["n"]})
-                ack(f"F {job.id} {job.args['n']}")
-
-        async with trio.open_nursery() as nursery:
-            for p in range(PRODUCERS):
-                nursery.start_soon(produce, f"{seed}.{p}")
-            for _ in range(WORKERS):
-                nursery.start_soon(work)
-
-
-# ----------------------------------------------------------------- parent
-
-
-class Acknowledged:
-    """Every operation the children reported as acknowledged, over all runs."""
-
-    def __init__(self) -> None:
-        self.enqueued: dict[uuid.UUID, tuple[str, uuid.UUID | None]] = {}
-        self.tokens: dict[uuid.UUID, set[uuid.UUID]] = {}
-        self.finished: dict[uuid.UUID, str] = {}
-
-    def add(self, line: str) -> None:
-        kind, *fields = line.split()
-        if kind == "E":
-            self.enqueued[uuid.UUID(fields[0])] = (
-                fields[1],
-                None if fields[2] == "-" else uuid.UUID(fields[2]),
-            )
-        elif kind == "D":
-            self.tokens.setdefault(uuid.UUID(fields[0]), set()).add(uuid.UUID(fields[1]))
-        elif kind == "F":
-            self.finished[uuid.UUID(fields[0])] = fields[1]
-        else:
-            assert kind == "ready", line
-
-    def check(self, records: list[JobRecord]) -> None:
-        by_id = {r.id: r for r in records}
-        for r in records:  # consistent, acknowledged or not
-            if r.finished is not None:
-                assert r.started is not None and r.started <= r.finished
-                assert r.result is not None and r.token is None
-            elif r.started is not None:
-                assert r.token is not None
-            else:
-                assert r.token is None and r.result is None
-        for job_id, (n, dep) in self.enqueued.items():
-            r = by_id[job_id]
-            assert json.loads(r.args) == {"n": n, "nul": "\u0000"}
-            assert r.dependencies == (() if dep is None else (dep,))
-        for job_id, tokens in self.tokens.items():
-            r = by_id[job_id]
-            assert r.started is not None
-            if r.finished is None:
-                assert r.token in tokens
-        for job_id, n in self.finished.items():
-            r = by_id[job_id]
-            assert r.finished is not None and json.loads(r.result or "") == {"n": n}
-        # each producer's jobs come back in the order it enqueued them
-        last: dict[str, int] = {}
-        for r in records:
-            if r.id in self.enqueued:
-                producer, index = self.enqueued[r.id][0].rsplit(".", 1)
-                assert int(index) > last.get(producer, -1)
-                last[producer] = int(index)
-
-
-def run_and_kill(url: str, schema: str, seed: int, rng: random.Random) -> list[str]:
-    """Run a child, SIGKILL it at a random moment; return its complete lines."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    proc = subprocess.Popen(
-        [sys.executable, __file__, url, schema, str(seed)], stdout=subprocess.PIPE, env=env
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            if not raw.endswith(b"\n"):
-                break  # cut by the kill: never acknowledged
-            lines.append(raw.decode())
-            started.set()
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    try:
-        assert started.wait(60), "the child never became leader"
-        time.sleep(rng.uniform(0.05, 0.4))
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        reader.join()
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL
-    return lines
 
 
 def test_sigkill_loses_no_acknowledged_operation() -> None:
     import pgserver
+    from _crash_child import kill_and_check
     from _kinds_postgres import new_schema
 
     server = pgserver.require_server()
-    url, schema = server.url(), new_schema()
-    seed = random.randrange(2**32)
-    rng = random.Random(seed)
-    acked = Acknowledged()
-
-    async def load() -> list[JobRecord]:
-        store = PostgresStore(url, schema=schema)
-        # the dead child's lock session is gone, so this wins at once
-        with trio.fail_after(10):
-            jobs, _ = await store.load()
-        await store.close()
-        return jobs
-
-    for run in range(KILLS):
-        for line in run_and_kill(url, schema, seed + run, rng):
-            acked.add(line)
-        records = trio.run(load)
-        try:
-            acked.check(records)
-        except AssertionError:
-            print(f"seed {seed}, kill {run}, {len(records)} jobs")
-            raise
-    assert acked.finished, "no job was ever finished: the kills came too early"
-
-    async def drain() -> None:
-        # the recovered queue still works: every job can be carried to the end
-        async with actorq.open_queue(PostgresStore(url, schema=schema)) as queue:
-            records = queue.scheduler.state.records()[0]
-            for r in records:
-                if r.started is not None and r.finished is None:
-                    await queue.finish_job(r.id, "late")
-            while True:
-                try:
-                    job = await queue.dequeue(["crash"], timeout=0)
-                except actorq.DequeueTimeoutError:
-                    break
-                await queue.finish_job(job.id, "drained")
-            assert (await queue.stats()).finished == len(records)
-
-    trio.run(drain)
-
-
-if __name__ == "__main__":
-    trio.run(child, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    kill_and_check(f"{server.url()}?actorq_schema={new_schema()}", KILLS)
 
 
 # --------------------------------------------------------------- failover
