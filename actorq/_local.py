@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
+import attrs
 import trio
 
 from . import _validate as v
@@ -47,25 +48,11 @@ def to_dequeued_job(got: Assignment) -> DequeuedJob:
 
 def decode_status(status: JobStatus) -> JobStatus:
     # The core keeps results as JSON text; callers get JSON values.
-    result = None if status.result is None else loads(status.result)
-    return JobStatus(
-        type=status.type,
-        channel=status.channel,
-        result=result,
-        queued=status.queued,
-        started=status.started,
-        finished=status.finished,
-        canceled=status.canceled,
-        dependencies=status.dependencies,
-        dependents=status.dependents,
-        retries=status.retries,
-    )
+    return attrs.evolve(status, result=None if status.result is None else loads(status.result))
 
 
 def decode_info(info: JobInfo) -> JobInfo:
-    return JobInfo(
-        type=info.type, args=loads(info.args), dependencies=info.dependencies, channel=info.channel
-    )
+    return attrs.evolve(info, args=loads(info.args))
 
 
 class LocalQueue:
