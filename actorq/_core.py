@@ -630,9 +630,6 @@ class QueueState:
     def job_ids(self) -> Iterator[UUID]:
         return iter(self._jobs)
 
-    def __len__(self) -> int:
-        return len(self._jobs)
-
     # ---------------------------------------------------------------- workers
 
     def insert_worker(self, channel: str, arch: str) -> UUID:

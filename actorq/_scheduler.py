@@ -143,7 +143,6 @@ class Scheduler:
         self._send, self._receive = trio.open_memory_channel[Message](math.inf)
         self._parked: dict[Reply, int] = {}  # reply channel -> waiter id
         self._parked_by_waiter: dict[int, Reply] = {}
-        self._closed = False
         self.batches = 0
         self.messages = 0
         self.commits = 0
@@ -158,10 +157,6 @@ class Scheduler:
             self._send.send_nowait(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise QueueClosedError() from None
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     # ------------------------------------------------------------------ actor
 
@@ -267,7 +262,6 @@ class Scheduler:
             self._deliver(reply, outcome.Error(error))
 
     def _shut_down(self) -> None:
-        self._closed = True
         closed = outcome.Error(QueueClosedError())
         for reply in self._parked:
             self._deliver(reply, closed)
