@@ -7,9 +7,9 @@ job with a JSON result. See :class:`JobQueue` for the full contract.
 
 from typing import TYPE_CHECKING, Any
 
-from ._client import RemoteQueue, connect
-from ._core import QueueState
-from ._errors import (
+from ._actor._local import LocalQueue, open_queue
+from ._actor._maintenance import Maintenance
+from ._core._errors import (
     ActiveJobsError,
     CanceledError,
     DequeueTimeoutError,
@@ -24,10 +24,8 @@ from ._errors import (
     StoreError,
     WorkerNotExistError,
 )
-from ._json import JSON, converter, structure
-from ._local import LocalQueue, open_queue
-from ._maintenance import Maintenance
-from ._models import (
+from ._core._json import JSON, converter, structure
+from ._core._models import (
     DequeuedJob,
     JobInfo,
     JobState,
@@ -36,15 +34,17 @@ from ._models import (
     QueueStats,
     WorkerInfo,
 )
-from ._protocol import JobQueue
-from ._server import QueueServer, serve
-from ._sqlite import SqliteStore
-from ._store import MemoryStore, Store
-from ._wire import ProtocolError
-from ._worker import Job, Worker, error_result
+from ._core._protocol import JobQueue
+from ._core._state import QueueState
+from ._remote._client import RemoteQueue, connect
+from ._remote._server import QueueServer, serve
+from ._remote._wire import ProtocolError
+from ._stores._base import MemoryStore, Store
+from ._stores._sqlite import SqliteStore
+from ._worker._worker import Job, Worker, error_result
 
 if TYPE_CHECKING:
-    from ._postgres import PostgresStore
+    from ._stores._postgres import PostgresStore
 
 __version__ = "0.1.0"
 
@@ -96,7 +96,7 @@ def __getattr__(name: str) -> Any:
     # PostgresStore needs psycopg (the "postgres" extra), which takes long to
     # import: load it on first use, so that "import actorq" never does.
     if name == "PostgresStore":
-        from ._postgres import PostgresStore
+        from ._stores._postgres import PostgresStore
 
         return PostgresStore
     raise AttributeError(f"module 'actorq' has no attribute {name!r}")

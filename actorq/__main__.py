@@ -1,5 +1,5 @@
 """``python -m actorq``: the command line."""
 
-from ._cli import main
+from ._cli._main import main
 
 main()

@@ -10,6 +10,6 @@
 See :class:`QueueMetrics` for the list of metrics.
 """
 
-from ._metrics import QueueMetrics, exposition, is_error_result, start_http_server
+from ._actor._metrics import QueueMetrics, exposition, is_error_result, start_http_server
 
 __all__ = ["QueueMetrics", "exposition", "is_error_result", "start_http_server"]

@@ -39,11 +39,11 @@ import pytest
 import trio
 import trio.testing
 
-from ._local import LocalQueue, open_queue
-from ._maintenance import Maintenance
-from ._models import JobState, JobStatus
-from ._store import Store
-from ._worker import Worker
+from ._actor._local import LocalQueue, open_queue
+from ._actor._maintenance import Maintenance
+from ._core._models import JobState, JobStatus
+from ._stores._base import Store
+from ._worker._worker import Worker
 
 __all__ = ["MOCK_EPOCH", "Harness", "mock_wall_clock"]
 

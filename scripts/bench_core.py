@@ -20,7 +20,7 @@ import trio
 from bench import summarize, time_per_op
 
 import actorq
-from actorq._core import QueueState
+from actorq._core._state import QueueState
 
 
 async def _round_trip_baseline(ops: int, repeats: int) -> list[float]:

@@ -11,7 +11,7 @@ same run, so the figures compare:
 * ``cycles``: durable job cycles per second with N concurrent in-process
   workers (N = 1, 10, 100), each looping ``enqueue``, ``dequeue``,
   ``finish_job`` (three acknowledged operations per cycle), on ``memory``
-  (no store), ``sqlite`` (if ``actorq._sqlite`` is present; WAL,
+  (no store), ``sqlite`` (if ``actorq._stores._sqlite`` is present; WAL,
   synchronous=FULL, in a temporary directory) and ``postgres`` (over TCP on
   127.0.0.1). Median of the repeats; ``commits`` and ``requests_per_commit``
   show the group commit at work.
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import pgserver  # noqa: E402
 
 import actorq  # noqa: E402
-from actorq._postgres import PostgresStore  # noqa: E402
+from actorq._stores._postgres import PostgresStore  # noqa: E402
 
 # ---------------------------------------------------------------- cycles
 
@@ -91,7 +91,7 @@ def _store_factory(kind: str, server: pgserver.PgServer, tmp: Path) -> Any:
 
 async def _cycle_suite(server: pgserver.PgServer, quick: bool) -> dict[str, Any]:
     kinds = ["memory", "postgres"]
-    if importlib.util.find_spec("actorq._sqlite") is not None:
+    if importlib.util.find_spec("actorq._stores._sqlite") is not None:
         kinds.insert(1, "sqlite")
     repeats = 3 if quick else 5
     out: dict[str, Any] = {}
@@ -129,7 +129,7 @@ _NODE = r"""
 import sys, time, trio
 sys.path.insert(0, {root!r})
 import actorq
-from actorq._postgres import PostgresStore
+from actorq._stores._postgres import PostgresStore
 
 async def main():
     store = PostgresStore({url!r}, schema={schema!r}, standby_poll={poll!r})

@@ -21,8 +21,8 @@ import trio
 import trio.testing
 
 import actorq
-from actorq._core import Changes, JobRecord, WorkerRecord
-from actorq._postgres import PostgresStore
+from actorq._core._state import Changes, JobRecord, WorkerRecord
+from actorq._stores._postgres import PostgresStore
 
 
 class ClockSafeStore:

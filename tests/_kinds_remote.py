@@ -20,8 +20,8 @@ import trio
 import trio.testing
 
 import actorq
-from actorq._client import connect_stream
-from actorq._server import QueueServer
+from actorq._remote._client import connect_stream
+from actorq._remote._server import QueueServer
 
 
 @asynccontextmanager

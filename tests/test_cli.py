@@ -9,7 +9,7 @@ from uuid import UUID
 import pytest
 from click.testing import CliRunner, Result
 
-from actorq._cli import main
+from actorq._cli._main import main
 
 
 @pytest.fixture

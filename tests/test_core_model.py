@@ -25,7 +25,7 @@ from actorq import NotExistError as NotExist
 from actorq import NotPendingError as NotPending
 from actorq import NotRunningError as NotRunning
 from actorq import RunningError as Running
-from actorq._core import Assignment, QueueState
+from actorq._core._state import Assignment, QueueState
 
 TYPES = ("a", "b", "c")
 CHANNELS = ("", "x", "y")

@@ -21,7 +21,7 @@ import pytest
 import trio
 
 import actorq
-from actorq._cli import _status_dict
+from actorq._cli._main import _status_dict
 
 PYTHON = sys.executable
 

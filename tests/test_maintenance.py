@@ -19,7 +19,7 @@ import trio.testing
 
 import actorq
 from actorq import JobState, Maintenance
-from actorq._maintenance import Maintainer
+from actorq._actor._maintenance import Maintainer
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -27,8 +27,8 @@ from typing import Any
 import trio
 
 import actorq
-from actorq._core import JobRecord
-from actorq._postgres import PostgresStore
+from actorq._core._state import JobRecord
+from actorq._stores._postgres import PostgresStore
 
 KILLS = 4
 

@@ -17,7 +17,7 @@ import trio.testing
 
 import actorq
 from actorq import DequeueTimeoutError
-from actorq._scheduler import Call, Park, Reply
+from actorq._actor._scheduler import Call, Park, Reply
 
 
 async def test_cancel_after_assign_puts_the_job_back() -> None:

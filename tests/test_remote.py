@@ -26,9 +26,9 @@ from _kinds_remote import remote_pair
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 import actorq
-from actorq import _wire as w
-from actorq._client import connect_stream
-from actorq._server import QueueServer
+from actorq._remote import _wire as w
+from actorq._remote._client import connect_stream
+from actorq._remote._server import QueueServer
 
 # ------------------------------------------------------------------ helpers
 
@@ -211,7 +211,7 @@ async def test_internal_errors_reach_the_client_and_nothing_else(
     async def broken(self: Any, message: Any) -> Any:
         raise RuntimeError("a bug")
 
-    from actorq import _server
+    from actorq._remote import _server
 
     monkeypatch.setattr(_server._Connection, "_stats", broken)
     async with remote_pair() as (remote, _, _):
@@ -353,7 +353,7 @@ async def test_reply_that_cannot_be_sent_gives_the_job_back() -> None:
         async def send_message(self, text: str) -> None:
             raise ConnectionClosed(None)
 
-    from actorq._server import _Connection
+    from actorq._remote._server import _Connection
 
     async with served() as (_, server):
         conn = _Connection(server, DeadSocket(), trio.testing.memory_stream_pair()[0])  # type: ignore[arg-type]

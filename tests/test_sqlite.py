@@ -25,9 +25,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import actorq
-from actorq import CanceledError, NotExistError, QueueClosedError, StoreError, _sqlite
-from actorq._core import Changes, JobRecord, QueueState, WorkerRecord
-from actorq._sqlite import SqliteStore, decode_time, encode_time, store_from_url
+from actorq import CanceledError, NotExistError, QueueClosedError, StoreError
+from actorq._core._state import Changes, JobRecord, QueueState, WorkerRecord
+from actorq._stores import _sqlite
+from actorq._stores._sqlite import SqliteStore, decode_time, encode_time, store_from_url
 
 
 def url(path: Path) -> str:

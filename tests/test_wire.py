@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actorq
-from actorq import _wire as w
-from actorq._errors import ERRORS_BY_CODE
+from actorq._core._errors import ERRORS_BY_CODE
+from actorq._remote import _wire as w
 
 U1 = uuid.UUID("12345678-1234-5678-1234-567812345678")
 U2 = uuid.UUID("87654321-4321-8765-4321-876543210987")

@@ -27,7 +27,7 @@ import attrs
 import cattrs
 import trio
 
-from ._errors import (
+from .._core._errors import (
     ActiveJobsError,
     CanceledError,
     DequeueTimeoutError,
@@ -36,9 +36,9 @@ from ._errors import (
     QueueClosedError,
     WorkerNotExistError,
 )
-from ._json import converter
-from ._models import DequeuedJob
-from ._protocol import JobQueue
+from .._core._json import converter
+from .._core._models import DequeuedJob
+from .._core._protocol import JobQueue
 
 __all__ = ["Job", "Worker", "error_result"]
 

@@ -32,9 +32,9 @@ from uuid import UUID
 import attrs
 import trio
 
-from ._core import QueueState
-from ._errors import ActiveJobsError, JobQueueError, QueueClosedError
-from ._json import to_json_text
+from .._core._errors import ActiveJobsError, JobQueueError, QueueClosedError
+from .._core._json import to_json_text
+from .._core._state import QueueState
 
 if TYPE_CHECKING:
     from ._local import LocalQueue

@@ -38,8 +38,8 @@ from uuid import UUID, SafeUUID
 import attrs
 import trio
 
-from ._core import Changes, JobRecord, WorkerRecord
-from ._errors import StoreError
+from .._core._errors import StoreError
+from .._core._state import Changes, JobRecord, WorkerRecord
 
 __all__ = [
     "SCHEMA_VERSION",

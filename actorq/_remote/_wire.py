@@ -28,9 +28,9 @@ import cattrs
 import orjson
 from cattrs.strategies import configure_tagged_union, include_subclasses
 
-from ._errors import ERRORS_BY_CODE, JobQueueError
-from ._json import converter as app_converter
-from ._models import DequeuedJob, JobState
+from .._core._errors import ERRORS_BY_CODE, JobQueueError
+from .._core._json import converter as app_converter
+from .._core._models import DequeuedJob, JobState
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",

@@ -25,9 +25,9 @@ import attrs
 import outcome
 import trio
 
-from ._core import Assignment, QueueState
-from ._errors import JobQueueError, QueueClosedError
-from ._store import Store
+from .._core._errors import JobQueueError, QueueClosedError
+from .._core._state import Assignment, QueueState
+from .._stores._base import Store
 
 __all__ = ["Call", "Park", "Release", "Reply", "Scheduler", "Withdraw"]
 

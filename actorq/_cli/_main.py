@@ -23,15 +23,15 @@ from uuid import UUID
 import click
 import trio
 
-from ._client import connect
-from ._errors import JobQueueError
-from ._local import open_queue
-from ._maintenance import Maintenance
-from ._models import JobState, JobStatus
-from ._protocol import JobQueue
-from ._server import serve
-from ._wire import ProtocolError
-from ._worker import Job, Worker
+from .._actor._local import open_queue
+from .._actor._maintenance import Maintenance
+from .._core._errors import JobQueueError
+from .._core._models import JobState, JobStatus
+from .._core._protocol import JobQueue
+from .._remote._client import connect
+from .._remote._server import serve
+from .._remote._wire import ProtocolError
+from .._worker._worker import Job, Worker
 
 __all__ = ["main"]
 
@@ -207,7 +207,7 @@ def serve_command(
     async def run() -> None:
         metrics = None
         if metrics_port is not None:
-            from .metrics import QueueMetrics, start_http_server
+            from ..metrics import QueueMetrics, start_http_server
 
             metrics = QueueMetrics()
             start_http_server(metrics_port, metrics.registry)

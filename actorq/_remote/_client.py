@@ -36,9 +36,8 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from . import _validate as v
-from . import _wire as w
-from ._errors import (
+from .._core import _validate as v
+from .._core._errors import (
     CanceledError,
     DequeueTimeoutError,
     FinishedError,
@@ -47,8 +46,17 @@ from ._errors import (
     NotRunningError,
     QueueClosedError,
 )
-from ._json import to_json_text
-from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
+from .._core._json import to_json_text
+from .._core._models import (
+    DequeuedJob,
+    JobInfo,
+    JobState,
+    JobStatus,
+    JobSummary,
+    QueueStats,
+    WorkerInfo,
+)
+from . import _wire as w
 
 __all__ = ["RemoteQueue", "connect", "connect_stream"]
 

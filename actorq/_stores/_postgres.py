@@ -51,8 +51,8 @@ import trio
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from ._core import Changes, JobRecord, WorkerRecord
-from ._errors import StoreError
+from .._core._errors import StoreError
+from .._core._state import Changes, JobRecord, WorkerRecord
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "store_from_url"]
 
@@ -104,7 +104,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated timestamptz NOT NULL
         )
         """,
-        # The invariants of actorq._core, as constraints: a job is pending
+        # The invariants of actorq._core._state, as constraints: a job is pending
         # (started null), running (started, not finished, not canceled),
         # finished (started <= finished, with a result) or canceled (never
         # finished; a job canceled while running keeps its token so its worker

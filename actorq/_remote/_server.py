@@ -8,7 +8,7 @@ is lost between the queue and the socket. Nothing that happens on one
 connection can escape into the server's nursery.
 
 The protocol is described in ``docs/protocol.md``; the codec is
-:mod:`actorq._wire`.
+:mod:`actorq._remote._wire`.
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ import orjson
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from . import _validate as v
-from . import _wire as w
-from ._core import Assignment, QueueState
-from ._errors import (
+from .._core import _validate as v
+from .._core._errors import (
     DequeueTimeoutError,
     JobQueueError,
     NotExistError,
     WorkerNotExistError,
 )
-from ._models import DequeuedJob, JobState
-from ._protocol import JobQueue
+from .._core._models import DequeuedJob, JobState
+from .._core._protocol import JobQueue
+from .._core._state import Assignment, QueueState
+from . import _wire as w
 
 __all__ = ["QueueServer", "ServableQueue", "serve"]
 

@@ -15,15 +15,23 @@ from uuid import UUID
 import attrs
 import trio
 
-from . import _validate as v
-from ._core import Assignment, QueueState
-from ._errors import DequeueTimeoutError, QueueClosedError
-from ._json import loads, to_json_text
+from .._core import _validate as v
+from .._core._errors import DequeueTimeoutError, QueueClosedError
+from .._core._json import loads, to_json_text
+from .._core._models import (
+    DequeuedJob,
+    JobInfo,
+    JobState,
+    JobStatus,
+    JobSummary,
+    QueueStats,
+    WorkerInfo,
+)
+from .._core._state import Assignment, QueueState
+from .._stores._base import Store
 from ._maintenance import Maintainer, Maintenance
 from ._metrics import QueueMetrics, instrument, state_class
-from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
-from ._store import Store
 
 __all__ = ["LocalQueue", "open_queue", "resolve_store", "utc_now"]
 
@@ -293,7 +301,7 @@ def resolve_store(store: str | Store | None) -> Store | None:
         modules = {"sqlite": "_sqlite", "postgresql": "_postgres", "postgres": "_postgres"}
         if scheme in modules:
             # imported on demand: a memory-only queue never loads a database driver
-            module = importlib.import_module(f"actorq.{modules[scheme]}")
+            module = importlib.import_module(f"actorq._stores.{modules[scheme]}")
             resolved: Store = module.store_from_url(store)
             return resolved
         raise ValueError(

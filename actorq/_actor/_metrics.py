@@ -29,9 +29,9 @@ from prometheus_client import generate_latest as _generate_latest
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ._core import Assignment, QueueState
-from ._errors import JobQueueError, WorkerNotExistError
-from ._models import JobState, QueueStats
+from .._core._errors import JobQueueError, WorkerNotExistError
+from .._core._models import JobState, QueueStats
+from .._core._state import Assignment, QueueState
 from ._scheduler import Scheduler
 
 __all__ = [
