@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import actorq  # noqa: E402
-from actorq._core._state import Changes, JobRecord  # noqa: E402
+from actorq._core._records import Changes, JobRecord  # noqa: E402
 from actorq._stores._sqlite import uuid_from_int  # noqa: E402
 
 WORKERS = (1, 10, 100)

@@ -37,7 +37,7 @@ import attrs
 import trio
 
 import actorq
-from actorq._core._state import JobRecord
+from actorq._core._records import JobRecord
 
 PRODUCERS = 3
 WORKERS = 3

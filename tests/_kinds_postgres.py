@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 import actorq
-from actorq._core._state import Changes, JobRecord, WorkerRecord
+from actorq._core._records import Changes, JobRecord, WorkerRecord
 from actorq._stores._postgres import PostgresStore
 
 

@@ -41,7 +41,7 @@ import trio
 import trio.lowlevel
 
 import actorq
-from actorq._core._state import Changes, JobRecord, WorkerRecord
+from actorq._core._records import Changes, JobRecord, WorkerRecord
 
 
 class KeepAwake:

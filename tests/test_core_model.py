@@ -25,7 +25,8 @@ from actorq import NotExistError as NotExist
 from actorq import NotPendingError as NotPending
 from actorq import NotRunningError as NotRunning
 from actorq import RunningError as Running
-from actorq._core._state import Assignment, QueueState
+from actorq._core._records import Assignment
+from actorq._core._state import QueueState
 
 TYPES = ("a", "b", "c")
 CHANNELS = ("", "x", "y")

@@ -22,7 +22,7 @@ from _kinds_postgres import new_schema
 
 import actorq
 from actorq import StoreError
-from actorq._core._state import Changes, JobRecord, WorkerRecord
+from actorq._core._records import Changes, JobRecord, WorkerRecord
 from actorq._stores._postgres import SCHEMA_VERSION, PostgresStore, split_url, store_from_url
 
 FAST = {"standby_poll": 0.05, "leader_poll": 0.05, "lease_timeout": 5.0}

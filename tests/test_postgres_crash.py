@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 import actorq
-from actorq._core._state import JobRecord
+from actorq._core._records import JobRecord
 from actorq._stores._postgres import PostgresStore
 
 KILLS = 4

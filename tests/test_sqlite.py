@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 import actorq
 from actorq import CanceledError, NotExistError, QueueClosedError, StoreError
-from actorq._core._state import Changes, JobRecord, QueueState, WorkerRecord
+from actorq._core._records import Changes, JobRecord, WorkerRecord
+from actorq._core._state import QueueState
 from actorq._stores import _sqlite
 from actorq._stores._sqlite import SqliteStore, decode_time, encode_time, store_from_url
 

@@ -27,7 +27,8 @@ from .._core._models import (
     QueueStats,
     WorkerInfo,
 )
-from .._core._state import Assignment, QueueState
+from .._core._records import Assignment
+from .._core._state import QueueState
 from .._stores._base import Store
 from ._maintenance import Maintainer, Maintenance
 from ._metrics import QueueMetrics, instrument, state_class

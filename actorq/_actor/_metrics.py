@@ -31,7 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .._core._errors import JobQueueError, WorkerNotExistError
 from .._core._models import JobState, QueueStats
-from .._core._state import Assignment, QueueState
+from .._core._records import Assignment
+from .._core._state import QueueState
 from ._scheduler import Scheduler
 
 __all__ = [

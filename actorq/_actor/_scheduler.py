@@ -26,7 +26,8 @@ import outcome
 import trio
 
 from .._core._errors import JobQueueError, QueueClosedError
-from .._core._state import Assignment, QueueState
+from .._core._records import Assignment
+from .._core._state import QueueState
 from .._stores._base import Store
 
 __all__ = ["Call", "Park", "Release", "Reply", "Scheduler", "Withdraw"]

@@ -22,16 +22,24 @@ from __future__ import annotations
 
 import gc
 import heapq
-import os
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import NamedTuple
 from uuid import UUID
 
-import attrs
-
+from ._entities import (
+    ANY_CHANNEL,
+    COMPACT_SLACK,
+    JobEntry,
+    ReadyHeap,
+    TypeKey,
+    Waiter,
+    WaiterQueue,
+    WorkerEntry,
+    add_dependent,
+    remove_dependent,
+    state_of,
+)
 from ._errors import (
     ActiveJobsError,
     CanceledError,
@@ -44,203 +52,9 @@ from ._errors import (
     WorkerNotExistError,
 )
 from ._models import JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
+from ._records import Assignment, Changes, JobRecord, WorkerRecord, new_uuid4
 
-__all__ = ["Assignment", "Changes", "JobRecord", "QueueState", "WorkerRecord"]
-
-_COMPACT_SLACK = 32
-
-_VERSION_4_MASK = ~((0xC000 << 48) | (0xF000 << 64))
-_VERSION_4_BITS = (0x8000 << 48) | (0x4000 << 64)
-
-
-def new_uuid4() -> UUID:
-    """A random (version 4) UUID, made without ``uuid.UUID.__init__``'s argument parsing.
-
-    Every job and token needs one, on the queue's hottest path; this builds
-    the same object ``uuid.uuid4()`` does in a fraction of the time.
-    """
-    value = (int.from_bytes(os.urandom(16)) & _VERSION_4_MASK) | _VERSION_4_BITS
-    made = object.__new__(UUID)
-    object.__setattr__(made, "int", value)
-    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
-    return made
-
-
-class Assignment(NamedTuple):
-    """A job handed to a dequeuer. ``args`` is JSON text.
-
-    A named tuple rather than an attrs class: one is made for every job handed
-    out, and tuples are the cheapest immutable record Python has.
-    """
-
-    id: UUID
-    token: UUID
-    dependencies: tuple[UUID, ...]
-    type: str
-    args: str
-    channel: str
-
-
-@attrs.frozen
-class JobRecord:
-    """The durable form of a job: everything a store keeps, nothing derived."""
-
-    id: UUID
-    seq: int
-    type: str
-    channel: str
-    args: str
-    dependencies: tuple[UUID, ...]
-    queued: datetime
-    started: datetime | None
-    finished: datetime | None
-    canceled: bool
-    result: str | None
-    retries: int
-    token: UUID | None
-    worker_id: UUID | None
-
-
-@attrs.frozen
-class WorkerRecord:
-    """The durable form of a worker."""
-
-    id: UUID
-    channel: str
-    arch: str
-    updated: datetime
-
-
-@attrs.frozen
-class Changes:
-    """What changed since the last :meth:`QueueState.take_changes`."""
-
-    jobs: list[JobRecord]
-    deleted_jobs: list[UUID]
-    workers: list[WorkerRecord]
-    deleted_workers: list[UUID]
-
-    def __bool__(self) -> bool:
-        return bool(self.jobs or self.deleted_jobs or self.workers or self.deleted_workers)
-
-
-@attrs.define(slots=True, eq=False)
-class _Job:
-    id: UUID
-    seq: int
-    type: str
-    channel: str
-    args: str
-    dependencies: tuple[UUID, ...]
-    queued: datetime
-    # Most jobs never get a dependent: they share the empty tuple until their
-    # first one, which saves a list per job (a reopen builds a million jobs).
-    dependents: list[UUID] | tuple[()] = ()
-    started: datetime | None = None
-    finished: datetime | None = None
-    canceled: bool = False
-    result: str | None = None
-    retries: int = 0
-    token: UUID | None = None
-    worker_id: UUID | None = None
-    waiting_on: int = 0
-    heartbeat: float = 0.0
-    ready_key: int = 0  # nonzero while the job sits in the ready index
-
-    @property
-    def pending(self) -> bool:
-        return self.started is None and not self.canceled
-
-    @property
-    def running(self) -> bool:
-        return self.started is not None and self.finished is None and not self.canceled
-
-    def record(self) -> JobRecord:
-        return JobRecord(
-            id=self.id,
-            seq=self.seq,
-            type=self.type,
-            channel=self.channel,
-            args=self.args,
-            dependencies=self.dependencies,
-            queued=self.queued,
-            started=self.started,
-            finished=self.finished,
-            canceled=self.canceled,
-            result=self.result,
-            retries=self.retries,
-            token=self.token,
-            worker_id=self.worker_id,
-        )
-
-
-@attrs.define(slots=True, eq=False)
-class _Worker:
-    id: UUID
-    channel: str
-    arch: str
-    updated: datetime
-    heartbeat: float
-    active_jobs: set[UUID] = attrs.field(factory=set)
-
-    def record(self) -> WorkerRecord:
-        return WorkerRecord(id=self.id, channel=self.channel, arch=self.arch, updated=self.updated)
-
-
-@attrs.define(slots=True, eq=False)
-class _Waiter:
-    id: int
-    types: tuple[str, ...]
-    channels: tuple[str, ...] | None  # None: any channel
-    worker_id: UUID | None
-    active: bool = True
-
-
-class _ReadyHeap:
-    """Ready jobs of one key, oldest first, with lazy deletion."""
-
-    __slots__ = ("entries", "live")
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[int, int, UUID]] = []  # (seq, ready_key, job id)
-        self.live = 0
-
-
-class _WaiterQueue:
-    """Waiters of one key, oldest first, with lazy deletion."""
-
-    __slots__ = ("live", "waiters")
-
-    def __init__(self) -> None:
-        self.waiters: deque[_Waiter] = deque()
-        self.live = 0
-
-
-def _add_dependent(job: _Job, dependent: UUID) -> None:
-    if isinstance(job.dependents, list):
-        job.dependents.append(dependent)
-    else:
-        job.dependents = [dependent]
-
-
-def _remove_dependent(job: _Job, dependent: UUID) -> None:
-    # only called for a dependent the job has, so they are in a list
-    assert isinstance(job.dependents, list)
-    job.dependents.remove(dependent)
-
-
-def _state_of(job: _Job) -> JobState:
-    if job.canceled:
-        return JobState.CANCELED
-    if job.finished is not None:
-        return JobState.FINISHED
-    if job.started is not None:
-        return JobState.RUNNING
-    return JobState.PENDING
-
-
-_AnyChannel = None
-_TypeKey = tuple[str, str | None]
+__all__ = ["QueueState"]
 
 
 class QueueState:
@@ -263,13 +77,13 @@ class QueueState:
         self._wall = wall
         self._monotonic = monotonic
         self._new_id = new_id
-        self._jobs: dict[UUID, _Job] = {}
+        self._jobs: dict[UUID, JobEntry] = {}
         self._tokens: dict[UUID, UUID] = {}  # token -> job id; running or canceled while running
-        self._running: dict[UUID, _Job] = {}  # token -> job, running and not canceled
-        self._workers: dict[UUID, _Worker] = {}
-        self._ready: dict[_TypeKey, _ReadyHeap] = {}
-        self._waiters: dict[_TypeKey, _WaiterQueue] = {}
-        self._waiters_by_id: dict[int, _Waiter] = {}
+        self._running: dict[UUID, JobEntry] = {}  # token -> job, running and not canceled
+        self._workers: dict[UUID, WorkerEntry] = {}
+        self._ready: dict[TypeKey, ReadyHeap] = {}
+        self._waiters: dict[TypeKey, WaiterQueue] = {}
+        self._waiters_by_id: dict[int, Waiter] = {}
         self._next_seq = 1
         self._next_ready_key = 1
         self._next_waiter_id = 1
@@ -293,7 +107,7 @@ class QueueState:
         for dep_id in deps:
             if dep_id not in self._jobs:
                 raise NotExistError(f"dependency {dep_id} does not exist")
-        job = _Job(
+        job = JobEntry(
             id=self._new_id(),
             seq=self._next_seq,
             type=job_type,
@@ -306,7 +120,7 @@ class QueueState:
         self._jobs[job.id] = job
         for dep_id in deps:
             dep = self._jobs[dep_id]
-            _add_dependent(dep, job.id)
+            add_dependent(dep, job.id)
             if dep.finished is None:
                 job.waiting_on += 1
         self._touch(job)
@@ -344,13 +158,13 @@ class QueueState:
         found = self.dequeue(job_types, channels, worker_id)
         if found is not None:
             return found
-        waiter = _Waiter(self._next_waiter_id, job_types, channels, worker_id)
+        waiter = Waiter(self._next_waiter_id, job_types, channels, worker_id)
         self._next_waiter_id += 1
         self._waiters_by_id[waiter.id] = waiter
         for key in self._waiter_keys(waiter):
             queue = self._waiters.get(key)
             if queue is None:
-                queue = self._waiters[key] = _WaiterQueue()
+                queue = self._waiters[key] = WaiterQueue()
             queue.waiters.append(waiter)
             queue.live += 1
         return waiter.id
@@ -488,7 +302,7 @@ class QueueState:
                 dep = self._jobs.get(dep_id)
                 if dep is None:
                     continue
-                _remove_dependent(dep, job.id)
+                remove_dependent(dep, job.id)
                 if not dep.dependents and not dep.running:
                     stack.append(dep)
 
@@ -514,7 +328,7 @@ class QueueState:
         )
 
     def job_state(self, job_id: UUID) -> JobState:
-        return _state_of(self._get(job_id))
+        return state_of(self._get(job_id))
 
     def id_from_token(self, token: UUID) -> UUID:
         job_id = self._tokens.get(token)
@@ -583,7 +397,7 @@ class QueueState:
                 continue
             if channel is not None and job.channel != channel:
                 continue
-            job_state = _state_of(job)
+            job_state = state_of(job)
             if state is not None and job_state is not state:
                 continue
             out.append(
@@ -608,7 +422,7 @@ class QueueState:
         counts = dict.fromkeys(JobState, 0)
         blocked = 0
         for job in self._jobs.values():
-            job_state = _state_of(job)
+            job_state = state_of(job)
             counts[job_state] += 1
             if job.ready_key:
                 key = (job.type, job.channel)
@@ -633,7 +447,7 @@ class QueueState:
     # ---------------------------------------------------------------- workers
 
     def insert_worker(self, channel: str, arch: str) -> UUID:
-        worker = _Worker(self._new_id(), channel, arch, self._wall(), self._monotonic())
+        worker = WorkerEntry(self._new_id(), channel, arch, self._wall(), self._monotonic())
         self._workers[worker.id] = worker
         self._touch_worker(worker)
         return worker.id
@@ -705,7 +519,7 @@ class QueueState:
         state = cls(wall=wall, monotonic=monotonic, track_changes=track_changes, new_id=new_id)
         now = monotonic()
         for w in workers:
-            state._workers[w.id] = _Worker(w.id, w.channel, w.arch, w.updated, now)
+            state._workers[w.id] = WorkerEntry(w.id, w.channel, w.arch, w.updated, now)
         # A reopen builds every job at once. None of these objects is garbage,
         # yet the cyclic collector would rescan the growing heap again and
         # again (a third of the time at a million jobs): pause it meanwhile.
@@ -752,10 +566,10 @@ class QueueState:
                 dep = all_jobs.get(dep_id)
                 if dep is None:
                     raise ValueError(f"job {job_id} depends on missing job {dep_id}")
-                _add_dependent(dep, job_id)
+                add_dependent(dep, job_id)
                 if dep.finished is None:
                     waiting_on += 1
-            job: _Job = new(_Job)
+            job: JobEntry = new(JobEntry)
             job.id = job_id
             job.seq = seq
             job.type = job_type
@@ -783,10 +597,10 @@ class QueueState:
                     job.ready_key = ready_key
                     entry = (seq, ready_key, job_id)
                     ready_key += 1
-                    for heap_key in ((job_type, channel), (job_type, _AnyChannel)):
+                    for heap_key in ((job_type, channel), (job_type, ANY_CHANNEL)):
                         heap = ready.get(heap_key)
                         if heap is None:
-                            heap = ready[heap_key] = _ReadyHeap()
+                            heap = ready[heap_key] = ReadyHeap()
                         heap.entries.append(entry)
                         heap.live += 1
             elif finished is None:
@@ -805,21 +619,21 @@ class QueueState:
 
     # -------------------------------------------------------------- internals
 
-    def _touch(self, job: _Job) -> None:
+    def _touch(self, job: JobEntry) -> None:
         if self._track:
             self._changed_jobs.add(job.id)
 
-    def _touch_worker(self, worker: _Worker) -> None:
+    def _touch_worker(self, worker: WorkerEntry) -> None:
         if self._track:
             self._changed_workers.add(worker.id)
 
-    def _get(self, job_id: UUID) -> _Job:
+    def _get(self, job_id: UUID) -> JobEntry:
         job = self._jobs.get(job_id)
         if job is None:
             raise NotExistError(f"job {job_id} does not exist")
         return job
 
-    def _get_running(self, job_id: UUID) -> _Job:
+    def _get_running(self, job_id: UUID) -> JobEntry:
         job = self._get(job_id)
         if job.canceled:
             raise CanceledError()
@@ -827,7 +641,7 @@ class QueueState:
             raise NotRunningError()
         return job
 
-    def _get_worker(self, worker_id: UUID) -> _Worker:
+    def _get_worker(self, worker_id: UUID) -> WorkerEntry:
         worker = self._workers.get(worker_id)
         if worker is None:
             raise WorkerNotExistError(f"worker {worker_id} does not exist")
@@ -837,21 +651,21 @@ class QueueState:
         if worker_id is not None:
             self._get_worker(worker_id)
 
-    def _finish(self, job: _Job, result: str) -> None:
+    def _finish(self, job: JobEntry, result: str) -> None:
         self._stop_running(job)
         job.finished = self._wall()
         job.result = result
         self._touch(job)
         self._release_dependents(job)
 
-    def _release_dependents(self, job: _Job) -> None:
+    def _release_dependents(self, job: JobEntry) -> None:
         for dep_id in job.dependents:
             dependent = self._jobs[dep_id]
             dependent.waiting_on -= 1
             if dependent.waiting_on == 0 and dependent.pending:
                 self._make_ready(dependent)
 
-    def _stop_running(self, job: _Job, *, keep_token: bool = False) -> None:
+    def _stop_running(self, job: JobEntry, *, keep_token: bool = False) -> None:
         token = job.token
         if token is not None:
             self._running.pop(token, None)
@@ -864,7 +678,7 @@ class QueueState:
                 worker.active_jobs.discard(job.id)
             job.worker_id = None
 
-    def _assign(self, job: _Job, worker_id: UUID | None) -> Assignment:
+    def _assign(self, job: JobEntry, worker_id: UUID | None) -> Assignment:
         self._unready(job)
         token = self._new_id()
         job.token = token
@@ -878,7 +692,7 @@ class QueueState:
         self._touch(job)
         return Assignment(job.id, token, job.dependencies, job.type, job.args, job.channel)
 
-    def _make_ready(self, job: _Job) -> None:
+    def _make_ready(self, job: JobEntry) -> None:
         while (waiter := self._oldest_waiter(job)) is not None:
             self._waiters_by_id.pop(waiter.id, None)
             self._retire_waiter(waiter)
@@ -891,22 +705,22 @@ class QueueState:
         self._next_ready_key += 1
         job.ready_key = key
         entry = (job.seq, key, job.id)
-        for heap_key in ((job.type, job.channel), (job.type, _AnyChannel)):
+        for heap_key in ((job.type, job.channel), (job.type, ANY_CHANNEL)):
             heap = self._ready.get(heap_key)
             if heap is None:
-                heap = self._ready[heap_key] = _ReadyHeap()
+                heap = self._ready[heap_key] = ReadyHeap()
             heapq.heappush(heap.entries, entry)
             heap.live += 1
 
-    def _unready(self, job: _Job) -> None:
+    def _unready(self, job: JobEntry) -> None:
         if job.ready_key == 0:
             return
         job.ready_key = 0
-        for heap_key in ((job.type, job.channel), (job.type, _AnyChannel)):
+        for heap_key in ((job.type, job.channel), (job.type, ANY_CHANNEL)):
             # Empty heaps stay: a busy key empties and refills on every job.
             heap = self._ready[heap_key]
             heap.live -= 1
-            if len(heap.entries) > 2 * heap.live + _COMPACT_SLACK:
+            if len(heap.entries) > 2 * heap.live + COMPACT_SLACK:
                 heap.entries = [e for e in heap.entries if self._live_entry(e)]
                 heapq.heapify(heap.entries)
 
@@ -914,7 +728,7 @@ class QueueState:
         job = self._jobs.get(entry[2])
         return job is not None and job.ready_key == entry[1]
 
-    def _head(self, heap: _ReadyHeap) -> tuple[int, int, UUID] | None:
+    def _head(self, heap: ReadyHeap) -> tuple[int, int, UUID] | None:
         entries = heap.entries
         while entries:
             if self._live_entry(entries[0]):
@@ -924,11 +738,11 @@ class QueueState:
 
     def _oldest_ready(
         self, job_types: tuple[str, ...], channels: tuple[str, ...] | None
-    ) -> _Job | None:
+    ) -> JobEntry | None:
         best: tuple[int, int, UUID] | None = None
         ready = self._ready
         for job_type in job_types:
-            for channel in (_AnyChannel,) if channels is None else channels:
+            for channel in (ANY_CHANNEL,) if channels is None else channels:
                 heap = ready.get((job_type, channel))
                 if heap is None or not heap.live:
                     continue
@@ -938,25 +752,25 @@ class QueueState:
         return None if best is None else self._jobs[best[2]]
 
     @staticmethod
-    def _waiter_keys(waiter: _Waiter) -> Iterator[_TypeKey]:
+    def _waiter_keys(waiter: Waiter) -> Iterator[TypeKey]:
         for job_type in waiter.types:
             if waiter.channels is None:
-                yield (job_type, _AnyChannel)
+                yield (job_type, ANY_CHANNEL)
             else:
                 for channel in waiter.channels:
                     yield (job_type, channel)
 
-    def _retire_waiter(self, waiter: _Waiter) -> None:
+    def _retire_waiter(self, waiter: Waiter) -> None:
         waiter.active = False
         for key in self._waiter_keys(waiter):
             queue = self._waiters[key]
             queue.live -= 1
-            if len(queue.waiters) > 2 * queue.live + _COMPACT_SLACK:
+            if len(queue.waiters) > 2 * queue.live + COMPACT_SLACK:
                 queue.waiters = deque(w for w in queue.waiters if w.active)
 
-    def _oldest_waiter(self, job: _Job) -> _Waiter | None:
-        best: _Waiter | None = None
-        for key in ((job.type, job.channel), (job.type, _AnyChannel)):
+    def _oldest_waiter(self, job: JobEntry) -> Waiter | None:
+        best: Waiter | None = None
+        for key in ((job.type, job.channel), (job.type, ANY_CHANNEL)):
             queue = self._waiters.get(key)
             if queue is None:
                 continue

@@ -35,7 +35,8 @@ from .._core._errors import (
 )
 from .._core._models import DequeuedJob, JobState
 from .._core._protocol import JobQueue
-from .._core._state import Assignment, QueueState
+from .._core._records import Assignment
+from .._core._state import QueueState
 from . import _wire as w
 
 __all__ = ["QueueServer", "ServableQueue", "serve"]

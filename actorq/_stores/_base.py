@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
-from .._core._state import Changes, JobRecord, WorkerRecord
+from .._core._records import Changes, JobRecord, WorkerRecord
 
 __all__ = ["MemoryStore", "Store"]
 

@@ -52,7 +52,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from .._core._errors import StoreError
-from .._core._state import Changes, JobRecord, WorkerRecord
+from .._core._records import Changes, JobRecord, WorkerRecord
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "store_from_url"]
 

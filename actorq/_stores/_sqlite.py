@@ -39,7 +39,7 @@ import attrs
 import trio
 
 from .._core._errors import StoreError
-from .._core._state import Changes, JobRecord, WorkerRecord
+from .._core._records import Changes, JobRecord, WorkerRecord
 
 __all__ = [
     "SCHEMA_VERSION",

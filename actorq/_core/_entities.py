@@ -1,0 +1,151 @@
+"""The core's mutable entries: jobs, workers, waiters and the heaps that index them.
+
+Private to :mod:`actorq._core`; only :class:`~actorq._core._state.QueueState`
+changes them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime
+from uuid import UUID
+
+import attrs
+
+from ._models import JobState
+from ._records import JobRecord, WorkerRecord
+
+__all__ = [
+    "ANY_CHANNEL",
+    "COMPACT_SLACK",
+    "JobEntry",
+    "ReadyHeap",
+    "TypeKey",
+    "Waiter",
+    "WaiterQueue",
+    "WorkerEntry",
+    "add_dependent",
+    "remove_dependent",
+    "state_of",
+]
+
+COMPACT_SLACK = 32
+
+
+@attrs.define(slots=True, eq=False)
+class JobEntry:
+    id: UUID
+    seq: int
+    type: str
+    channel: str
+    args: str
+    dependencies: tuple[UUID, ...]
+    queued: datetime
+    # Most jobs never get a dependent: they share the empty tuple until their
+    # first one, which saves a list per job (a reopen builds a million jobs).
+    dependents: list[UUID] | tuple[()] = ()
+    started: datetime | None = None
+    finished: datetime | None = None
+    canceled: bool = False
+    result: str | None = None
+    retries: int = 0
+    token: UUID | None = None
+    worker_id: UUID | None = None
+    waiting_on: int = 0
+    heartbeat: float = 0.0
+    ready_key: int = 0  # nonzero while the job sits in the ready index
+
+    @property
+    def pending(self) -> bool:
+        return self.started is None and not self.canceled
+
+    @property
+    def running(self) -> bool:
+        return self.started is not None and self.finished is None and not self.canceled
+
+    def record(self) -> JobRecord:
+        return JobRecord(
+            id=self.id,
+            seq=self.seq,
+            type=self.type,
+            channel=self.channel,
+            args=self.args,
+            dependencies=self.dependencies,
+            queued=self.queued,
+            started=self.started,
+            finished=self.finished,
+            canceled=self.canceled,
+            result=self.result,
+            retries=self.retries,
+            token=self.token,
+            worker_id=self.worker_id,
+        )
+
+
+@attrs.define(slots=True, eq=False)
+class WorkerEntry:
+    id: UUID
+    channel: str
+    arch: str
+    updated: datetime
+    heartbeat: float
+    active_jobs: set[UUID] = attrs.field(factory=set)
+
+    def record(self) -> WorkerRecord:
+        return WorkerRecord(id=self.id, channel=self.channel, arch=self.arch, updated=self.updated)
+
+
+@attrs.define(slots=True, eq=False)
+class Waiter:
+    id: int
+    types: tuple[str, ...]
+    channels: tuple[str, ...] | None  # None: any channel
+    worker_id: UUID | None
+    active: bool = True
+
+
+class ReadyHeap:
+    """Ready jobs of one key, oldest first, with lazy deletion."""
+
+    __slots__ = ("entries", "live")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, int, UUID]] = []  # (seq, ready_key, job id)
+        self.live = 0
+
+
+class WaiterQueue:
+    """Waiters of one key, oldest first, with lazy deletion."""
+
+    __slots__ = ("live", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: deque[Waiter] = deque()
+        self.live = 0
+
+
+def add_dependent(job: JobEntry, dependent: UUID) -> None:
+    if isinstance(job.dependents, list):
+        job.dependents.append(dependent)
+    else:
+        job.dependents = [dependent]
+
+
+def remove_dependent(job: JobEntry, dependent: UUID) -> None:
+    # only called for a dependent the job has, so they are in a list
+    assert isinstance(job.dependents, list)
+    job.dependents.remove(dependent)
+
+
+def state_of(job: JobEntry) -> JobState:
+    if job.canceled:
+        return JobState.CANCELED
+    if job.finished is not None:
+        return JobState.FINISHED
+    if job.started is not None:
+        return JobState.RUNNING
+    return JobState.PENDING
+
+
+ANY_CHANNEL = None
+TypeKey = tuple[str, str | None]
