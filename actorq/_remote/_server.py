@@ -7,7 +7,10 @@ was cancelled first, gives the job back (:meth:`LocalQueue.release`), so no job
 is lost between the queue and the socket. Nothing that happens on one
 connection can escape into the server's nursery.
 
-The protocol is described in ``docs/protocol.md``; the codec is
+The connection rules (hello, limits, ids, cancel, close codes) are
+:class:`actorq._remote._session.ServerSession`'s: a connection here is a thin
+loop that reads a frame, feeds the session and does what its event says. The
+protocol is described in ``docs/protocol.md``; the codec is
 :mod:`actorq._remote._wire`.
 """
 
@@ -37,6 +40,7 @@ from .._core._models import DequeuedJob, JobState
 from .._core._protocol import JobQueue
 from .._core._records import Assignment
 from .._core._state import QueueState
+from . import _session as ss
 from . import _wire as w
 
 __all__ = ["QueueServer", "ServableQueue", "serve"]
@@ -47,16 +51,12 @@ T = TypeVar("T")
 
 DEFAULT_MAX_IN_FLIGHT = 1024
 
-# Close codes (RFC 6455 section 7.4; 4000-4999 are ours, see docs/protocol.md).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_PROTOCOL_ERROR = 4000
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_UNSUPPORTED_VERSION = 4002
-CLOSE_HELLO_TIMEOUT = 4008
+
+@attrs.frozen
+class _Grant:
+    """What a connection's token may see: ``channels``, or every channel (``None``)."""
+
+    channels: frozenset[str] | None
 
 
 class ServableQueue(JobQueue, Protocol):
@@ -285,6 +285,13 @@ class QueueServer:
             return allowed
         raise w.ProtocolError("invalid token", "unauthorized")
 
+    def _grant(self, token: str | None) -> _Grant | None:
+        # ServerSession's authenticate: a grant, or None to refuse the token
+        try:
+            return _Grant(self.authenticate(token))
+        except w.ProtocolError:
+            return None
+
 
 async def serve(
     queue: ServableQueue,
@@ -332,17 +339,18 @@ async def serve(
     await server.run(listeners, task_status=task_status)
 
 
-@attrs.define(eq=False)
-class _Request:
-    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    cancelled: bool = False  # by the client: the reply must not be sent
-
-
 _Outgoing = tuple[str, DequeuedJob | None]
 
 
 class _Connection:
-    """One client connection: a reader loop, a writer task and a task per request."""
+    """One client connection: a reader loop, a writer task and a task per request.
+
+    The reader loop feeds every frame to the connection's
+    :class:`~actorq._remote._session.ServerSession` and acts on its event:
+    a request gets a task (and a cancel scope the session hands back if the
+    client cancels it), a frame to send goes to the writer, a release goes to
+    the queue, a close ends the loop.
+    """
 
     def __init__(
         self, server: QueueServer, ws: WebSocketConnection, stream: trio.abc.Stream
@@ -356,11 +364,12 @@ class _Connection:
         # flooding without reading, and the connection is closed.
         self.max_backlog = server.max_in_flight + 256
         self.allowed: frozenset[str] | None = None  # None: every channel
-        self.peer_max_message_size = w.DEFAULT_MAX_MESSAGE_SIZE
-        self.in_flight: dict[int, _Request] = {}
+        self.session = ss.ServerSession(
+            server._grant,
+            max_message_size=server.max_message_size,
+            max_in_flight=server.max_in_flight,
+        )
         self.outbox, self._outbox_receive = trio.open_memory_channel[_Outgoing](math.inf)
-        self.close_code = CLOSE_NORMAL
-        self.close_reason: str | None = None
         self._handlers: dict[type[w.Message], Callable[[Any], Any]] = {
             w.Enqueue: self._enqueue,
             w.EnqueueMany: self._enqueue_many,
@@ -414,18 +423,14 @@ class _Connection:
             if graceful:
                 with trio.move_on_after(self.server.close_timeout) as scope:
                     scope.shield = True
-                    await self.ws.aclose(self.close_code, self.close_reason)
+                    await self.ws.aclose(self.session.close_code, self.session.close_reason)
 
     async def _close_when_server_closes(self) -> None:
         await self.server._closing.wait()
-        self._close(CLOSE_GOING_AWAY, "server shutting down")
+        close = self.session.close(ss.CLOSE_GOING_AWAY, "server shutting down")
         # The read loop sees the connection close and tears the rest down.
         with trio.move_on_after(self.server.close_timeout):
-            await self.ws.aclose(self.close_code, self.close_reason)
-
-    def _close(self, code: int, reason: str) -> None:
-        if self.close_code == CLOSE_NORMAL:
-            self.close_code, self.close_reason = code, reason[:120]  # a close reason is short
+            await self.ws.aclose(close.code, close.reason)
 
     async def _send_now(self, text: str, job: DequeuedJob | None) -> None:
         """Send one reply from a request's task, giving its job back if that fails.
@@ -448,7 +453,7 @@ class _Connection:
         if not sent and job is not None:
             self.queue.release(job)
         if scope.cancelled_caught:
-            self._close(CLOSE_POLICY_VIOLATION, "client does not read its replies")
+            self.session.close(ss.CLOSE_NOT_READING, "client does not read its replies")
             await trio.aclose_forcefully(self.stream)
 
     async def _writer(self) -> None:
@@ -477,16 +482,13 @@ class _Connection:
     def _send(self, text: str, job: DequeuedJob | None = None) -> None:
         """Queue a frame for the writer; never blocks. A job that cannot be queued goes back."""
         if self.outbox.statistics().current_buffer_used >= self.max_backlog:
-            self._close(CLOSE_POLICY_VIOLATION, "client does not read its replies")
+            self.session.close(ss.CLOSE_NOT_READING, "client does not read its replies")
             self.outbox.close()  # the reader loop sees it and ends the connection
         try:
             self.outbox.send_nowait((text, job))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             if job is not None:
                 self.queue.release(job)
-
-    def _send_error(self, request_id: int | None, exc: BaseException) -> None:
-        self._send(w.encode(w.error_reply(request_id, exc)))
 
     async def _handshake(self) -> bool:
         frame: str | bytes | None = None
@@ -496,92 +498,48 @@ class _Connection:
             except ConnectionClosed:
                 return False
         if frame is None:
-            self._close(CLOSE_HELLO_TIMEOUT, "no hello in time")
+            self.session.hello_timed_out()
             return False
-        try:
-            hello = w.decode(frame, max_size=self.server.max_message_size, kinds=("hello",))
-            assert isinstance(hello, w.Hello)
-        except w.ProtocolError as exc:
-            if exc.reason == "unexpected_kind":
-                exc = w.ProtocolError(
-                    "the first message must be hello", "hello_expected", exc.request_id
-                )
-            self._send_error(exc.request_id, exc)
-            self._close(CLOSE_PROTOCOL_ERROR, exc.reason)
-            return False
-        try:
-            version = w.negotiate(hello.versions)
-        except w.ProtocolError as exc:
-            self._send_error(hello.id, exc)
-            self._close(CLOSE_UNSUPPORTED_VERSION, exc.reason)
-            return False
-        try:
-            self.allowed = self.server.authenticate(hello.token)
-        except w.ProtocolError as exc:
-            self._send_error(hello.id, exc)
-            self._close(CLOSE_UNAUTHORIZED, exc.reason)
-            return False
-        self.peer_max_message_size = max(1024, hello.max_message_size)
-        welcome = w.Welcome(
-            id=hello.id,
-            version=version,
-            server="actorq",
-            max_message_size=self.server.max_message_size,
-            max_in_flight=self.server.max_in_flight,
-        )
-        self._send(w.encode(welcome))
-        return True
+        event = self.session.receive(frame)
+        if isinstance(event, ss.Greeted):
+            self.allowed = event.grant.channels
+            self._send(event.frame)
+            return True
+        if isinstance(event, ss.Close) and event.frame is not None:
+            self._send(event.frame)
+        return False
 
     async def _read_loop(self, requests: trio.Nursery) -> None:
-        max_size = self.server.max_message_size
-        while True:
-            if self.close_code != CLOSE_NORMAL:
-                return
+        session = self.session
+        receive = session.receive
+        get_message = self.ws.get_message
+        while not session.closed:
             try:
-                frame = await self.ws.get_message()
+                frame = await get_message()
             except ConnectionClosed:
                 return
-            try:
-                message = w.decode(frame, max_size=max_size, kinds=w.CLIENT_KINDS)
-            except w.ProtocolError as exc:
-                if exc.reason == "binary":
-                    self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
-                    return
-                self._send_error(exc.request_id, exc)
-                continue
-            kind = type(message)
-            if kind is w.Cancel:
-                entry = self.in_flight.pop(message.id, None)
-                if entry is not None:
-                    entry.cancelled = True
-                    entry.scope.cancel()
-            elif kind is w.Release:
-                assert isinstance(message, w.Release)
-                self.queue.release(_handle(message.job_id, message.token))
-            elif kind is w.Hello:
-                self._send_error(message.id, w.ProtocolError("already greeted", "unexpected_kind"))
-            elif message.id in self.in_flight:
-                self._send_error(
-                    message.id, w.ProtocolError("a request with this id is open", "duplicate_id")
-                )
-            elif len(self.in_flight) >= self.server.max_in_flight:
-                self._send_error(
-                    message.id,
-                    w.ProtocolError(
-                        f"more than {self.server.max_in_flight} requests in flight",
-                        "too_many_requests",
-                    ),
-                )
-            else:
-                entry = _Request()
-                self.in_flight[message.id] = entry
-                requests.start_soon(self._serve_request, message, entry)
+            event = receive(frame)
+            # most frequent first: a request, then a cancel
+            if type(event) is ss.Request:
+                event.context = trio.CancelScope()
+                requests.start_soon(self._serve_request, event)
+            elif type(event) is ss.Cancelled:
+                event.request.context.cancel()
+            elif type(event) is ss.Send:
+                self._send(event.frame)
+            elif type(event) is ss.JobReleased:
+                self.queue.release(_handle(event.job_id, event.token))
+            elif type(event) is ss.Close:
+                if event.frame is not None:
+                    self._send(event.frame)
+                return
 
-    async def _serve_request(self, message: w.Message, entry: _Request) -> None:
+    async def _serve_request(self, request: ss.Request) -> None:
+        message = request.message
         job: DequeuedJob | None = None
-        text: str | None = None
+        text = ""  # stays empty only if the client cancelled the request
         try:
-            with entry.scope:
+            with request.context:
                 reply = await self._handlers[type(message)](message)
                 # No checkpoint from here on: a job in hand is either queued for
                 # sending or given back, never dropped.
@@ -594,25 +552,16 @@ class _Connection:
             if not isinstance(exc, JobQueueError | TypeError | ValueError):
                 log.exception("request %s failed", message.KIND)
             text = w.encode(w.error_reply(message.id, exc))
-        if entry.cancelled:
-            # The client cancelled this request: it expects no reply.
+        frame = self.session.reply(request, text)
+        if frame is not text:
+            # Cancelled by the client (it expects no reply), or too large for it
+            # (it gets an oversize error instead): a job in the reply goes back.
             if job is not None:
                 self.queue.release(job)
-            return
-        if self.in_flight.get(message.id) is entry:
-            del self.in_flight[message.id]
-        assert text is not None
-        if len(text) > self.peer_max_message_size:
-            if job is not None:
-                self.queue.release(job)
-            text = w.encode(
-                w.error_reply(
-                    message.id,
-                    w.ProtocolError("the reply is larger than the client accepts", "oversize"),
-                )
-            )
-            job = None
-        await self._send_now(text, job)
+                job = None
+            if frame is None:
+                return
+        await self._send_now(frame, job)
 
     # ------------------------------------------------------------ tenancy
 
