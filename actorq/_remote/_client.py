@@ -5,7 +5,10 @@
 exceptions as the in-process queue. One connection carries any number of
 concurrent requests: each has an id, a reader task hands every reply to the
 request that carries its id, and a writer task sends every frame (so a
-cancelled caller never leaves half a frame on the socket).
+cancelled caller never leaves half a frame on the socket). The connection's
+rules (ids, limits, the welcome, which replies belong to cancelled requests)
+are :class:`actorq._remote._session.ClientSession`'s; the tasks here only move
+frames between it and the socket.
 
 Cancellation follows :class:`LocalQueue`: a cancelled call raises
 :class:`trio.Cancelled`, tells the server to stop (a ``cancel`` message), and
@@ -17,7 +20,6 @@ their heartbeats refreshed automatically.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import ssl
@@ -56,6 +58,7 @@ from .._core._models import (
     QueueStats,
     WorkerInfo,
 )
+from . import _session as ss
 from . import _wire as w
 
 __all__ = ["RemoteQueue", "connect", "connect_stream"]
@@ -102,9 +105,9 @@ class RemoteQueue:
         self._ws = ws
         self._send_timeout = send_timeout
         self._abort_stream = abort
-        self._max_message_size = max_message_size
-        self._pending: dict[int, trio.MemorySendChannel[_Reply]] = {}
-        self._ids = itertools.count(1)
+        self._session = ss.ClientSession[trio.MemorySendChannel[_Reply]](
+            max_message_size=max_message_size
+        )
         self._outbox, self._outbox_receive = trio.open_memory_channel[str](math.inf)
         self._held: dict[UUID, UUID] = {}  # job id -> token, for jobs this client runs
         self._queued = 0  # frames in the writer's queue or being sent by it
@@ -113,14 +116,23 @@ class RemoteQueue:
         self._void: dict[UUID, UUID] = {}
         self._slots = trio.Semaphore(1)  # until the server says how many it takes
         self._closed: QueueClosedError | None = None
-        #: The protocol version agreed with the server.
-        self.version = 0
-        #: The largest frame the server accepts, in characters.
-        self.server_max_message_size = w.DEFAULT_MAX_MESSAGE_SIZE
-        #: How many requests the server takes at once on this connection.
-        self.max_in_flight = 1
 
     # ------------------------------------------------------------ plumbing
+
+    @property
+    def version(self) -> int:
+        """The protocol version agreed with the server."""
+        return self._session.version
+
+    @property
+    def server_max_message_size(self) -> int:
+        """The largest frame the server accepts, in characters."""
+        return self._session.server_max_message_size
+
+    @property
+    def max_in_flight(self) -> int:
+        """How many requests the server takes at once on this connection."""
+        return self._session.max_in_flight
 
     @property
     def closed(self) -> bool:
@@ -135,8 +147,7 @@ class RemoteQueue:
         # Synchronous and idempotent: fail every waiting request, stop sending.
         if self._closed is None:
             self._closed = error
-        pending, self._pending = self._pending, {}
-        for send in pending.values():
+        for send in self._session.take_waiters():
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 send.send_nowait(self._closed)
         self._outbox.close()
@@ -145,12 +156,9 @@ class RemoteQueue:
         if self._abort_stream is not None:
             await self._abort_stream()
 
-    def _post_nowait(self, message: w.Message) -> None:
-        # For the cancellation paths: cannot block or fail. If the connection is
-        # gone, the server has already cancelled the request and released its job.
-        self._queue_frame(w.encode(message))
-
     def _queue_frame(self, text: str) -> None:
+        # Cannot block or fail, for the cancellation paths. If the connection is
+        # gone, the server has already cancelled the request and released its job.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             self._outbox.send_nowait(text)
             self._queued += 1
@@ -159,14 +167,8 @@ class RemoteQueue:
         """Send one request and wait for its reply; raise the error it carries."""
         if self._closed is not None:
             raise QueueClosedError(self._closed.message)
-        request_id = next(self._ids)
-        text = w.encode(make(request_id))
-        if len(text) > self.server_max_message_size:
-            raise w.ProtocolError(
-                f"request of {len(text)} characters exceeds the server's limit of "
-                f"{self.server_max_message_size}",
-                "oversize",
-            )
+        session = self._session
+        request_id, text = session.prepare(make)  # refuses a frame too large for the server
         slots = self._slots
         try:
             slots.acquire_nowait()  # the common case, without a scheduler pass
@@ -176,15 +178,15 @@ class RemoteQueue:
             if self._closed is not None:
                 raise QueueClosedError(self._closed.message)
             send, receive = trio.open_memory_channel[_Reply](1)
-            self._pending[request_id] = send
-            if self._queued:
-                # A cancel or release waits in the writer's queue: this request
-                # must not overtake it (a cancelled dequeue's job would be handed
-                # out to it before being given back), so it queues behind.
-                self._queue_frame(text)
-            else:
-                await self._send_frame(text)
+            session.wait(request_id, send)
             try:
+                if self._queued:
+                    # A cancel or release waits in the writer's queue: this request
+                    # must not overtake it (a cancelled dequeue's job would be handed
+                    # out to it before being given back), so it queues behind.
+                    self._queue_frame(text)
+                else:
+                    await self._send_frame(text)
                 reply = await receive.receive()
             except BaseException:
                 self._abandon(request_id, receive)
@@ -221,59 +223,60 @@ class RemoteQueue:
     def _abandon(self, request_id: int, receive: trio.MemoryReceiveChannel[_Reply]) -> None:
         # Runs synchronously when a caller stops waiting (cancelled). The reply
         # may already sit in the buffer (trio issue 719): a job in it goes back.
-        # If none came yet, the server is told to stop; a job it sends anyway is
-        # released by the reader, which no longer finds the request.
-        self._pending.pop(request_id, None)
+        # If none came yet, the server is told to stop; a job it sends anyway the
+        # session turns into a release, since the request is no longer waited for.
         try:
             got: _Reply | None = receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             got = None
         receive.close()
         if got is None:
-            self._post_nowait(w.Cancel(id=request_id))
+            self._queue_frame(self._session.cancel(request_id))
         elif type(got) is w.Dequeued:
             self._release_nowait(got.job.id, got.job.token)
 
     def _release_nowait(self, job_id: UUID, token: UUID) -> None:
-        self._post_nowait(w.Release(id=next(self._ids), job_id=job_id, token=token))
+        self._queue_frame(self._session.release(job_id, token))
 
     async def _reader(self) -> None:
-        error = QueueClosedError("the connection to the queue server was lost")
+        session = self._session
+        receive = session.receive
+        get_message = self._ws.get_message
+        error: QueueClosedError | None = None
         try:
             while True:
                 try:
-                    frame = await self._ws.get_message()
+                    frame = await get_message()
                 except ConnectionClosed as exc:
-                    if exc.reason is not None and exc.reason.code not in (1000, 1001):
-                        error = QueueClosedError(
-                            f"the server closed the connection: {exc.reason.code} "
-                            f"{exc.reason.reason or exc.reason.name}"
-                        )
+                    why = exc.reason
+                    if why is None:
+                        error = session.peer_closed(None, None)
+                    else:
+                        error = session.peer_closed(why.code, why.reason or why.name)
                     return
-                try:
-                    reply = w.decode(frame, max_size=self._max_message_size, kinds=w.SERVER_KINDS)
-                except w.ProtocolError as exc:
-                    error = QueueClosedError(f"the server broke the protocol: {exc}")
+                event = receive(frame)
+                if type(event) is ss.Reply:
+                    try:
+                        event.waiter.send_nowait(event.message)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+                        reply = event.message
+                        if type(reply) is w.Dequeued:
+                            self._release_nowait(reply.job.id, reply.job.token)
+                elif type(event) is ss.Send:
+                    self._queue_frame(event.frame)  # a release for a cancelled dequeue
+                elif type(event) is ss.Stray:
+                    stray = event.message
+                    if type(stray) is w.Error:
+                        log.warning("error from server: %s %s", stray.error, stray.message)
+                elif type(event) is ss.Broken:
+                    error = event.error
                     log.warning("closing: %s", error)
                     return
-                send = self._pending.pop(reply.id, None) if reply.id is not None else None
-                if send is None:
-                    # A reply to a request that was cancelled; give back its job.
-                    if type(reply) is w.Dequeued:
-                        self._release_nowait(reply.job.id, reply.job.token)
-                    elif type(reply) is w.Error:
-                        log.warning("error from server: %s %s", reply.error, reply.message)
-                    continue
-                try:
-                    send.send_nowait(reply)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-                    if type(reply) is w.Dequeued:
-                        self._release_nowait(reply.job.id, reply.job.token)
         except Exception as exc:  # a bug; the connection ends, the program goes on
             log.exception("remote queue reader failed")
             error = QueueClosedError(f"the connection failed: {exc!r}")
         finally:
-            self._shut(error)
+            self._shut(error or QueueClosedError("the connection to the queue server was lost"))
 
     async def _writer(self) -> None:
         try:
@@ -306,23 +309,23 @@ class RemoteQueue:
                             del self._held[job_id]
 
     async def _greet(self, token: str | None, client: str) -> None:
-        reply = await self._request(
-            lambda i: w.Hello(
-                id=i,
-                versions=list(w.SUPPORTED_VERSIONS),
-                token=token,
-                client=client,
-                max_message_size=self._max_message_size,
-            )
-        )
-        if type(reply) is not w.Welcome:
-            raise w.ProtocolError(f"expected welcome, got {reply.KIND}", "unexpected_kind")
-        if reply.version not in w.SUPPORTED_VERSIONS:
-            raise w.ProtocolError(f"server chose version {reply.version}", "unsupported_version")
-        self.version = reply.version
-        self.server_max_message_size = reply.max_message_size
-        self.max_in_flight = max(1, reply.max_in_flight)
-        self._slots = trio.Semaphore(self.max_in_flight)
+        """Send the hello and wait for the welcome; the session checks it.
+
+        Raises :class:`ProtocolError` if the server refuses the hello (or its
+        welcome does not fit it), :class:`QueueClosedError` if the connection
+        ends first.
+        """
+        send, receive = trio.open_memory_channel[_Reply](1)
+        try:
+            await self._send_frame(self._session.hello(send, token=token, client=client))
+            reply = await receive.receive()
+        finally:
+            receive.close()
+        if isinstance(reply, QueueClosedError):
+            raise QueueClosedError(reply.message)
+        if type(reply) is w.Error:
+            raise w.exception_from_reply(reply)
+        self._slots = trio.Semaphore(self._session.max_in_flight)
 
     @staticmethod
     def _structure(reply: w.Message, cls: Any) -> Any:
