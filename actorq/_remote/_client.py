@@ -242,6 +242,7 @@ class RemoteQueue:
         session = self._session
         receive = session.receive
         get_message = self._ws.get_message
+        Reply, Dequeued = ss.Reply, w.Dequeued  # bound once: per frame
         error: QueueClosedError | None = None
         try:
             while True:
@@ -255,12 +256,12 @@ class RemoteQueue:
                         error = session.peer_closed(why.code, why.reason or why.name)
                     return
                 event = receive(frame)
-                if type(event) is ss.Reply:
+                if type(event) is Reply:
                     try:
                         event.waiter.send_nowait(event.message)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
                         reply = event.message
-                        if type(reply) is w.Dequeued:
+                        if type(reply) is Dequeued:
                             self._release_nowait(reply.job.id, reply.job.token)
                 elif type(event) is ss.Send:
                     self._queue_frame(event.frame)  # a release for a cancelled dequeue

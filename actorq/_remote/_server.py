@@ -513,6 +513,7 @@ class _Connection:
         session = self.session
         receive = session.receive
         get_message = self.ws.get_message
+        Request, Cancelled, Send = ss.Request, ss.Cancelled, ss.Send  # bound once: per frame
         while not session.closed:
             try:
                 frame = await get_message()
@@ -520,12 +521,12 @@ class _Connection:
                 return
             event = receive(frame)
             # most frequent first: a request, then a cancel
-            if type(event) is ss.Request:
+            if type(event) is Request:
                 event.context = trio.CancelScope()
                 requests.start_soon(self._serve_request, event)
-            elif type(event) is ss.Cancelled:
+            elif type(event) is Cancelled:
                 event.request.context.cancel()
-            elif type(event) is ss.Send:
+            elif type(event) is Send:
                 self._send(event.frame)
             elif type(event) is ss.JobReleased:
                 self.queue.release(_handle(event.job_id, event.token))

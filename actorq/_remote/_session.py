@@ -64,6 +64,13 @@ G = TypeVar("G")
 W = TypeVar("W")
 
 _HELLO, _OPEN, _CLOSED = 0, 1, 2
+
+# Bound once, since the receive paths run for every message.
+_decode = w.decode
+_CLIENT_KINDS = w.CLIENT_KINDS
+_SERVER_KINDS = w.SERVER_KINDS
+_Cancel, _Release, _Hello = w.Cancel, w.Release, w.Hello
+_Welcome, _Dequeued = w.Welcome, w.Dequeued
 _WAITING, _CANCELLED, _ANSWERED = 0, 1, 2
 
 
@@ -262,21 +269,21 @@ class ServerSession(Generic[G]):
                 return self._hello(frame)
             return None
         try:
-            message = w.decode(frame, max_size=self.max_message_size, kinds=w.CLIENT_KINDS)
+            message = _decode(frame, max_size=self.max_message_size, kinds=_CLIENT_KINDS)
         except w.ProtocolError as exc:
             return self._refuse(exc)
         cls = type(message)
         request_id = message.id
-        if cls is w.Cancel:
+        if cls is _Cancel:
             request = self._in_flight.pop(request_id, None)
             if request is None:
                 return None
             request.state = _CANCELLED
             return Cancelled(request)
-        if cls is w.Release:
+        if cls is _Release:
             assert isinstance(message, w.Release)
             return JobReleased(message.job_id, message.token)
-        if cls is w.Hello:
+        if cls is _Hello:
             return self._error(request_id, "already greeted", "unexpected_kind")
         in_flight = self._in_flight
         if request_id in in_flight:
@@ -551,23 +558,23 @@ class ClientSession(Generic[W]):
         if self._state == _CLOSED:
             return None
         try:
-            reply = w.decode(frame, max_size=self.max_message_size, kinds=w.SERVER_KINDS)
+            reply = _decode(frame, max_size=self.max_message_size, kinds=_SERVER_KINDS)
         except w.ProtocolError as exc:
             return self._break(f"the server broke the protocol: {exc}")
         request_id = reply.id
         waiter = self._pending.pop(request_id, None)
         if waiter is not None:
             if self._state == _OPEN:
-                if type(reply) is not w.Welcome:
+                if type(reply) is not _Welcome:
                     return Reply(waiter, reply)
                 return self._break("the server broke the protocol: a second welcome")
             return self._welcome(waiter, reply)
         if request_id is None or request_id < self._next_id:
             if self._state == _HELLO and request_id is not None:
                 return self._break(f"the server broke the protocol: {reply.KIND} before welcome")
-            if type(reply) is w.Welcome:
+            if type(reply) is _Welcome:
                 return self._break("the server broke the protocol: a second welcome")
-            if type(reply) is w.Dequeued:
+            if type(reply) is _Dequeued:
                 return Send(self.release(reply.job.id, reply.job.token))
             return Stray(reply)
         return self._break(f"the server broke the protocol: a reply to request {request_id}")
