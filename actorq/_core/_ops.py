@@ -172,14 +172,14 @@ class WaitingOperation(Operation[Assignment | None, DequeuedJob]):
     timeout: float | None = None
     worker_id: UUID | None = None
 
-    def _checked_wait(self) -> WaitingOperation:
-        return attrs.evolve(
-            self,
-            job_types=v.check_job_types(self.job_types),
-            channels=() if self.any_channel else v.check_channels(self.channels),
-            any_channel=bool(self.any_channel),
-            timeout=v.check_timeout(self.timeout),
-            worker_id=v.check_optional_uuid(self.worker_id, "worker_id"),
+    def _checked_wait(self) -> tuple[Any, ...]:
+        any_channel = bool(self.any_channel)
+        return (
+            v.check_job_types(self.job_types),
+            () if any_channel else v.check_channels(self.channels),
+            any_channel,
+            v.check_timeout(self.timeout),
+            v.check_optional_uuid(self.worker_id, "worker_id"),
         )
 
     def _wait_access(self, jobs: tuple[UUID, ...] = ()) -> Access:
@@ -230,7 +230,7 @@ class Enqueue(Operation[UUID, UUID]):
 
     def checked(self) -> Enqueue:
         job_type, deps, channel = _args(self.job_type, self.dependencies, self.channel)
-        return attrs.evolve(self, job_type=job_type, dependencies=deps, channel=channel)
+        return Enqueue(job_type=job_type, args=self.args, dependencies=deps, channel=channel)
 
     def access(self) -> Access:
         return Access(channels=(self.channel,))
@@ -286,8 +286,15 @@ class Dequeue(WaitingOperation):
 
     NAME = "dequeue"
 
-    def checked(self) -> WaitingOperation:
-        return self._checked_wait()
+    def checked(self) -> Dequeue:
+        types, channels, any_channel, timeout, worker_id = self._checked_wait()
+        return Dequeue(
+            job_types=types,
+            channels=channels,
+            any_channel=any_channel,
+            timeout=timeout,
+            worker_id=worker_id,
+        )
 
     def access(self) -> Access:
         return self._wait_access()
@@ -310,16 +317,16 @@ class FinishAndDequeue(WaitingOperation):
     result: JsonText = JsonText("null")
 
     def checked(self) -> FinishAndDequeue:
-        op = self._checked_wait()
+        types, channels, any_channel, timeout, worker_id = self._checked_wait()
         return FinishAndDequeue(
             job_id=v.check_uuid(self.job_id, "job_id"),
             token=v.check_optional_uuid(self.token, "token"),
             result=self.result,
-            job_types=op.job_types,
-            channels=op.channels,
-            any_channel=op.any_channel,
-            timeout=op.timeout,
-            worker_id=op.worker_id,
+            job_types=types,
+            channels=channels,
+            any_channel=any_channel,
+            timeout=timeout,
+            worker_id=worker_id,
         )
 
     def access(self) -> Access:
@@ -395,6 +402,13 @@ class FinishJob(_TokenOperation[None, None]):
     SETTLES = True
 
     result: JsonText = JsonText("null")
+
+    def checked(self) -> FinishJob:
+        return FinishJob(
+            job_id=v.check_uuid(self.job_id, "job_id"),
+            token=v.check_optional_uuid(self.token, "token"),
+            result=self.result,
+        )
 
     def apply(self, state: QueueState, scope: Scope) -> None:
         state.check_token(self.job_id, self.token)
