@@ -354,3 +354,16 @@ def test_fuzz_one_field_of_a_valid_message(sample: w.Message, field: str, value:
     obj = orjson.loads(w.encode(sample))
     obj[field] = value
     check_decode_is_total(json.dumps(obj))
+
+
+def test_the_wire_converter_is_built_on_first_use_from_the_app_converter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Celsius:
+        def __init__(self, degrees: float) -> None:
+            self.degrees = degrees
+
+    monkeypatch.setattr(w, "_converter", None)
+    actorq.converter.register_unstructure_hook(Celsius, lambda c: {"celsius": c.degrees})
+    assert w.unstructure_value([Celsius(21.5)]) == [{"celsius": 21.5}]
+    assert w._converter is not None

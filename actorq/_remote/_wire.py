@@ -2,7 +2,7 @@
 
 Every message is a JSON object in one websocket text frame, with a ``"kind"``
 field naming its class. The classes below are attrs classes, (un)structured by
-one cattrs converter (:data:`wire_converter`, derived from
+one cattrs converter (:func:`wire_converter`, derived from
 :data:`actorq.converter`) through a tagged union on ``"kind"``. Nothing here
 does I/O: the server and the client call :func:`encode` and :func:`decode`,
 and map errors with :func:`error_reply` and :func:`exception_from_reply`.
@@ -318,8 +318,20 @@ def _make_converter() -> cattrs.Converter:
     return conv
 
 
-wire_converter: Final[cattrs.Converter] = _make_converter()
-"""The one converter for wire messages: strict (no coercion, no extra keys)."""
+_converter: cattrs.Converter | None = None
+
+
+def wire_converter() -> cattrs.Converter:
+    """The one converter for wire messages: strict (no coercion, no extra keys).
+
+    Derived from :data:`actorq.converter` on first use, not at import: importing
+    actorq stays cheap, and hooks a program registers on :data:`actorq.converter`
+    before it first talks to a server reach the wire too.
+    """
+    global _converter
+    if _converter is None:
+        _converter = _make_converter()
+    return _converter
 
 
 # ------------------------------------------------------------------ codec
@@ -336,9 +348,9 @@ def encode(message: Message) -> str:
     try:
         if type(message) is Request:
             op = message.op
-            body = wire_converter.unstructure(op, type(op))
+            body = wire_converter().unstructure(op, type(op))
             return orjson.dumps({"kind": op.NAME, "id": message.id, **body}).decode()
-        return orjson.dumps(wire_converter.unstructure(message, Message)).decode()
+        return orjson.dumps(wire_converter().unstructure(message, Message)).decode()
     except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
         raise TypeError(f"cannot encode {message.KIND} message: {exc}") from None
 
@@ -385,10 +397,10 @@ def decode(
         if operation is not None:
             del obj["kind"]
             obj.pop("id", None)
-            op = wire_converter.structure(obj, operation)
+            op = wire_converter().structure(obj, operation)
             message: Message = Request(id=-1 if request_id is None else request_id, op=op)
         else:
-            message = wire_converter.structure(obj, Message)
+            message = wire_converter().structure(obj, Message)
     except Exception as exc:
         reason = "bad_uuid" if _contains(exc, _BadUUID) else "bad_field"
         raise ProtocolError(f"bad {kind} message: {_describe(exc)}", reason, request_id) from None
@@ -415,7 +427,7 @@ def _describe(exc: BaseException) -> str:
 def structure_value(value: object, cls: type[T] | Any) -> T:
     """Structure a reply's ``value`` as ``cls`` strictly, or raise :class:`ProtocolError`."""
     try:
-        out: T = wire_converter.structure(value, cls)
+        out: T = wire_converter().structure(value, cls)
     except Exception as exc:
         raise ProtocolError(f"bad reply value: {_describe(exc)}", "bad_field") from None
     return out
@@ -423,7 +435,7 @@ def structure_value(value: object, cls: type[T] | Any) -> T:
 
 def unstructure_value(value: object) -> Any:
     """A return value (UUID, model class, list of them...) as a JSON-ready value."""
-    return wire_converter.unstructure(value)
+    return wire_converter().unstructure(value)
 
 
 # --------------------------------------------------------------- errors
