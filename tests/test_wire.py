@@ -9,8 +9,10 @@ map to the same exception classes on both sides.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -367,3 +369,23 @@ def test_the_wire_converter_is_built_on_first_use_from_the_app_converter(
     actorq.converter.register_unstructure_hook(Celsius, lambda c: {"celsius": c.degrees})
     assert w.unstructure_value([Celsius(21.5)]) == [{"celsius": 21.5}]
     assert w._converter is not None
+
+
+def test_the_protocol_document_lists_every_operation_with_its_fields() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[2].startswith("`"):
+            rows[cells[0].strip("`")] = re.findall(r"`([a-z_]+)`", cells[1])
+    requests = {kind: names for kind, names in rows.items() if kind in ops.OPERATIONS}
+    assert set(requests) == set(ops.OPERATIONS)
+
+    def fields(kind: str) -> set[str]:
+        return {a.name for a in attrs.fields(ops.OPERATIONS[kind])}
+
+    for kind, names in requests.items():
+        documented: set[str] = set()
+        for name in names:
+            documented |= fields(name) if name in ops.OPERATIONS else {name}
+        assert documented == fields(kind), kind
