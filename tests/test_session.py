@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actorq
+from actorq._core import _ops as ops
 from actorq._remote import _session as s
 from actorq._remote import _wire as w
 
@@ -70,11 +71,11 @@ def send_request(client: Client, server: Server, make: Any, waiter: str = "w") -
 
 
 def stats(i: int) -> w.Message:
-    return w.GetStats(id=i)
+    return w.Request(id=i, op=ops.GetStats())
 
 
 def dequeue(i: int) -> w.Message:
-    return w.Dequeue(id=i, job_types=["t"])
+    return w.Request(id=i, op=ops.Dequeue(job_types=("t",)))
 
 
 # --------------------------------------------------------------- hello
@@ -110,7 +111,7 @@ def test_newest_common_version_is_chosen() -> None:
 @pytest.mark.parametrize(
     ("first", "reason"),
     [
-        (w.encode(w.GetStats(id=1)), "hello_expected"),
+        (w.encode(stats(1)), "hello_expected"),
         (w.encode(w.Cancel(id=1)), "hello_expected"),
         (w.encode(w.Ok(id=1)), "hello_expected"),
         ("{not json", "bad_json"),
@@ -211,7 +212,8 @@ def test_no_request_before_welcome_nor_a_second_hello() -> None:
 def test_request_and_reply_round_trip() -> None:
     client, server, _ = connected()
     request = send_request(client, server, stats, "waiter")
-    assert isinstance(request.message, w.GetStats)
+    assert isinstance(request.message, w.Request)
+    assert isinstance(request.message.op, ops.GetStats)
     assert server.in_flight == client.in_flight == 1
     text = w.encode(w.Ok(id=request.id, value={"jobs": 0}))
     frame = server.reply(request, text)
@@ -237,8 +239,8 @@ def test_replies_come_back_in_any_order() -> None:
 
 def test_duplicate_and_out_of_range_ids() -> None:
     _, server, _ = connected()
-    assert isinstance(server.receive(w.encode(w.GetStats(id=3))), s.Request)
-    event = server.receive(w.encode(w.GetStats(id=3)))
+    assert isinstance(server.receive(w.encode(stats(3))), s.Request)
+    event = server.receive(w.encode(stats(3)))
     assert isinstance(event, s.Send)
     assert (frame_of(event)["id"], frame_of(event)["reason"]) == (3, "duplicate_id")
     for bad in (-1, 2**53, 1.5, "7", None):
@@ -287,7 +289,7 @@ def test_a_cancelled_request_gets_no_reply() -> None:
     with pytest.raises(s.SessionError):
         server.reply(request, w.encode(w.Ok(id=request.id)))
     # the id may be used again at once, and that request is served normally
-    again = server.receive(w.encode(w.GetStats(id=request.id)))
+    again = server.receive(w.encode(stats(request.id)))
     assert isinstance(again, s.Request) and again is not request
     assert server.reply(again, w.encode(w.Ok(id=request.id))) is not None
 
@@ -349,7 +351,7 @@ def test_binary_frames_close_with_1003() -> None:
 
 def test_oversize_frames_close_with_1009() -> None:
     _, server, _ = connected(server_session(max_message_size=1024))
-    event = server.receive(w.encode(w.Enqueue(id=1, job_type="t", args="x" * 2000)))
+    event = server.receive(w.encode(w.Request(id=1, op=ops.Enqueue(job_type="x" * 2000))))
     assert isinstance(event, s.Close) and event.code == s.CLOSE_TOO_BIG
     assert frame_of(event)["reason"] == "oversize"
 
@@ -357,7 +359,7 @@ def test_oversize_frames_close_with_1009() -> None:
 def test_requests_larger_than_the_server_accepts_are_refused_before_sending() -> None:
     client, _, _ = connected(server_session(max_message_size=1024))
     with pytest.raises(actorq.ProtocolError) as info:
-        client.prepare(lambda i: w.Enqueue(id=i, job_type="t", args="x" * 2000))
+        client.prepare(lambda i: w.Request(id=i, op=ops.Enqueue(job_type="x" * 2000)))
     assert info.value.reason == "oversize"
     assert client.in_flight == 0
 
@@ -388,7 +390,7 @@ def test_first_close_wins() -> None:
     assert server.close(s.CLOSE_NOT_READING, "client does not read its replies").code == 1008
     assert server.close(s.CLOSE_GOING_AWAY, "server shutting down").code == 1008
     assert (server.close_code, server.close_reason) == (1008, "client does not read its replies")
-    assert server.receive(w.encode(w.GetStats(id=1))) is None
+    assert server.receive(w.encode(stats(1))) is None
 
 
 def test_client_turns_every_ending_into_one_error() -> None:
@@ -427,8 +429,8 @@ def test_bad_options() -> None:
 MAX_IN_FLIGHT = 3
 ids = st.integers(min_value=0, max_value=6)
 valid_frames = st.one_of(
-    ids.map(lambda i: w.encode(w.GetStats(id=i))),
-    ids.map(lambda i: w.encode(w.Dequeue(id=i, job_types=["t"]))),
+    ids.map(lambda i: w.encode(stats(i))),
+    ids.map(lambda i: w.encode(dequeue(i))),
     ids.map(lambda i: w.encode(w.Cancel(id=i))),
     ids.map(lambda i: w.encode(w.Release(id=i, job_id=U1, token=U2))),
     ids.map(lambda i: w.encode(w.Hello(id=i, versions=[1], token="tok"))),
