@@ -324,6 +324,37 @@ async def test_client_releases_a_job_that_crosses_its_cancel(
     assert (release.job_id, release.token) == (job.id, job.token)
 
 
+async def test_a_server_that_breaks_the_protocol_ends_the_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A fake server answers a request the client never sent: every call
+    # waiting on the connection fails with one error, and so do later calls.
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+
+    async def fake_server() -> None:
+        from trio_websocket import wrap_server_stream
+
+        async with trio.open_nursery() as nursery:
+            request = await wrap_server_stream(nursery, server_stream)
+            ws = await request.accept()
+            hello = w.decode(await ws.get_message())
+            await ws.send_message(w.encode(w.Welcome(id=hello.id, version=1, max_in_flight=4)))
+            await ws.get_message()  # the dequeue, never answered
+            await ws.send_message(w.encode(w.Ok(id=999)))
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake_server)
+        async with connect_stream(client_stream, heartbeat_interval=None) as remote:
+            with trio.fail_after(5), pytest.raises(actorq.QueueClosedError) as info:
+                await remote.dequeue(["t"])
+            assert "broke the protocol" in str(info.value)
+            assert remote.closed
+            with pytest.raises(actorq.QueueClosedError):
+                await remote.stats()
+        nursery.cancel_scope.cancel()
+
+
 async def test_client_release_path_is_sound_against_the_real_server() -> None:
     # the same crossing, against the real server: the job comes back
     async with served() as (local, server), raw(server) as ws:

@@ -25,30 +25,6 @@ from uuid import UUID
 from .._core._errors import QueueClosedError
 from . import _wire as w
 
-__all__ = [
-    "CLOSE_BINARY",
-    "CLOSE_GOING_AWAY",
-    "CLOSE_HELLO_TIMEOUT",
-    "CLOSE_NORMAL",
-    "CLOSE_NOT_READING",
-    "CLOSE_PROTOCOL_ERROR",
-    "CLOSE_TOO_BIG",
-    "CLOSE_UNAUTHORIZED",
-    "CLOSE_UNSUPPORTED_VERSION",
-    "Broken",
-    "Cancelled",
-    "ClientSession",
-    "Close",
-    "Greeted",
-    "JobReleased",
-    "Reply",
-    "Request",
-    "Send",
-    "ServerSession",
-    "SessionError",
-    "Stray",
-]
-
 # Close codes (RFC 6455 section 7.4; 4000-4999 are the protocol's own).
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
@@ -79,9 +55,8 @@ class SessionError(RuntimeError):
 
 
 # ------------------------------------------------------------------ events
-#
-# Plain slotted classes rather than attrs ones: one is made per message on the
-# hot path, and a bare __init__ is the cheapest way to make it.
+# Plain slotted classes rather than attrs ones: one is made per message, and a
+# bare __init__ is the cheapest way to make it.
 
 
 class Send:
@@ -261,8 +236,9 @@ class ServerSession(Generic[G]):
     def receive(self, frame: str | bytes) -> ServerEvent[G]:
         """The event for one received frame (text, or bytes for a binary frame).
 
-        Never raises. ``None`` means there is nothing to do (a cancel for a
-        request no longer open, or a frame that arrived after a close).
+        Raises nothing but what ``authenticate`` raises. ``None`` means there
+        is nothing to do (a cancel for a request no longer open, or a frame
+        that arrived after a close).
         """
         if self._state != _OPEN:
             if self._state == _HELLO:
@@ -466,6 +442,7 @@ class ClientSession(Generic[W]):
 
     @property
     def greeted(self) -> bool:
+        """True once the server's welcome was accepted."""
         return self.version != 0
 
     def hello(
