@@ -53,6 +53,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .._core._errors import StoreError
 from .._core._records import Changes, JobRecord, WorkerRecord
+from ._threads import run_sync
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "store_from_url"]
 
@@ -384,7 +385,7 @@ class PostgresStore:
 
     async def commit(self, changes: Changes) -> None:
         """Write ``changes`` in one transaction that also checks the fencing epoch."""
-        await trio.to_thread.run_sync(self.commit_blocking, changes, limiter=self._limiter)
+        await run_sync(self.commit_blocking, changes, limiter=self._limiter)
 
     async def watch(self) -> None:
         """Return never; raise :class:`~actorq.StoreError` once the leadership is lost."""
@@ -721,7 +722,7 @@ class PostgresStore:
         return query
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        return await run_sync(fn, limiter=self._limiter)
 
 
 def _idle_and_alive(conn: psycopg.Connection[Any]) -> bool:

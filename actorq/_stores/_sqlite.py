@@ -7,8 +7,9 @@ mode with ``synchronous=FULL``, so a commit that returned has been fsynced:
 it survives a crash of the process and, as far as the disk honours fsync, of
 the machine. See ``docs/durability.md`` for the whole promise.
 
-Every database call runs on a worker thread (:func:`trio.to_thread.run_sync`)
-so the event loop never waits on the disk. There is one connection per
+Every database call runs on a worker thread (through
+:func:`actorq._stores._threads.run_sync`, which keeps a mock clock still
+meanwhile) so the event loop never waits on the disk. There is one connection per
 store, and one call at a time uses it.
 
 The connection holds SQLite's exclusive lock from open to close: a second
@@ -40,6 +41,7 @@ import trio
 
 from .._core._errors import StoreError
 from .._core._records import Changes, JobRecord, WorkerRecord
+from ._threads import run_sync
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -387,6 +389,13 @@ class SqliteStore:
             return
         await self._run(self._commit_sync, changes)
 
+    async def watch(self) -> None:
+        """Wait forever: the file's exclusive lock keeps this store the only writer.
+
+        Returns only by cancellation (when the queue closes).
+        """
+        await trio.sleep_forever()
+
     async def close(self) -> None:
         """Close the database, releasing its lock. Waits for a write in flight; idempotent."""
         await self._run(self._close_sync)
@@ -394,7 +403,7 @@ class SqliteStore:
     # --------------------------------------------------------------- threads
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        return await run_sync(fn, *args, limiter=self._limiter)
 
     def _open_sync(self) -> sqlite3.Connection:
         self._close_sync()
