@@ -46,8 +46,8 @@ async def reopened(path: Path, **options: Any) -> AsyncIterator[actorq.LocalQueu
     """A queue on the file at ``path``, without maintenance.
 
     These tests check what the store keeps, so nothing may change the queue
-    behind their back: the heartbeat reaper would, once MockClock jumps while
-    a commit runs on its thread.
+    behind their back: the heartbeat reaper would, in the tests that let
+    (mock) hours pass.
     """
     options.setdefault("maintenance", None)
     async with actorq.open_queue(url(path), **options) as queue:

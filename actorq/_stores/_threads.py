@@ -74,8 +74,10 @@ async def run_sync(
     """Run ``fn(*args)`` on a worker thread and return its result (or raise its error).
 
     As :func:`trio.to_thread.run_sync` without ``abandon_on_cancel``: a
-    cancellation that arrives while ``fn`` runs takes effect once it has
-    returned, so the thread never outlives the call. ``limiter`` bounds the
+    cancellation that arrives while ``fn`` runs does not interrupt it; the
+    call returns ``fn``'s result (or raises its error) and the cancellation
+    takes effect at the caller's next checkpoint, so the thread never
+    outlives the call. ``limiter`` bounds the
     threads as there. Under a :class:`trio.testing.MockClock`, autojump is
     suspended for the whole call (see the module's documentation).
     """
