@@ -28,7 +28,7 @@ import actorq
 from actorq import CanceledError, NotExistError, QueueClosedError, StoreError
 from actorq._core._records import Changes, JobRecord, WorkerRecord
 from actorq._core._state import QueueState
-from actorq._stores import _sqlite
+from actorq._stores import _sqlite, _sqlite_rows, _sqlite_schema
 from actorq._stores._sqlite import SqliteStore, decode_time, encode_time, store_from_url
 
 
@@ -231,7 +231,7 @@ def test_fast_time_decoding_is_exact_up_to_its_limit() -> None:
     # the float fast path is exact while half an ulp stays under half a
     # microsecond: check the top of its range hardest, and both sides of it
     rng = random.Random(7)
-    limit = _sqlite._FAST_TIME_LIMIT
+    limit = _sqlite_rows._FAST_TIME_LIMIT
     samples = [limit - 1, limit, limit + 1, 0, 1, 999_999, 10**6]
     samples += [rng.randrange(limit // 2, limit) for _ in range(20_000)]
     samples += [rng.randrange(0, limit) for _ in range(5_000)]
@@ -319,11 +319,11 @@ async def test_older_schema_is_migrated_in_one_transaction(
     path = tmp_path / "q.db"
     async with reopened(path) as queue:
         job_id = await queue.enqueue("t", {"x": 1})
-    version = _sqlite.SCHEMA_VERSION
+    version = _sqlite_schema.SCHEMA_VERSION
 
-    broken = (*_sqlite._MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT", "NOT SQL"))
-    monkeypatch.setattr(_sqlite, "_MIGRATIONS", broken)
-    monkeypatch.setattr(_sqlite, "SCHEMA_VERSION", version + 1)
+    broken = (*_sqlite_schema._MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT", "NOT SQL"))
+    monkeypatch.setattr(_sqlite_schema, "_MIGRATIONS", broken)
+    monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", version + 1)
     with pytest.raises(StoreError, match=f"from version {version}"):
         async with reopened(path):
             pass
@@ -332,8 +332,8 @@ async def test_older_schema_is_migrated_in_one_transaction(
         columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
         assert "note" not in columns
 
-    fixed = (*_sqlite._MIGRATIONS[:version], ("ALTER TABLE jobs ADD COLUMN note TEXT",))
-    monkeypatch.setattr(_sqlite, "_MIGRATIONS", fixed)
+    fixed = (*_sqlite_schema._MIGRATIONS[:version], ("ALTER TABLE jobs ADD COLUMN note TEXT",))
+    monkeypatch.setattr(_sqlite_schema, "_MIGRATIONS", fixed)
     async with reopened(path) as queue:
         assert (await queue.job(job_id)).args == {"x": 1}
         await queue.enqueue("t")
