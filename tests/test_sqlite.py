@@ -508,3 +508,56 @@ async def test_commit_after_a_failed_commit_is_refused(tmp_path: Path) -> None:
     jobs, _ = await store.load()  # a reload starts over from the file
     assert [r.seq for r in jobs] == [1]
     await store.close()
+
+
+# ------------------------------------------------------------------ the protocol
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_watch_waits_until_the_queue_closes(
+    kind: str, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # a store that alone owns its records never loses the right to write
+    store: actorq.Store = (
+        SqliteStore(tmp_path / "q.db") if kind == "sqlite" else actorq.MemoryStore()
+    )
+    await store.load()
+    with trio.move_on_after(7 * 24 * 3600) as scope:
+        await store.watch()
+    assert scope.cancelled_caught
+    await store.close()
+
+
+async def test_a_store_without_watch_is_refused(tmp_path: Path) -> None:
+    class NoWatch:
+        async def load(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
+            return [], []
+
+        async def commit(self, changes: Changes) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="Store"):
+        async with actorq.open_queue(NoWatch()):  # type: ignore[arg-type]
+            pass
+
+
+async def test_a_store_whose_watch_raises_stops_the_queue(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    lost = trio.Event()
+
+    class Deposable(SqliteStore):
+        async def watch(self) -> None:
+            await lost.wait()
+            raise StoreError("another process writes now")
+
+    served: list[uuid.UUID] = []
+    with pytest.RaisesGroup(pytest.RaisesExc(StoreError, match="another process")):
+        async with actorq.open_queue(Deposable(tmp_path / "q.db"), maintenance=None) as queue:
+            served.append(await queue.enqueue("t"))
+            lost.set()
+            await trio.sleep_forever()  # the queue's failure cancels this
+    assert len(served) == 1
