@@ -119,7 +119,8 @@ class ReopeningQueue:
                     else:
                         self._line.remove(turn)
                     raise
-            # The next in line runs only after this call has posted its request.
+            # Wake the next in line: it runs only once this task yields, and
+            # this call posts its request before it first yields.
             self._pass_on()
             assert self._queue is not None
             return await getattr(self._queue, name)(*args, **kwargs)
