@@ -29,6 +29,7 @@ from .._core._models import (
 )
 from .._core._records import Assignment
 from .._core._state import QueueState
+from .._core._unwrap import ErrorPolicy
 from .._stores._base import Store
 from ._maintenance import Maintainer, Maintenance
 from ._metrics import QueueMetrics, instrument, state_class
@@ -345,6 +346,13 @@ async def open_queue(
 
     On exit the actor stops; blocked dequeuers and later calls raise
     :class:`QueueClosedError`.
+
+    Errors (``docs/errors.md``): an exception raised in the block comes out
+    as itself, never in an exception group. If one of the queue's own tasks
+    fails (the scheduler, the store's watch, maintenance), the block is
+    cancelled and the failure comes out as a :class:`JobQueueError`: the
+    task's own one (a :class:`StoreError`, say), or a
+    :class:`QueueClosedError` whose ``__cause__`` is what the task raised.
     """
     wall = clock or utc_now
     sample = wall()
@@ -363,8 +371,9 @@ async def open_queue(
     scheduler = Scheduler(state, resolved, max_batch=max_batch)
     queue = LocalQueue(scheduler)
     uninstrument = instrument(state, scheduler, metrics)
+    policy = ErrorPolicy("the queue")
     try:
-        async with trio.open_nursery() as nursery:
+        async with policy, trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
             # A store that can lose the right to write (a PostgreSQL leader
             # that was deposed) has a watch() that raises when it does: the
@@ -375,7 +384,8 @@ async def open_queue(
             if maintenance is not None:
                 await nursery.start(Maintainer(queue, maintenance, wall).run)
             try:
-                yield queue
+                with policy.user():
+                    yield queue
             finally:
                 nursery.cancel_scope.cancel()
     finally:

@@ -37,6 +37,7 @@ from .._core._models import DequeuedJob, JobState
 from .._core._protocol import JobQueue
 from .._core._records import Assignment
 from .._core._state import QueueState
+from .._core._unwrap import ErrorPolicy
 from . import _wire as w
 
 __all__ = ["QueueServer", "ServableQueue", "serve"]
@@ -313,6 +314,15 @@ async def serve(
     enqueue to, dequeue from and see jobs of. ``max_message_size`` (characters)
     bounds every frame both ways; ``max_in_flight`` bounds the requests one
     connection may have open (more get a ``too_many_requests`` error).
+
+    Errors (``docs/errors.md``): no request, client or :class:`Exception`
+    raised by ``queue`` stops the server; each ends one request or one
+    connection. A failure to bind raises :class:`OSError` before serving
+    starts. A failure of the server's own tasks (a listener, a bug) comes out
+    as a :class:`JobQueueError` (untyped ones as a :class:`QueueClosedError`
+    whose ``__cause__`` is the original), never in an exception group; a
+    :class:`BaseException` that is not an :class:`Exception` (``SystemExit``
+    raised by ``queue``, say) comes out as itself.
     """
     server = QueueServer(
         queue,
@@ -329,7 +339,8 @@ async def serve(
         listeners = await trio.open_ssl_over_tcp_listeners(
             port, ssl_context, host=host, https_compatible=True
         )
-    await server.run(listeners, task_status=task_status)
+    with ErrorPolicy("the server"):
+        await server.run(listeners, task_status=task_status)
 
 
 @attrs.define(eq=False)
