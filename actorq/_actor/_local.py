@@ -354,9 +354,18 @@ async def open_queue(
     task's own one (a :class:`StoreError`, say), or a
     :class:`QueueClosedError` whose ``__cause__`` is what the task raised.
     """
+    if clock is not None and not callable(clock):
+        raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+    max_batch = v.check_int(max_batch, "max_batch", minimum=1)
+    if maintenance is not None and not isinstance(maintenance, Maintenance):
+        raise TypeError(f"maintenance must be a Maintenance, not {type(maintenance).__name__}")
+    if metrics is not None and not isinstance(metrics, QueueMetrics):
+        raise TypeError(f"metrics must be a QueueMetrics, not {type(metrics).__name__}")
     wall = clock or utc_now
     sample = wall()
-    if not isinstance(sample, datetime) or sample.tzinfo is None:
+    if not isinstance(sample, datetime):
+        raise TypeError(f"clock must return datetimes, not {type(sample).__name__}")
+    if sample.tzinfo is None:
         raise ValueError("clock must return timezone-aware datetimes")
     resolved = resolve_store(store)
     state_cls = state_class(metrics)

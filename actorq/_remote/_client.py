@@ -641,7 +641,11 @@ def _handshake_errors() -> Iterator[None]:
         raise QueueClosedError(f"the websocket handshake failed: {exc!r}") from exc
 
 
-def _check_options(heartbeat_interval: float | None, max_message_size: int) -> None:
+def _check_options(
+    heartbeat_interval: float | None, max_message_size: int, token: str | None
+) -> None:
+    if token is not None:
+        v.check_str(token, "token")
     if heartbeat_interval is not None:
         seconds = v.check_seconds(heartbeat_interval, "heartbeat_interval")
         if seconds == 0:
@@ -771,7 +775,11 @@ async def connect(
     tasks comes out as a :class:`JobQueueError` (untyped ones as a
     :class:`QueueClosedError` whose ``__cause__`` is the original).
     """
-    _check_options(heartbeat_interval, max_message_size)
+    _check_options(heartbeat_interval, max_message_size, token)
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
+    if isinstance(url, bytes) or not isinstance(url, str | Sequence):
+        raise TypeError(f"url must be a str or a sequence of str, not {type(url).__name__}")
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
         raise ValueError("url must name at least one server")
@@ -818,7 +826,11 @@ async def connect_stream(
     """Like :func:`connect`, over an already open trio stream (tests use
     :func:`trio.testing.memory_stream_pair`). The stream is closed on exit.
     Errors follow the same policy as :func:`connect`."""
-    _check_options(heartbeat_interval, max_message_size)
+    _check_options(heartbeat_interval, max_message_size, token)
+    if not isinstance(stream, trio.abc.Stream):
+        raise TypeError(f"stream must be a trio.abc.Stream, not {type(stream).__name__}")
+    host = v.check_str(host, "host")
+    resource = v.check_str(resource, "resource")
     async with _open_session(
         stream,
         host,

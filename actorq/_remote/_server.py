@@ -149,8 +149,12 @@ class QueueServer:
         self.queue = queue
         self._auth = None if auth is None else auth.encode()
         self._tenants: list[tuple[bytes, frozenset[str]]] = []
+        if tenants is not None and not isinstance(tenants, Mapping):
+            raise TypeError(f"tenants must be a mapping, not {type(tenants).__name__}")
         for token, channels in (tenants or {}).items():
-            if not isinstance(token, str) or not token:
+            if not isinstance(token, str):
+                raise TypeError(f"tenant tokens must be str, not {type(token).__name__}")
+            if not token:
                 raise ValueError("tenant tokens must be non-empty strings")
             names = v.check_strings(channels, "tenant channels", allow_empty_items=True)
             self._tenants.append((token.encode(), frozenset(names)))
@@ -324,6 +328,13 @@ async def serve(
     :class:`BaseException` that is not an :class:`Exception` (``SystemExit``
     raised by ``queue``, say) comes out as itself.
     """
+    if host is not None:
+        v.check_str(host, "host")
+    port = v.check_int(port, "port", minimum=0)
+    if port > 65535:
+        raise ValueError(f"port must be <= 65535, not {port}")
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
     server = QueueServer(
         queue,
         auth=auth,

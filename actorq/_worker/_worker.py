@@ -70,7 +70,9 @@ class Worker:
     grace period of :meth:`shutdown`; ``max_retries`` bounds the requeues of a
     job interrupted by shutdown (past it, the job finishes with an error
     result). ``name`` (for logs) and ``arch`` (registered with the queue)
-    default to this host and process.
+    default to this host and process. An option of the wrong type raises
+    :class:`TypeError`, a wrong value :class:`ValueError`; intervals and
+    timeouts must be > 0 seconds, ``grace`` >= 0.
 
     Register handlers with :meth:`handler` before :meth:`run`::
 
@@ -102,11 +104,16 @@ class Worker:
         name: str | None = None,
         arch: str | None = None,
     ) -> None:
+        if not isinstance(queue, JobQueue):
+            raise TypeError(f"queue must be a JobQueue, not {type(queue).__name__}")
         self.queue = queue
         self.channels: tuple[str, ...] | None = (
             None
             if channels is None
-            else v.check_strings(channels, "channels", allow_empty_items=True)
+            else tuple(
+                v.check_channel(c)
+                for c in v.check_strings(channels, "channels", allow_empty_items=True)
+            )
         )
         self.concurrency = v.check_int(concurrency, "concurrency", minimum=1)
         self.heartbeat_interval = v.check_positive_seconds(heartbeat_interval, "heartbeat_interval")
