@@ -303,9 +303,13 @@ async def test_worker_run_lets_a_handlers_exit_out_as_itself(autojump_clock: Moc
         async def exit_now(job: actorq.Job) -> None:
             sys.exit(3)
 
-        await queue.enqueue("t")
+        job_id = await queue.enqueue("t")
         with pytest.raises(SystemExit) as info:
             await worker.run()
+        # the interrupted job went back, and the worker deregistered
+        status = await queue.job_status(job_id)
+        assert (status.state, status.retries) == (actorq.JobState.PENDING, 1)
+        assert await queue.workers() == []
     assert info.value.code == 3
     assert raised_here(info, "exit_now")
 

@@ -449,7 +449,13 @@ class Worker:
                         extra=self._job_extra(run.job, "handler_failed"),
                     )
                 except BaseException as exc:
-                    self._errors.record_user(exc)
+                    if not isinstance(exc, trio.Cancelled):
+                        # this stops the worker: take no more jobs, not even
+                        # the one being requeued now
+                        self._errors.record_user(exc)
+                        self._stopping = True
+                        if self._dequeue_scope is not None:
+                            self._dequeue_scope.cancel()
                     raise
                 run.has_result = True
             nursery.cancel_scope.cancel()
