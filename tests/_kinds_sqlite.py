@@ -151,7 +151,7 @@ class ReopeningQueue:
                 self._cycle = trio.Event()
                 # Let the old actor apply what was posted without a reply
                 # (a withdrawn wait, a job given back) before it stops.
-                await queue.call(lambda state: None)
+                await queue._call(lambda state: None)
                 clocks = _get_clocks(queue)
             self.reopens += 1
 
@@ -237,7 +237,7 @@ class ReopeningQueue:
 
 
 def _get_clocks(queue: actorq.LocalQueue) -> tuple[dict[UUID, float], dict[UUID, float]]:
-    state = queue.scheduler.state
+    state = queue._scheduler.state
     jobs = {job_id: job.heartbeat for job_id, job in state._jobs.items()}
     workers = {worker_id: worker.heartbeat for worker_id, worker in state._workers.items()}
     return jobs, workers
@@ -246,7 +246,7 @@ def _get_clocks(queue: actorq.LocalQueue) -> tuple[dict[UUID, float], dict[UUID,
 def _set_clocks(
     queue: actorq.LocalQueue, clocks: tuple[dict[UUID, float], dict[UUID, float]]
 ) -> None:
-    state = queue.scheduler.state
+    state = queue._scheduler.state
     jobs, workers = clocks
     for job_id, beat in jobs.items():
         if job_id in state._jobs:

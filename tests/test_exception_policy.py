@@ -97,16 +97,16 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
 
 
 class ExitingQueue:
-    """A queue whose every scheduler call runs ``sys.exit(3)``."""
+    """A servable queue whose every operation runs ``sys.exit(3)``."""
 
     def __init__(self, inner: actorq.LocalQueue) -> None:
         self.inner = inner
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def call(self, fn: Any) -> Any:
+    async def execute(self, op: Any, *, scope: Any = None) -> Any:
         sys.exit(3)
+
+    def release(self, job: actorq.DequeuedJob) -> None:
+        self.inner.release(job)
 
 
 class BrokenDequeue:
@@ -259,7 +259,7 @@ async def test_serve_lets_a_non_exception_of_the_users_queue_out_as_itself(
 
     async def run_server(queue: ExitingQueue) -> None:
         try:
-            await actorq.serve(queue, "127.0.0.1", 0)  # type: ignore[arg-type]
+            await actorq.serve(queue, "127.0.0.1", 0)
         except BaseException as exc:  # recorded as it came out of serve
             errors.append(exc)
         served_out.set()

@@ -210,4 +210,4 @@ async def test_no_observer_when_nobody_listens(
     caplog.set_level(logging.WARNING, logger="actorq.jobs")
     caplog.set_level(logging.WARNING, logger="actorq.workers")
     async with actorq.open_queue() as q:  # no metrics, nobody listening: the plain core
-        assert type(q.scheduler.state) is actorq.QueueState
+        assert type(q._scheduler.state) is actorq.QueueState

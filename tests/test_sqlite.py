@@ -38,7 +38,7 @@ def url(path: Path) -> str:
 
 def snapshot(queue: actorq.LocalQueue) -> tuple[list[JobRecord], list[WorkerRecord]]:
     """Every durable field of every job and worker, as the queue holds them."""
-    return queue.scheduler.state.records()
+    return queue._scheduler.state.records()
 
 
 @asynccontextmanager
@@ -267,7 +267,7 @@ async def test_100k_jobs_with_dependencies_recover(tmp_path: Path) -> None:
             assert got is not None
 
     async with reopened(path) as queue:
-        await queue.call(build)
+        await queue._call(build)
         before = snapshot(queue)
         stats = await queue.stats()
     async with reopened(path) as queue:
@@ -281,7 +281,7 @@ async def test_100k_jobs_with_dependencies_recover(tmp_path: Path) -> None:
             for r in before[0]
             if r.started is None and not r.canceled and set(r.dependencies) <= finished
         ]
-        got = await queue.call(lambda s: [s.dequeue(("t", "u"), None) for _ in range(2000)])
+        got = await queue._call(lambda s: [s.dequeue(("t", "u"), None) for _ in range(2000)])
         assert [None if a is None else a.id for a in got] == ready[:2000]
 
 
@@ -474,7 +474,7 @@ async def test_a_failed_commit_writes_nothing_and_closes_the_queue(tmp_path: Pat
     with pytest.raises(StoreError, match="refused by trigger"):
         async with reopened(path) as queue:
             try:
-                outcome.append(await queue.call(two_jobs))
+                outcome.append(await queue._call(two_jobs))
             except QueueClosedError as exc:
                 outcome.append(exc)
     # the request was not acknowledged (if its requester heard anything at all)
