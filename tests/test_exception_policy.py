@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from trio.testing import MockClock
 
@@ -349,3 +350,32 @@ def test_policy_leaves_an_exception_that_is_no_group_alone() -> None:
         raise ValueError("bare")
     assert not hasattr(info.value, "__notes__")
     assert str(info.value) == "bare"
+
+
+def test_policy_gives_a_queue_error_in_the_users_code_the_internal_cause() -> None:
+    policy = ErrorPolicy("the queue")
+    closed = actorq.QueueClosedError("queue is closed")
+    mine = KeyError("mine")
+    policy.record_user(closed)
+    policy.record_user(mine)
+    internal = RuntimeError("scheduler bug")
+    assert policy.resolve(BaseExceptionGroup("", [internal, closed])) is closed
+    assert closed.__cause__ is internal
+    # the user's own exception keeps its (absent) cause, and only notes the failure
+    assert policy.resolve(BaseExceptionGroup("", [internal, mine])) is mine
+    assert mine.__cause__ is None
+    assert mine.__notes__ == ["actorq: meanwhile, also raised: RuntimeError('scheduler bug')"]
+
+
+async def test_policy_never_converts_a_cancellation() -> None:
+    caught: list[trio.Cancelled] = []
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled as exc:
+            caught.append(exc)
+            raise
+    policy = ErrorPolicy("the queue")
+    policy.record_user(caught[0])  # even from the user's code, it stays a cancellation
+    assert policy.resolve(BaseExceptionGroup("", caught)) is caught[0]

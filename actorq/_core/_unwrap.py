@@ -133,7 +133,7 @@ class ErrorPolicy:
             return group
         if (
             internal
-            and winner in user
+            and any(winner is e for e in user)
             and isinstance(winner, JobQueueError)
             and winner.__cause__ is None
         ):
