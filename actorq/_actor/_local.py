@@ -234,9 +234,8 @@ async def open_queue(
             # A store that can lose the right to write (a PostgreSQL leader
             # that was deposed) has a watch() that raises when it does: the
             # queue must then stop serving at once, not at its next commit.
-            watch = getattr(resolved, "watch", None)
-            if watch is not None:
-                nursery.start_soon(watch)
+            if resolved is not None:
+                nursery.start_soon(resolved.watch)
             if maintenance is not None:
                 await nursery.start(Maintainer(queue, maintenance, wall).run)
             try:
