@@ -123,7 +123,7 @@ def test_the_documented_example_passes_on_sqlite(pytester: pytest.Pytester) -> N
 async def test_the_queue_is_on_sqlite(actorq_queue, tmp_path):
     await actorq_queue.enqueue("t")
     # the store holds the database's lock, so look at the file itself
-    assert (tmp_path / "queue.db").read_bytes()[:16] == b"SQLite format 3\x00"
+    assert (tmp_path / "queue.db").read_bytes()[:16] == b"SQLite format 3\\x00"
     assert (tmp_path / "queue.db-wal").stat().st_size > 0
 """,
     )
