@@ -108,6 +108,29 @@ def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=3)
 
 
+def docs_sqlite_conftest() -> str:
+    text = DOCS.read_text()
+    match = re.search(r"<!-- testing-sqlite-conftest -->\s*```python\n(.*?)```", text, re.S)
+    assert match, "docs/operations.md lost its SQLite conftest"
+    return match.group(1)
+
+
+def test_the_documented_example_passes_on_sqlite(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(docs_sqlite_conftest())
+    pytester.makepyfile(
+        test_example=docs_example(),
+        test_on_sqlite="""
+async def test_the_queue_is_on_sqlite(actorq_queue, tmp_path):
+    await actorq_queue.enqueue("t")
+    # the store holds the database's lock, so look at the file itself
+    assert (tmp_path / "queue.db").read_bytes()[:16] == b"SQLite format 3\\x00"
+    assert (tmp_path / "queue.db-wal").stat().st_size > 0
+""",
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+
+
 def test_maintenance_can_be_overridden(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
