@@ -31,7 +31,7 @@ from .._core._records import Assignment
 from .._core._state import QueueState
 from .._stores._base import Store
 from ._maintenance import Maintainer, Maintenance
-from ._metrics import QueueMetrics, instrument, state_class
+from ._metrics import QueueMetrics, observe, wants_events
 from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
 
 __all__ = ["LocalQueue", "open_queue", "resolve_store", "utc_now"]
@@ -351,19 +351,25 @@ async def open_queue(
     if not isinstance(sample, datetime) or sample.tzinfo is None:
         raise ValueError("clock must return timezone-aware datetimes")
     resolved = resolve_store(store)
-    state_cls = state_class(metrics)
+    observed = wants_events(metrics)
     if resolved is None:
-        state = state_cls(wall=wall, monotonic=trio.current_time)
+        state = QueueState(wall=wall, monotonic=trio.current_time, track_events=observed)
     else:
         jobs, workers = await resolved.load()
-        state = state_cls.restore(
-            jobs, workers, wall=wall, monotonic=trio.current_time, track_changes=True
+        state = QueueState.restore(
+            jobs,
+            workers,
+            wall=wall,
+            monotonic=trio.current_time,
+            track_changes=True,
+            track_events=observed,
         )
         del jobs, workers  # the records are in the state now; don't hold them twice
     scheduler = Scheduler(state, resolved, max_batch=max_batch)
     queue = LocalQueue(scheduler)
-    uninstrument = instrument(state, scheduler, metrics)
+    unobserve: Callable[[], None] | None = None
     try:
+        unobserve = observe(state, scheduler, metrics)  # before the actor serves anything
         async with trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
             # A store that can lose the right to write (a PostgreSQL leader
@@ -379,7 +385,8 @@ async def open_queue(
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        uninstrument()
+        if unobserve is not None:
+            unobserve()
         if resolved is not None:
             with trio.CancelScope(shield=True):
                 await resolved.close()
