@@ -228,8 +228,8 @@ async def test_gauges_are_an_immutable_snapshot(autojump_clock: MockClock) -> No
         await q.enqueue("t")
         after = m.gauges
         assert after is not None and after is not before
-        assert before.ready == () and dict(before.jobs)["pending"] == 0
-        assert after.ready == (("t", "", 1),) and dict(after.jobs)["pending"] == 1
+        assert before.ready == () and before.pending == 0
+        assert after.ready == ((("t", ""), 1),) and after.pending == 1
     assert m.gauges is None
 
 

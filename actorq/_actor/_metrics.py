@@ -16,9 +16,10 @@ the scheduler actor hands each committed batch of them to its subscribers
   ``actorq.workers`` (``event``, ``worker_id``, and ``channel`` and ``arch``
   on registration).
 
-:func:`observe` connects them to a queue; the core records events only when
-one of them is wanted (:func:`wants_events`), so an unobserved queue pays
-nothing for them.
+:func:`observe` connects them to a queue: the metrics when it has any, the
+log when one of those loggers is enabled for INFO as it opens. The core
+records events only when one of them is wanted (:func:`wants_events`), so an
+unobserved queue pays nothing for them.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
-import attrs
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client import start_http_server as _start_http_server
@@ -177,22 +177,40 @@ class QueueMetrics:
         self._snapshot = None
 
 
-@attrs.frozen
-class GaugeSnapshot:
+class GaugeSnapshot(NamedTuple):
     """The gauges of one open queue at one moment; immutable, so any thread may read it.
 
-    ``jobs`` has a count for each job state (``pending`` includes
-    ``blocked``); ``ready`` is ``(type, channel, count)`` rows, a row staying
-    at 0 once its key had ready jobs.
+    Job counts by state (``pending`` includes ``blocked``); ``ready`` is the
+    queue depth as ``((type, channel), count)`` pairs, a pair staying at 0
+    once its key had ready jobs. A named tuple: one is made per batch.
     """
 
-    jobs: tuple[tuple[str, int], ...]
-    ready: tuple[tuple[str, str, int], ...]
+    pending: int
+    running: int
+    finished: int
+    canceled: int
     blocked: int
+    ready: tuple[tuple[Key, int], ...]
     waiting: int
     workers: int
     batches: int
     requests: int
+
+
+class _Children(dict[Key, Any]):
+    """The children of one labelled metric by (type, channel), made on first use.
+
+    ``labels()`` validates and locks on every call; the cached child is one
+    dict lookup.
+    """
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def __missing__(self, key: Key) -> Any:
+        child = self[key] = self._metric.labels(*key)
+        return child
 
 
 class MetricsSubscriber:
@@ -201,36 +219,46 @@ class MetricsSubscriber:
     A :data:`~actorq._actor._scheduler.Subscriber`: called in the actor's task
     with each committed batch. It keeps counts per job phase and per
     ``(type, channel)``, never per job, and publishes a new
-    :class:`GaugeSnapshot` after each batch.
+    :class:`GaugeSnapshot` after each batch; copying the queue depth costs
+    one tuple of its ``(type, channel)`` keys, only after a batch that
+    changed it.
     """
 
     def __init__(self, metrics: QueueMetrics, stats: QueueStats) -> None:
         self._m = metrics
-        self._phases = dict.fromkeys(Phase, 0)
-        self._phases[Phase.BLOCKED] = stats.blocked
-        self._phases[Phase.READY] = stats.pending - stats.blocked
-        self._phases[Phase.RUNNING] = stats.running
-        self._phases[Phase.FINISHED] = stats.finished
-        self._phases[Phase.CANCELED] = stats.canceled
+        self._enqueued = _Children(metrics.enqueued)
+        self._dequeued = _Children(metrics.dequeued)
+        self._finished_jobs = _Children(metrics.finished)
+        self._failed = _Children(metrics.failed)
+        self._canceled_jobs = _Children(metrics.canceled)
+        self._requeued = _Children(metrics.requeued)
+        self._dequeue_wait = _Children(metrics.dequeue_wait)
+        self._queue_latency = _Children(metrics.queue_latency)
+        self._run_time = _Children(metrics.run_time)
+        self._blocked = stats.blocked
+        self._running = stats.running
+        self._finished = stats.finished
+        self._canceled = stats.canceled
         self._ready: dict[Key, int] = {(t, c): n for t, c, n in stats.ready}
-        self._ready_rows: tuple[tuple[str, str, int], ...] = ()
+        self._ready_count = stats.pending - stats.blocked
+        self._ready_rows: tuple[tuple[Key, int], ...] = ()
         self._ready_changed = True
         self._workers = stats.workers
         self._waiting = stats.waiting_dequeuers
         self._batches = 0
         self._requests = 0
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
-            JobEnqueued: self._enqueued,
-            JobReady: self._readied,
-            JobStarted: self._started,
-            JobFinished: self._finished,
-            JobRequeued: self._requeued,
-            JobReleased: self._released,
-            JobCanceled: self._canceled,
-            JobDeleted: self._deleted,
-            WorkerSeen: self._worker_seen,
-            WorkerDeleted: self._worker_deleted,
-            Committed: self._committed,
+            JobEnqueued: self._on_enqueued,
+            JobReady: self._on_ready,
+            JobStarted: self._on_started,
+            JobFinished: self._on_finished,
+            JobRequeued: self._on_requeued,
+            JobReleased: self._on_released,
+            JobCanceled: self._on_canceled,
+            JobDeleted: self._on_deleted,
+            WorkerSeen: self._on_worker_seen,
+            WorkerDeleted: self._on_worker_deleted,
+            Committed: self._on_committed,
         }
         self._publish()
 
@@ -241,84 +269,100 @@ class MetricsSubscriber:
         self._publish()
 
     def _publish(self) -> None:
-        phases = self._phases
         if self._ready_changed:
-            self._ready_rows = tuple((t, c, n) for (t, c), n in self._ready.items())
+            self._ready_rows = tuple(self._ready.items())
             self._ready_changed = False
-        blocked = phases[Phase.BLOCKED]
         self._m._snapshot = GaugeSnapshot(
-            jobs=(
-                ("pending", blocked + phases[Phase.READY]),
-                ("running", phases[Phase.RUNNING]),
-                ("finished", phases[Phase.FINISHED]),
-                ("canceled", phases[Phase.CANCELED]),
-            ),
-            ready=self._ready_rows,
-            blocked=blocked,
-            waiting=self._waiting,
-            workers=self._workers,
-            batches=self._batches,
-            requests=self._requests,
+            self._blocked + self._ready_count,
+            self._running,
+            self._finished,
+            self._canceled,
+            self._blocked,
+            self._ready_rows,
+            self._waiting,
+            self._workers,
+            self._batches,
+            self._requests,
         )
 
-    def _move(self, key: Key, before: Phase | None, after: Phase | None) -> None:
-        if before is not None:
-            self._phases[before] -= 1
-            if before is Phase.READY:
-                self._ready[key] -= 1
-                self._ready_changed = True
-        if after is not None:
-            self._phases[after] += 1
-            if after is Phase.READY:
-                self._ready[key] = self._ready.get(key, 0) + 1
-                self._ready_changed = True
+    def _add_ready(self, key: Key) -> None:
+        ready = self._ready
+        ready[key] = ready.get(key, 0) + 1
+        self._ready_count += 1
+        self._ready_changed = True
 
-    def _enqueued(self, e: JobEnqueued) -> None:
-        self._m.enqueued.labels(e.job_type, e.channel).inc()
-        self._move((e.job_type, e.channel), None, Phase.READY if e.ready else Phase.BLOCKED)
+    def _leave(self, key: Key, phase: Phase) -> None:
+        if phase is Phase.READY:
+            self._ready[key] -= 1
+            self._ready_count -= 1
+            self._ready_changed = True
+        elif phase is Phase.RUNNING:
+            self._running -= 1
+        elif phase is Phase.BLOCKED:
+            self._blocked -= 1
+        elif phase is Phase.FINISHED:
+            self._finished -= 1
+        else:
+            self._canceled -= 1
 
-    def _readied(self, e: JobReady) -> None:
-        self._move((e.job_type, e.channel), Phase.BLOCKED, Phase.READY)
+    def _on_enqueued(self, e: JobEnqueued) -> None:
+        key = (e.job_type, e.channel)
+        self._enqueued[key].inc()
+        if e.ready:
+            self._add_ready(key)
+        else:
+            self._blocked += 1
 
-    def _started(self, e: JobStarted) -> None:
-        m = self._m
-        m.dequeued.labels(e.job_type, e.channel).inc()
-        m.dequeue_wait.labels(e.job_type, e.channel).observe(e.dequeue_wait)
+    def _on_ready(self, e: JobReady) -> None:
+        self._blocked -= 1
+        self._add_ready((e.job_type, e.channel))
+
+    def _on_started(self, e: JobStarted) -> None:
+        key = (e.job_type, e.channel)
+        self._dequeued[key].inc()
+        self._dequeue_wait[key].observe(e.dequeue_wait)
         if e.waited is not None:
-            m.queue_latency.labels(e.job_type, e.channel).observe(e.waited)
-        self._move((e.job_type, e.channel), Phase.READY, Phase.RUNNING)
+            self._queue_latency[key].observe(e.waited)
+        self._leave(key, Phase.READY)
+        self._running += 1
 
-    def _finished(self, e: JobFinished) -> None:
-        m = self._m
-        m.finished.labels(e.job_type, e.channel).inc()
+    def _on_finished(self, e: JobFinished) -> None:
+        key = (e.job_type, e.channel)
+        self._finished_jobs[key].inc()
         if e.error:
-            m.failed.labels(e.job_type, e.channel).inc()
+            self._failed[key].inc()
         if e.ran is not None:
-            m.run_time.labels(e.job_type, e.channel).observe(e.ran)
-        self._move((e.job_type, e.channel), e.before, Phase.FINISHED)
+            self._run_time[key].observe(e.ran)
+        self._leave(key, e.before)
+        self._finished += 1
 
-    def _requeued(self, e: JobRequeued) -> None:
-        self._m.requeued.labels(e.job_type, e.channel).inc()
-        self._move((e.job_type, e.channel), Phase.RUNNING, Phase.READY)
+    def _on_requeued(self, e: JobRequeued) -> None:
+        key = (e.job_type, e.channel)
+        self._requeued[key].inc()
+        self._running -= 1
+        self._add_ready(key)
 
-    def _released(self, e: JobReleased) -> None:
-        self._move((e.job_type, e.channel), Phase.RUNNING, Phase.READY)
+    def _on_released(self, e: JobReleased) -> None:
+        self._running -= 1
+        self._add_ready((e.job_type, e.channel))
 
-    def _canceled(self, e: JobCanceled) -> None:
-        self._m.canceled.labels(e.job_type, e.channel).inc()
-        self._move((e.job_type, e.channel), e.before, Phase.CANCELED)
+    def _on_canceled(self, e: JobCanceled) -> None:
+        key = (e.job_type, e.channel)
+        self._canceled_jobs[key].inc()
+        self._leave(key, e.before)
+        self._canceled += 1
 
-    def _deleted(self, e: JobDeleted) -> None:
-        self._move((e.job_type, e.channel), e.phase, None)
+    def _on_deleted(self, e: JobDeleted) -> None:
+        self._leave((e.job_type, e.channel), e.phase)
 
-    def _worker_seen(self, e: WorkerSeen) -> None:
+    def _on_worker_seen(self, e: WorkerSeen) -> None:
         if e.new:
             self._workers += 1
 
-    def _worker_deleted(self, e: WorkerDeleted) -> None:
+    def _on_worker_deleted(self, e: WorkerDeleted) -> None:
         self._workers -= 1
 
-    def _committed(self, e: Committed) -> None:
+    def _on_committed(self, e: Committed) -> None:
         if e.requests:
             self._batches += 1
             self._requests += e.requests
@@ -342,9 +386,14 @@ class _GaugeCollector:
         if snap is None:
             return []
         jobs, ready, blocked, waiting, workers, batches, requests = self._families()
-        for state, count in snap.jobs:
+        for state, count in (
+            ("pending", snap.pending),
+            ("running", snap.running),
+            ("finished", snap.finished),
+            ("canceled", snap.canceled),
+        ):
             jobs.add_metric([state], count)
-        for job_type, channel, count in snap.ready:
+        for (job_type, channel), count in snap.ready:
             ready.add_metric([job_type, channel], count)
         blocked.add_metric([], snap.blocked)
         waiting.add_metric([], snap.waiting)
@@ -504,42 +553,40 @@ class EventLog:
 # ------------------------------------------------------------------ wiring
 
 
+def _logs_listen() -> bool:
+    return job_log.isEnabledFor(logging.INFO) or worker_log.isEnabledFor(logging.INFO)
+
+
 def wants_events(metrics: QueueMetrics | None) -> bool:
     """Whether a queue opening now should record events: it has metrics, or a log listens.
 
     The logs listen when ``actorq.jobs`` or ``actorq.workers`` is enabled for
     INFO as the queue opens.
     """
-    return (
-        metrics is not None
-        or job_log.isEnabledFor(logging.INFO)
-        or worker_log.isEnabledFor(logging.INFO)
-    )
+    return metrics is not None or _logs_listen()
 
 
 def observe(
     state: QueueState, scheduler: Scheduler, metrics: QueueMetrics | None
 ) -> Callable[[], None]:
-    """Subscribe the event log and ``metrics`` to ``scheduler``; return what undoes it.
+    """Subscribe ``metrics`` and, if a log listens, the event log to ``scheduler``.
 
-    Call before the scheduler starts, with the state it owns: the gauges start
-    from ``state.stats()`` taken here, and the first events they count are
-    the first batch's. Does nothing (and returns a no-op) unless
-    :func:`wants_events`. Raises :class:`RuntimeError`, subscribing nothing,
-    if ``metrics`` already belong to an open queue.
+    Returns the function that undoes it. Call before the scheduler starts,
+    with the state it owns: the gauges start from ``state.stats()`` taken
+    here, and the first events they count are the first batch's. Raises
+    :class:`RuntimeError`, subscribing nothing, if ``metrics`` already belong
+    to an open queue.
     """
-    if not wants_events(metrics):
-        return lambda: None
-    subscriber = None if metrics is None else metrics.attach(state.stats())
-    undo = [scheduler.subscribe(EventLog())]
-    if subscriber is not None:
-        undo.append(scheduler.subscribe(subscriber))
+    undo: list[Callable[[], None]] = []
+    if metrics is not None:
+        undo.append(scheduler.subscribe(metrics.attach(state.stats())))
+        undo.append(metrics.detach)
+    if _logs_listen():
+        undo.append(scheduler.subscribe(EventLog()))
 
     def unobserve() -> None:
-        for unsubscribe in undo:
-            unsubscribe()
-        if metrics is not None:
-            metrics.detach()
+        for step in undo:
+            step()
 
     return unobserve
 
