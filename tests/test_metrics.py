@@ -118,7 +118,8 @@ async def test_gauges_come_from_the_queue_state(autojump_clock: MockClock) -> No
         assert value(m, "actorq_jobs", state="running") == 1
         assert value(m, "actorq_jobs_blocked") == 1
         assert value(m, "actorq_workers") == 1
-        assert value(m, "actorq_scheduler_requests_total") > 0
+        assert value(m, "actorq_scheduler_requests_total") == q.scheduler.messages
+        assert value(m, "actorq_scheduler_batches_total") == q.scheduler.batches > 0
 
         # a scrape from another thread reads the state in the queue's thread
         text = (await trio.to_thread.run_sync(exposition, m.registry)).decode()
