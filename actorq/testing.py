@@ -16,8 +16,19 @@ Fixtures:
     The :class:`actorq.Maintenance` config of the queue (upstream's defaults);
     override it in your ``conftest.py`` to test other timeouts or retention.
 ``actorq_store``
-    The queue's store: ``None`` (memory). Override it with, for instance, a
-    fixture returning :class:`actorq.MemoryStore` to test restarts.
+    The queue's store: ``None`` (memory). Override it with a fixture that
+    returns a :class:`actorq.Store` or a store URL: a
+    :class:`actorq.MemoryStore` to test restarts, or a fresh SQLite file to
+    run on the durable store itself::
+
+        @pytest.fixture
+        def actorq_store(tmp_path):
+            return f"sqlite:///{tmp_path / 'queue.db'}"
+
+    Durable stores work under the mock clock: while their work is on a
+    thread, the queue holds autojump, so a commit takes no virtual time.
+    :func:`trio.testing.wait_all_tasks_blocked` may still return during a
+    commit (trio cannot see threads): await the queue call instead.
 
 Every test that uses one of these fixtures runs under
 :class:`trio.testing.MockClock` with autojump, unless it asks for a clock

@@ -63,7 +63,7 @@ def _fill(state: QueueState, pending: int) -> None:
 
 async def _dequeue_cost(pending: int, ops: int, repeats: int) -> dict[str, Any]:
     async with actorq.open_queue() as queue:
-        await queue.call(lambda s: _fill(s, pending))
+        await queue._call(lambda s: _fill(s, pending))
         types = ["type7", "type42"]
         channels = ["chan0", "chan3"]  # type7 on chan0 exists even with 10 pending
 
@@ -83,7 +83,7 @@ async def _dequeue_cost(pending: int, ops: int, repeats: int) -> dict[str, Any]:
         core_samples = []
         for _ in range(repeats):
             start = trio.current_time()
-            await queue.call(core_loop)
+            await queue._call(core_loop)
             core_samples.append((trio.current_time() - start) / ops)
         return {
             "pending": pending,

@@ -59,14 +59,14 @@ async def _cycles(store: Any, workers: int, cycles: int) -> dict[str, Any]:
                 job = await queue.dequeue(["bench"])
                 await queue.finish_job(job.id, {"ok": True})
 
-        commits0, messages0 = queue.scheduler.commits, queue.scheduler.messages
+        commits0, messages0 = queue._scheduler.commits, queue._scheduler.messages
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for n in range(workers):
                 nursery.start_soon(worker, n)
         elapsed = time.perf_counter() - start
-        commits = queue.scheduler.commits - commits0
-        messages = queue.scheduler.messages - messages0
+        commits = queue._scheduler.commits - commits0
+        messages = queue._scheduler.messages - messages0
     done = per_worker * workers
     return {
         "cycles_per_second": done / elapsed,

@@ -71,7 +71,7 @@ async def _cycles(store: actorq.SqliteStore | None, workers: int, total: int) ->
                 nursery.start_soon(worker)
         seconds = time.perf_counter() - start
         cpu = time.process_time() - cpu
-        scheduler = queue.scheduler
+        scheduler = queue._scheduler
         return {
             "cycles": per_worker * workers,
             "seconds": seconds,

@@ -121,13 +121,13 @@ async def reload(store_url: str) -> list[JobRecord]:
     # a dead child's lock (file lock, advisory lock) is gone, so this opens at once
     with trio.fail_after(30):
         async with actorq.open_queue(store_url, maintenance=None) as queue:
-            return queue.scheduler.state.records()[0]
+            return queue._scheduler.state.records()[0]
 
 
 async def drain(store_url: str) -> None:
     """The recovered queue still works: every job can be carried to the end."""
     async with actorq.open_queue(store_url, maintenance=None) as queue:
-        records = queue.scheduler.state.records()[0]
+        records = queue._scheduler.state.records()[0]
         for rec in records:
             if rec.started is not None and rec.finished is None:
                 await queue.finish_job(rec.id, "late")

@@ -14,107 +14,47 @@ context manager that yields a fresh, empty :class:`actorq.JobQueue`.
     on a queue rebuilt from disk (recovery). A call that overlaps another one
     (a blocked dequeue, say) goes to the queue that is open.
 
-Two pieces of scaffolding keep these kinds deterministic, and neither changes
-what the store does:
+The store runs as in production: its work goes to worker threads, and the
+product keeps trio's mock clock still meanwhile (``actorq._stores._threads``).
 
-- While the store works on a thread, trio sees every task blocked, so a
-  MockClock with ``autojump_threshold=0`` would jump to the next deadline
-  mid-commit and ``wait_all_tasks_blocked`` would return mid-commit.
-  :class:`KeepAwake` keeps one task runnable while store work is in flight,
-  which is what the loop would see if the disk were infinitely fast.
-- Heartbeat and worker-status clocks are not durable by design: they restart
-  at recovery (``docs/durability.md``; ``test_sqlite.py`` checks it). The
-  reopening queue carries them over from the queue it closed, so the suite's
-  age assertions still describe one queue that never stopped.
+Heartbeat and worker-status clocks are not durable by design: they restart at
+recovery (``docs/durability.md``; ``test_sqlite.py`` checks it). The reopening
+queue carries them over from the queue it closed, so the suite's age
+assertions still describe one queue that never stopped.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from uuid import UUID
 
 import trio
-import trio.lowlevel
 
 import actorq
-from actorq._core._records import Changes, JobRecord, WorkerRecord
-
-
-class KeepAwake:
-    """Keeps one task runnable while store work is in flight on a thread."""
-
-    def __init__(self) -> None:
-        self._busy = 0
-        self._wake = trio.Event()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await self._wake.wait()
-            # a busy wait on purpose: a runnable task is what stops autojump
-            while self._busy:
-                await trio.lowlevel.checkpoint()
-            self._wake = trio.Event()
-
-    @contextmanager
-    def busy(self) -> Iterator[None]:
-        self._busy += 1
-        self._wake.set()
-        try:
-            yield
-        finally:
-            self._busy -= 1
-
-
-class AwakeStore:
-    """A :class:`actorq.Store` that delegates to ``inner`` under :meth:`KeepAwake.busy`."""
-
-    def __init__(self, inner: actorq.SqliteStore, awake: KeepAwake) -> None:
-        self.inner = inner
-        self._awake = awake
-
-    async def load(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
-        with self._awake.busy():
-            return await self.inner.load()
-
-    async def commit(self, changes: Changes) -> None:
-        with self._awake.busy():
-            await self.inner.commit(changes)
-
-    async def close(self) -> None:
-        with self._awake.busy():
-            await self.inner.close()
-
 
 _TMPFS = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 @asynccontextmanager
-async def sqlite_store() -> AsyncIterator[tuple[AwakeStore, KeepAwake]]:
-    """A store on a fresh temporary file, and the :class:`KeepAwake` it reports to.
+async def sqlite_store() -> AsyncIterator[actorq.SqliteStore]:
+    """A store on a fresh temporary file.
 
     The file goes on a tmpfs where there is one: these kinds test the store's
     records and recovery, not the disk, and an fsync there costs nothing, which
     keeps the suite fast. ``test_crash.py`` kills real processes on a real disk.
     """
     with tempfile.TemporaryDirectory(prefix="actorq-", dir=_TMPFS) as directory:
-        awake = KeepAwake()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(awake.run)
-            store = AwakeStore(actorq.SqliteStore(os.path.join(directory, "queue.db")), awake)
-            try:
-                yield store, awake
-            finally:
-                nursery.cancel_scope.cancel()
+        yield actorq.SqliteStore(os.path.join(directory, "queue.db"))
 
 
 @asynccontextmanager
 async def _sqlite() -> AsyncIterator[actorq.LocalQueue]:
-    async with sqlite_store() as (store, _), actorq.open_queue(store) as queue:
+    async with sqlite_store() as store, actorq.open_queue(store) as queue:
         yield queue
 
 
@@ -125,13 +65,18 @@ class ReopeningQueue:
     that entered it, and calls come from any task); a call that starts while
     nothing is in flight asks the host to close the queue and open a new one
     on the same store, then waits for it.
+
+    Calls that wait for a reopen reach the new queue in the order they
+    arrived, as they would reach a queue that never closed: each one is let
+    through only after the one before it has posted its request (a
+    :class:`actorq.LocalQueue` call posts before it first yields).
     """
 
-    def __init__(self, store: AwakeStore, awake: KeepAwake) -> None:
+    def __init__(self, store: actorq.SqliteStore) -> None:
         self._store = store
-        self._awake = awake
         self._queue: actorq.LocalQueue | None = None
-        self._ready = trio.Event()
+        self._ready = False
+        self._line: collections.deque[trio.Event] = collections.deque()
         self._cycle = trio.Event()
         self._in_flight = 0
         self.reopens = 0
@@ -143,7 +88,8 @@ class ReopeningQueue:
             async with actorq.open_queue(self._store) as queue:
                 _set_clocks(queue, clocks)
                 self._queue = queue
-                self._ready.set()
+                self._ready = True
+                self._pass_on()
                 if not started:
                     task_status.started()
                     started = True
@@ -151,7 +97,7 @@ class ReopeningQueue:
                 self._cycle = trio.Event()
                 # Let the old actor apply what was posted without a reply
                 # (a withdrawn wait, a job given back) before it stops.
-                await queue.call(lambda state: None)
+                await queue._call(lambda state: None)
                 clocks = _get_clocks(queue)
             self.reopens += 1
 
@@ -160,14 +106,30 @@ class ReopeningQueue:
         self._in_flight += 1
         try:
             if reopen:
-                self._ready = trio.Event()
+                self._ready = False
                 self._cycle.set()
-            with self._awake.busy():
-                await self._ready.wait()
+            if not self._ready or self._line:
+                turn = trio.Event()
+                self._line.append(turn)
+                try:
+                    await turn.wait()
+                except BaseException:
+                    if turn.is_set():
+                        self._pass_on()
+                    else:
+                        self._line.remove(turn)
+                    raise
+            # Wake the next in line: it runs only once this task yields, and
+            # this call posts its request before it first yields.
+            self._pass_on()
             assert self._queue is not None
             return await getattr(self._queue, name)(*args, **kwargs)
         finally:
             self._in_flight -= 1
+
+    def _pass_on(self) -> None:
+        if self._ready and self._line:
+            self._line.popleft().set()
 
     async def enqueue(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call("enqueue", *args, **kwargs)
@@ -237,7 +199,7 @@ class ReopeningQueue:
 
 
 def _get_clocks(queue: actorq.LocalQueue) -> tuple[dict[UUID, float], dict[UUID, float]]:
-    state = queue.scheduler.state
+    state = queue._scheduler.state
     jobs = {job_id: job.heartbeat for job_id, job in state._jobs.items()}
     workers = {worker_id: worker.heartbeat for worker_id, worker in state._workers.items()}
     return jobs, workers
@@ -246,7 +208,7 @@ def _get_clocks(queue: actorq.LocalQueue) -> tuple[dict[UUID, float], dict[UUID,
 def _set_clocks(
     queue: actorq.LocalQueue, clocks: tuple[dict[UUID, float], dict[UUID, float]]
 ) -> None:
-    state = queue.scheduler.state
+    state = queue._scheduler.state
     jobs, workers = clocks
     for job_id, beat in jobs.items():
         if job_id in state._jobs:
@@ -258,8 +220,8 @@ def _set_clocks(
 
 @asynccontextmanager
 async def _sqlite_reopen() -> AsyncIterator[ReopeningQueue]:
-    async with sqlite_store() as (store, awake), trio.open_nursery() as nursery:
-        queue = ReopeningQueue(store, awake)
+    async with sqlite_store() as store, trio.open_nursery() as nursery:
+        queue = ReopeningQueue(store)
         await nursery.start(queue.host)
         try:
             yield queue

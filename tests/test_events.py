@@ -289,7 +289,7 @@ async def test_the_scheduler_publishes_each_batch_then_a_commit_event(
 ) -> None:
     async with actorq.open_queue(actorq.MemoryStore(), metrics=QueueMetrics()) as q:
         recorder = Recorder()
-        q.scheduler.subscribe(recorder)
+        q._scheduler.subscribe(recorder)
         async with trio.open_nursery() as nursery:
             for i in range(3):
                 nursery.start_soon(q.enqueue, "t", i)
@@ -306,7 +306,7 @@ async def test_the_scheduler_publishes_each_batch_then_a_commit_event(
 async def test_a_memory_queue_publishes_without_commit_times(autojump_clock: MockClock) -> None:
     async with actorq.open_queue(metrics=QueueMetrics()) as q:
         recorder = Recorder()
-        q.scheduler.subscribe(recorder)
+        q._scheduler.subscribe(recorder)
 
         async def dequeuer() -> None:
             await q.dequeue(["t"])
@@ -330,8 +330,8 @@ async def test_a_failing_subscriber_is_logged_and_the_queue_goes_on(
 
     async with actorq.open_queue(metrics=QueueMetrics()) as q:
         recorder = Recorder()
-        q.scheduler.subscribe(broken)
-        q.scheduler.subscribe(recorder)
+        q._scheduler.subscribe(broken)
+        q._scheduler.subscribe(recorder)
         job_id = await q.enqueue("t")
         assert (await q.job_status(job_id)).state is actorq.JobState.PENDING
     assert recorder.batches[0][0] == JobEnqueued(job_id, "t", "", True)
@@ -342,7 +342,7 @@ async def test_a_failing_subscriber_is_logged_and_the_queue_goes_on(
 async def test_unsubscribed_subscribers_hear_nothing_more(autojump_clock: MockClock) -> None:
     async with actorq.open_queue(metrics=QueueMetrics()) as q:
         recorder = Recorder()
-        unsubscribe = q.scheduler.subscribe(recorder)
+        unsubscribe = q._scheduler.subscribe(recorder)
         await q.enqueue("t")
         unsubscribe()
         unsubscribe()  # twice is harmless
@@ -368,7 +368,7 @@ async def test_events_of_a_failed_commit_are_not_published(autojump_clock: MockC
     recorder = Recorder()
     with pytest.RaisesGroup(OSError, flatten_subgroups=True):
         async with actorq.open_queue(store, metrics=QueueMetrics()) as q:
-            q.scheduler.subscribe(recorder)
+            q._scheduler.subscribe(recorder)
             await q.enqueue("t")
             store.fail = True
             with pytest.raises(actorq.QueueClosedError):
@@ -385,8 +385,8 @@ async def test_no_events_when_nobody_observes(
     caplog.set_level(logging.WARNING, logger="actorq.workers")
     async with actorq.open_queue() as q:
         recorder = Recorder()
-        q.scheduler.subscribe(recorder)
+        q._scheduler.subscribe(recorder)
         await q.enqueue("t")
-        assert q.scheduler.state._events is None
+        assert q._scheduler.state._events is None
     # a subscriber on an unobserved queue still hears of every batch, with no job events
     assert all(isinstance(e, Committed) for batch in recorder.batches for e in batch)

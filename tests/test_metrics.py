@@ -118,8 +118,8 @@ async def test_gauges_come_from_the_queue_state(autojump_clock: MockClock) -> No
         assert value(m, "actorq_jobs", state="running") == 1
         assert value(m, "actorq_jobs_blocked") == 1
         assert value(m, "actorq_workers") == 1
-        assert value(m, "actorq_scheduler_requests_total") == q.scheduler.messages
-        assert value(m, "actorq_scheduler_batches_total") == q.scheduler.batches > 0
+        assert value(m, "actorq_scheduler_requests_total") == q._scheduler.messages
+        assert value(m, "actorq_scheduler_batches_total") == q._scheduler.batches > 0
 
         # a scrape from another thread reads the state in the queue's thread
         text = (await trio.to_thread.run_sync(exposition, m.registry)).decode()
@@ -344,13 +344,13 @@ async def test_no_events_when_nobody_listens(
     caplog.set_level(logging.WARNING, logger="actorq.jobs")
     caplog.set_level(logging.WARNING, logger="actorq.workers")
     async with actorq.open_queue() as q:  # no metrics, nobody listening: no events
-        assert await q.call(enqueue_and_take_events) == []
+        assert await q._call(enqueue_and_take_events) == []
     caplog.set_level(logging.INFO, logger="actorq.workers")
     async with actorq.open_queue() as q:  # a log listens
-        assert len(await q.call(enqueue_and_take_events)) == 1
+        assert len(await q._call(enqueue_and_take_events)) == 1
     caplog.set_level(logging.WARNING, logger="actorq.workers")
     async with actorq.open_queue(metrics=QueueMetrics()) as q:
-        assert len(await q.call(enqueue_and_take_events)) == 1
+        assert len(await q._call(enqueue_and_take_events)) == 1
 
 
 async def test_other_changes_are_logged(

@@ -115,13 +115,13 @@ async def build_varied_state(q: actorq.LocalQueue) -> dict[str, uuid.UUID]:
 async def test_recovery_rebuilds_the_same_queue(pg: pgserver.PgServer, schema: str) -> None:
     async with actorq.open_queue(make_store(pg, schema)) as q:
         ids = await build_varied_state(q)
-        before = q.scheduler.state.records()
+        before = q._scheduler.state.records()
         statuses = {name: await q.job_status(i) for name, i in ids.items() if name[0] != "w"}
         stats = await q.stats()
         listing = await q.list_jobs()
         tokens = await q.heartbeats(0)
     async with actorq.open_queue(make_store(pg, schema)) as q:
-        assert q.scheduler.state.records() == before
+        assert q._scheduler.state.records() == before
         for name, status in statuses.items():
             assert await q.job_status(ids[name]) == status, name
         assert await q.stats() == stats

@@ -62,7 +62,7 @@ async def test_job_for_an_abandoned_reply_goes_back() -> None:
     # scheduler yet, and a job arrives. The scheduler must not strand it.
     async with actorq.open_queue() as queue:
         reply = Reply()
-        queue.scheduler.post_nowait(Park(("t",), ("",), None, reply))
+        queue._scheduler.post_nowait(Park(None, ("t",), ("",), None, reply))
         await trio.testing.wait_all_tasks_blocked()
         reply.abandon()
         job_id = await queue.enqueue("t", [1])
@@ -79,7 +79,7 @@ async def test_request_abandoned_before_the_scheduler_runs_it_does_nothing() -> 
         reply = Reply()
         reply.abandon()
         ran: list[bool] = []
-        queue.scheduler.post_nowait(Call(lambda s: ran.append(True), reply))
+        queue._scheduler.post_nowait(Call(lambda s: ran.append(True), reply))
         await queue.stats()  # a later request: the abandoned one was skipped before it
         assert ran == []
 

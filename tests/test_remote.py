@@ -26,6 +26,7 @@ from _kinds_remote import remote_pair
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 import actorq
+from actorq._core import _ops as ops
 from actorq._remote import _wire as w
 from actorq._remote._client import connect_stream
 from actorq._remote._server import QueueServer
@@ -208,12 +209,10 @@ async def test_oversize_requests_and_replies() -> None:
 async def test_internal_errors_reach_the_client_and_nothing_else(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def broken(self: Any, message: Any) -> Any:
+    def broken(self: Any, state: Any, scope: Any) -> Any:
         raise RuntimeError("a bug")
 
-    from actorq._remote import _server
-
-    monkeypatch.setattr(_server._Connection, "_stats", broken)
+    monkeypatch.setattr(ops.GetStats, "apply", broken)
     async with remote_pair() as (remote, _, _):
         with pytest.raises(actorq.JobQueueError) as info:
             await remote.stats()
@@ -265,7 +264,7 @@ async def test_server_releases_a_job_whose_request_was_cancelled() -> None:
     outcomes = set()
     for _ in range(20):
         async with served() as (local, server), raw(server) as ws:
-            await ws.send_message(w.encode(w.Dequeue(id=1, job_types=["t"])))
+            await ws.send_message(w.encode(w.Request(id=1, op=ops.Dequeue(job_types=("t",)))))
             await settle()
             assert (await local.stats()).waiting_dequeuers == 1
             await ws.send_message(w.encode(w.Cancel(id=1)))
@@ -328,7 +327,7 @@ async def test_client_releases_a_job_that_crosses_its_cancel(
 async def test_client_release_path_is_sound_against_the_real_server() -> None:
     # the same crossing, against the real server: the job comes back
     async with served() as (local, server), raw(server) as ws:
-        await ws.send_message(w.encode(w.Dequeue(id=1, job_types=["t"])))
+        await ws.send_message(w.encode(w.Request(id=1, op=ops.Dequeue(job_types=("t",)))))
         await settle()
         job_id = await local.enqueue("t")
         reply = orjson.loads(await ws.get_message())
@@ -527,17 +526,17 @@ async def test_binary_and_oversize_frames_close_only_their_connection() -> None:
 async def test_flood_beyond_max_in_flight() -> None:
     async with served(max_in_flight=3) as (local, server), raw(server) as ws:
         for n in range(3):
-            await ws.send_message(w.encode(w.Dequeue(id=n, job_types=["t"])))
+            await ws.send_message(w.encode(w.Request(id=n, op=ops.Dequeue(job_types=("t",)))))
         await settle()
         for n in range(3, 6):
-            reply = await ask(ws, w.encode(w.GetStats(id=n)))
+            reply = await ask(ws, w.encode(w.Request(id=n, op=ops.GetStats())))
             assert (reply["id"], reply["reason"]) == (n, "too_many_requests")
         # duplicate ids are refused too
-        reply = await ask(ws, w.encode(w.Dequeue(id=1, job_types=["t"])))
+        reply = await ask(ws, w.encode(w.Request(id=1, op=ops.Dequeue(job_types=("t",)))))
         assert reply["reason"] in ("duplicate_id", "too_many_requests")
         # cancels free slots at once
         await ws.send_message(w.encode(w.Cancel(id=0)))
-        reply = await ask(ws, w.encode(w.GetStats(id=9)))
+        reply = await ask(ws, w.encode(w.Request(id=9, op=ops.GetStats())))
         assert reply["kind"] == "ok"
         assert reply["value"]["waiting_dequeuers"] == 2
         job_id = await local.enqueue("t")
@@ -551,10 +550,10 @@ async def test_a_client_that_floods_without_reading_is_closed(
     async with served(max_in_flight=1) as (local, server), raw(server, lockstep=True) as ws:
         # Every refused request queues an error reply. A client that sends
         # and never reads them is cut off, rather than growing server memory.
-        await ws.send_message(w.encode(w.Dequeue(id=0, job_types=["t"])))
+        await ws.send_message(w.encode(w.Request(id=0, op=ops.Dequeue(job_types=("t",)))))
         with trio.move_on_after(30), contextlib.suppress(ConnectionClosed):
             for n in range(1, 2000):
-                await ws.send_message(w.encode(w.GetStats(id=n)))
+                await ws.send_message(w.encode(w.Request(id=n, op=ops.GetStats())))
         await settle()
         with pytest.raises(ConnectionClosed):
             while True:
@@ -566,7 +565,7 @@ async def test_a_client_that_floods_without_reading_is_closed(
 async def test_hello_rules(autojump_clock: trio.testing.MockClock) -> None:
     async with served(handshake_timeout=5) as (_, server):
         async with raw(server, hello=False) as ws:
-            reply = await ask(ws, w.encode(w.GetStats(id=1)))
+            reply = await ask(ws, w.encode(w.Request(id=1, op=ops.GetStats())))
             assert reply["reason"] == "hello_expected"
             assert await close_code(ws) == 4000
         async with raw(server, hello=False) as ws:
@@ -649,7 +648,7 @@ async def test_tenancy() -> None:
         assert (await local.job_status(theirs)).state is actorq.JobState.PENDING
         # the admin token sees everything
         async with raw(server, token="admin") as ws:
-            reply = await ask(ws, w.encode(w.GetStats(id=1)))
+            reply = await ask(ws, w.encode(w.Request(id=1, op=ops.GetStats())))
             assert reply["value"]["jobs"] == 2
 
 

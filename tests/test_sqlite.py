@@ -28,7 +28,7 @@ import actorq
 from actorq import CanceledError, NotExistError, QueueClosedError, StoreError
 from actorq._core._records import Changes, JobRecord, WorkerRecord
 from actorq._core._state import QueueState
-from actorq._stores import _sqlite
+from actorq._stores import _sqlite, _sqlite_rows, _sqlite_schema
 from actorq._stores._sqlite import SqliteStore, decode_time, encode_time, store_from_url
 
 
@@ -38,7 +38,7 @@ def url(path: Path) -> str:
 
 def snapshot(queue: actorq.LocalQueue) -> tuple[list[JobRecord], list[WorkerRecord]]:
     """Every durable field of every job and worker, as the queue holds them."""
-    return queue.scheduler.state.records()
+    return queue._scheduler.state.records()
 
 
 @asynccontextmanager
@@ -46,8 +46,8 @@ async def reopened(path: Path, **options: Any) -> AsyncIterator[actorq.LocalQueu
     """A queue on the file at ``path``, without maintenance.
 
     These tests check what the store keeps, so nothing may change the queue
-    behind their back: the heartbeat reaper would, once MockClock jumps while
-    a commit runs on its thread.
+    behind their back: the heartbeat reaper would, in the tests that let
+    (mock) hours pass.
     """
     options.setdefault("maintenance", None)
     async with actorq.open_queue(url(path), **options) as queue:
@@ -231,7 +231,7 @@ def test_fast_time_decoding_is_exact_up_to_its_limit() -> None:
     # the float fast path is exact while half an ulp stays under half a
     # microsecond: check the top of its range hardest, and both sides of it
     rng = random.Random(7)
-    limit = _sqlite._FAST_TIME_LIMIT
+    limit = _sqlite_rows._FAST_TIME_LIMIT
     samples = [limit - 1, limit, limit + 1, 0, 1, 999_999, 10**6]
     samples += [rng.randrange(limit // 2, limit) for _ in range(20_000)]
     samples += [rng.randrange(0, limit) for _ in range(5_000)]
@@ -267,7 +267,7 @@ async def test_100k_jobs_with_dependencies_recover(tmp_path: Path) -> None:
             assert got is not None
 
     async with reopened(path) as queue:
-        await queue.call(build)
+        await queue._call(build)
         before = snapshot(queue)
         stats = await queue.stats()
     async with reopened(path) as queue:
@@ -281,7 +281,7 @@ async def test_100k_jobs_with_dependencies_recover(tmp_path: Path) -> None:
             for r in before[0]
             if r.started is None and not r.canceled and set(r.dependencies) <= finished
         ]
-        got = await queue.call(lambda s: [s.dequeue(("t", "u"), None) for _ in range(2000)])
+        got = await queue._call(lambda s: [s.dequeue(("t", "u"), None) for _ in range(2000)])
         assert [None if a is None else a.id for a in got] == ready[:2000]
 
 
@@ -319,11 +319,11 @@ async def test_older_schema_is_migrated_in_one_transaction(
     path = tmp_path / "q.db"
     async with reopened(path) as queue:
         job_id = await queue.enqueue("t", {"x": 1})
-    version = _sqlite.SCHEMA_VERSION
+    version = _sqlite_schema.SCHEMA_VERSION
 
-    broken = (*_sqlite._MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT", "NOT SQL"))
-    monkeypatch.setattr(_sqlite, "_MIGRATIONS", broken)
-    monkeypatch.setattr(_sqlite, "SCHEMA_VERSION", version + 1)
+    broken = (*_sqlite_schema._MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT", "NOT SQL"))
+    monkeypatch.setattr(_sqlite_schema, "_MIGRATIONS", broken)
+    monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", version + 1)
     with pytest.raises(StoreError, match=f"from version {version}"):
         async with reopened(path):
             pass
@@ -332,8 +332,8 @@ async def test_older_schema_is_migrated_in_one_transaction(
         columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
         assert "note" not in columns
 
-    fixed = (*_sqlite._MIGRATIONS[:version], ("ALTER TABLE jobs ADD COLUMN note TEXT",))
-    monkeypatch.setattr(_sqlite, "_MIGRATIONS", fixed)
+    fixed = (*_sqlite_schema._MIGRATIONS[:version], ("ALTER TABLE jobs ADD COLUMN note TEXT",))
+    monkeypatch.setattr(_sqlite_schema, "_MIGRATIONS", fixed)
     async with reopened(path) as queue:
         assert (await queue.job(job_id)).args == {"x": 1}
         await queue.enqueue("t")
@@ -476,7 +476,7 @@ async def test_a_failed_commit_writes_nothing_and_closes_the_queue(tmp_path: Pat
     ):
         async with reopened(path) as queue:
             try:
-                outcome.append(await queue.call(two_jobs))
+                outcome.append(await queue._call(two_jobs))
             except QueueClosedError as exc:
                 outcome.append(exc)
     # the request was not acknowledged (if its requester heard anything at all)
@@ -508,3 +508,56 @@ async def test_commit_after_a_failed_commit_is_refused(tmp_path: Path) -> None:
     jobs, _ = await store.load()  # a reload starts over from the file
     assert [r.seq for r in jobs] == [1]
     await store.close()
+
+
+# ------------------------------------------------------------------ the protocol
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_watch_waits_until_the_queue_closes(
+    kind: str, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # a store that alone owns its records never loses the right to write
+    store: actorq.Store = (
+        SqliteStore(tmp_path / "q.db") if kind == "sqlite" else actorq.MemoryStore()
+    )
+    await store.load()
+    with trio.move_on_after(7 * 24 * 3600) as scope:
+        await store.watch()
+    assert scope.cancelled_caught
+    await store.close()
+
+
+async def test_a_store_without_watch_is_refused(tmp_path: Path) -> None:
+    class NoWatch:
+        async def load(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
+            return [], []
+
+        async def commit(self, changes: Changes) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="Store"):
+        async with actorq.open_queue(NoWatch()):  # type: ignore[arg-type]
+            pass
+
+
+async def test_a_store_whose_watch_raises_stops_the_queue(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    lost = trio.Event()
+
+    class Deposable(SqliteStore):
+        async def watch(self) -> None:
+            await lost.wait()
+            raise StoreError("another process writes now")
+
+    served: list[uuid.UUID] = []
+    with pytest.RaisesGroup(pytest.RaisesExc(StoreError, match="another process")):
+        async with actorq.open_queue(Deposable(tmp_path / "q.db"), maintenance=None) as queue:
+            served.append(await queue.enqueue("t"))
+            lost.set()
+            await trio.sleep_forever()  # the queue's failure cancels this
+    assert len(served) == 1

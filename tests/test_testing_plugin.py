@@ -108,6 +108,31 @@ def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=3)
 
 
+def docs_sqlite_conftest() -> str:
+    text = DOCS.read_text()
+    match = re.search(r"<!-- testing-sqlite-conftest -->\s*```python\n(.*?)```", text, re.S)
+    assert match, "docs/operations.md lost its SQLite conftest"
+    return match.group(1)
+
+
+def test_the_documented_example_passes_on_sqlite(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(docs_sqlite_conftest())
+    pytester.makepyfile(
+        test_example=docs_example(),
+        test_on_sqlite="""
+import actorq
+
+
+async def test_the_queue_is_on_sqlite(actorq_queue, tmp_path):
+    store = actorq_queue.scheduler.store
+    assert isinstance(store, actorq.SqliteStore)
+    assert store.path == str(tmp_path / "queue.db")
+""",
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+
+
 def test_maintenance_can_be_overridden(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """

@@ -9,8 +9,10 @@ map to the same exception classes on both sides.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -20,39 +22,57 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actorq
+from actorq._core import _ops as ops
 from actorq._core._errors import ERRORS_BY_CODE
 from actorq._remote import _wire as w
 
 U1 = uuid.UUID("12345678-1234-5678-1234-567812345678")
 U2 = uuid.UUID("87654321-4321-8765-4321-876543210987")
 
+
+def J(value: Any) -> ops.JsonText:
+    return ops.JsonText(orjson.dumps(value).decode())
+
+
+def R(request_id: int, op: ops.Operation[Any, Any]) -> w.Request:
+    return w.Request(id=request_id, op=op)
+
+
 SAMPLES: list[w.Message] = [
     w.Hello(id=0, versions=[1], token="t", client="c", max_message_size=2048),
-    w.Enqueue(id=1, job_type="t", args={"a": [1, 2.5, None, True]}, dependencies=[U1], channel="c"),
-    w.EnqueueMany(id=2, jobs=[w.JobSpec("t", {"n": 1}, [U1], "c"), w.JobSpec("u")]),
-    w.Dequeue(id=3, job_types=["a", "b"], channels=["", "x"], timeout=1.5, worker_id=U1),
-    w.Dequeue(id=4, job_types=["a"], channels=[], any_channel=True),
-    w.DequeueById(id=5, job_id=U1, worker_id=None),
-    w.FinishJob(id=6, job_id=U1, token=U2, result={"ok": True}),
-    w.RequeueOrFinishJob(id=7, job_id=U1, token=None, max_retries=3, result=None),
-    w.UpdateJobResult(id=8, job_id=U1, token=U2, result=[1]),
-    w.FailJob(id=9, job_id=U1, result="boom"),
-    w.CancelJob(id=10, job_id=U1),
-    w.GetJobStatus(id=11, job_id=U1),
-    w.GetJob(id=12, job_id=U1),
-    w.IdFromToken(id=13, token=U2),
-    w.GetHeartbeats(id=14, older_than=30.0),
-    w.RefreshHeartbeat(id=15, token=U2),
-    w.RefreshHeartbeats(id=16, tokens=[U1, U2]),
-    w.AllRootJobIds(id=17),
-    w.DeleteJob(id=18, job_id=U1),
-    w.InsertWorker(id=19, channel="c", arch="x86_64"),
-    w.UpdateWorkerStatus(id=20, worker_id=U1),
-    w.GetWorkers(id=21, older_than=0.0),
-    w.DeleteWorker(id=22, worker_id=U1),
-    w.ListJobs(id=23, state=actorq.JobState.RUNNING, job_type="t", channel=None, limit=5),
-    w.GetStats(id=24),
-    w.FinishAndDequeue(id=25, job_id=U1, token=U2, result={}, job_types=["t"], timeout=0.0),
+    R(
+        1,
+        ops.Enqueue(
+            job_type="t", args=J({"a": [1, 2.5, None, True]}), dependencies=(U1,), channel="c"
+        ),
+    ),
+    R(2, ops.EnqueueMany(jobs=(ops.JobSpec("t", J({"n": 1}), (U1,), "c"), ops.JobSpec("u")))),
+    R(3, ops.Dequeue(job_types=("a", "b"), channels=("", "x"), timeout=1.5, worker_id=U1)),
+    R(4, ops.Dequeue(job_types=("a",), channels=(), any_channel=True)),
+    R(5, ops.DequeueById(job_id=U1, worker_id=None)),
+    R(6, ops.FinishJob(job_id=U1, token=U2, result=J({"ok": True}))),
+    R(7, ops.RequeueOrFinishJob(job_id=U1, token=None, max_retries=3, result=J(None))),
+    R(8, ops.UpdateJobResult(job_id=U1, token=U2, result=J([1]))),
+    R(9, ops.FailJob(job_id=U1, result=J("boom"))),
+    R(10, ops.CancelJob(job_id=U1)),
+    R(11, ops.GetJobStatus(job_id=U1)),
+    R(12, ops.GetJob(job_id=U1)),
+    R(13, ops.IdFromToken(token=U2)),
+    R(14, ops.GetHeartbeats(older_than=30.0)),
+    R(15, ops.RefreshHeartbeat(token=U2)),
+    R(16, ops.RefreshHeartbeats(tokens=(U1, U2))),
+    R(17, ops.AllRootJobIds()),
+    R(18, ops.DeleteJob(job_id=U1)),
+    R(19, ops.InsertWorker(channel="c", arch="x86_64")),
+    R(20, ops.UpdateWorkerStatus(worker_id=U1)),
+    R(21, ops.GetWorkers(older_than=0.0)),
+    R(22, ops.DeleteWorker(worker_id=U1)),
+    R(23, ops.ListJobs(state=actorq.JobState.RUNNING, job_type="t", channel=None, limit=5)),
+    R(24, ops.GetStats()),
+    R(
+        25,
+        ops.FinishAndDequeue(job_id=U1, token=U2, result=J({}), job_types=("t",), timeout=0.0),
+    ),
     w.Cancel(id=26),
     w.Release(id=27, job_id=U1, token=U2),
     w.Welcome(id=0, version=1, server="actorq", max_message_size=4096, max_in_flight=8),
@@ -68,43 +88,49 @@ SAMPLES: list[w.Message] = [
 ]
 
 
+def kind_of(message: w.Message) -> str:
+    return message.op.NAME if isinstance(message, w.Request) else message.KIND
+
+
 def test_every_kind_has_a_sample() -> None:
-    assert {type(m) for m in SAMPLES} == set(w.KINDS.values())
-    assert len(w.KINDS) == len({cls.KIND for cls in w.KINDS.values()})
+    assert {kind_of(m) for m in SAMPLES} == set(w.KINDS)
+    assert set(ops.OPERATIONS) <= set(w.KINDS)
 
 
-@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: m.KIND)
+@pytest.mark.parametrize("message", SAMPLES, ids=kind_of)
 def test_round_trip(message: w.Message) -> None:
     text = w.encode(message)
     obj = orjson.loads(text)
-    assert obj["kind"] == message.KIND
+    assert obj["kind"] == kind_of(message)
     assert obj["id"] == message.id
     assert w.decode(text) == message
 
 
 def test_encoded_uuids_are_canonical_strings() -> None:
-    obj = orjson.loads(w.encode(w.FinishJob(id=1, job_id=U1, token=U2)))
+    obj = orjson.loads(w.encode(R(1, ops.FinishJob(job_id=U1, token=U2))))
     assert obj["job_id"] == str(U1)
     assert obj["token"] == str(U2)
 
 
-def test_fragments_are_embedded_as_they_are() -> None:
+def test_json_text_is_embedded_as_it_is() -> None:
     # args stored as JSON text travel without being parsed and written again
-    message = w.Enqueue(id=1, job_type="t", args=orjson.Fragment('{"b":1,"a":[true]}'))
+    message = R(1, ops.Enqueue(job_type="t", args=ops.JsonText('{"b":1,"a":[true]}')))
     assert '"args":{"b":1,"a":[true]}' in w.encode(message)
-    assert w.decode(w.encode(message)) == w.Enqueue(id=1, job_type="t", args={"b": 1, "a": [True]})
+    assert w.decode(w.encode(message)) == message
 
 
 def test_defaults_may_be_left_out() -> None:
-    assert w.decode('{"kind":"enqueue","id":3,"job_type":"t"}') == w.Enqueue(id=3, job_type="t")
+    got = w.decode('{"kind":"enqueue","id":3,"job_type":"t"}')
+    assert got == R(3, ops.Enqueue(job_type="t"))
     got = w.decode('{"kind":"dequeue","id":3,"job_types":["t"]}')
-    assert got == w.Dequeue(id=3, job_types=["t"], channels=[""], timeout=None)
+    assert got == R(3, ops.Dequeue(job_types=("t",), channels=("",), timeout=None))
 
 
 def test_integer_timeouts_are_numbers() -> None:
     got = w.decode('{"kind":"dequeue","id":3,"job_types":["t"],"timeout":5}')
-    assert isinstance(got, w.Dequeue)
-    assert got.timeout == 5.0 and isinstance(got.timeout, float)
+    assert isinstance(got, w.Request)
+    assert isinstance(got.op, ops.Dequeue)
+    assert got.op.timeout == 5.0 and isinstance(got.op.timeout, float)
 
 
 def reason_of(text: Any, **kwargs: Any) -> str:
@@ -167,13 +193,15 @@ def test_binary_frames_and_oversize() -> None:
     assert reason_of(b'{"kind":"stats","id":1}') == "binary"
     big = '{"kind":"enqueue","id":1,"job_type":"t","args":"' + "x" * 5000 + '"}'
     assert reason_of(big, max_size=4096) == "oversize"
-    assert isinstance(w.decode(big, max_size=len(big)), w.Enqueue)
+    got = w.decode(big, max_size=len(big))
+    assert isinstance(got, w.Request)
+    assert isinstance(got.op, ops.Enqueue)
 
 
 def test_unexpected_kind() -> None:
     text = w.encode(w.Ok(id=1))
     assert reason_of(text, kinds=w.CLIENT_KINDS) == "unexpected_kind"
-    assert reason_of(w.encode(w.GetStats(id=1)), kinds=w.SERVER_KINDS) == "unexpected_kind"
+    assert reason_of(w.encode(R(1, ops.GetStats())), kinds=w.SERVER_KINDS) == "unexpected_kind"
 
 
 def test_request_id_is_kept_when_readable() -> None:
@@ -277,7 +305,7 @@ json_values = st.recursive(
 )
 field_names = st.sampled_from(
     sorted(
-        {a.name for cls in w.KINDS.values() for a in attrs.fields(cls)}
+        {a.name for cls in w.KINDS.values() for a in attrs.fields(cls)} - {"op"}
         | {"kind", "job_type", "zzz"}
     )
 )
@@ -328,3 +356,36 @@ def test_fuzz_one_field_of_a_valid_message(sample: w.Message, field: str, value:
     obj = orjson.loads(w.encode(sample))
     obj[field] = value
     check_decode_is_total(json.dumps(obj))
+
+
+def test_the_wire_converter_is_built_on_first_use_from_the_app_converter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Celsius:
+        def __init__(self, degrees: float) -> None:
+            self.degrees = degrees
+
+    monkeypatch.setattr(w, "_converter", None)
+    actorq.converter.register_unstructure_hook(Celsius, lambda c: {"celsius": c.degrees})
+    assert w.unstructure_value([Celsius(21.5)]) == [{"celsius": 21.5}]
+    assert w._converter is not None
+
+
+def test_the_protocol_document_lists_every_operation_with_its_fields() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[2].startswith("`"):
+            rows[cells[0].strip("`")] = re.findall(r"`([a-z_]+)`", cells[1])
+    requests = {kind: names for kind, names in rows.items() if kind in ops.OPERATIONS}
+    assert set(requests) == set(ops.OPERATIONS)
+
+    def fields(kind: str) -> set[str]:
+        return {a.name for a in attrs.fields(ops.OPERATIONS[kind])}
+
+    for kind, names in requests.items():
+        documented: set[str] = set()
+        for name in names:
+            documented |= fields(name) if name in ops.OPERATIONS else {name}
+        assert documented == fields(kind), kind

@@ -6,27 +6,17 @@ import contextlib
 import functools
 import importlib
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from uuid import UUID
 
-import attrs
 import trio
 
-from .._core import _validate as v
+from .._core._api import QueueAPI
 from .._core._errors import DequeueTimeoutError, QueueClosedError
-from .._core._json import loads, to_json_text
-from .._core._models import (
-    DequeuedJob,
-    JobInfo,
-    JobState,
-    JobStatus,
-    JobSummary,
-    QueueStats,
-    WorkerInfo,
-)
+from .._core._models import DequeuedJob
+from .._core._ops import Operation, Scope, WaitingOperation, check_access, run
 from .._core._records import Assignment
 from .._core._state import QueueState
 from .._stores._base import Store
@@ -36,6 +26,8 @@ from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
 
 __all__ = ["LocalQueue", "open_queue", "resolve_store", "utc_now"]
 
+P = TypeVar("P")
+R = TypeVar("R")
 T = TypeVar("T")
 
 
@@ -44,27 +36,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def to_dequeued_job(got: Assignment) -> DequeuedJob:
-    return DequeuedJob(
-        id=got.id,
-        token=got.token,
-        dependencies=list(got.dependencies),
-        type=got.type,
-        args=loads(got.args),
-        channel=got.channel,
-    )
-
-
-def decode_status(status: JobStatus) -> JobStatus:
-    # The core keeps results as JSON text; callers get JSON values.
-    return attrs.evolve(status, result=None if status.result is None else loads(status.result))
-
-
-def decode_info(info: JobInfo) -> JobInfo:
-    return attrs.evolve(info, args=loads(info.args))
-
-
-class LocalQueue:
+class LocalQueue(QueueAPI):
     """A :class:`actorq.JobQueue` served by a scheduler actor in this trio run.
 
     Make one with :func:`open_queue`. Any number of tasks may use it at once;
@@ -74,19 +46,15 @@ class LocalQueue:
     def __init__(self, scheduler: Scheduler) -> None:
         self._scheduler = scheduler
 
-    @property
-    def scheduler(self) -> Scheduler:
-        return self._scheduler
-
     # ------------------------------------------------------------ plumbing
 
-    async def call(self, fn: Callable[[QueueState], T]) -> T:
+    async def _call(self, fn: Callable[[QueueState], T]) -> T:
         """Run ``fn`` on the queue state inside the actor and return its result.
 
-        For extensions; ``fn`` must be synchronous and quick. Whatever it
-        changes is committed before this returns. If the caller is cancelled
-        before the actor gets to the request, ``fn`` never runs; once it ran,
-        cancellation cannot undo it.
+        ``fn`` must be synchronous and quick. Whatever it changes is committed
+        before this returns. If the caller is cancelled before the actor gets
+        to the request, ``fn`` never runs; once it ran, cancellation cannot
+        undo it (a job it handed out goes back, its token void).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         reply = Reply()
@@ -94,30 +62,48 @@ class LocalQueue:
         result: T = await reply.wait()
         return result
 
-    def _give_back(self, got: Assignment | None) -> None:
-        if got is not None:
-            with contextlib.suppress(QueueClosedError):
-                self._scheduler.post_nowait(Release(got))
+    async def _run(self, op: Operation[Any, P]) -> P:
+        return op.present(await self.execute(op))
 
-    async def _wait_for_job(
-        self,
-        job_types: tuple[str, ...],
-        channels: tuple[str, ...] | None,
-        timeout: float | None,
-        worker_id: UUID | None,
-    ) -> DequeuedJob:
-        if timeout == 0:
+    async def execute(self, op: Operation[R, Any], *, scope: Scope = None) -> R:
+        """Check ``op``'s arguments, run it in the actor and return the core's result.
+
+        The seam every front end serves the queue through: ``scope`` limits the
+        caller to those channels (the server's tenancy). A waiting operation
+        (a dequeue) parks until a job is ready or its timeout passes
+        (:class:`DequeueTimeoutError`); if the caller is cancelled meanwhile,
+        :class:`trio.Cancelled` propagates and a job already assigned to it
+        goes back to its place, its token void. A job returned here that the
+        caller cannot hand on must be given back with :meth:`release`.
+        """
+        op = op.checked()
+        if isinstance(op, WaitingOperation):
+            got: R = await self._wait_for_job(op, scope)  # type: ignore[assignment]
+            return got
+        return await self._call(functools.partial(run, op, scope=scope))
+
+    async def _wait_for_job(self, op: WaitingOperation, scope: Scope) -> Assignment:
+        if op.timeout == 0:
             # move_on_after(0) would cancel even a ready reply (trio issue 1626)
-            got = await self.call(lambda s: s.dequeue(job_types, channels, worker_id))
+            got = await self._call(functools.partial(run, op, scope=scope))
             if got is None:
                 raise DequeueTimeoutError()
-            return to_dequeued_job(got)
+            return got
         await trio.lowlevel.checkpoint_if_cancelled()
         reply = Reply()
-        self._scheduler.post_nowait(Park(job_types, channels, worker_id, reply))
+        types, channels = op.matching(scope)
+        access = op.access() if scope is not None else None
+
+        def prelude(state: QueueState) -> None:
+            if access is not None and scope is not None:
+                check_access(state, access, scope)
+            op.prelude(state)
+
+        self._scheduler.post_nowait(Park(prelude, types, channels, op.worker_id, reply))
         try:
-            with trio.move_on_after(math.inf if timeout is None else timeout):
-                return to_dequeued_job(await reply.wait())
+            with trio.move_on_after(math.inf if op.timeout is None else op.timeout):
+                assigned: Assignment = await reply.wait()
+                return assigned
         finally:
             if reply.abandoned:
                 # Timed out or cancelled before a job arrived: withdraw the wait.
@@ -127,7 +113,7 @@ class LocalQueue:
                     self._scheduler.post_nowait(Withdraw(reply))
         raise DequeueTimeoutError()
 
-    # ------------------------------------------------------------ the API
+    # ------------------------------------------------------------ extras
 
     def release(self, job: DequeuedJob) -> None:
         """Give back a job whose hand-over failed (for front ends such as the server).
@@ -137,149 +123,9 @@ class LocalQueue:
         its token is void; if the job has moved on since (finished, canceled,
         requeued), nothing happens.
         """
-        self._give_back(
-            Assignment(job.id, job.token, tuple(job.dependencies), job.type, "null", job.channel)
-        )
-
-    async def enqueue(
-        self,
-        job_type: str,
-        args: Any = None,
-        dependencies: Iterable[UUID] = (),
-        channel: str = "",
-    ) -> UUID:
-        job_type = v.check_job_type(job_type)
-        deps = v.check_uuids(dependencies, "dependencies")
-        channel = v.check_channel(channel)
-        text = to_json_text(args, "args")
-        return await self.call(lambda s: s.enqueue(job_type, text, deps, channel))
-
-    async def enqueue_many(self, jobs: Iterable[tuple[str, Any]], channel: str = "") -> list[UUID]:
-        """Enqueue several jobs without dependencies in one request (one commit)."""
-        channel = v.check_channel(channel)
-        prepared = [(v.check_job_type(t), to_json_text(a, "args")) for t, a in jobs]
-        return await self.call(lambda s: [s.enqueue(t, a, (), channel) for t, a in prepared])
-
-    async def dequeue(
-        self,
-        job_types: Sequence[str],
-        channels: Sequence[str] = ("",),
-        *,
-        timeout: float | None = None,
-        worker_id: UUID | None = None,
-    ) -> DequeuedJob:
-        return await self._wait_for_job(
-            v.check_job_types(job_types),
-            v.check_channels(channels),
-            v.check_timeout(timeout),
-            v.check_optional_uuid(worker_id, "worker_id"),
-        )
-
-    async def dequeue_any_channel(
-        self,
-        job_types: Sequence[str],
-        *,
-        timeout: float | None = None,
-        worker_id: UUID | None = None,
-    ) -> DequeuedJob:
-        return await self._wait_for_job(
-            v.check_job_types(job_types),
-            None,
-            v.check_timeout(timeout),
-            v.check_optional_uuid(worker_id, "worker_id"),
-        )
-
-    async def dequeue_by_id(self, job_id: UUID, *, worker_id: UUID | None = None) -> DequeuedJob:
-        job_id = v.check_uuid(job_id, "job_id")
-        worker = v.check_optional_uuid(worker_id, "worker_id")
-        return to_dequeued_job(await self.call(lambda s: s.dequeue_by_id(job_id, worker)))
-
-    async def finish_job(self, job_id: UUID, result: Any = None) -> None:
-        job_id = v.check_uuid(job_id, "job_id")
-        text = to_json_text(result, "result")
-        await self.call(lambda s: s.finish_job(job_id, text))
-
-    async def requeue_or_finish_job(
-        self, job_id: UUID, max_retries: int, result: Any = None
-    ) -> bool:
-        job_id = v.check_uuid(job_id, "job_id")
-        retries = v.check_max_retries(max_retries)
-        text = to_json_text(result, "result")
-        return await self.call(lambda s: s.requeue_or_finish_job(job_id, retries, text))
-
-    async def update_job_result(self, job_id: UUID, result: Any) -> None:
-        job_id = v.check_uuid(job_id, "job_id")
-        text = to_json_text(result, "result")
-        await self.call(lambda s: s.update_job_result(job_id, text))
-
-    async def fail_job(self, job_id: UUID, result: Any) -> None:
-        job_id = v.check_uuid(job_id, "job_id")
-        text = to_json_text(result, "result")
-        await self.call(lambda s: s.fail_job(job_id, text))
-
-    async def cancel_job(self, job_id: UUID) -> None:
-        job_id = v.check_uuid(job_id, "job_id")
-        await self.call(lambda s: s.cancel_job(job_id))
-
-    async def job_status(self, job_id: UUID) -> JobStatus:
-        job_id = v.check_uuid(job_id, "job_id")
-        return decode_status(await self.call(lambda s: s.job_status(job_id)))
-
-    async def job(self, job_id: UUID) -> JobInfo:
-        job_id = v.check_uuid(job_id, "job_id")
-        return decode_info(await self.call(lambda s: s.job(job_id)))
-
-    async def id_from_token(self, token: UUID) -> UUID:
-        token = v.check_uuid(token, "token")
-        return await self.call(lambda s: s.id_from_token(token))
-
-    async def heartbeats(self, older_than: float) -> list[UUID]:
-        seconds = v.check_seconds(older_than, "older_than")
-        return await self.call(lambda s: s.heartbeats(seconds))
-
-    async def refresh_heartbeat(self, token: UUID) -> None:
-        token = v.check_uuid(token, "token")
-        await self.call(lambda s: s.refresh_heartbeat(token))
-
-    async def all_root_job_ids(self) -> list[UUID]:
-        return await self.call(QueueState.all_root_job_ids)
-
-    async def delete_job(self, job_id: UUID) -> None:
-        job_id = v.check_uuid(job_id, "job_id")
-        await self.call(lambda s: s.delete_job(job_id))
-
-    async def insert_worker(self, channel: str, arch: str) -> UUID:
-        channel = v.check_channel(channel)
-        arch = v.check_str(arch, "arch")
-        return await self.call(lambda s: s.insert_worker(channel, arch))
-
-    async def update_worker_status(self, worker_id: UUID) -> None:
-        worker_id = v.check_uuid(worker_id, "worker_id")
-        await self.call(lambda s: s.update_worker_status(worker_id))
-
-    async def workers(self, older_than: float = 0.0) -> list[WorkerInfo]:
-        seconds = v.check_seconds(older_than, "older_than")
-        return await self.call(functools.partial(QueueState.workers, older_than=seconds))
-
-    async def delete_worker(self, worker_id: UUID) -> None:
-        worker_id = v.check_uuid(worker_id, "worker_id")
-        await self.call(lambda s: s.delete_worker(worker_id))
-
-    async def list_jobs(
-        self,
-        state: JobState | None = None,
-        job_type: str | None = None,
-        channel: str | None = None,
-        limit: int | None = None,
-    ) -> list[JobSummary]:
-        wanted = v.check_state(state)
-        job_type = None if job_type is None else v.check_str(job_type, "job_type")
-        channel = None if channel is None else v.check_channel(channel)
-        limit = v.check_limit(limit)
-        return await self.call(lambda s: s.list_jobs(wanted, job_type, channel, limit))
-
-    async def stats(self) -> QueueStats:
-        return await self.call(QueueState.stats)
+        got = Assignment(job.id, job.token, tuple(job.dependencies), job.type, "null", job.channel)
+        with contextlib.suppress(QueueClosedError):
+            self._scheduler.post_nowait(Release(got))
 
 
 #: What :func:`open_queue` runs unless told otherwise: upstream's heartbeat
@@ -375,9 +221,8 @@ async def open_queue(
             # A store that can lose the right to write (a PostgreSQL leader
             # that was deposed) has a watch() that raises when it does: the
             # queue must then stop serving at once, not at its next commit.
-            watch = getattr(resolved, "watch", None)
-            if watch is not None:
-                nursery.start_soon(watch)
+            if resolved is not None:
+                nursery.start_soon(resolved.watch)
             if maintenance is not None:
                 await nursery.start(Maintainer(queue, maintenance, wall).run)
             try:

@@ -175,7 +175,7 @@ class Maintainer:
                 out.append(ReapedJob(job_id, status.type, status.channel, requeued, status.retries))
             return out
 
-        reaped = await self.queue.call(reap)
+        reaped = await self.queue._call(reap)
         for job in reaped:
             log.warning(
                 "job %s (%s) lost its worker: %s",
@@ -209,7 +209,7 @@ class Maintainer:
                 removed.append(worker.id)
             return removed
 
-        removed = await self.queue.call(reap)
+        removed = await self.queue._call(reap)
         for worker_id in removed:
             log.info(
                 "removed worker %s: no status for %s s",
@@ -251,7 +251,7 @@ class Maintainer:
             self._canceled_seen = seen
             return deleted
 
-        deleted = await self.queue.call(sweep)
+        deleted = await self.queue._call(sweep)
         if deleted:
             log.info(
                 "retention deleted %d job trees older than %s s",

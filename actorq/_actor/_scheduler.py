@@ -112,8 +112,13 @@ class Call:
 
 @attrs.define(slots=True, eq=False)
 class Park:
-    """Dequeue, waiting for a matching job if none is ready. ``channels=None`` means any."""
+    """Run ``prelude``, then dequeue, waiting for a matching job if none is ready.
 
+    ``channels=None`` means any. If ``prelude`` raises, that error is the reply
+    and nothing is dequeued.
+    """
+
+    prelude: Callable[[QueueState], None] | None
     job_types: tuple[str, ...]
     channels: tuple[str, ...] | None
     worker_id: Any
@@ -224,8 +229,14 @@ class Scheduler:
             if message.reply.abandoned:
                 return
             try:
+                if message.prelude is not None:
+                    message.prelude(state)
                 got = state.add_waiter(message.job_types, message.channels, message.worker_id)
             except JobQueueError as exc:
+                replies.append((message.reply, outcome.Error(exc)))
+                return
+            except Exception as exc:  # a bug; the state checks before it changes anything
+                log.exception("request failed inside the scheduler")
                 replies.append((message.reply, outcome.Error(exc)))
                 return
             if isinstance(got, Assignment):

@@ -109,6 +109,31 @@ class StoreError(JobQueueError):
     default_message = "store error"
 
 
+class ProtocolError(JobQueueError):
+    """A message broke the protocol, or the peer refused the connection.
+
+    ``reason`` is a stable code saying what was wrong (see ``docs/protocol.md``):
+    ``bad_json``, ``not_object``, ``missing_kind``, ``unknown_kind``,
+    ``unexpected_kind``, ``bad_field``, ``bad_uuid``, ``oversize``, ``binary``,
+    ``duplicate_id``, ``too_many_requests``, ``hello_expected``,
+    ``unsupported_version``, ``unauthorized``, ``forbidden``, ``internal``.
+    ``request_id`` is the id of the offending request when it could be read.
+    """
+
+    code = "protocol_error"
+    default_message = "protocol error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        reason: str = "protocol_error",
+        request_id: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.request_id = request_id
+
+
 ERRORS_BY_CODE: dict[str, type[JobQueueError]] = {
     cls.code: cls
     for cls in (

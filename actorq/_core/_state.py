@@ -46,6 +46,7 @@ from ._errors import (
     CanceledError,
     FinishedError,
     HasDependentsError,
+    JobQueueError,
     NotExistError,
     NotPendingError,
     NotRunningError,
@@ -369,6 +370,29 @@ class QueueState:
     def job_state(self, job_id: UUID) -> JobState:
         return state_of(self._get(job_id))
 
+    def job_channel(self, job_id: UUID) -> str:
+        """The channel of a job; :class:`NotExistError` for an unknown one."""
+        return self._get(job_id).channel
+
+    def worker_channel(self, worker_id: UUID) -> str:
+        """The channel of a worker; :class:`WorkerNotExistError` for an unknown one."""
+        return self._get_worker(worker_id).channel
+
+    def check_token(self, job_id: UUID, token: UUID | None) -> None:
+        """A token operation touches only the job its token names.
+
+        A job that is no longer running gets the error the plain operation gives
+        (not running, canceled...); a job that runs under another token (it was
+        requeued or released and handed to someone else) is out of reach.
+        """
+        if token is None:
+            return
+        job = self._get(job_id)
+        if not job.running:
+            return
+        if self._tokens.get(token) != job_id:
+            raise NotExistError("the token does not name this job any more")
+
     def id_from_token(self, token: UUID) -> UUID:
         job_id = self._tokens.get(token)
         if job_id is None:
@@ -380,6 +404,16 @@ class QueueState:
     def refresh_heartbeat(self, token: UUID) -> None:
         job_id = self.id_from_token(token)
         self._jobs[job_id].heartbeat = self._monotonic()
+
+    def refresh_heartbeats(self, tokens: Iterable[UUID]) -> list[UUID]:
+        """Refresh many tokens; return those that no longer name a running job."""
+        gone = []
+        for token in tokens:
+            try:
+                self.refresh_heartbeat(token)
+            except JobQueueError:
+                gone.append(token)
+        return gone
 
     def heartbeats(self, older_than: float) -> list[UUID]:
         """Tokens of running jobs whose last heartbeat is at least ``older_than`` seconds old."""

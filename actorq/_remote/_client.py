@@ -21,13 +21,13 @@ import itertools
 import logging
 import math
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
-import orjson
+import attrs
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -37,6 +37,7 @@ from trio_websocket import (
 )
 
 from .._core import _validate as v
+from .._core._api import QueueAPI
 from .._core._errors import (
     CanceledError,
     DequeueTimeoutError,
@@ -46,23 +47,15 @@ from .._core._errors import (
     NotRunningError,
     QueueClosedError,
 )
-from .._core._json import to_json_text
-from .._core._models import (
-    DequeuedJob,
-    JobInfo,
-    JobState,
-    JobStatus,
-    JobSummary,
-    QueueStats,
-    WorkerInfo,
-)
+from .._core._models import DequeuedJob
+from .._core._ops import Operation, RefreshHeartbeat, RefreshHeartbeats
 from . import _wire as w
 
 __all__ = ["RemoteQueue", "connect", "connect_stream"]
 
 log = logging.getLogger("actorq.client")
 
-T = TypeVar("T")
+P = TypeVar("P")
 
 _Reply = w.Message | QueueClosedError
 
@@ -72,17 +65,11 @@ _REFRESH_BATCH = 10_000  # tokens per refresh message, well below any frame limi
 _MAX_VOID = 4096
 
 
-def _refresh_message(request_id: int, tokens: list[UUID]) -> w.Message:
-    return w.RefreshHeartbeats(id=request_id, tokens=tokens)
+def _request(request_id: int, op: Operation[Any, Any]) -> w.Message:
+    return w.Request(id=request_id, op=op)
 
 
-def _fragment(value: object, what: str) -> orjson.Fragment:
-    # Checked and encoded exactly as the in-process queue does, then embedded
-    # in the frame as it is.
-    return orjson.Fragment(to_json_text(value, what))
-
-
-class RemoteQueue:
+class RemoteQueue(QueueAPI):
     """A :class:`actorq.JobQueue` on the other end of a websocket.
 
     Made by :func:`connect`; usable by any number of tasks at once. Bad
@@ -293,7 +280,8 @@ class RemoteQueue:
             for start in range(0, len(tokens), _REFRESH_BATCH):
                 batch = tokens[start : start + _REFRESH_BATCH]
                 try:
-                    reply = await self._request(partial(_refresh_message, tokens=batch))
+                    op = RefreshHeartbeats(tokens=tuple(batch))
+                    reply = await self._request(partial(_request, op=op))
                     gone = set(self._structure(reply, list[UUID]))
                 except QueueClosedError:
                     return
@@ -330,33 +318,51 @@ class RemoteQueue:
             raise w.ProtocolError(f"unexpected {reply.KIND} reply", "unexpected_kind")
         return w.structure_value(reply.value, cls)
 
-    async def _value(self, make: Callable[[int], w.Message], cls: Any) -> Any:
-        return self._structure(await self._request(make), cls)
+    async def _run(self, op: Operation[Any, P]) -> P:
+        """Send ``op`` and return its result, structured as the in-process API returns it.
 
-    async def _job(self, make: Callable[[int], w.Message]) -> DequeuedJob:
-        reply = await self._request(make)
-        if type(reply) is not w.Dequeued:
-            raise w.ProtocolError(f"unexpected {reply.KIND} reply", "unexpected_kind")
-        job = reply.job
-        self._hold(job)
-        return job
-
-    async def _token_op(self, job_id: UUID, make: Callable[[int, UUID | None], w.Message]) -> Any:
-        """A call for a job this client may hold: it carries the job's token, so the
-        server applies it only while that token still names the job."""
-        token = self._token_for(job_id)
+        An operation on a job this client holds carries the job's token, so the
+        server applies it only while that token still names the job.
+        """
+        op = op.checked()
+        job_id: UUID | None = getattr(op, "job_id", None)
+        token: UUID | None = None
+        if op.TOKEN and job_id is not None:
+            token = self._token_for(job_id)
+            op = attrs.evolve(op, token=token)  # type: ignore[call-arg]
+        request = op
         try:
-            reply = await self._request(lambda i: make(i, token))
+            reply = await self._request(lambda i: w.Request(id=i, op=request))
         except _TOKEN_GONE as exc:
-            self._forget(job_id, token)
-            if isinstance(exc, NotExistError) and token is not None:
-                # The job runs under someone else's token now. Keep sending ours,
-                # so a retry cannot touch the other worker's run either.
-                self._void[job_id] = token
-                while len(self._void) > _MAX_VOID:
-                    del self._void[next(iter(self._void))]
+            if job_id is not None and op.TOKEN:
+                self._forget(job_id, token)
+                if isinstance(exc, NotExistError) and token is not None:
+                    # The job runs under someone else's token now. Keep sending
+                    # ours, so a retry cannot touch the other worker's run either.
+                    self._void[job_id] = token
+                    while len(self._void) > _MAX_VOID:
+                        del self._void[next(iter(self._void))]
+            elif isinstance(op, RefreshHeartbeat):
+                for held_id, held in list(self._held.items()):
+                    if held == op.token:
+                        del self._held[held_id]
             raise
-        return reply
+        except DequeueTimeoutError:
+            if job_id is not None and op.SETTLES:
+                self._forget(job_id, token)  # the finish took effect before the dequeue timed out
+            raise
+        # (If the outcome is unknown, say after a cancellation, the token stays
+        # held; the next heartbeat refresh drops it if the job settled.)
+        if job_id is not None and op.SETTLES:
+            self._forget(job_id, self._held.get(job_id))
+        if op.RESULT is DequeuedJob:
+            if type(reply) is not w.Dequeued:
+                raise w.ProtocolError(f"unexpected {reply.KIND} reply", "unexpected_kind")
+            self._hold(reply.job)
+            job: P = reply.job  # type: ignore[assignment]
+            return job
+        value: P = self._structure(reply, op.RESULT)
+        return value
 
     def _token_for(self, job_id: UUID) -> UUID | None:
         return self._held.get(job_id) or self._void.get(job_id)
@@ -377,259 +383,6 @@ class RemoteQueue:
         connection is gone the job comes back when its heartbeat expires."""
         self._forget(job.id, job.token)
         self._release_nowait(job.id, job.token)
-
-    async def enqueue_many(self, jobs: Iterable[tuple[str, Any]], channel: str = "") -> list[UUID]:
-        """Enqueue several jobs without dependencies in one request: all, or none."""
-        channel = v.check_channel(channel)
-        specs = [w.JobSpec(v.check_job_type(t), _fragment(a, "args"), [], channel) for t, a in jobs]
-        ids: list[UUID] = await self._value(lambda i: w.EnqueueMany(id=i, jobs=specs), list[UUID])
-        return ids
-
-    async def finish_and_dequeue(
-        self,
-        job_id: UUID,
-        result: Any,
-        job_types: Sequence[str],
-        channels: Sequence[str] = ("",),
-        *,
-        any_channel: bool = False,
-        timeout: float | None = None,
-        worker_id: UUID | None = None,
-    ) -> DequeuedJob:
-        """Finish ``job_id`` with ``result``, then dequeue the next job: one round trip.
-
-        If the finish fails its error is raised and nothing is dequeued. Any
-        other outcome (a job, :class:`DequeueTimeoutError`, an error about the
-        dequeue arguments, a cancellation once the request was sent) may come
-        after the finish took effect.
-        """
-        job_id = v.check_uuid(job_id, "job_id")
-        text = _fragment(result, "result")
-        types = v.check_job_types(job_types)
-        chans = () if any_channel else v.check_channels(channels)
-        wait = v.check_timeout(timeout)
-        worker = v.check_optional_uuid(worker_id, "worker_id")
-        token = self._token_for(job_id)
-        try:
-            reply = await self._request(
-                lambda i: w.FinishAndDequeue(
-                    id=i,
-                    job_id=job_id,
-                    token=token,
-                    result=text,
-                    job_types=list(types),
-                    channels=list(chans),
-                    any_channel=any_channel,
-                    timeout=wait,
-                    worker_id=worker,
-                )
-            )
-        except (*_TOKEN_GONE, DequeueTimeoutError):
-            # the token is void, or the finish took effect before the dequeue timed out
-            self._forget(job_id, token)
-            raise
-        # (If the outcome is unknown, say after a cancellation, the token stays
-        # held; the next heartbeat refresh drops it if the finish took effect.)
-        self._forget(job_id, token)
-        if type(reply) is not w.Dequeued:
-            raise w.ProtocolError(f"unexpected {reply.KIND} reply", "unexpected_kind")
-        self._hold(reply.job)
-        return reply.job
-
-    # ------------------------------------------------------------ the API
-
-    async def enqueue(
-        self,
-        job_type: str,
-        args: Any = None,
-        dependencies: Iterable[UUID] = (),
-        channel: str = "",
-    ) -> UUID:
-        job_type = v.check_job_type(job_type)
-        deps = v.check_uuids(dependencies, "dependencies")
-        channel = v.check_channel(channel)
-        text = _fragment(args, "args")
-        job_id: UUID = await self._value(
-            lambda i: w.Enqueue(
-                id=i, job_type=job_type, args=text, dependencies=list(deps), channel=channel
-            ),
-            UUID,
-        )
-        return job_id
-
-    async def dequeue(
-        self,
-        job_types: Sequence[str],
-        channels: Sequence[str] = ("",),
-        *,
-        timeout: float | None = None,
-        worker_id: UUID | None = None,
-    ) -> DequeuedJob:
-        types = v.check_job_types(job_types)
-        chans = v.check_channels(channels)
-        wait = v.check_timeout(timeout)
-        worker = v.check_optional_uuid(worker_id, "worker_id")
-        return await self._job(
-            lambda i: w.Dequeue(
-                id=i, job_types=list(types), channels=list(chans), timeout=wait, worker_id=worker
-            )
-        )
-
-    async def dequeue_any_channel(
-        self,
-        job_types: Sequence[str],
-        *,
-        timeout: float | None = None,
-        worker_id: UUID | None = None,
-    ) -> DequeuedJob:
-        types = v.check_job_types(job_types)
-        wait = v.check_timeout(timeout)
-        worker = v.check_optional_uuid(worker_id, "worker_id")
-        return await self._job(
-            lambda i: w.Dequeue(
-                id=i,
-                job_types=list(types),
-                channels=[],
-                any_channel=True,
-                timeout=wait,
-                worker_id=worker,
-            )
-        )
-
-    async def dequeue_by_id(self, job_id: UUID, *, worker_id: UUID | None = None) -> DequeuedJob:
-        job_id = v.check_uuid(job_id, "job_id")
-        worker = v.check_optional_uuid(worker_id, "worker_id")
-        return await self._job(lambda i: w.DequeueById(id=i, job_id=job_id, worker_id=worker))
-
-    async def finish_job(self, job_id: UUID, result: Any = None) -> None:
-        job_id = v.check_uuid(job_id, "job_id")
-        text = _fragment(result, "result")
-        await self._token_op(
-            job_id, lambda i, tok: w.FinishJob(id=i, job_id=job_id, token=tok, result=text)
-        )
-        self._forget(job_id, self._held.get(job_id))
-
-    async def requeue_or_finish_job(
-        self, job_id: UUID, max_retries: int, result: Any = None
-    ) -> bool:
-        job_id = v.check_uuid(job_id, "job_id")
-        retries = v.check_max_retries(max_retries)
-        text = _fragment(result, "result")
-        reply = await self._token_op(
-            job_id,
-            lambda i, tok: w.RequeueOrFinishJob(
-                id=i, job_id=job_id, token=tok, max_retries=retries, result=text
-            ),
-        )
-        self._forget(job_id, self._held.get(job_id))
-        requeued: bool = self._structure(reply, bool)
-        return requeued
-
-    async def update_job_result(self, job_id: UUID, result: Any) -> None:
-        job_id = v.check_uuid(job_id, "job_id")
-        text = _fragment(result, "result")
-        await self._token_op(
-            job_id, lambda i, tok: w.UpdateJobResult(id=i, job_id=job_id, token=tok, result=text)
-        )
-
-    async def fail_job(self, job_id: UUID, result: Any) -> None:
-        job_id = v.check_uuid(job_id, "job_id")
-        text = _fragment(result, "result")
-        await self._request(lambda i: w.FailJob(id=i, job_id=job_id, result=text))
-
-    async def cancel_job(self, job_id: UUID) -> None:
-        job_id = v.check_uuid(job_id, "job_id")
-        await self._request(lambda i: w.CancelJob(id=i, job_id=job_id))
-        self._forget(job_id, self._held.get(job_id))
-
-    async def job_status(self, job_id: UUID) -> JobStatus:
-        job_id = v.check_uuid(job_id, "job_id")
-        status: JobStatus = await self._value(
-            lambda i: w.GetJobStatus(id=i, job_id=job_id), JobStatus
-        )
-        return status
-
-    async def job(self, job_id: UUID) -> JobInfo:
-        job_id = v.check_uuid(job_id, "job_id")
-        info: JobInfo = await self._value(lambda i: w.GetJob(id=i, job_id=job_id), JobInfo)
-        return info
-
-    async def id_from_token(self, token: UUID) -> UUID:
-        token = v.check_uuid(token, "token")
-        job_id: UUID = await self._value(lambda i: w.IdFromToken(id=i, token=token), UUID)
-        return job_id
-
-    async def heartbeats(self, older_than: float) -> list[UUID]:
-        seconds = v.check_seconds(older_than, "older_than")
-        tokens: list[UUID] = await self._value(
-            lambda i: w.GetHeartbeats(id=i, older_than=seconds), list[UUID]
-        )
-        return tokens
-
-    async def refresh_heartbeat(self, token: UUID) -> None:
-        token = v.check_uuid(token, "token")
-        try:
-            await self._request(lambda i: w.RefreshHeartbeat(id=i, token=token))
-        except _TOKEN_GONE:
-            for job_id, held in list(self._held.items()):
-                if held == token:
-                    del self._held[job_id]
-            raise
-
-    async def all_root_job_ids(self) -> list[UUID]:
-        ids: list[UUID] = await self._value(lambda i: w.AllRootJobIds(id=i), list[UUID])
-        return ids
-
-    async def delete_job(self, job_id: UUID) -> None:
-        job_id = v.check_uuid(job_id, "job_id")
-        await self._request(lambda i: w.DeleteJob(id=i, job_id=job_id))
-        self._forget(job_id, self._held.get(job_id))
-
-    async def insert_worker(self, channel: str, arch: str) -> UUID:
-        channel = v.check_channel(channel)
-        arch = v.check_str(arch, "arch")
-        worker_id: UUID = await self._value(
-            lambda i: w.InsertWorker(id=i, channel=channel, arch=arch), UUID
-        )
-        return worker_id
-
-    async def update_worker_status(self, worker_id: UUID) -> None:
-        worker_id = v.check_uuid(worker_id, "worker_id")
-        await self._request(lambda i: w.UpdateWorkerStatus(id=i, worker_id=worker_id))
-
-    async def workers(self, older_than: float = 0.0) -> list[WorkerInfo]:
-        seconds = v.check_seconds(older_than, "older_than")
-        found: list[WorkerInfo] = await self._value(
-            lambda i: w.GetWorkers(id=i, older_than=seconds), list[WorkerInfo]
-        )
-        return found
-
-    async def delete_worker(self, worker_id: UUID) -> None:
-        worker_id = v.check_uuid(worker_id, "worker_id")
-        await self._request(lambda i: w.DeleteWorker(id=i, worker_id=worker_id))
-
-    async def list_jobs(
-        self,
-        state: JobState | None = None,
-        job_type: str | None = None,
-        channel: str | None = None,
-        limit: int | None = None,
-    ) -> list[JobSummary]:
-        wanted = v.check_state(state)
-        job_type = None if job_type is None else v.check_str(job_type, "job_type")
-        channel = None if channel is None else v.check_channel(channel)
-        limit = v.check_limit(limit)
-        jobs: list[JobSummary] = await self._value(
-            lambda i: w.ListJobs(
-                id=i, state=wanted, job_type=job_type, channel=channel, limit=limit
-            ),
-            list[JobSummary],
-        )
-        return jobs
-
-    async def stats(self) -> QueueStats:
-        stats: QueueStats = await self._value(lambda i: w.GetStats(id=i), QueueStats)
-        return stats
 
 
 def _reraise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:

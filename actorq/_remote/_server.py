@@ -17,33 +17,25 @@ import hmac
 import logging
 import math
 import ssl
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import attrs
-import orjson
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 from .._core import _validate as v
-from .._core._errors import (
-    DequeueTimeoutError,
-    JobQueueError,
-    NotExistError,
-    WorkerNotExistError,
-)
-from .._core._models import DequeuedJob, JobState
-from .._core._protocol import JobQueue
-from .._core._records import Assignment
-from .._core._state import QueueState
+from .._core._errors import JobQueueError
+from .._core._models import DequeuedJob
+from .._core._ops import Operation, Scope
 from . import _wire as w
 
 __all__ = ["QueueServer", "ServableQueue", "serve"]
 
 log = logging.getLogger("actorq.server")
 
-T = TypeVar("T")
+R = TypeVar("R")
 
 DEFAULT_MAX_IN_FLIGHT = 1024
 
@@ -59,13 +51,13 @@ CLOSE_UNSUPPORTED_VERSION = 4002
 CLOSE_HELLO_TIMEOUT = 4008
 
 
-class ServableQueue(JobQueue, Protocol):
-    """What the server needs from a queue: the protocol, plus running a function
-    on the queue state atomically (:meth:`LocalQueue.call`) and giving back a job
+class ServableQueue(Protocol):
+    """What the server needs from a queue: running an operation for a caller
+    limited to some channels (:meth:`LocalQueue.execute`) and giving back a job
     whose hand-over failed (:meth:`LocalQueue.release`). Every queue made by
     :func:`actorq.open_queue` qualifies, whatever its store."""
 
-    async def call(self, fn: Callable[[QueueState], T]) -> T: ...
+    async def execute(self, op: Operation[R, Any], *, scope: Scope = None) -> R: ...
 
     def release(self, job: DequeuedJob) -> None: ...
 
@@ -73,44 +65,6 @@ class ServableQueue(JobQueue, Protocol):
 def _handle(job_id: UUID, token: UUID) -> DequeuedJob:
     # release() needs only the id and the token
     return DequeuedJob(id=job_id, token=token, dependencies=[], type="", args=None, channel="")
-
-
-def _from_assignment(got: Assignment) -> DequeuedJob:
-    # The args stay the JSON text the queue stored: embedded, never parsed here.
-    return DequeuedJob(
-        id=got.id,
-        token=got.token,
-        dependencies=list(got.dependencies),
-        type=got.type,
-        args=orjson.Fragment(got.args),
-        channel=got.channel,
-    )
-
-
-def _json_text(value: object) -> str:
-    # Values decoded from a frame are plain JSON values: orjson writes them back
-    # as they were (it rejects only nesting deeper than it writes).
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError as exc:
-        raise TypeError(f"value cannot be stored as JSON: {exc}") from None
-
-
-def _check_token(state: QueueState, job_id: UUID, token: UUID | None) -> None:
-    """A token operation touches only the job its token names.
-
-    A job that is no longer running gets the error the plain operation gives
-    (not running, canceled...); a job that runs under another token (it was
-    requeued or released and handed to someone else) is out of reach.
-    """
-    if token is None or state.job_state(job_id) is not JobState.RUNNING:
-        return
-    try:
-        owner = state.id_from_token(token)
-    except JobQueueError:
-        owner = None
-    if owner != job_id:
-        raise NotExistError("the token does not name this job any more")
 
 
 class QueueServer:
@@ -361,32 +315,6 @@ class _Connection:
         self.outbox, self._outbox_receive = trio.open_memory_channel[_Outgoing](math.inf)
         self.close_code = CLOSE_NORMAL
         self.close_reason: str | None = None
-        self._handlers: dict[type[w.Message], Callable[[Any], Any]] = {
-            w.Enqueue: self._enqueue,
-            w.EnqueueMany: self._enqueue_many,
-            w.Dequeue: self._dequeue,
-            w.DequeueById: self._dequeue_by_id,
-            w.FinishJob: self._finish_job,
-            w.RequeueOrFinishJob: self._requeue_or_finish_job,
-            w.UpdateJobResult: self._update_job_result,
-            w.FailJob: self._fail_job,
-            w.CancelJob: self._cancel_job,
-            w.GetJobStatus: self._job_status,
-            w.GetJob: self._job,
-            w.IdFromToken: self._id_from_token,
-            w.GetHeartbeats: self._heartbeats,
-            w.RefreshHeartbeat: self._refresh_heartbeat,
-            w.RefreshHeartbeats: self._refresh_heartbeats,
-            w.AllRootJobIds: self._all_root_job_ids,
-            w.DeleteJob: self._delete_job,
-            w.InsertWorker: self._insert_worker,
-            w.UpdateWorkerStatus: self._update_worker_status,
-            w.GetWorkers: self._workers,
-            w.DeleteWorker: self._delete_worker,
-            w.ListJobs: self._list_jobs,
-            w.GetStats: self._stats,
-            w.FinishAndDequeue: self._finish_and_dequeue,
-        }
 
     # ------------------------------------------------------------ plumbing
 
@@ -573,26 +501,29 @@ class _Connection:
                     ),
                 )
             else:
+                assert isinstance(message, w.Request)
                 entry = _Request()
                 self.in_flight[message.id] = entry
                 requests.start_soon(self._serve_request, message, entry)
 
-    async def _serve_request(self, message: w.Message, entry: _Request) -> None:
+    async def _serve_request(self, message: w.Request, entry: _Request) -> None:
         job: DequeuedJob | None = None
         text: str | None = None
+        op = message.op
         try:
             with entry.scope:
-                reply = await self._handlers[type(message)](message)
+                raw = await self.queue.execute(op, scope=self.allowed)
                 # No checkpoint from here on: a job in hand is either queued for
                 # sending or given back, never dropped.
-                if isinstance(reply, DequeuedJob):
-                    job = reply
+                value = op.to_wire(raw)
+                if isinstance(value, DequeuedJob):
+                    job = value
                     text = w.encode(w.Dequeued(id=message.id, job=job))
                 else:
-                    text = w.encode(w.Ok(id=message.id, value=reply))
+                    text = w.encode(w.Ok(id=message.id, value=w.unstructure_value(value)))
         except Exception as exc:
             if not isinstance(exc, JobQueueError | TypeError | ValueError):
-                log.exception("request %s failed", message.KIND)
+                log.exception("request %s failed", op.NAME)
             text = w.encode(w.error_reply(message.id, exc))
         if entry.cancelled:
             # The client cancelled this request: it expects no reply.
@@ -613,293 +544,3 @@ class _Connection:
             )
             job = None
         await self._send_now(text, job)
-
-    # ------------------------------------------------------------ tenancy
-
-    def _check_channel(self, channel: str) -> None:
-        if self.allowed is not None and channel not in self.allowed:
-            raise w.ProtocolError(f"channel {channel!r} is not open to this token", "forbidden")
-
-    def _guard_job(self, state: QueueState, job_id: UUID) -> None:
-        # A job outside the token's channels does not exist, as far as it can tell.
-        if self.allowed is not None and state.job(job_id).channel not in self.allowed:
-            raise NotExistError(f"job {job_id} does not exist")
-
-    def _guard_worker(self, state: QueueState, worker_id: UUID) -> None:
-        if self.allowed is not None:
-            for worker in state.workers():
-                if worker.id == worker_id and worker.channel in self.allowed:
-                    return
-            raise WorkerNotExistError(f"worker {worker_id} does not exist")
-
-    def _visible(self, state: QueueState, job_id: UUID) -> bool:
-        return self.allowed is None or state.job(job_id).channel in self.allowed
-
-    # ------------------------------------------------------------ requests
-
-    async def _enqueue(self, m: w.Enqueue) -> Any:
-        job_type = v.check_job_type(m.job_type)
-        channel = v.check_channel(m.channel)
-        self._check_channel(channel)
-        deps = v.check_uuids(m.dependencies, "dependencies")
-        text = _json_text(m.args)
-        return await self.queue.call(lambda s: s.enqueue(job_type, text, deps, channel))
-
-    async def _enqueue_many(self, m: w.EnqueueMany) -> Any:
-        jobs = []
-        for spec in m.jobs:
-            channel = v.check_channel(spec.channel)
-            self._check_channel(channel)
-            deps = v.check_uuids(spec.dependencies, "dependencies")
-            jobs.append((v.check_job_type(spec.job_type), _json_text(spec.args), deps, channel))
-
-        def enqueue_all(state: QueueState) -> list[UUID]:
-            # All or nothing: check every dependency before adding any job.
-            for _, _, deps, _ in jobs:
-                for dep in deps:
-                    state.job_state(dep)
-            return [state.enqueue(t, a, d, c) for t, a, d, c in jobs]
-
-        return await self.queue.call(enqueue_all)
-
-    def _dequeue_params(
-        self, job_types: list[str], channels: list[str], any_channel: bool
-    ) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
-        types = v.check_job_types(job_types)
-        if any_channel:
-            # a tenant's "any channel" is any of its channels
-            return types, None if self.allowed is None else tuple(sorted(self.allowed))
-        chans = v.check_channels(channels)
-        for channel in chans:
-            self._check_channel(channel)
-        return types, chans
-
-    async def _take(
-        self,
-        fn: Callable[[QueueState], Assignment | None],
-        types: tuple[str, ...],
-        chans: tuple[str, ...] | None,
-        timeout: float | None,
-        worker: UUID | None,
-    ) -> DequeuedJob:
-        # One quick actor call takes a ready job: shielded, so a job it takes is
-        # never lost to a cancellation on the way back (our caller checks for
-        # cancellation before sending). Only if none is ready do we wait, through
-        # the queue's own dequeue, which puts back a job that arrives too late.
-        with trio.CancelScope(shield=True):
-            got = await self.queue.call(fn)
-        if got is not None:
-            return _from_assignment(got)
-        if timeout == 0:
-            raise DequeueTimeoutError()
-        if chans is None:
-            return await self.queue.dequeue_any_channel(types, timeout=timeout, worker_id=worker)
-        return await self.queue.dequeue(types, chans, timeout=timeout, worker_id=worker)
-
-    async def _dequeue(self, m: w.Dequeue) -> Any:
-        types, chans = self._dequeue_params(m.job_types, m.channels, m.any_channel)
-        timeout = v.check_timeout(m.timeout)
-        worker = m.worker_id
-        return await self._take(
-            lambda s: s.dequeue(types, chans, worker), types, chans, timeout, worker
-        )
-
-    async def _finish_and_dequeue(self, m: w.FinishAndDequeue) -> Any:
-        types, chans = self._dequeue_params(m.job_types, m.channels, m.any_channel)
-        timeout = v.check_timeout(m.timeout)
-        text = _json_text(m.result)
-        job_id, token, worker = m.job_id, m.token, m.worker_id
-
-        def finish_then_dequeue(state: QueueState) -> Assignment | None:
-            self._guard_job(state, job_id)
-            _check_token(state, job_id, token)
-            state.finish_job(job_id, text)
-            return state.dequeue(types, chans, worker)
-
-        return await self._take(finish_then_dequeue, types, chans, timeout, worker)
-
-    async def _dequeue_by_id(self, m: w.DequeueById) -> Any:
-        job_id, worker = m.job_id, m.worker_id
-
-        def take(state: QueueState) -> Assignment:
-            self._guard_job(state, job_id)
-            return state.dequeue_by_id(job_id, worker)
-
-        return await self._take(take, (), (), 0, worker)
-
-    async def _finish_job(self, m: w.FinishJob) -> Any:
-        text = _json_text(m.result)
-        job_id, token = m.job_id, m.token
-
-        def finish(state: QueueState) -> None:
-            self._guard_job(state, job_id)
-            _check_token(state, job_id, token)
-            state.finish_job(job_id, text)
-
-        return await self.queue.call(finish)
-
-    async def _requeue_or_finish_job(self, m: w.RequeueOrFinishJob) -> Any:
-        retries = v.check_max_retries(m.max_retries)
-        text = _json_text(m.result)
-        job_id, token = m.job_id, m.token
-
-        def requeue(state: QueueState) -> bool:
-            self._guard_job(state, job_id)
-            _check_token(state, job_id, token)
-            return state.requeue_or_finish_job(job_id, retries, text)
-
-        return await self.queue.call(requeue)
-
-    async def _update_job_result(self, m: w.UpdateJobResult) -> Any:
-        text = _json_text(m.result)
-        job_id, token = m.job_id, m.token
-
-        def update(state: QueueState) -> None:
-            self._guard_job(state, job_id)
-            _check_token(state, job_id, token)
-            state.update_job_result(job_id, text)
-
-        return await self.queue.call(update)
-
-    async def _fail_job(self, m: w.FailJob) -> Any:
-        text = _json_text(m.result)
-        job_id = m.job_id
-
-        def fail(state: QueueState) -> None:
-            self._guard_job(state, job_id)
-            state.fail_job(job_id, text)
-
-        return await self.queue.call(fail)
-
-    async def _cancel_job(self, m: w.CancelJob) -> Any:
-        job_id = m.job_id
-
-        def cancel(state: QueueState) -> None:
-            self._guard_job(state, job_id)
-            state.cancel_job(job_id)
-
-        return await self.queue.call(cancel)
-
-    async def _delete_job(self, m: w.DeleteJob) -> Any:
-        job_id = m.job_id
-
-        def delete(state: QueueState) -> None:
-            self._guard_job(state, job_id)
-            state.delete_job(job_id)
-
-        return await self.queue.call(delete)
-
-    async def _job_status(self, m: w.GetJobStatus) -> Any:
-        job_id = m.job_id
-
-        def status(state: QueueState) -> Any:
-            self._guard_job(state, job_id)
-            return state.job_status(job_id)
-
-        got = await self.queue.call(status)
-        result = None if got.result is None else orjson.Fragment(got.result)
-        return w.unstructure_value(attrs.evolve(got, result=result))
-
-    async def _job(self, m: w.GetJob) -> Any:
-        job_id = m.job_id
-
-        def info(state: QueueState) -> Any:
-            self._guard_job(state, job_id)
-            return state.job(job_id)
-
-        got = await self.queue.call(info)
-        return w.unstructure_value(attrs.evolve(got, args=orjson.Fragment(got.args)))
-
-    async def _id_from_token(self, m: w.IdFromToken) -> Any:
-        token = m.token
-        return await self.queue.call(lambda s: s.id_from_token(token))
-
-    async def _heartbeats(self, m: w.GetHeartbeats) -> Any:
-        seconds = v.check_seconds(m.older_than, "older_than")
-
-        def heartbeats(state: QueueState) -> list[UUID]:
-            tokens = state.heartbeats(seconds)
-            if self.allowed is None:
-                return tokens
-            return [t for t in tokens if self._visible(state, state.id_from_token(t))]
-
-        return await self.queue.call(heartbeats)
-
-    async def _refresh_heartbeat(self, m: w.RefreshHeartbeat) -> Any:
-        token = m.token
-        return await self.queue.call(lambda s: s.refresh_heartbeat(token))
-
-    async def _refresh_heartbeats(self, m: w.RefreshHeartbeats) -> Any:
-        tokens = m.tokens
-
-        def refresh(state: QueueState) -> list[UUID]:
-            gone = []
-            for token in tokens:
-                try:
-                    state.refresh_heartbeat(token)
-                except JobQueueError:
-                    gone.append(token)
-            return gone
-
-        return await self.queue.call(refresh)
-
-    async def _all_root_job_ids(self, m: w.AllRootJobIds) -> Any:
-        def roots(state: QueueState) -> list[UUID]:
-            return [j for j in state.all_root_job_ids() if self._visible(state, j)]
-
-        return await self.queue.call(roots)
-
-    async def _insert_worker(self, m: w.InsertWorker) -> Any:
-        channel = v.check_channel(m.channel)
-        self._check_channel(channel)
-        arch = v.check_str(m.arch, "arch")
-        return await self.queue.call(lambda s: s.insert_worker(channel, arch))
-
-    async def _update_worker_status(self, m: w.UpdateWorkerStatus) -> Any:
-        worker_id = m.worker_id
-
-        def update(state: QueueState) -> None:
-            self._guard_worker(state, worker_id)
-            state.update_worker_status(worker_id)
-
-        return await self.queue.call(update)
-
-    async def _workers(self, m: w.GetWorkers) -> Any:
-        seconds = v.check_seconds(m.older_than, "older_than")
-
-        def workers(state: QueueState) -> Any:
-            found = state.workers(older_than=seconds)
-            if self.allowed is not None:
-                found = [worker for worker in found if worker.channel in self.allowed]
-            return found
-
-        return w.unstructure_value(await self.queue.call(workers))
-
-    async def _delete_worker(self, m: w.DeleteWorker) -> Any:
-        worker_id = m.worker_id
-
-        def delete(state: QueueState) -> None:
-            self._guard_worker(state, worker_id)
-            state.delete_worker(worker_id)
-
-        return await self.queue.call(delete)
-
-    async def _list_jobs(self, m: w.ListJobs) -> Any:
-        wanted, job_type, channel = m.state, m.job_type, m.channel
-        limit = v.check_limit(m.limit)
-        if channel is not None:
-            self._check_channel(channel)
-
-        def listing(state: QueueState) -> Any:
-            if self.allowed is None or channel is not None:
-                return state.list_jobs(wanted, job_type, channel, limit)
-            allowed = self.allowed
-            found = [j for j in state.list_jobs(wanted, job_type) if j.channel in allowed]
-            return found if limit is None else found[:limit]
-
-        return w.unstructure_value(await self.queue.call(listing))
-
-    async def _stats(self, m: w.GetStats) -> Any:
-        if self.allowed is not None:
-            raise w.ProtocolError("queue statistics are not open to tenant tokens", "forbidden")
-        return w.unstructure_value(await self.queue.call(QueueState.stats))

@@ -2,7 +2,7 @@
 
 Every message is a JSON object in one websocket text frame, with a ``"kind"``
 field naming its class. The classes below are attrs classes, (un)structured by
-one cattrs converter (:data:`wire_converter`, derived from
+one cattrs converter (:func:`wire_converter`, derived from
 :data:`actorq.converter`) through a tagged union on ``"kind"``. Nothing here
 does I/O: the server and the client call :func:`encode` and :func:`decode`,
 and map errors with :func:`error_reply` and :func:`exception_from_reply`.
@@ -28,9 +28,10 @@ import cattrs
 import orjson
 from cattrs.strategies import configure_tagged_union, include_subclasses
 
-from .._core._errors import ERRORS_BY_CODE, JobQueueError
+from .._core._errors import ERRORS_BY_CODE, JobQueueError, ProtocolError
 from .._core._json import converter as app_converter
-from .._core._models import DequeuedJob, JobState
+from .._core._models import DequeuedJob
+from .._core._ops import OPERATIONS, JsonText, Operation
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -60,31 +61,6 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 MAX_ID: Final = 2**53 - 1  # request ids stay exact in every JSON implementation
 
 
-class ProtocolError(JobQueueError):
-    """A message broke the protocol, or the peer refused the connection.
-
-    ``reason`` is a stable code saying what was wrong (see ``docs/protocol.md``):
-    ``bad_json``, ``not_object``, ``missing_kind``, ``unknown_kind``,
-    ``unexpected_kind``, ``bad_field``, ``bad_uuid``, ``oversize``, ``binary``,
-    ``duplicate_id``, ``too_many_requests``, ``hello_expected``,
-    ``unsupported_version``, ``unauthorized``, ``forbidden``, ``internal``.
-    ``request_id`` is the id of the offending request when it could be read.
-    """
-
-    code = "protocol_error"
-    default_message = "protocol error"
-
-    def __init__(
-        self,
-        message: str | None = None,
-        reason: str = "protocol_error",
-        request_id: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.request_id = request_id
-
-
 # ---------------------------------------------------------------- messages
 
 
@@ -95,16 +71,6 @@ class Message:
 
     KIND: ClassVar[str] = ""
     id: int
-
-
-@attrs.frozen
-class JobSpec:
-    """One job of an ``enqueue_many`` request."""
-
-    job_type: str
-    args: Any = None
-    dependencies: list[UUID] = attrs.Factory(list)
-    channel: str = ""
 
 
 # Requests: client to server. Each gets exactly one reply (ok, dequeued or
@@ -123,186 +89,16 @@ class Hello(Message):
 
 
 @attrs.frozen(kw_only=True)
-class Enqueue(Message):
-    KIND = "enqueue"
-    job_type: str
-    args: Any = None
-    dependencies: list[UUID] = attrs.Factory(list)
-    channel: str = ""
+class Request(Message):
+    """A request to run ``op``, one of :data:`~actorq._core._ops.OPERATIONS`.
 
-
-@attrs.frozen(kw_only=True)
-class EnqueueMany(Message):
-    """Enqueue several jobs at once: all of them, or (on an error) none."""
-
-    KIND = "enqueue_many"
-    jobs: list[JobSpec]
-
-
-@attrs.frozen(kw_only=True)
-class Dequeue(Message):
-    """Take a job. ``any_channel`` ignores ``channels`` and matches every channel."""
-
-    KIND = "dequeue"
-    job_types: list[str]
-    channels: list[str] = attrs.Factory(lambda: [""])
-    any_channel: bool = False
-    timeout: float | None = None
-    worker_id: UUID | None = None
-
-
-@attrs.frozen(kw_only=True)
-class DequeueById(Message):
-    KIND = "dequeue_by_id"
-    job_id: UUID
-    worker_id: UUID | None = None
-
-
-@attrs.frozen(kw_only=True)
-class FinishJob(Message):
-    """Finish a running job. With ``token``, only if that token still names the job."""
-
-    KIND = "finish_job"
-    job_id: UUID
-    token: UUID | None = None
-    result: Any = None
-
-
-@attrs.frozen(kw_only=True)
-class RequeueOrFinishJob(Message):
-    KIND = "requeue_or_finish_job"
-    job_id: UUID
-    token: UUID | None = None
-    max_retries: int
-    result: Any = None
-
-
-@attrs.frozen(kw_only=True)
-class UpdateJobResult(Message):
-    KIND = "update_job_result"
-    job_id: UUID
-    token: UUID | None = None
-    result: Any = None
-
-
-@attrs.frozen(kw_only=True)
-class FailJob(Message):
-    KIND = "fail_job"
-    job_id: UUID
-    result: Any = None
-
-
-@attrs.frozen(kw_only=True)
-class CancelJob(Message):
-    KIND = "cancel_job"
-    job_id: UUID
-
-
-@attrs.frozen(kw_only=True)
-class GetJobStatus(Message):
-    KIND = "job_status"
-    job_id: UUID
-
-
-@attrs.frozen(kw_only=True)
-class GetJob(Message):
-    KIND = "job"
-    job_id: UUID
-
-
-@attrs.frozen(kw_only=True)
-class IdFromToken(Message):
-    KIND = "id_from_token"
-    token: UUID
-
-
-@attrs.frozen(kw_only=True)
-class GetHeartbeats(Message):
-    KIND = "heartbeats"
-    older_than: float
-
-
-@attrs.frozen(kw_only=True)
-class RefreshHeartbeat(Message):
-    KIND = "refresh_heartbeat"
-    token: UUID
-
-
-@attrs.frozen(kw_only=True)
-class RefreshHeartbeats(Message):
-    """Refresh many tokens; the reply lists those that no longer name a running job."""
-
-    KIND = "refresh_heartbeats"
-    tokens: list[UUID]
-
-
-@attrs.frozen(kw_only=True)
-class AllRootJobIds(Message):
-    KIND = "all_root_job_ids"
-
-
-@attrs.frozen(kw_only=True)
-class DeleteJob(Message):
-    KIND = "delete_job"
-    job_id: UUID
-
-
-@attrs.frozen(kw_only=True)
-class InsertWorker(Message):
-    KIND = "insert_worker"
-    channel: str
-    arch: str
-
-
-@attrs.frozen(kw_only=True)
-class UpdateWorkerStatus(Message):
-    KIND = "update_worker_status"
-    worker_id: UUID
-
-
-@attrs.frozen(kw_only=True)
-class GetWorkers(Message):
-    KIND = "workers"
-    older_than: float = 0.0
-
-
-@attrs.frozen(kw_only=True)
-class DeleteWorker(Message):
-    KIND = "delete_worker"
-    worker_id: UUID
-
-
-@attrs.frozen(kw_only=True)
-class ListJobs(Message):
-    KIND = "list_jobs"
-    state: JobState | None = None
-    job_type: str | None = None
-    channel: str | None = None
-    limit: int | None = None
-
-
-@attrs.frozen(kw_only=True)
-class GetStats(Message):
-    KIND = "stats"
-
-
-@attrs.frozen(kw_only=True)
-class FinishAndDequeue(Message):
-    """Finish ``job_id`` (as ``finish_job``), then dequeue (as ``dequeue``): one round trip.
-
-    If the finish fails, its error is the reply and nothing is dequeued; any
-    later error (``dequeue_timeout`` included) means the finish took effect.
+    On the wire it is the operation's fields, with the operation's ``NAME`` as
+    ``kind`` and the request's ``id``. Answered by ``ok``, ``dequeued`` (for
+    an operation that hands out a job) or ``error``.
     """
 
-    KIND = "finish_and_dequeue"
-    job_id: UUID
-    token: UUID | None = None
-    result: Any = None
-    job_types: list[str]
-    channels: list[str] = attrs.Factory(lambda: [""])
-    any_channel: bool = False
-    timeout: float | None = None
-    worker_id: UUID | None = None
+    KIND = "request"  # never on the wire: each operation has its own kind
+    op: Operation[Any, Any]
 
 
 # Control messages: client to server, never answered.
@@ -365,42 +161,19 @@ class Error(Message):
     reason: str | None = None
 
 
-REQUEST_TYPES: Final[tuple[type[Message], ...]] = (
-    Hello,
-    Enqueue,
-    EnqueueMany,
-    Dequeue,
-    DequeueById,
-    FinishJob,
-    RequeueOrFinishJob,
-    UpdateJobResult,
-    FailJob,
-    CancelJob,
-    GetJobStatus,
-    GetJob,
-    IdFromToken,
-    GetHeartbeats,
-    RefreshHeartbeat,
-    RefreshHeartbeats,
-    AllRootJobIds,
-    DeleteJob,
-    InsertWorker,
-    UpdateWorkerStatus,
-    GetWorkers,
-    DeleteWorker,
-    ListJobs,
-    GetStats,
-    FinishAndDequeue,
-)
+REQUEST_TYPES: Final[tuple[type[Message], ...]] = (Hello, Request)
 CONTROL_TYPES: Final[tuple[type[Message], ...]] = (Cancel, Release)
 REPLY_TYPES: Final[tuple[type[Message], ...]] = (Welcome, Ok, Dequeued, Error)
 
-KINDS: Final[dict[str, type[Message]]] = {
-    cls.KIND: cls for cls in (*REQUEST_TYPES, *CONTROL_TYPES, *REPLY_TYPES)
+_MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (Hello, *CONTROL_TYPES, *REPLY_TYPES)
+KINDS: Final[dict[str, type[Message] | type[Operation[Any, Any]]]] = {
+    **{cls.KIND: cls for cls in _MESSAGE_TYPES},
+    **OPERATIONS,
 }
-"""Every message kind and its class."""
+"""Every kind on the wire: the messages' own, and one per operation."""
 
-CLIENT_KINDS: Final = frozenset(cls.KIND for cls in (*REQUEST_TYPES, *CONTROL_TYPES))
+REQUEST_KINDS: Final = frozenset(("hello", *OPERATIONS))
+CLIENT_KINDS: Final = REQUEST_KINDS | frozenset(cls.KIND for cls in CONTROL_TYPES)
 SERVER_KINDS: Final = frozenset(cls.KIND for cls in REPLY_TYPES)
 
 
@@ -454,6 +227,15 @@ def _structure_any(value: object, _: object) -> Any:
     return value
 
 
+def _structure_json_text(value: object, _: object) -> JsonText:
+    # Values decoded from a frame are plain JSON values: orjson writes them back
+    # as they were (it rejects only nesting deeper than it writes).
+    try:
+        return JsonText(orjson.dumps(value).decode())
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"value cannot be stored as JSON: {exc}") from None
+
+
 def _json_type(value: object) -> str:
     names = {dict: "object", list: "array", str: "string", int: "integer", float: "number"}
     if value is None:
@@ -490,6 +272,8 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(UUID, _structure_uuid)
     conv.register_structure_hook(datetime, _structure_datetime)
     conv.register_structure_hook(Any, _structure_any)
+    conv.register_structure_hook(JsonText, _structure_json_text)
+    conv.register_unstructure_hook(JsonText, orjson.Fragment)
 
     def optional_hook(tp: Any) -> Callable[[object, object], object]:
         inner = next(a for a in get_args(tp) if a is not type(None))
@@ -528,14 +312,26 @@ def _make_converter() -> cattrs.Converter:
     include_subclasses(
         Message,
         conv,
-        subclasses=tuple(KINDS.values()),
+        subclasses=_MESSAGE_TYPES,
         union_strategy=partial(configure_tagged_union, tag_name="kind", tag_generator=_kind_of),
     )
     return conv
 
 
-wire_converter: Final[cattrs.Converter] = _make_converter()
-"""The one converter for wire messages: strict (no coercion, no extra keys)."""
+_converter: cattrs.Converter | None = None
+
+
+def wire_converter() -> cattrs.Converter:
+    """The one converter for wire messages: strict (no coercion, no extra keys).
+
+    Derived from :data:`actorq.converter` on first use, not at import: importing
+    actorq stays cheap, and hooks a program registers on :data:`actorq.converter`
+    before it first talks to a server reach the wire too.
+    """
+    global _converter
+    if _converter is None:
+        _converter = _make_converter()
+    return _converter
 
 
 # ------------------------------------------------------------------ codec
@@ -550,7 +346,11 @@ def encode(message: Message) -> str:
     that JSON cannot carry (a bug in the caller: values are checked before).
     """
     try:
-        return orjson.dumps(wire_converter.unstructure(message, Message)).decode()
+        if type(message) is Request:
+            op = message.op
+            body = wire_converter().unstructure(op, type(op))
+            return orjson.dumps({"kind": op.NAME, "id": message.id, **body}).decode()
+        return orjson.dumps(wire_converter().unstructure(message, Message)).decode()
     except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
         raise TypeError(f"cannot encode {message.KIND} message: {exc}") from None
 
@@ -593,7 +393,14 @@ def decode(
     if raw_id is not None and request_id is None:
         raise ProtocolError(f"id must be an integer in 0..{MAX_ID}", "bad_field")
     try:
-        message: Message = wire_converter.structure(obj, Message)
+        operation = OPERATIONS.get(kind)
+        if operation is not None:
+            del obj["kind"]
+            obj.pop("id", None)
+            op = wire_converter().structure(obj, operation)
+            message: Message = Request(id=-1 if request_id is None else request_id, op=op)
+        else:
+            message = wire_converter().structure(obj, Message)
     except Exception as exc:
         reason = "bad_uuid" if _contains(exc, _BadUUID) else "bad_field"
         raise ProtocolError(f"bad {kind} message: {_describe(exc)}", reason, request_id) from None
@@ -620,7 +427,7 @@ def _describe(exc: BaseException) -> str:
 def structure_value(value: object, cls: type[T] | Any) -> T:
     """Structure a reply's ``value`` as ``cls`` strictly, or raise :class:`ProtocolError`."""
     try:
-        out: T = wire_converter.structure(value, cls)
+        out: T = wire_converter().structure(value, cls)
     except Exception as exc:
         raise ProtocolError(f"bad reply value: {_describe(exc)}", "bad_field") from None
     return out
@@ -628,7 +435,7 @@ def structure_value(value: object, cls: type[T] | Any) -> T:
 
 def unstructure_value(value: object) -> Any:
     """A return value (UUID, model class, list of them...) as a JSON-ready value."""
-    return wire_converter.unstructure(value)
+    return wire_converter().unstructure(value)
 
 
 # --------------------------------------------------------------- errors

@@ -3,13 +3,16 @@
 The scheduler's :class:`~actorq._core.QueueState` is the queue; a store only
 keeps records of it, so that a restarted process can rebuild the same state.
 The scheduler calls :meth:`Store.commit` once per batch of requests, and
-answers none of them before that commit returns.
+answers none of them before that commit returns. ``docs/stores.md`` says how
+to write a store of your own.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 from uuid import UUID
+
+import trio
 
 from .._core._records import Changes, JobRecord, WorkerRecord
 
@@ -18,19 +21,49 @@ __all__ = ["MemoryStore", "Store"]
 
 @runtime_checkable
 class Store(Protocol):
-    """What the scheduler needs from durable storage.
+    """Everything a queue calls on its durable storage.
 
-    ``load`` returns every job in enqueue order and every worker. ``commit``
-    makes one batch of changes durable atomically: after it returns, they
-    survive a crash; if it raises, none of them may be visible on the next
-    ``load``. Both are called from the scheduler task only, one at a time.
+    :func:`actorq.open_queue` calls :meth:`load` once, then runs
+    :meth:`watch` beside the scheduler, which calls :meth:`commit` once per
+    batch; :meth:`close` comes last, also after a failure or cancellation.
+    ``load``, ``commit`` and ``close`` are called one at a time, never
+    concurrently with each other; ``watch`` runs concurrently with all of
+    them. Blocking work belongs on a worker thread, through
+    ``actorq._stores._threads.run_sync`` (it keeps a
+    :class:`trio.testing.MockClock` from jumping meanwhile). The full
+    contract is in ``docs/stores.md``.
     """
 
-    async def load(self) -> tuple[list[JobRecord], list[WorkerRecord]]: ...
+    async def load(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
+        """Every job, in enqueue order (ascending ``seq``), and every worker.
 
-    async def commit(self, changes: Changes) -> None: ...
+        A dependency always precedes its dependent. Raises
+        :class:`~actorq.StoreError` if the records cannot be read or are
+        inconsistent: a queue is rebuilt from all of them or not at all.
+        """
+        ...
 
-    async def close(self) -> None: ...
+    async def commit(self, changes: Changes) -> None:
+        """Make one batch of changes durable, atomically.
+
+        After it returns, every change survives a crash; if it raises (a
+        :class:`~actorq.StoreError`), none of them may be visible to the
+        next :meth:`load`. A cancellation must not leave half a batch.
+        """
+        ...
+
+    async def watch(self) -> None:
+        """Raise :class:`~actorq.StoreError` once this store has lost the right to write.
+
+        The queue stops serving when it raises. A store that cannot lose it
+        (one process owns the records) waits forever; the queue cancels it
+        when it closes.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release what :meth:`load` acquired. Idempotent; must not fail on cancellation."""
+        ...
 
 
 class MemoryStore:
@@ -60,5 +93,9 @@ class MemoryStore:
             self.workers[worker.id] = worker
         self.commits += 1
 
+    async def watch(self) -> None:
+        """Wait forever: nothing else writes to this process's memory."""
+        await trio.sleep_forever()
+
     async def close(self) -> None:
-        pass
+        """Nothing to release: the records stay, for the next queue on this store."""

@@ -41,10 +41,9 @@ import select
 import socket
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-from uuid import UUID
 
 import psycopg
 import trio
@@ -53,6 +52,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .._core._errors import StoreError
 from .._core._records import Changes, JobRecord, WorkerRecord
+from ._postgres_schema import SCHEMA_VERSION, check_version, q
+from ._postgres_sql import DEPOSED, ELECT, FENCE, LOCK_HELD, read_records, write_changes
+from ._threads import run_sync
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "store_from_url"]
 
@@ -63,213 +65,6 @@ T = TypeVar("T")
 #: First key of the leadership advisory lock ("actq"); the second is derived
 #: from the schema name, so queues in different schemas elect separately.
 LOCK_CLASS: Final = 0x61637471
-
-# Each migration takes the schema from version ``i`` to ``i + 1`` and runs in
-# the same transaction as the version bump, so an interrupted upgrade leaves
-# the database at the old version (as in the SQLite store). Append, never
-# edit: released databases exist at every version listed here. "{s}" stands
-# for the queue's schema.
-_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        # The fencing row. epoch grows by one at every election.
-        """
-        CREATE TABLE {s}.leader (
-            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-            epoch bigint NOT NULL CHECK (epoch >= 0),
-            holder text,
-            elected timestamptz,
-            renewed timestamptz
-        )
-        """,
-        "INSERT INTO {s}.leader (epoch) VALUES (0)",
-        # Every commit calls this first, in its own transaction. The row lock
-        # it takes also makes an election wait for a commit in flight.
-        """
-        CREATE FUNCTION {s}.fence(my_epoch bigint) RETURNS void LANGUAGE plpgsql AS $$
-        BEGIN
-            UPDATE {s}.leader SET renewed = statement_timestamp() WHERE epoch = my_epoch;
-            IF NOT FOUND THEN
-                RAISE EXCEPTION 'epoch % is over: another process leads this queue', my_epoch
-                    USING ERRCODE = 'AQ001';
-            END IF;
-        END
-        $$
-        """,
-        """
-        CREATE TABLE {s}.workers (
-            id uuid PRIMARY KEY,
-            seq bigint GENERATED ALWAYS AS IDENTITY,  -- load in insertion order
-            channel text NOT NULL,
-            arch text NOT NULL,
-            updated timestamptz NOT NULL
-        )
-        """,
-        # The invariants of actorq._core._state, as constraints: a job is pending
-        # (started null), running (started, not finished, not canceled),
-        # finished (started <= finished, with a result) or canceled (never
-        # finished; a job canceled while running keeps its token so its worker
-        # learns of the cancel). The token is set exactly while a job has
-        # started and not finished; a worker only while it runs.
-        """
-        CREATE TABLE {s}.jobs (
-            id uuid PRIMARY KEY,
-            seq bigint NOT NULL UNIQUE CHECK (seq > 0),
-            type text NOT NULL CHECK (type <> ''),
-            channel text NOT NULL,
-            args json NOT NULL,
-            queued timestamptz NOT NULL,
-            started timestamptz,
-            finished timestamptz,
-            canceled boolean NOT NULL,
-            result json,
-            retries bigint NOT NULL CHECK (retries >= 0),
-            token uuid UNIQUE,
-            worker_id uuid REFERENCES {s}.workers (id) DEFERRABLE INITIALLY DEFERRED,
-            UNIQUE (id, seq),
-            CONSTRAINT started_after_queued CHECK (started >= queued),
-            CONSTRAINT finished_after_started CHECK (finished >= started),
-            CONSTRAINT finished_needs_started CHECK (finished IS NULL OR started IS NOT NULL),
-            CONSTRAINT finished_has_result CHECK (finished IS NULL OR result IS NOT NULL),
-            CONSTRAINT canceled_never_finished CHECK (NOT canceled OR finished IS NULL),
-            CONSTRAINT token_iff_started_unfinished
-                CHECK ((token IS NOT NULL) = (started IS NOT NULL AND finished IS NULL)),
-            CONSTRAINT worker_only_while_running
-                CHECK (worker_id IS NULL
-                       OR (started IS NOT NULL AND finished IS NULL AND NOT canceled))
-        )
-        """,
-        # for the foreign key check when a worker is deleted
-        "CREATE INDEX jobs_worker_id ON {s}.jobs (worker_id) WHERE worker_id IS NOT NULL",
-        # A dependency is an earlier job (restore relies on it): the seq columns
-        # let a plain CHECK say so, through foreign keys on (id, seq).
-        """
-        CREATE TABLE {s}.job_dependencies (
-            job_id uuid NOT NULL,
-            job_seq bigint NOT NULL,
-            position integer NOT NULL CHECK (position >= 0),
-            dependency_id uuid NOT NULL,
-            dependency_seq bigint NOT NULL,
-            PRIMARY KEY (job_id, position),
-            UNIQUE (job_id, dependency_id),
-            CONSTRAINT dependency_is_older CHECK (dependency_seq < job_seq),
-            FOREIGN KEY (job_id, job_seq) REFERENCES {s}.jobs (id, seq) ON DELETE CASCADE,
-            FOREIGN KEY (dependency_id, dependency_seq) REFERENCES {s}.jobs (id, seq)
-                DEFERRABLE INITIALLY DEFERRED
-        )
-        """,
-        # for the foreign key check when a job is deleted
-        "CREATE INDEX job_dependencies_dependency ON {s}.job_dependencies (dependency_id)",
-        # Transitions no row may make: a job's identity and arguments never
-        # change, retries never go down, and a finished or canceled job is final.
-        """
-        CREATE FUNCTION {s}.check_job_transition() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF (NEW.id, NEW.seq, NEW.type, NEW.channel, NEW.args::text, NEW.queued)
-               IS DISTINCT FROM (OLD.id, OLD.seq, OLD.type, OLD.channel, OLD.args::text, OLD.queued)
-            THEN
-                RAISE EXCEPTION 'job %: id, seq, type, channel, args and queued never change',
-                    OLD.id
-                    USING ERRCODE = 'check_violation';
-            END IF;
-            IF NEW.retries < OLD.retries THEN
-                RAISE EXCEPTION 'job %: retries never decrease', OLD.id
-                    USING ERRCODE = 'check_violation';
-            END IF;
-            IF (OLD.finished IS NOT NULL OR OLD.canceled)
-               AND (NEW.started, NEW.finished, NEW.canceled, NEW.result::text, NEW.retries,
-                    NEW.token, NEW.worker_id)
-                   IS DISTINCT FROM (OLD.started, OLD.finished, OLD.canceled, OLD.result::text,
-                                     OLD.retries, OLD.token, OLD.worker_id)
-            THEN
-                RAISE EXCEPTION 'job %: a finished or canceled job never changes', OLD.id
-                    USING ERRCODE = 'check_violation';
-            END IF;
-            RETURN NEW;
-        END
-        $$
-        """,
-        """
-        CREATE TRIGGER jobs_transition BEFORE UPDATE ON {s}.jobs
-            FOR EACH ROW EXECUTE FUNCTION {s}.check_job_transition()
-        """,
-    ),
-)
-
-#: The schema version this code writes. Older schemas are migrated when a
-#: process becomes leader; newer ones are refused.
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-
-# The version table, created (at version 0) together with the schema itself.
-_VERSION_TABLE: Final = "actorq_schema"
-
-
-def _q(text: str, schema: str) -> sql.Composed:
-    return sql.SQL(text).format(s=sql.Identifier(schema))
-
-
-# ----------------------------------------------------------------- queries
-
-# A fencing failure raises this SQLSTATE (see the fence function).
-_DEPOSED: Final = "AQ001"
-_FENCE = "SELECT {s}.fence(%b)"
-_ELECT = """
-    UPDATE {s}.leader
-    SET epoch = epoch + 1, holder = %s, elected = statement_timestamp(),
-        renewed = statement_timestamp()
-    RETURNING epoch
-"""
-# New jobs are inserted whole; for known ones only what can change is set.
-_UPSERT_JOBS = """
-    INSERT INTO {s}.jobs (id, seq, type, channel, args, queued, started, finished,
-                          canceled, result, retries, token, worker_id)
-    SELECT id, seq, type, channel, args::json, queued, started, finished,
-           canceled, result::json, retries, token, worker_id
-    FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[],
-                %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::boolean[],
-                %b::text[], %b::bigint[], %b::uuid[], %b::uuid[])
-        AS u(id, seq, type, channel, args, queued, started, finished,
-             canceled, result, retries, token, worker_id)
-    ORDER BY seq
-    ON CONFLICT (id) DO UPDATE
-    SET started = EXCLUDED.started, finished = EXCLUDED.finished, canceled = EXCLUDED.canceled,
-        result = EXCLUDED.result, retries = EXCLUDED.retries, token = EXCLUDED.token,
-        worker_id = EXCLUDED.worker_id
-"""
-# A job's dependencies never change: rows already stored are skipped. A
-# dependency that does not exist finds no seq, and the NOT NULL on
-# dependency_seq rejects the row rather than dropping it quietly.
-_INSERT_DEPENDENCIES = """
-    INSERT INTO {s}.job_dependencies (job_id, job_seq, position, dependency_id, dependency_seq)
-    SELECT u.job_id, u.job_seq, u.position, u.dependency_id, d.seq
-    FROM unnest(%b::uuid[], %b::bigint[], %b::integer[], %b::uuid[])
-        AS u(job_id, job_seq, position, dependency_id)
-    LEFT JOIN {s}.jobs d ON d.id = u.dependency_id
-    ON CONFLICT (job_id, position) DO NOTHING
-"""
-_UPSERT_WORKERS = """
-    INSERT INTO {s}.workers (id, channel, arch, updated)
-    SELECT id, channel, arch, updated
-    FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::timestamptz[])
-        WITH ORDINALITY AS u(id, channel, arch, updated, n)
-    ORDER BY n
-    ON CONFLICT (id) DO UPDATE SET updated = EXCLUDED.updated
-"""
-_DELETE_JOBS = "DELETE FROM {s}.jobs WHERE id = ANY(%b::uuid[])"
-_DELETE_WORKERS = "DELETE FROM {s}.workers WHERE id = ANY(%b::uuid[])"
-_LOAD_WORKERS = "SELECT id, channel, arch, updated FROM {s}.workers ORDER BY seq"
-_LOAD_JOBS = """
-    SELECT id, seq, type, channel, args::text, queued, started, finished, canceled,
-           result::text, retries, token, worker_id
-    FROM {s}.jobs ORDER BY seq
-"""
-_LOAD_DEPENDENCIES = (
-    "SELECT job_id, dependency_id FROM {s}.job_dependencies ORDER BY job_id, position"
-)
-_LOCK_HELD = """
-    SELECT count(*) FROM pg_locks
-    WHERE locktype = 'advisory' AND classid = %s::oid AND objid = %s::oid AND objsubid = 2
-      AND pid = pg_backend_pid() AND granted
-"""
 
 
 class PostgresStore:
@@ -384,7 +179,7 @@ class PostgresStore:
 
     async def commit(self, changes: Changes) -> None:
         """Write ``changes`` in one transaction that also checks the fencing epoch."""
-        await trio.to_thread.run_sync(self.commit_blocking, changes, limiter=self._limiter)
+        await run_sync(self._commit_sync, changes, limiter=self._limiter)
 
     async def watch(self) -> None:
         """Return never; raise :class:`~actorq.StoreError` once the leadership is lost."""
@@ -399,11 +194,7 @@ class PostgresStore:
 
     # ----------------------------------------------------------- sync parts
 
-    def commit_blocking(self, changes: Changes) -> None:
-        """The body of :meth:`commit`, for callers that run it on a thread of their own.
-
-        Never call it while a :meth:`commit` is in flight.
-        """
+    def _commit_sync(self, changes: Changes) -> None:
         if self._failed is not None:
             raise StoreError(self._failed)
         if self.epoch is None:
@@ -422,12 +213,12 @@ class PostgresStore:
             # one pipeline. If the fence fails, the server skips the rest and
             # the COMMIT rolls back.
             with conn.pipeline(), conn.cursor() as cur:
-                cur.execute(self._sql(_FENCE), (self.epoch,))
+                cur.execute(self._sql(FENCE), (self.epoch,))
                 self._write(cur, changes)
                 conn.commit()
         except psycopg.Error as exc:
             self._rollback(conn)
-            if exc.sqlstate == _DEPOSED:
+            if exc.sqlstate == DEPOSED:
                 self._fail(
                     f"queue {self.schema!r}: another process has become leader since "
                     f"this one was elected (epoch {self.epoch}); this one stops"
@@ -438,30 +229,7 @@ class PostgresStore:
             self._fail(f"PostgreSQL commit failed ({what}): {exc}")
 
     def _write(self, cur: psycopg.Cursor[Any], changes: Changes) -> None:
-        # Workers first and deletions last, so that rows exist before they
-        # are referenced (the foreign keys that could trip on order are
-        # deferred to COMMIT anyway).
-        if changes.workers:
-            ws = changes.workers
-            cur.execute(
-                self._sql(_UPSERT_WORKERS),
-                ([w.id for w in ws], [w.channel for w in ws], [w.arch for w in ws],
-                 [w.updated for w in ws]),
-            )  # fmt: skip
-        if changes.jobs:
-            jobs = changes.jobs
-            cur.execute(self._sql(_UPSERT_JOBS), _job_columns(jobs))
-            deps = [(r, pos, dep) for r in jobs for pos, dep in enumerate(r.dependencies)]
-            if deps:
-                cur.execute(
-                    self._sql(_INSERT_DEPENDENCIES),
-                    ([r.id for r, _, _ in deps], [r.seq for r, _, _ in deps],
-                     [pos for _, pos, _ in deps], [dep for _, _, dep in deps]),
-                )  # fmt: skip
-        if changes.deleted_jobs:
-            cur.execute(self._sql(_DELETE_JOBS), (list(changes.deleted_jobs),))
-        if changes.deleted_workers:
-            cur.execute(self._sql(_DELETE_WORKERS), (list(changes.deleted_workers),))
+        write_changes(cur, changes, self._sql)
 
     def _connect(self, role: str) -> psycopg.Connection[Any]:
         params = conninfo_to_dict(self.conninfo)
@@ -515,7 +283,7 @@ class PostgresStore:
     def _open_lock_connection(self) -> None:
         try:
             self._lock_conn = self._connect("lock")
-            self._check_version(self._lock_conn, migrate=False)
+            check_version(self._lock_conn, self.schema, migrate=False)
         except psycopg.Error as exc:
             raise StoreError(f"cannot open the PostgreSQL store: {exc}") from exc
 
@@ -538,9 +306,9 @@ class PostgresStore:
         try:
             conn = self._data_conn = self._connect("data")
             with conn.transaction():
-                self._check_version(conn, migrate=True)
+                check_version(conn, self.schema, migrate=True)
             with conn.transaction():
-                row = conn.execute(self._sql(_ELECT), (self.holder,)).fetchone()
+                row = conn.execute(self._sql(ELECT), (self.holder,)).fetchone()
             assert row is not None
             self.epoch = int(row[0])
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -561,101 +329,7 @@ class PostgresStore:
         return records
 
     def _read(self, conn: psycopg.Connection[Any]) -> tuple[list[JobRecord], list[WorkerRecord]]:
-        with conn.cursor(binary=True) as cur:
-            cur.execute(self._sql(_LOAD_WORKERS))
-            workers = [WorkerRecord(*row) for row in cur]
-            cur.execute(self._sql(_LOAD_DEPENDENCIES))
-            deps: dict[UUID, list[UUID]] = {}
-            for job_id, dep_id in cur:
-                deps.setdefault(job_id, []).append(dep_id)
-            cur.execute(self._sql(_LOAD_JOBS))
-            jobs: list[JobRecord] = []
-            for (
-                job_id,
-                seq,
-                job_type,
-                channel,
-                args,
-                queued,
-                started,
-                finished,
-                canceled,
-                result,
-                retries,
-                token,
-                worker_id,
-            ) in cur:
-                jobs.append(
-                    JobRecord(
-                        id=job_id,
-                        seq=seq,
-                        type=job_type,
-                        channel=channel,
-                        args=args,
-                        dependencies=tuple(deps.get(job_id, ())),
-                        queued=queued,
-                        started=started,
-                        finished=finished,
-                        canceled=canceled,
-                        result=result,
-                        retries=retries,
-                        token=token,
-                        worker_id=worker_id,
-                    )
-                )
-        return jobs, workers
-
-    def _check_version(self, conn: psycopg.Connection[Any], *, migrate: bool) -> None:
-        """Raise StoreError for a schema this code cannot use; migrate it if asked.
-
-        With ``migrate``, the caller holds the leadership and a transaction,
-        and an empty or missing schema is created.
-        """
-        row = conn.execute(
-            """
-            SELECT count(*), count(*) FILTER (WHERE c.relname = %s)
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-            """,
-            (_VERSION_TABLE, self.schema),
-        ).fetchone()
-        assert row is not None
-        tables, has_version = row
-        if tables == 0:
-            if not migrate:
-                return
-            conn.execute(_q("CREATE SCHEMA IF NOT EXISTS {s}", self.schema))
-            conn.execute(
-                self._sql(f"CREATE TABLE {{s}}.{_VERSION_TABLE} (version integer NOT NULL)")
-            )
-            conn.execute(self._sql(f"INSERT INTO {{s}}.{_VERSION_TABLE} (version) VALUES (0)"))
-        elif not has_version:
-            raise StoreError(
-                f"schema {self.schema!r} holds tables but is not an actorq queue (it has no "
-                f"{_VERSION_TABLE} table); name another schema with ?actorq_schema=NAME"
-            )
-        rows = conn.execute(self._sql(f"SELECT version FROM {{s}}.{_VERSION_TABLE}")).fetchall()
-        if len(rows) != 1 or type(rows[0][0]) is not int or rows[0][0] < 0:
-            raise StoreError(
-                f"schema {self.schema!r}: the schema version record is corrupt ({rows!r})"
-            )
-        version: int = rows[0][0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"schema {self.schema!r} has schema version {version}, newer than this actorq "
-                f"supports ({SCHEMA_VERSION}); it was written by a newer actorq: upgrade to open it"
-            )
-        if not migrate or version == SCHEMA_VERSION:
-            return
-        for step in _MIGRATIONS[version:]:
-            for statement in step:
-                conn.execute(self._sql(statement))
-        conn.execute(
-            self._sql(f"UPDATE {{s}}.{_VERSION_TABLE} SET version = %s"), (SCHEMA_VERSION,)
-        )
-        log.info(
-            "queue %r: schema migrated from version %d to %d", self.schema, version, SCHEMA_VERSION
-        )
+        return read_records(conn, self._sql)
 
     def _watch_lock(self) -> None:
         # A thread of its own, in real time: trio timers would not do, since
@@ -666,7 +340,7 @@ class PostgresStore:
         while not self._stopping.wait(self.leader_poll):
             try:
                 assert conn is not None
-                row = conn.execute(_LOCK_HELD, self.lock_key).fetchone()
+                row = conn.execute(LOCK_HELD, self.lock_key).fetchone()
                 if row is not None and row[0] == 1:
                     continue
                 reason = "the leadership lock is no longer held"
@@ -717,11 +391,11 @@ class PostgresStore:
     def _sql(self, text: str) -> sql.Composed:
         query = self._queries.get(text)
         if query is None:
-            query = self._queries[text] = _q(text, self.schema)
+            query = self._queries[text] = q(text, self.schema)
         return query
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        return await run_sync(fn, limiter=self._limiter)
 
 
 def _idle_and_alive(conn: psycopg.Connection[Any]) -> bool:
@@ -746,24 +420,6 @@ def _idle_and_alive(conn: psycopg.Connection[Any]) -> bool:
     except psycopg.Error:
         return False
     return True
-
-
-def _job_columns(records: Sequence[JobRecord]) -> tuple[list[Any], ...]:
-    return (
-        [r.id for r in records],
-        [r.seq for r in records],
-        [r.type for r in records],
-        [r.channel for r in records],
-        [r.args for r in records],
-        [r.queued for r in records],
-        [r.started for r in records],
-        [r.finished for r in records],
-        [r.canceled for r in records],
-        [r.result for r in records],
-        [r.retries for r in records],
-        [r.token for r in records],
-        [r.worker_id for r in records],
-    )
 
 
 def split_url(url: str) -> tuple[str, str | None]:

@@ -1,0 +1,190 @@
+"""The :class:`actorq.JobQueue` methods, written once for every front end.
+
+Each method turns its arguments into an operation (:mod:`._ops`) and hands it
+to :meth:`QueueAPI._run`, which a front end implements: the in-process queue
+runs it through the scheduler actor, the remote client sends it to a server.
+Arguments and results are JSON values (or attrs classes / dataclasses,
+unstructured through :data:`actorq.converter`), kept as JSON text from here
+on; anything else raises :class:`TypeError` before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+from uuid import UUID
+
+from . import _ops as o
+from ._json import to_json_text
+from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
+
+__all__ = ["QueueAPI"]
+
+P = TypeVar("P")
+
+
+def _json(value: object, what: str) -> o.JsonText:
+    return o.JsonText(to_json_text(value, what))
+
+
+class QueueAPI:
+    """Every :class:`actorq.JobQueue` method, in terms of :meth:`_run`."""
+
+    __slots__ = ()
+
+    async def _run(self, op: o.Operation[Any, P]) -> P:
+        """Run ``op`` (already built from the caller's arguments) and return its result."""
+        raise NotImplementedError
+
+    async def enqueue(
+        self,
+        job_type: str,
+        args: Any = None,
+        dependencies: Iterable[UUID] = (),
+        channel: str = "",
+    ) -> UUID:
+        deps: Any = dependencies
+        op = o.Enqueue(
+            job_type=job_type, args=_json(args, "args"), dependencies=deps, channel=channel
+        )
+        return await self._run(op)
+
+    async def enqueue_many(self, jobs: Iterable[tuple[str, Any]], channel: str = "") -> list[UUID]:
+        """Enqueue several jobs without dependencies in one request: all of them, or none."""
+        specs = tuple(o.JobSpec(t, _json(a, "args"), (), channel) for t, a in jobs)
+        return await self._run(o.EnqueueMany(jobs=specs))
+
+    async def dequeue(
+        self,
+        job_types: Sequence[str],
+        channels: Sequence[str] = ("",),
+        *,
+        timeout: float | None = None,
+        worker_id: UUID | None = None,
+    ) -> DequeuedJob:
+        types: Any = job_types
+        chans: Any = channels
+        return await self._run(
+            o.Dequeue(job_types=types, channels=chans, timeout=timeout, worker_id=worker_id)
+        )
+
+    async def dequeue_any_channel(
+        self,
+        job_types: Sequence[str],
+        *,
+        timeout: float | None = None,
+        worker_id: UUID | None = None,
+    ) -> DequeuedJob:
+        types: Any = job_types
+        return await self._run(
+            o.Dequeue(
+                job_types=types, channels=(), any_channel=True, timeout=timeout, worker_id=worker_id
+            )
+        )
+
+    async def dequeue_by_id(self, job_id: UUID, *, worker_id: UUID | None = None) -> DequeuedJob:
+        return await self._run(o.DequeueById(job_id=job_id, worker_id=worker_id))
+
+    async def finish_job(self, job_id: UUID, result: Any = None) -> None:
+        await self._run(o.FinishJob(job_id=job_id, result=_json(result, "result")))
+
+    async def finish_and_dequeue(
+        self,
+        job_id: UUID,
+        result: Any,
+        job_types: Sequence[str],
+        channels: Sequence[str] = ("",),
+        *,
+        any_channel: bool = False,
+        timeout: float | None = None,
+        worker_id: UUID | None = None,
+    ) -> DequeuedJob:
+        """Finish ``job_id`` with ``result``, then dequeue the next job in the same step.
+
+        If the finish fails its error is raised and nothing is dequeued. Any
+        other outcome (a job, :class:`DequeueTimeoutError`, an error about the
+        dequeue arguments, a cancellation once the request was sent) may come
+        after the finish took effect.
+        """
+        types: Any = job_types
+        chans: Any = () if any_channel else channels
+        op = o.FinishAndDequeue(
+            job_id=job_id,
+            result=_json(result, "result"),
+            job_types=types,
+            channels=chans,
+            any_channel=any_channel,
+            timeout=timeout,
+            worker_id=worker_id,
+        )
+        return await self._run(op)
+
+    async def requeue_or_finish_job(
+        self, job_id: UUID, max_retries: int, result: Any = None
+    ) -> bool:
+        return await self._run(
+            o.RequeueOrFinishJob(
+                job_id=job_id, max_retries=max_retries, result=_json(result, "result")
+            )
+        )
+
+    async def update_job_result(self, job_id: UUID, result: Any) -> None:
+        await self._run(o.UpdateJobResult(job_id=job_id, result=_json(result, "result")))
+
+    async def fail_job(self, job_id: UUID, result: Any) -> None:
+        await self._run(o.FailJob(job_id=job_id, result=_json(result, "result")))
+
+    async def cancel_job(self, job_id: UUID) -> None:
+        await self._run(o.CancelJob(job_id=job_id))
+
+    async def job_status(self, job_id: UUID) -> JobStatus:
+        return await self._run(o.GetJobStatus(job_id=job_id))
+
+    async def job(self, job_id: UUID) -> JobInfo:
+        return await self._run(o.GetJob(job_id=job_id))
+
+    async def id_from_token(self, token: UUID) -> UUID:
+        return await self._run(o.IdFromToken(token=token))
+
+    async def heartbeats(self, older_than: float) -> list[UUID]:
+        return await self._run(o.GetHeartbeats(older_than=older_than))
+
+    async def refresh_heartbeat(self, token: UUID) -> None:
+        await self._run(o.RefreshHeartbeat(token=token))
+
+    async def refresh_heartbeats(self, tokens: Iterable[UUID]) -> list[UUID]:
+        """Refresh many tokens at once; return those that no longer name a running job."""
+        given: Any = tokens
+        return await self._run(o.RefreshHeartbeats(tokens=given))
+
+    async def all_root_job_ids(self) -> list[UUID]:
+        return await self._run(o.AllRootJobIds())
+
+    async def delete_job(self, job_id: UUID) -> None:
+        await self._run(o.DeleteJob(job_id=job_id))
+
+    async def insert_worker(self, channel: str, arch: str) -> UUID:
+        return await self._run(o.InsertWorker(channel=channel, arch=arch))
+
+    async def update_worker_status(self, worker_id: UUID) -> None:
+        await self._run(o.UpdateWorkerStatus(worker_id=worker_id))
+
+    async def workers(self, older_than: float = 0.0) -> list[WorkerInfo]:
+        return await self._run(o.GetWorkers(older_than=older_than))
+
+    async def delete_worker(self, worker_id: UUID) -> None:
+        await self._run(o.DeleteWorker(worker_id=worker_id))
+
+    async def list_jobs(
+        self,
+        state: JobState | None = None,
+        job_type: str | None = None,
+        channel: str | None = None,
+        limit: int | None = None,
+    ) -> list[JobSummary]:
+        return await self._run(
+            o.ListJobs(state=state, job_type=job_type, channel=channel, limit=limit)
+        )
+
+    async def stats(self) -> QueueStats:
+        return await self._run(o.GetStats())

@@ -1,0 +1,563 @@
+"""Every queue operation, defined once.
+
+An operation is a frozen attrs class: its fields are the operation's
+arguments, exactly as they travel on the wire (``NAME`` is both the method
+name and the wire ``kind``), and its methods are the rest of its definition:
+
+- :meth:`~Operation.checked` validates and normalises the arguments. Every
+  front end calls it in the caller's task, before anything is sent or changed,
+  so a bad argument raises :class:`TypeError` or :class:`ValueError` at once;
+  the server calls it again, since a remote peer is not trusted.
+- :meth:`~Operation.access` says which jobs, channels and workers the
+  operation touches: the tenancy rules (:func:`check_access`) hang on it.
+- :meth:`~Operation.apply` runs it on the core, inside the scheduler actor.
+  ``scope`` is the set of channels the caller may see (``None``: every one),
+  for the operations that list things.
+- :meth:`~Operation.present` turns the core's result into what the in-process
+  API returns; :meth:`~Operation.to_wire` into what the server sends (stored
+  JSON text is embedded as it is, never parsed and written again); ``RESULT``
+  is the type a remote client structures the reply's value into.
+
+Operations that wait for a job (:class:`Dequeue`, :class:`FinishAndDequeue`)
+are :class:`WaitingOperation`\\ s: :meth:`~WaitingOperation.prelude` runs
+first (finishing a job, say), then the scheduler hands over a matching ready
+job or parks the caller until one is ready (:meth:`~WaitingOperation.matching`).
+
+Nothing here does I/O or knows about trio: the in-process queue
+(:mod:`actorq._actor._local`), the server and the remote client dispatch over
+:data:`OPERATIONS`, and the wire messages are derived from it
+(:mod:`actorq._remote._wire`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import attrs
+import orjson
+
+from . import _validate as v
+from ._json import loads
+from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
+from ._operation import (
+    NOTHING,
+    NULL,
+    REGISTRY,
+    Access,
+    JsonText,
+    Operation,
+    P,
+    R,
+    Scope,
+    WaitingOperation,
+    check_access,
+    dequeued,
+    dequeued_for_wire,
+    run,
+)
+from ._records import Assignment
+from ._state import QueueState
+
+__all__ = [
+    "OPERATIONS",
+    "Access",
+    "JsonText",
+    "Operation",
+    "Scope",
+    "WaitingOperation",
+    "check_access",
+    "run",
+]
+
+
+# ------------------------------------------------------------------ jobs
+
+
+def _args(job_type: str, dependencies: tuple[UUID, ...], channel: str) -> tuple[Any, ...]:
+    return (
+        v.check_job_type(job_type),
+        v.check_uuids(dependencies, "dependencies"),
+        v.check_channel(channel),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Enqueue(Operation[UUID, UUID]):
+    NAME = "enqueue"
+    RESULT = UUID
+
+    job_type: str
+    args: JsonText = NULL
+    dependencies: tuple[UUID, ...] = ()
+    channel: str = ""
+
+    def checked(self) -> Enqueue:
+        job_type, deps, channel = _args(self.job_type, self.dependencies, self.channel)
+        return Enqueue(job_type=job_type, args=self.args, dependencies=deps, channel=channel)
+
+    def access(self) -> Access:
+        return Access(channels=(self.channel,))
+
+    def apply(self, state: QueueState, scope: Scope) -> UUID:
+        return state.enqueue(self.job_type, self.args, self.dependencies, self.channel)
+
+
+@attrs.frozen
+class JobSpec:
+    """One job of an ``enqueue_many`` request."""
+
+    job_type: str
+    args: JsonText = NULL
+    dependencies: tuple[UUID, ...] = ()
+    channel: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class EnqueueMany(Operation[list[UUID], list[UUID]]):
+    """Enqueue several jobs at once: all of them, or (on an error) none."""
+
+    NAME = "enqueue_many"
+    RESULT = list[UUID]
+
+    jobs: tuple[JobSpec, ...]
+
+    def checked(self) -> EnqueueMany:
+        if not isinstance(self.jobs, tuple | list):
+            raise TypeError(f"jobs must be a sequence, not {type(self.jobs).__name__}")
+        specs = []
+        for spec in self.jobs:
+            if not isinstance(spec, JobSpec):
+                raise TypeError(f"each job must be a JobSpec, not {type(spec).__name__}")
+            job_type, deps, channel = _args(spec.job_type, spec.dependencies, spec.channel)
+            specs.append(JobSpec(job_type, spec.args, deps, channel))
+        return attrs.evolve(self, jobs=tuple(specs))
+
+    def access(self) -> Access:
+        return Access(channels=tuple(dict.fromkeys(spec.channel for spec in self.jobs)))
+
+    def apply(self, state: QueueState, scope: Scope) -> list[UUID]:
+        # All or nothing: check every dependency before adding any job.
+        for spec in self.jobs:
+            for dep in spec.dependencies:
+                state.job_state(dep)
+        return [state.enqueue(s.job_type, s.args, s.dependencies, s.channel) for s in self.jobs]
+
+
+@attrs.frozen(kw_only=True)
+class Dequeue(WaitingOperation):
+    """Take a job. ``any_channel`` ignores ``channels`` and matches every channel."""
+
+    NAME = "dequeue"
+
+    def checked(self) -> Dequeue:
+        types, channels, any_channel, timeout, worker_id = self._checked_wait()
+        return Dequeue(
+            job_types=types,
+            channels=channels,
+            any_channel=any_channel,
+            timeout=timeout,
+            worker_id=worker_id,
+        )
+
+    def access(self) -> Access:
+        return self._wait_access()
+
+
+@attrs.frozen(kw_only=True)
+class FinishAndDequeue(WaitingOperation):
+    """Finish ``job_id`` (as ``finish_job``), then dequeue (as ``dequeue``): one round trip.
+
+    If the finish fails, its error is the reply and nothing is dequeued; any
+    later error (``dequeue_timeout`` included) means the finish took effect.
+    """
+
+    NAME = "finish_and_dequeue"
+    TOKEN = True
+    SETTLES = True
+
+    job_id: UUID
+    token: UUID | None = None
+    result: JsonText = NULL
+
+    def checked(self) -> FinishAndDequeue:
+        types, channels, any_channel, timeout, worker_id = self._checked_wait()
+        return FinishAndDequeue(
+            job_id=v.check_uuid(self.job_id, "job_id"),
+            token=v.check_optional_uuid(self.token, "token"),
+            result=self.result,
+            job_types=types,
+            channels=channels,
+            any_channel=any_channel,
+            timeout=timeout,
+            worker_id=worker_id,
+        )
+
+    def access(self) -> Access:
+        return self._wait_access((self.job_id,))
+
+    def prelude(self, state: QueueState) -> None:
+        state.check_token(self.job_id, self.token)
+        state.finish_job(self.job_id, self.result)
+
+
+@attrs.frozen(kw_only=True)
+class DequeueById(Operation[Assignment, DequeuedJob]):
+    NAME = "dequeue_by_id"
+    RESULT = DequeuedJob
+
+    job_id: UUID
+    worker_id: UUID | None = None
+
+    def checked(self) -> DequeueById:
+        return DequeueById(
+            job_id=v.check_uuid(self.job_id, "job_id"),
+            worker_id=v.check_optional_uuid(self.worker_id, "worker_id"),
+        )
+
+    def access(self) -> Access:
+        return Access(jobs=(self.job_id,))
+
+    def apply(self, state: QueueState, scope: Scope) -> Assignment:
+        return state.dequeue_by_id(self.job_id, self.worker_id)
+
+    def present(self, raw: Assignment) -> DequeuedJob:
+        return dequeued(raw)
+
+    def to_wire(self, raw: Assignment) -> DequeuedJob:
+        return dequeued_for_wire(raw)
+
+
+@attrs.frozen(kw_only=True)
+class _JobOperation(Operation[R, P]):
+    """An operation on one job, named by ``job_id``."""
+
+    job_id: UUID
+
+    def checked(self) -> _JobOperation[R, P]:
+        return attrs.evolve(self, job_id=v.check_uuid(self.job_id, "job_id"))
+
+    def access(self) -> Access:
+        return Access(jobs=(self.job_id,))
+
+
+@attrs.frozen(kw_only=True)
+class _TokenOperation(_JobOperation[R, P]):
+    """An operation on a job that a worker may hold: with ``token``, it applies only
+    while that token still names the job."""
+
+    TOKEN = True
+
+    token: UUID | None = None
+
+    def checked(self) -> _TokenOperation[R, P]:
+        return attrs.evolve(
+            self,
+            job_id=v.check_uuid(self.job_id, "job_id"),
+            token=v.check_optional_uuid(self.token, "token"),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class FinishJob(_TokenOperation[None, None]):
+    """Finish a running job with ``result``."""
+
+    NAME = "finish_job"
+    SETTLES = True
+
+    result: JsonText = NULL
+
+    def checked(self) -> FinishJob:
+        return FinishJob(
+            job_id=v.check_uuid(self.job_id, "job_id"),
+            token=v.check_optional_uuid(self.token, "token"),
+            result=self.result,
+        )
+
+    def apply(self, state: QueueState, scope: Scope) -> None:
+        state.check_token(self.job_id, self.token)
+        state.finish_job(self.job_id, self.result)
+
+
+@attrs.frozen(kw_only=True)
+class RequeueOrFinishJob(_TokenOperation[bool, bool]):
+    NAME = "requeue_or_finish_job"
+    RESULT = bool
+    SETTLES = True
+
+    max_retries: int
+    result: JsonText = NULL
+
+    def checked(self) -> RequeueOrFinishJob:
+        return RequeueOrFinishJob(
+            job_id=v.check_uuid(self.job_id, "job_id"),
+            token=v.check_optional_uuid(self.token, "token"),
+            max_retries=v.check_max_retries(self.max_retries),
+            result=self.result,
+        )
+
+    def apply(self, state: QueueState, scope: Scope) -> bool:
+        state.check_token(self.job_id, self.token)
+        return state.requeue_or_finish_job(self.job_id, self.max_retries, self.result)
+
+
+@attrs.frozen(kw_only=True)
+class UpdateJobResult(_TokenOperation[None, None]):
+    NAME = "update_job_result"
+
+    result: JsonText = NULL
+
+    def apply(self, state: QueueState, scope: Scope) -> None:
+        state.check_token(self.job_id, self.token)
+        state.update_job_result(self.job_id, self.result)
+
+
+@attrs.frozen(kw_only=True)
+class FailJob(_JobOperation[None, None]):
+    NAME = "fail_job"
+
+    result: JsonText = NULL
+
+    def apply(self, state: QueueState, scope: Scope) -> None:
+        state.fail_job(self.job_id, self.result)
+
+
+@attrs.frozen(kw_only=True)
+class CancelJob(_JobOperation[None, None]):
+    NAME = "cancel_job"
+    SETTLES = True
+
+    def apply(self, state: QueueState, scope: Scope) -> None:
+        state.cancel_job(self.job_id)
+
+
+@attrs.frozen(kw_only=True)
+class DeleteJob(_JobOperation[None, None]):
+    NAME = "delete_job"
+    SETTLES = True
+
+    def apply(self, state: QueueState, scope: Scope) -> None:
+        state.delete_job(self.job_id)
+
+
+@attrs.frozen(kw_only=True)
+class GetJobStatus(_JobOperation[JobStatus, JobStatus]):
+    NAME = "job_status"
+    RESULT = JobStatus
+
+    def apply(self, state: QueueState, scope: Scope) -> JobStatus:
+        return state.job_status(self.job_id)
+
+    def present(self, raw: JobStatus) -> JobStatus:
+        # The core keeps results as JSON text; callers get JSON values.
+        return attrs.evolve(raw, result=None if raw.result is None else loads(raw.result))
+
+    def to_wire(self, raw: JobStatus) -> JobStatus:
+        return attrs.evolve(raw, result=None if raw.result is None else orjson.Fragment(raw.result))
+
+
+@attrs.frozen(kw_only=True)
+class GetJob(_JobOperation[JobInfo, JobInfo]):
+    NAME = "job"
+    RESULT = JobInfo
+
+    def apply(self, state: QueueState, scope: Scope) -> JobInfo:
+        return state.job(self.job_id)
+
+    def present(self, raw: JobInfo) -> JobInfo:
+        return attrs.evolve(raw, args=loads(raw.args))
+
+    def to_wire(self, raw: JobInfo) -> JobInfo:
+        return attrs.evolve(raw, args=orjson.Fragment(raw.args))
+
+
+@attrs.frozen(kw_only=True)
+class AllRootJobIds(Operation[list[UUID], list[UUID]]):
+    NAME = "all_root_job_ids"
+    RESULT = list[UUID]
+
+    def apply(self, state: QueueState, scope: Scope) -> list[UUID]:
+        roots = state.all_root_job_ids()
+        if scope is None:
+            return roots
+        return [j for j in roots if state.job_channel(j) in scope]
+
+
+@attrs.frozen(kw_only=True)
+class ListJobs(Operation[list[JobSummary], list[JobSummary]]):
+    """Jobs in enqueue order, filtered by state, type and channel; at most ``limit``."""
+
+    NAME = "list_jobs"
+    RESULT = list[JobSummary]
+
+    state: JobState | None = None
+    job_type: str | None = None
+    channel: str | None = None
+    limit: int | None = None
+
+    def checked(self) -> ListJobs:
+        return ListJobs(
+            state=v.check_state(self.state),
+            job_type=None if self.job_type is None else v.check_str(self.job_type, "job_type"),
+            channel=None if self.channel is None else v.check_channel(self.channel),
+            limit=v.check_limit(self.limit),
+        )
+
+    def access(self) -> Access:
+        return NOTHING if self.channel is None else Access(channels=(self.channel,))
+
+    def apply(self, state: QueueState, scope: Scope) -> list[JobSummary]:
+        if scope is None or self.channel is not None:
+            return state.list_jobs(self.state, self.job_type, self.channel, self.limit)
+        found = [j for j in state.list_jobs(self.state, self.job_type) if j.channel in scope]
+        return found if self.limit is None else found[: self.limit]
+
+
+@attrs.frozen(kw_only=True)
+class GetStats(Operation[QueueStats, QueueStats]):
+    NAME = "stats"
+    RESULT = QueueStats
+
+    def access(self) -> Access:
+        return Access(forbidden="queue statistics")
+
+    def apply(self, state: QueueState, scope: Scope) -> QueueStats:
+        return state.stats()
+
+
+# ---------------------------------------------------------------- tokens
+
+
+@attrs.frozen(kw_only=True)
+class IdFromToken(Operation[UUID, UUID]):
+    NAME = "id_from_token"
+    RESULT = UUID
+
+    token: UUID
+
+    def checked(self) -> IdFromToken:
+        return IdFromToken(token=v.check_uuid(self.token, "token"))
+
+    def apply(self, state: QueueState, scope: Scope) -> UUID:
+        return state.id_from_token(self.token)
+
+
+@attrs.frozen(kw_only=True)
+class GetHeartbeats(Operation[list[UUID], list[UUID]]):
+    """Tokens of running jobs whose last heartbeat is at least ``older_than`` seconds old."""
+
+    NAME = "heartbeats"
+    RESULT = list[UUID]
+
+    older_than: float
+
+    def checked(self) -> GetHeartbeats:
+        return GetHeartbeats(older_than=v.check_seconds(self.older_than, "older_than"))
+
+    def apply(self, state: QueueState, scope: Scope) -> list[UUID]:
+        tokens = state.heartbeats(self.older_than)
+        if scope is None:
+            return tokens
+        return [t for t in tokens if state.job_channel(state.id_from_token(t)) in scope]
+
+
+@attrs.frozen(kw_only=True)
+class RefreshHeartbeat(Operation[None, None]):
+    NAME = "refresh_heartbeat"
+
+    token: UUID
+
+    def checked(self) -> RefreshHeartbeat:
+        return RefreshHeartbeat(token=v.check_uuid(self.token, "token"))
+
+    def apply(self, state: QueueState, scope: Scope) -> None:
+        state.refresh_heartbeat(self.token)
+
+
+@attrs.frozen(kw_only=True)
+class RefreshHeartbeats(Operation[list[UUID], list[UUID]]):
+    """Refresh many tokens; the result lists those that no longer name a running job."""
+
+    NAME = "refresh_heartbeats"
+    RESULT = list[UUID]
+
+    tokens: tuple[UUID, ...]
+
+    def checked(self) -> RefreshHeartbeats:
+        return RefreshHeartbeats(tokens=v.check_uuids(self.tokens, "tokens"))
+
+    def apply(self, state: QueueState, scope: Scope) -> list[UUID]:
+        return state.refresh_heartbeats(self.tokens)
+
+
+# --------------------------------------------------------------- workers
+
+
+@attrs.frozen(kw_only=True)
+class InsertWorker(Operation[UUID, UUID]):
+    NAME = "insert_worker"
+    RESULT = UUID
+
+    channel: str
+    arch: str
+
+    def checked(self) -> InsertWorker:
+        return InsertWorker(
+            channel=v.check_channel(self.channel), arch=v.check_str(self.arch, "arch")
+        )
+
+    def access(self) -> Access:
+        return Access(channels=(self.channel,))
+
+    def apply(self, state: QueueState, scope: Scope) -> UUID:
+        return state.insert_worker(self.channel, self.arch)
+
+
+@attrs.frozen(kw_only=True)
+class _WorkerOperation(Operation[None, None]):
+    worker_id: UUID
+
+    def checked(self) -> _WorkerOperation:
+        return attrs.evolve(self, worker_id=v.check_uuid(self.worker_id, "worker_id"))
+
+    def access(self) -> Access:
+        return Access(workers=(self.worker_id,))
+
+
+@attrs.frozen(kw_only=True)
+class UpdateWorkerStatus(_WorkerOperation):
+    NAME = "update_worker_status"
+
+    def apply(self, state: QueueState, scope: Scope) -> None:
+        state.update_worker_status(self.worker_id)
+
+
+@attrs.frozen(kw_only=True)
+class DeleteWorker(_WorkerOperation):
+    NAME = "delete_worker"
+
+    def apply(self, state: QueueState, scope: Scope) -> None:
+        state.delete_worker(self.worker_id)
+
+
+@attrs.frozen(kw_only=True)
+class GetWorkers(Operation[list[WorkerInfo], list[WorkerInfo]]):
+    """Workers whose last status update is at least ``older_than`` seconds old."""
+
+    NAME = "workers"
+    RESULT = list[WorkerInfo]
+
+    older_than: float = 0.0
+
+    def checked(self) -> GetWorkers:
+        return GetWorkers(older_than=v.check_seconds(self.older_than, "older_than"))
+
+    def apply(self, state: QueueState, scope: Scope) -> list[WorkerInfo]:
+        found = state.workers(older_than=self.older_than)
+        if scope is None:
+            return found
+        return [worker for worker in found if worker.channel in scope]
+
+
+OPERATIONS: dict[str, type[Operation[Any, Any]]] = dict(REGISTRY)
+"""Every operation by ``NAME``: the table every front end dispatches over."""

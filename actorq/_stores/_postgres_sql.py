@@ -1,0 +1,185 @@
+"""The PostgreSQL store's SQL: its statements, and records to and from rows.
+
+Every statement names the queue's schema as ``{s}``; the store binds it once
+(``PostgresStore._sql``). Batches go out as arrays through ``unnest``, one
+statement per table, so a commit's cost hardly grows with its size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+from uuid import UUID
+
+import psycopg
+from psycopg.sql import Composed
+
+from .._core._records import Changes, JobRecord, WorkerRecord
+
+__all__ = [
+    "DEPOSED",
+    "ELECT",
+    "FENCE",
+    "LOCK_HELD",
+    "read_records",
+    "write_changes",
+]
+
+# A fencing failure raises this SQLSTATE (see the fence function).
+DEPOSED: Final = "AQ001"
+FENCE = "SELECT {s}.fence(%b)"
+ELECT = """
+    UPDATE {s}.leader
+    SET epoch = epoch + 1, holder = %s, elected = statement_timestamp(),
+        renewed = statement_timestamp()
+    RETURNING epoch
+"""
+# New jobs are inserted whole; for known ones only what can change is set.
+UPSERT_JOBS = """
+    INSERT INTO {s}.jobs (id, seq, type, channel, args, queued, started, finished,
+                          canceled, result, retries, token, worker_id)
+    SELECT id, seq, type, channel, args::json, queued, started, finished,
+           canceled, result::json, retries, token, worker_id
+    FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[],
+                %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::boolean[],
+                %b::text[], %b::bigint[], %b::uuid[], %b::uuid[])
+        AS u(id, seq, type, channel, args, queued, started, finished,
+             canceled, result, retries, token, worker_id)
+    ORDER BY seq
+    ON CONFLICT (id) DO UPDATE
+    SET started = EXCLUDED.started, finished = EXCLUDED.finished, canceled = EXCLUDED.canceled,
+        result = EXCLUDED.result, retries = EXCLUDED.retries, token = EXCLUDED.token,
+        worker_id = EXCLUDED.worker_id
+"""
+# A job's dependencies never change: rows already stored are skipped. A
+# dependency that does not exist finds no seq, and the NOT NULL on
+# dependency_seq rejects the row rather than dropping it quietly.
+INSERT_DEPENDENCIES = """
+    INSERT INTO {s}.job_dependencies (job_id, job_seq, position, dependency_id, dependency_seq)
+    SELECT u.job_id, u.job_seq, u.position, u.dependency_id, d.seq
+    FROM unnest(%b::uuid[], %b::bigint[], %b::integer[], %b::uuid[])
+        AS u(job_id, job_seq, position, dependency_id)
+    LEFT JOIN {s}.jobs d ON d.id = u.dependency_id
+    ON CONFLICT (job_id, position) DO NOTHING
+"""
+UPSERT_WORKERS = """
+    INSERT INTO {s}.workers (id, channel, arch, updated)
+    SELECT id, channel, arch, updated
+    FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::timestamptz[])
+        WITH ORDINALITY AS u(id, channel, arch, updated, n)
+    ORDER BY n
+    ON CONFLICT (id) DO UPDATE SET updated = EXCLUDED.updated
+"""
+DELETE_JOBS = "DELETE FROM {s}.jobs WHERE id = ANY(%b::uuid[])"
+DELETE_WORKERS = "DELETE FROM {s}.workers WHERE id = ANY(%b::uuid[])"
+LOAD_WORKERS = "SELECT id, channel, arch, updated FROM {s}.workers ORDER BY seq"
+LOAD_JOBS = """
+    SELECT id, seq, type, channel, args::text, queued, started, finished, canceled,
+           result::text, retries, token, worker_id
+    FROM {s}.jobs ORDER BY seq
+"""
+LOAD_DEPENDENCIES = (
+    "SELECT job_id, dependency_id FROM {s}.job_dependencies ORDER BY job_id, position"
+)
+LOCK_HELD = """
+    SELECT count(*) FROM pg_locks
+    WHERE locktype = 'advisory' AND classid = %s::oid AND objid = %s::oid AND objsubid = 2
+      AND pid = pg_backend_pid() AND granted
+"""
+
+
+def write_changes(
+    cur: psycopg.Cursor[Any], changes: Changes, sql: Callable[[str], Composed]
+) -> None:
+    """Send one batch's statements on ``cur``, inside the caller's transaction."""
+    # Workers first and deletions last, so that rows exist before they
+    # are referenced (the foreign keys that could trip on order are
+    # deferred to COMMIT anyway).
+    if changes.workers:
+        ws = changes.workers
+        cur.execute(
+            sql(UPSERT_WORKERS),
+            ([w.id for w in ws], [w.channel for w in ws], [w.arch for w in ws],
+             [w.updated for w in ws]),
+        )  # fmt: skip
+    if changes.jobs:
+        jobs = changes.jobs
+        cur.execute(sql(UPSERT_JOBS), _job_columns(jobs))
+        deps = [(r, pos, dep) for r in jobs for pos, dep in enumerate(r.dependencies)]
+        if deps:
+            cur.execute(
+                sql(INSERT_DEPENDENCIES),
+                ([r.id for r, _, _ in deps], [r.seq for r, _, _ in deps],
+                 [pos for _, pos, _ in deps], [dep for _, _, dep in deps]),
+            )  # fmt: skip
+    if changes.deleted_jobs:
+        cur.execute(sql(DELETE_JOBS), (list(changes.deleted_jobs),))
+    if changes.deleted_workers:
+        cur.execute(sql(DELETE_WORKERS), (list(changes.deleted_workers),))
+
+
+def read_records(
+    conn: psycopg.Connection[Any], sql: Callable[[str], Composed]
+) -> tuple[list[JobRecord], list[WorkerRecord]]:
+    """Every worker (insertion order) and job (seq order), in the caller's transaction."""
+    with conn.cursor(binary=True) as cur:
+        cur.execute(sql(LOAD_WORKERS))
+        workers = [WorkerRecord(*row) for row in cur]
+        cur.execute(sql(LOAD_DEPENDENCIES))
+        deps: dict[UUID, list[UUID]] = {}
+        for job_id, dep_id in cur:
+            deps.setdefault(job_id, []).append(dep_id)
+        cur.execute(sql(LOAD_JOBS))
+        jobs: list[JobRecord] = []
+        for (
+            job_id,
+            seq,
+            job_type,
+            channel,
+            args,
+            queued,
+            started,
+            finished,
+            canceled,
+            result,
+            retries,
+            token,
+            worker_id,
+        ) in cur:
+            jobs.append(
+                JobRecord(
+                    id=job_id,
+                    seq=seq,
+                    type=job_type,
+                    channel=channel,
+                    args=args,
+                    dependencies=tuple(deps.get(job_id, ())),
+                    queued=queued,
+                    started=started,
+                    finished=finished,
+                    canceled=canceled,
+                    result=result,
+                    retries=retries,
+                    token=token,
+                    worker_id=worker_id,
+                )
+            )
+    return jobs, workers
+
+
+def _job_columns(records: Sequence[JobRecord]) -> tuple[list[Any], ...]:
+    return (
+        [r.id for r in records],
+        [r.seq for r in records],
+        [r.type for r in records],
+        [r.channel for r in records],
+        [r.args for r in records],
+        [r.queued for r in records],
+        [r.started for r in records],
+        [r.finished for r in records],
+        [r.canceled for r in records],
+        [r.result for r in records],
+        [r.retries for r in records],
+        [r.token for r in records],
+        [r.worker_id for r in records],
+    )
