@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from click.testing import CliRunner, Result
@@ -98,3 +100,56 @@ def test_unsupported_store_url() -> None:
     result = CliRunner().invoke(main, ["--store", "redis://x", "jobs"])
     assert result.exit_code == 1
     assert "unsupported store URL" in result.output
+
+
+def test_the_state_choices_are_the_job_states() -> None:
+    from actorq import JobState
+    from actorq._cli._main import JOB_STATES
+
+    assert tuple(s.value for s in JobState) == JOB_STATES
+
+
+# A child process loads the command line under an empty "actorq" package (the
+# real package directory, without running actorq/__init__.py), so what the
+# command imports is what the command line itself asked for.
+_LOADED = """
+import importlib.util, json, sys, types
+spec = importlib.util.find_spec("actorq")
+package = types.ModuleType("actorq")
+package.__path__ = list(spec.submodule_search_locations)
+sys.modules["actorq"] = package
+from actorq._cli._main import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded_by(*args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _LOADED, *args], capture_output=True, text=True, check=True
+    )
+    modules: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return set(modules)
+
+
+def test_help_imports_neither_trio_nor_the_queue() -> None:
+    modules = loaded_by("--help")
+    assert "trio" not in modules
+    assert not {m for m in modules if m.startswith(("actorq._actor", "actorq._remote"))}
+
+
+def test_a_store_command_loads_no_websocket_stack_and_no_other_driver(store: str) -> None:
+    job_id = run(store, "enqueue", "t").output.strip()
+    modules = loaded_by("--store", store, "status", job_id)
+    assert "actorq._stores._sqlite" in modules  # it did open the store
+    assert not {m for m in modules if m.startswith(("trio_websocket", "wsproto", "psycopg"))}
+    assert "actorq._remote._client" not in modules
+
+
+def test_a_url_command_loads_no_database_driver() -> None:
+    modules = loaded_by("--url", "ws://127.0.0.1:1", "status", str(uuid4()))
+    assert "actorq._remote._client" in modules  # it did try to connect
+    assert not {m for m in modules if m.startswith(("sqlite3", "psycopg", "actorq._stores."))}

@@ -366,7 +366,7 @@ class FailingStore(actorq.MemoryStore):
 async def test_events_of_a_failed_commit_are_not_published(autojump_clock: MockClock) -> None:
     store = FailingStore()
     recorder = Recorder()
-    with pytest.RaisesGroup(OSError, flatten_subgroups=True):
+    with pytest.raises(actorq.QueueClosedError) as stopped:
         async with actorq.open_queue(store, metrics=QueueMetrics()) as q:
             q._scheduler.subscribe(recorder)
             await q.enqueue("t")
@@ -374,6 +374,7 @@ async def test_events_of_a_failed_commit_are_not_published(autojump_clock: MockC
             with pytest.raises(actorq.QueueClosedError):
                 await q.enqueue("lost")
             await trio.sleep_forever()
+    assert isinstance(stopped.value.__cause__, OSError)
     published = [e for batch in recorder.batches for e in batch]
     assert [e.job_type for e in published if isinstance(e, JobEnqueued)] == ["t"]
 

@@ -13,12 +13,14 @@ from typing import Any, TypeVar
 
 import trio
 
+from .._core import _validate as v
 from .._core._api import QueueAPI
 from .._core._errors import DequeueTimeoutError, QueueClosedError
 from .._core._models import DequeuedJob
 from .._core._ops import Operation, Scope, WaitingOperation, check_access, run
 from .._core._records import Assignment
 from .._core._state import QueueState
+from .._core._unwrap import ErrorPolicy
 from .._stores._base import Store
 from ._maintenance import Maintainer, Maintenance
 from ._metrics import QueueMetrics, observe, wants_events
@@ -191,10 +193,26 @@ async def open_queue(
 
     On exit the actor stops; blocked dequeuers and later calls raise
     :class:`QueueClosedError`.
+
+    Errors (``docs/errors.md``): an exception raised in the block comes out
+    as itself, never in an exception group. If one of the queue's own tasks
+    fails (the scheduler, the store's watch, maintenance), the block is
+    cancelled and the failure comes out as a :class:`JobQueueError`: the
+    task's own one (a :class:`StoreError`, say), or a
+    :class:`QueueClosedError` whose ``__cause__`` is what the task raised.
     """
+    if clock is not None and not callable(clock):
+        raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+    max_batch = v.check_int(max_batch, "max_batch", minimum=1)
+    if maintenance is not None and not isinstance(maintenance, Maintenance):
+        raise TypeError(f"maintenance must be a Maintenance, not {type(maintenance).__name__}")
+    if metrics is not None and not isinstance(metrics, QueueMetrics):
+        raise TypeError(f"metrics must be a QueueMetrics, not {type(metrics).__name__}")
     wall = clock or utc_now
     sample = wall()
-    if not isinstance(sample, datetime) or sample.tzinfo is None:
+    if not isinstance(sample, datetime):
+        raise TypeError(f"clock must return datetimes, not {type(sample).__name__}")
+    if sample.tzinfo is None:
         raise ValueError("clock must return timezone-aware datetimes")
     resolved = resolve_store(store)
     observed = wants_events(metrics)
@@ -214,9 +232,10 @@ async def open_queue(
     scheduler = Scheduler(state, resolved, max_batch=max_batch)
     queue = LocalQueue(scheduler)
     unobserve: Callable[[], None] | None = None
+    policy = ErrorPolicy("the queue")
     try:
         unobserve = observe(state, scheduler, metrics)  # before the actor serves anything
-        async with trio.open_nursery() as nursery:
+        async with policy, trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
             # A store that can lose the right to write (a PostgreSQL leader
             # that was deposed) has a watch() that raises when it does: the
@@ -226,7 +245,8 @@ async def open_queue(
             if maintenance is not None:
                 await nursery.start(Maintainer(queue, maintenance, wall).run)
             try:
-                yield queue
+                with policy.user():
+                    yield queue
             finally:
                 nursery.cancel_scope.cancel()
     finally:

@@ -23,7 +23,6 @@ them in tests.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from uuid import UUID
 import attrs
 import trio
 
+from .._core import _validate as v
 from .._core._errors import ActiveJobsError, JobQueueError, QueueClosedError
 from .._core._json import to_json_text
 from .._core._state import QueueState
@@ -42,15 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["Maintainer", "Maintenance", "ReapedJob", "missing_heartbeat_result"]
 
 log = logging.getLogger("actorq.maintenance")
-
-
-def _check_interval(name: str, value: float | None, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"{name} must be > 0 seconds, not {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -76,16 +67,13 @@ class Maintenance:
     retention_interval: float = 600.0
 
     def __attrs_post_init__(self) -> None:
-        _check_interval("watch_interval", self.watch_interval)
-        _check_interval("job_timeout", self.job_timeout)
-        _check_interval("worker_timeout", self.worker_timeout, optional=True)
-        _check_interval("worker_watch_interval", self.worker_watch_interval)
-        _check_interval("retention", self.retention, optional=True)
-        _check_interval("retention_interval", self.retention_interval)
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
-            raise TypeError(f"max_retries must be an int, not {type(self.max_retries).__name__}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, not {self.max_retries}")
+        v.check_positive_seconds(self.watch_interval, "watch_interval")
+        v.check_positive_seconds(self.job_timeout, "job_timeout")
+        v.check_optional_positive_seconds(self.worker_timeout, "worker_timeout")
+        v.check_positive_seconds(self.worker_watch_interval, "worker_watch_interval")
+        v.check_optional_positive_seconds(self.retention, "retention")
+        v.check_positive_seconds(self.retention_interval, "retention_interval")
+        v.check_max_retries(self.max_retries)
 
 
 @attrs.frozen

@@ -110,6 +110,8 @@ class QueueMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        if registry is not None and not isinstance(registry, CollectorRegistry):
+            raise TypeError(f"registry must be a CollectorRegistry, not {type(registry).__name__}")
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
 

@@ -139,3 +139,28 @@ def check_state(value: object) -> JobState | None:
             names = ", ".join(s.value for s in JobState)
             raise ValueError(f"state must be one of {names}, not {value!r}") from None
     raise TypeError(f"state must be a JobState or str, not {type(value).__name__}")
+
+
+def check_positive_seconds(value: object, name: str) -> float:
+    """A number of seconds > 0 (an interval): TypeError for a non-number, ValueError else."""
+    seconds = check_seconds(value, name)
+    if seconds == 0:
+        raise ValueError(f"{name} must be > 0 seconds, not {value!r}")
+    return seconds
+
+
+def check_optional_positive_seconds(value: object, name: str) -> float | None:
+    return None if value is None else check_positive_seconds(value, name)
+
+
+def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
+    """An int (never a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+def check_optional_str(value: object, name: str) -> str | None:
+    return None if value is None else check_str(value, name)

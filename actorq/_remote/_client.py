@@ -21,9 +21,9 @@ import itertools
 import logging
 import math
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from functools import partial
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -49,6 +49,7 @@ from .._core._errors import (
 )
 from .._core._models import DequeuedJob
 from .._core._ops import Operation, RefreshHeartbeat, RefreshHeartbeats
+from .._core._unwrap import ErrorPolicy
 from . import _wire as w
 
 __all__ = ["RemoteQueue", "connect", "connect_stream"]
@@ -385,20 +386,19 @@ class RemoteQueue(QueueAPI):
         self._release_nowait(job.id, job.token)
 
 
-def _reraise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
-    # Our internal nursery wraps even a lone error; callers see the error itself.
-    if len(group.exceptions) == 1:
-        exc = group.exceptions[0]
-        context = exc.__context__
-        try:
-            raise exc
-        finally:
-            exc.__context__ = context
-            del exc, context
-    raise group
+@contextlib.contextmanager
+def _handshake_errors() -> Iterator[None]:
+    try:
+        yield
+    except (HandshakeError, trio.TooSlowError, ConnectionClosed) as exc:
+        raise QueueClosedError(f"the websocket handshake failed: {exc!r}") from exc
 
 
-def _check_options(heartbeat_interval: float | None, max_message_size: int) -> None:
+def _check_options(
+    heartbeat_interval: float | None, max_message_size: int, token: str | None
+) -> None:
+    if token is not None:
+        v.check_str(token, "token")
     if heartbeat_interval is not None:
         seconds = v.check_seconds(heartbeat_interval, "heartbeat_interval")
         if seconds == 0:
@@ -453,54 +453,46 @@ async def _open_session(
     handshake_timeout: float,
 ) -> AsyncIterator[RemoteQueue]:
     """The websocket handshake, hello and background tasks over an open stream."""
-    entered = False
-    try:
+    policy = ErrorPolicy("the queue connection")
+    async with policy, trio.open_nursery() as nursery:
         try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    with trio.fail_after(handshake_timeout):
-                        ws = await wrap_client_stream(
-                            nursery,
-                            stream,  # type: ignore[arg-type]
-                            host,
-                            resource,
-                            message_queue_size=4,
-                            max_message_size=max_message_size,
-                            receive_buffer_size=65536,
-                        )
-                    queue = RemoteQueue(
-                        ws,
-                        max_message_size=max_message_size,
-                        send_timeout=send_timeout,
-                        abort=partial(trio.aclose_forcefully, stream),
-                    )
-                    nursery.start_soon(queue._reader)
-                    nursery.start_soon(queue._writer)
-                    with trio.fail_after(handshake_timeout):
-                        await queue._greet(token, "actorq-python")
-                    if heartbeat_interval is not None:
-                        nursery.start_soon(queue._refresher, heartbeat_interval)
-                    try:
-                        entered = True
-                        yield queue
-                    finally:
-                        queue._shut(QueueClosedError("the queue connection was closed"))
-                        with trio.move_on_after(2.0) as scope:
-                            scope.shield = True
-                            await ws.aclose()
-                finally:
-                    # Close first, shielded, then cancel: a checkpoint in an already
-                    # cancelled nursery would raise Cancelled here, replacing (and,
-                    # once the nursery absorbs it, swallowing) the body's exception.
-                    with trio.CancelScope(shield=True):
-                        await trio.aclose_forcefully(stream)
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            _reraise_single(group)
-    except (HandshakeError, trio.TooSlowError, ConnectionClosed) as exc:
-        if entered:
-            raise
-        raise QueueClosedError(f"the websocket handshake failed: {exc!r}") from None
+            with _handshake_errors(), trio.fail_after(handshake_timeout):
+                ws = await wrap_client_stream(
+                    nursery,
+                    stream,  # type: ignore[arg-type]
+                    host,
+                    resource,
+                    message_queue_size=4,
+                    max_message_size=max_message_size,
+                    receive_buffer_size=65536,
+                )
+            queue = RemoteQueue(
+                ws,
+                max_message_size=max_message_size,
+                send_timeout=send_timeout,
+                abort=partial(trio.aclose_forcefully, stream),
+            )
+            nursery.start_soon(queue._reader)
+            nursery.start_soon(queue._writer)
+            with _handshake_errors(), trio.fail_after(handshake_timeout):
+                await queue._greet(token, "actorq-python")
+            if heartbeat_interval is not None:
+                nursery.start_soon(queue._refresher, heartbeat_interval)
+            try:
+                with policy.user():
+                    yield queue
+            finally:
+                queue._shut(QueueClosedError("the queue connection was closed"))
+                with trio.move_on_after(2.0) as scope:
+                    scope.shield = True
+                    await ws.aclose()
+        finally:
+            # Close first, shielded, then cancel: a checkpoint in an already
+            # cancelled nursery would raise Cancelled here, replacing (and,
+            # once the nursery absorbs it, swallowing) the body's exception.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -530,8 +522,17 @@ async def connect(
     refuses the connection (``unauthorized``, ``unsupported_version``).
     Leaving the block closes the connection; running jobs stay running on the
     server until their heartbeats expire or another client finishes them.
+
+    Errors (``docs/errors.md``): an exception raised in the block comes out as
+    itself, never in an exception group; a failure of the connection's own
+    tasks comes out as a :class:`JobQueueError` (untyped ones as a
+    :class:`QueueClosedError` whose ``__cause__`` is the original).
     """
-    _check_options(heartbeat_interval, max_message_size)
+    _check_options(heartbeat_interval, max_message_size, token)
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
+    if isinstance(url, bytes) or not isinstance(url, str | Sequence):
+        raise TypeError(f"url must be a str or a sequence of str, not {type(url).__name__}")
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
         raise ValueError("url must name at least one server")
@@ -576,8 +577,13 @@ async def connect_stream(
     max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
 ) -> AsyncIterator[RemoteQueue]:
     """Like :func:`connect`, over an already open trio stream (tests use
-    :func:`trio.testing.memory_stream_pair`). The stream is closed on exit."""
-    _check_options(heartbeat_interval, max_message_size)
+    :func:`trio.testing.memory_stream_pair`). The stream is closed on exit.
+    Errors follow the same policy as :func:`connect`."""
+    _check_options(heartbeat_interval, max_message_size, token)
+    if not isinstance(stream, trio.abc.Stream):
+        raise TypeError(f"stream must be a trio.abc.Stream, not {type(stream).__name__}")
+    host = v.check_str(host, "host")
+    resource = v.check_str(resource, "resource")
     async with _open_session(
         stream,
         host,

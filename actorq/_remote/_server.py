@@ -29,6 +29,7 @@ from .._core import _validate as v
 from .._core._errors import JobQueueError
 from .._core._models import DequeuedJob
 from .._core._ops import Operation, Scope
+from .._core._unwrap import ErrorPolicy
 from . import _wire as w
 
 __all__ = ["QueueServer", "ServableQueue", "serve"]
@@ -102,8 +103,12 @@ class QueueServer:
         self.queue = queue
         self._auth = None if auth is None else auth.encode()
         self._tenants: list[tuple[bytes, frozenset[str]]] = []
+        if tenants is not None and not isinstance(tenants, Mapping):
+            raise TypeError(f"tenants must be a mapping, not {type(tenants).__name__}")
         for token, channels in (tenants or {}).items():
-            if not isinstance(token, str) or not token:
+            if not isinstance(token, str):
+                raise TypeError(f"tenant tokens must be str, not {type(token).__name__}")
+            if not token:
                 raise ValueError("tenant tokens must be non-empty strings")
             names = v.check_strings(channels, "tenant channels", allow_empty_items=True)
             self._tenants.append((token.encode(), frozenset(names)))
@@ -267,7 +272,23 @@ async def serve(
     enqueue to, dequeue from and see jobs of. ``max_message_size`` (characters)
     bounds every frame both ways; ``max_in_flight`` bounds the requests one
     connection may have open (more get a ``too_many_requests`` error).
+
+    Errors (``docs/errors.md``): no request, client or :class:`Exception`
+    raised by ``queue`` stops the server; each ends one request or one
+    connection. A failure to bind raises :class:`OSError` before serving
+    starts. A failure of the server's own tasks (a listener, a bug) comes out
+    as a :class:`JobQueueError` (untyped ones as a :class:`QueueClosedError`
+    whose ``__cause__`` is the original), never in an exception group; a
+    :class:`BaseException` that is not an :class:`Exception` (``SystemExit``
+    raised by ``queue``, say) comes out as itself.
     """
+    if host is not None:
+        v.check_str(host, "host")
+    port = v.check_int(port, "port", minimum=0)
+    if port > 65535:
+        raise ValueError(f"port must be <= 65535, not {port}")
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
     server = QueueServer(
         queue,
         auth=auth,
@@ -283,7 +304,8 @@ async def serve(
         listeners = await trio.open_ssl_over_tcp_listeners(
             port, ssl_context, host=host, https_compatible=True
         )
-    await server.run(listeners, task_status=task_status)
+    with ErrorPolicy("the server"):
+        await server.run(listeners, task_status=task_status)
 
 
 @attrs.define(eq=False)

@@ -10,23 +10,20 @@ same worker runs against an in-process queue and a remote one.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
 import platform
 import signal
 import socket
-import traceback
-import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
-import cattrs
 import trio
 
+from .._core import _validate as v
 from .._core._errors import (
     ActiveJobsError,
     CanceledError,
@@ -36,141 +33,17 @@ from .._core._errors import (
     QueueClosedError,
     WorkerNotExistError,
 )
-from .._core._json import converter
 from .._core._models import DequeuedJob
 from .._core._protocol import JobQueue
+from .._core._unwrap import ErrorPolicy
+from ._handlers import Handler, make_handler
+from ._job import Job, error_result, message_of, shutdown_result, type_name
 
 __all__ = ["Job", "Worker", "error_result"]
 
 log = logging.getLogger("actorq.worker")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, cattrs.ClassValidationError | cattrs.IterableValidationError):
-        # cattrs' own text is "While structuring X (n sub-exceptions)"; name the fields.
-        return "invalid job args: " + "; ".join(cattrs.transform_error(exc))
-    return str(exc)
-
-
-def error_result(exc: BaseException) -> dict[str, Any]:
-    """The result a job gets when its handler raises ``exc``.
-
-    ``{"error": {"type": ..., "message": ..., "traceback": ...}}``: the
-    exception's class (module-qualified unless built in), its message, and the
-    formatted traceback.
-    """
-    return {
-        "error": {
-            "type": _type_name(exc),
-            "message": _message(exc),
-            "traceback": "".join(traceback.format_exception(exc)),
-        }
-    }
-
-
-def _shutdown_result(max_retries: int) -> dict[str, Any]:
-    return {
-        "error": {
-            "type": "WorkerShutdown",
-            "message": (
-                "the worker shut down before the job finished, "
-                f"and the job was already retried {max_retries} times"
-            ),
-            "traceback": None,
-        }
-    }
-
-
-@attrs.define(eq=False)
-class Job:
-    """A job as a handler sees it.
-
-    ``id``, ``type``, ``args`` (JSON, as enqueued), ``channel`` and
-    ``dependencies`` describe the job; ``token`` authorises this run of it and
-    ``worker_id`` names the worker running it.
-    """
-
-    id: UUID
-    token: UUID
-    type: str
-    args: Any
-    channel: str
-    dependencies: list[UUID]
-    worker_id: UUID | None
-    _queue: JobQueue = attrs.field(repr=False, alias="queue")
-    _cancel_requested: bool = attrs.field(default=False, init=False, repr=False)
-
-    @property
-    def cancel_requested(self) -> bool:
-        """True once the worker has started cancelling this handler.
-
-        Async handlers are cancelled through their cancel scope and need not
-        look; a sync handler runs in a thread that cannot be interrupted, and
-        may poll this to stop early.
-        """
-        return self._cancel_requested
-
-    async def dependency_results(self) -> list[Any]:
-        """The results of this job's dependencies, in the order of ``dependencies``.
-
-        Each dependency has finished (the queue hands a job out only then), so
-        each result is whatever its handler returned, or its error result. A
-        dependency deleted meanwhile raises :class:`NotExistError`.
-        """
-        return [(await self._queue.job_status(dep)).result for dep in self.dependencies]
-
-    async def update_result(self, result: Any) -> None:
-        """Store a partial result (progress, say) without finishing the job."""
-        await self._queue.update_job_result(self.id, result)
-
-
-@attrs.frozen
-class _Handler:
-    fn: Callable[..., Any]
-    is_async: bool
-    args_type: Any  # None: the handler takes the job only; Any: args as JSON
-
-
-def _make_handler(job_type: str, fn: Callable[..., Any]) -> _Handler:
-    if not callable(fn):
-        raise TypeError(f"handler for {job_type!r} is not callable")
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"cannot inspect handler for {job_type!r}: {exc}") from None
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) not in (1, 2) or any(
-        p.default is p.empty for p in params if p not in positional and p.kind is p.KEYWORD_ONLY
-    ):
-        raise TypeError(
-            f"handler for {job_type!r} must take (job) or (job, args), not {inspect.signature(fn)}"
-        )
-    args_type: Any = None
-    if len(positional) == 2:
-        name = positional[1].name
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:
-            annotation = positional[1].annotation
-            if isinstance(annotation, str):
-                raise TypeError(
-                    f"cannot resolve the annotation {annotation!r} of handler for {job_type!r}; "
-                    "define the args class at module level"
-                ) from None
-            hints = {} if annotation is inspect.Parameter.empty else {name: annotation}
-        args_type = hints.get(name, Any)
-    # an object whose __call__ is async is an async handler too
-    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
-    return _Handler(fn, is_async, args_type)
 
 
 @attrs.define(eq=False)
@@ -187,15 +60,6 @@ class _Run:
     settled: bool = False
 
 
-def _check_seconds(name: str, value: object, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"{name} must be > 0, not {value!r}")
-
-
 class Worker:
     """Runs registered handlers for the jobs of a :class:`~actorq.JobQueue`.
 
@@ -206,7 +70,9 @@ class Worker:
     grace period of :meth:`shutdown`; ``max_retries`` bounds the requeues of a
     job interrupted by shutdown (past it, the job finishes with an error
     result). ``name`` (for logs) and ``arch`` (registered with the queue)
-    default to this host and process.
+    default to this host and process. An option of the wrong type raises
+    :class:`TypeError`, a wrong value :class:`ValueError`; intervals and
+    timeouts must be > 0 seconds, ``grace`` >= 0.
 
     Register handlers with :meth:`handler` before :meth:`run`::
 
@@ -238,34 +104,31 @@ class Worker:
         name: str | None = None,
         arch: str | None = None,
     ) -> None:
-        if channels is not None:
-            if isinstance(channels, str) or not all(isinstance(c, str) for c in channels):
-                raise TypeError("channels must be a sequence of str, or None for every channel")
-            channels = tuple(dict.fromkeys(channels))
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError(f"concurrency must be an int, not {type(concurrency).__name__}")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, not {concurrency}")
-        _check_seconds("heartbeat_interval", heartbeat_interval)
-        _check_seconds("status_interval", status_interval)
-        _check_seconds("poll_timeout", poll_timeout, allow_none=True)
-        _check_seconds("cleanup_timeout", cleanup_timeout)
-        if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
-            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
+        if not isinstance(queue, JobQueue):
+            raise TypeError(f"queue must be a JobQueue, not {type(queue).__name__}")
         self.queue = queue
-        self.channels: tuple[str, ...] | None = channels
-        self.concurrency = concurrency
-        self.heartbeat_interval = float(heartbeat_interval)
-        self.status_interval = float(status_interval)
-        self.grace = float(grace)
-        self.max_retries = max_retries
-        self.poll_timeout = poll_timeout
-        self.cleanup_timeout = float(cleanup_timeout)
+        self.channels: tuple[str, ...] | None = (
+            None
+            if channels is None
+            else tuple(
+                v.check_channel(c)
+                for c in v.check_strings(channels, "channels", allow_empty_items=True)
+            )
+        )
+        self.concurrency = v.check_int(concurrency, "concurrency", minimum=1)
+        self.heartbeat_interval = v.check_positive_seconds(heartbeat_interval, "heartbeat_interval")
+        self.status_interval = v.check_positive_seconds(status_interval, "status_interval")
+        self.grace = v.check_seconds(grace, "grace")
+        self.max_retries = v.check_max_retries(max_retries)
+        self.poll_timeout = (
+            None if poll_timeout is None else v.check_positive_seconds(poll_timeout, "poll_timeout")
+        )
+        self.cleanup_timeout = v.check_positive_seconds(cleanup_timeout, "cleanup_timeout")
+        name = v.check_optional_str(name, "name")
+        arch = v.check_optional_str(arch, "arch")
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.arch = arch or platform.machine() or "unknown"
-        self._handlers: dict[str, _Handler] = {}
+        self._handlers: dict[str, Handler] = {}
         self._id: UUID | None = None
         self._active: dict[UUID, _Run] = {}
         self._started = False
@@ -278,6 +141,7 @@ class Worker:
         self._threads = trio.CapacityLimiter(concurrency)
         self._crashed = False
         self._registering = trio.Lock()
+        self._errors = ErrorPolicy("the worker")
 
     # ------------------------------------------------------------ registry
 
@@ -297,15 +161,12 @@ class Worker:
         ``(job, args)``, :class:`ValueError` if ``job_type`` is empty or taken,
         and :class:`RuntimeError` once the worker has started.
         """
-        if not isinstance(job_type, str):
-            raise TypeError(f"job_type must be a str, not {type(job_type).__name__}")
-        if not job_type:
-            raise ValueError("job_type must not be empty")
+        job_type = v.check_job_type(job_type)
         if self._started:
             raise RuntimeError("register handlers before the worker runs")
         if job_type in self._handlers:
             raise ValueError(f"a handler for {job_type!r} is already registered")
-        self._handlers[job_type] = _make_handler(job_type, fn)
+        self._handlers[job_type] = make_handler(job_type, fn)
 
     @property
     def job_types(self) -> list[str]:
@@ -334,9 +195,7 @@ class Worker:
         ``grace=0`` cancels running handlers now. Must be called from the
         worker's trio thread. Before :meth:`run`, it makes ``run`` return at once.
         """
-        grace = self.grace if grace is None else grace
-        if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
-            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        grace = self.grace if grace is None else v.check_seconds(grace, "grace")
         self._stopping = True
         try:
             deadline = trio.current_time() + grace
@@ -361,9 +220,18 @@ class Worker:
         ``nursery.start(worker.run)``, startup returns once the worker is
         registered.
 
-        A handler's error never stops the worker. If the queue closes (or the
+        A handler's :class:`Exception` never stops the worker: it becomes the
+        job's error result (:func:`error_result`). If the queue closes (or the
         connection to it is lost), running handlers are cancelled and ``run``
-        raises :class:`QueueClosedError`. If ``run`` itself is cancelled,
+        raises :class:`QueueClosedError`.
+
+        Errors (``docs/errors.md``) never come out in an exception group. The
+        user's code here is the handlers: a :class:`BaseException` a handler
+        raises that is not an :class:`Exception` (``sys.exit()``, say) stops
+        the worker and comes out as itself. Everything else is the worker's
+        own: a :class:`JobQueueError` its queue calls raise comes out as
+        itself, any other failure as a :class:`QueueClosedError` whose
+        ``__cause__`` is the original. If ``run`` itself is cancelled,
         running handlers are cancelled and their jobs requeued before the
         cancellation propagates. Either way the worker deregisters itself, each
         cleanup call bounded by ``cleanup_timeout``. A worker runs once.
@@ -375,16 +243,13 @@ class Worker:
         self._started = True
         await self._register()
         try:
-            try:
-                async with trio.open_nursery() as services:
-                    if handle_signals:
-                        await services.start(self._watch_signals)
-                    services.start_soon(self._report_status)
-                    task_status.started()
-                    await self._run_jobs()
-                    services.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                raise _unwrap(group) from None
+            async with self._errors, trio.open_nursery() as services:
+                if handle_signals:
+                    await services.start(self._watch_signals)
+                services.start_soon(self._report_status)
+                task_status.started()
+                await self._run_jobs()
+                services.cancel_scope.cancel()
         finally:
             if not self._crashed:
                 with trio.move_on_after(self.cleanup_timeout, shield=True):
@@ -572,35 +437,28 @@ class Worker:
             nursery.start_soon(self._heartbeat, run)
             with run.scope:
                 try:
-                    run.result = await self._invoke(run.job)
+                    run.result = await self._handlers[run.job.type](run.job, self._threads)
                 except Exception as exc:
                     run.result = error_result(exc)
                     log.warning(
                         "job %s (%s) failed: %s: %s",
                         run.job.id,
                         run.job.type,
-                        _type_name(exc),
-                        _message(exc),
+                        type_name(exc),
+                        message_of(exc),
                         extra=self._job_extra(run.job, "handler_failed"),
                     )
+                except BaseException as exc:
+                    if not isinstance(exc, trio.Cancelled):
+                        # this stops the worker: take no more jobs, not even
+                        # the one being requeued now
+                        self._errors.record_user(exc)
+                        self._stopping = True
+                        if self._dequeue_scope is not None:
+                            self._dequeue_scope.cancel()
+                    raise
                 run.has_result = True
             nursery.cancel_scope.cancel()
-
-    async def _invoke(self, job: Job) -> Any:
-        handler = self._handlers[job.type]
-        args: tuple[Any, ...] = (job,)
-        if handler.args_type is not None:
-            value = job.args
-            if handler.args_type is not Any:
-                value = converter.structure(value, handler.args_type)
-            args = (job, value)
-        if handler.is_async:
-            return await handler.fn(*args)
-        # a thread cannot be interrupted: on cancellation, stop waiting for it and
-        # let it run out in the background (the handler may poll job.cancel_requested)
-        return await trio.to_thread.run_sync(
-            handler.fn, *args, abandon_on_cancel=True, limiter=self._threads
-        )
 
     async def _heartbeat(self, run: _Run) -> None:
         # The refresh is also how the worker learns that its job was canceled
@@ -670,7 +528,7 @@ class Worker:
     async def _requeue(self, job: Job) -> None:
         try:
             requeued = await self.queue.requeue_or_finish_job(
-                job.id, self.max_retries, _shutdown_result(self.max_retries)
+                job.id, self.max_retries, shutdown_result(self.max_retries)
             )
         except JobQueueError as exc:
             log.warning(
@@ -722,21 +580,3 @@ class Worker:
         return self._extra(
             event=f"job_{event}", job_id=str(job.id), job_type=job.type, channel=job.channel
         )
-
-
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    # trio's strict exception groups wrap even a lone error; users get the error
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    non_cancel = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    if len(non_cancel) == 1:
-        return non_cancel[0]
-    if not non_cancel and leaves:
-        return leaves[0]
-    return group
