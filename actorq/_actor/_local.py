@@ -23,7 +23,7 @@ from .._core._state import QueueState
 from .._core._unwrap import ErrorPolicy
 from .._stores._base import Store
 from ._maintenance import Maintainer, Maintenance
-from ._metrics import QueueMetrics, instrument, state_class
+from ._metrics import QueueMetrics, observe, wants_events
 from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
 
 __all__ = ["LocalQueue", "open_queue", "resolve_store", "utc_now"]
@@ -215,20 +215,26 @@ async def open_queue(
     if sample.tzinfo is None:
         raise ValueError("clock must return timezone-aware datetimes")
     resolved = resolve_store(store)
-    state_cls = state_class(metrics)
+    observed = wants_events(metrics)
     if resolved is None:
-        state = state_cls(wall=wall, monotonic=trio.current_time)
+        state = QueueState(wall=wall, monotonic=trio.current_time, track_events=observed)
     else:
         jobs, workers = await resolved.load()
-        state = state_cls.restore(
-            jobs, workers, wall=wall, monotonic=trio.current_time, track_changes=True
+        state = QueueState.restore(
+            jobs,
+            workers,
+            wall=wall,
+            monotonic=trio.current_time,
+            track_changes=True,
+            track_events=observed,
         )
         del jobs, workers  # the records are in the state now; don't hold them twice
     scheduler = Scheduler(state, resolved, max_batch=max_batch)
     queue = LocalQueue(scheduler)
-    uninstrument = instrument(state, scheduler, metrics)
+    unobserve: Callable[[], None] | None = None
     policy = ErrorPolicy("the queue")
     try:
+        unobserve = observe(state, scheduler, metrics)  # before the actor serves anything
         async with policy, trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
             # A store that can lose the right to write (a PostgreSQL leader
@@ -244,7 +250,8 @@ async def open_queue(
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        uninstrument()
+        if unobserve is not None:
+            unobserve()
         if resolved is not None:
             with trio.CancelScope(shield=True):
                 await resolved.close()

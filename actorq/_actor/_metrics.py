@@ -1,52 +1,74 @@
-"""Prometheus metrics and structured state-change logs for the in-process queue.
+"""Prometheus metrics and structured state-change logs, as subscribers to the queue's events.
 
-The core stays pure: :class:`ObservedState` is a :class:`QueueState` whose
-public methods, after the core has applied a change, tell an :class:`Observer`
-what happened. The observer counts it (if the queue has :class:`QueueMetrics`)
-and logs it (logger ``actorq.jobs``, with ``extra`` fields ``event``,
-``job_id``, ``job_type``, ``channel`` and ``worker_id``). The plain
-:class:`QueueState` runs when neither is wanted, so they cost nothing then.
+The core records what changed as events (:mod:`actorq._core._events`), and
+the scheduler actor hands each committed batch of them to its subscribers
+(:meth:`Scheduler.subscribe`). Two subscribers live here:
 
-Gauges (queue depth, jobs by state, workers) are not kept up to date on every
-change: they are computed from :meth:`QueueState.stats` when Prometheus
-scrapes. A scrape from another thread (the HTTP exporter's) reads the state in
-the queue's trio thread through :func:`trio.from_thread.run_sync`, so it never
-sees the state mid-change.
+- :class:`MetricsSubscriber`, made by :meth:`QueueMetrics.attach`, counts
+  events into the Prometheus counters and histograms, and keeps the gauges
+  (jobs by state, queue depth, workers, waiting dequeuers) up to date from the
+  same events, starting from one :class:`QueueStats` taken as the queue opens.
+  After each batch it publishes an immutable :class:`GaugeSnapshot`; a scrape
+  from any thread (the HTTP exporter's) reads only that snapshot, never the
+  queue's state.
+- :class:`EventLog` logs each change to ``actorq.jobs`` (``extra`` fields
+  ``event``, ``job_id``, ``job_type``, ``channel`` and ``worker_id``) or
+  ``actorq.workers`` (``event``, ``worker_id``, and ``channel`` and ``arch``
+  on registration).
+
+:func:`observe` connects them to a queue: the metrics when it has any, the
+log when one of those loggers is enabled for INFO as it opens. The core
+records events only when one of them is wanted (:func:`wants_events`), so an
+unobserved queue pays nothing for them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 from uuid import UUID
 
-import orjson
-import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .._core._errors import JobQueueError, WorkerNotExistError
-from .._core._models import JobState, QueueStats
-from .._core._records import Assignment
+from .._core._events import (
+    Committed,
+    Event,
+    JobCanceled,
+    JobDeleted,
+    JobEnqueued,
+    JobFinished,
+    JobReady,
+    JobReleased,
+    JobRequeued,
+    JobStarted,
+    Phase,
+    WorkerDeleted,
+    WorkerSeen,
+    is_error_result,
+)
+from .._core._models import QueueStats
 from .._core._state import QueueState
 from ._scheduler import Scheduler
 
 __all__ = [
-    "ObservedState",
-    "Observer",
+    "EventLog",
+    "GaugeSnapshot",
+    "MetricsSubscriber",
     "QueueMetrics",
     "exposition",
-    "instrument",
+    "is_error_result",
+    "observe",
     "start_http_server",
-    "state_class",
+    "wants_events",
 ]
 
-events = logging.getLogger("actorq.jobs")
-worker_events = logging.getLogger("actorq.workers")
+job_log = logging.getLogger("actorq.jobs")
+worker_log = logging.getLogger("actorq.workers")
 
 _LABELS = ("type", "channel")
 _TIME_BUCKETS = (
@@ -58,20 +80,7 @@ _COMMIT_BUCKETS = (
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
-
-def is_error_result(text: str) -> bool:
-    """Whether a result (JSON text) is an error result: an object with a non-null ``"error"``.
-
-    Parsed only when the text mentions ``"error"`` at all, so plain results cost
-    one substring search.
-    """
-    if '"error"' not in text:
-        return False
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(value, dict) and value.get("error") is not None
+Key = tuple[str, str]  # (job type, channel)
 
 
 class QueueMetrics:
@@ -86,14 +95,18 @@ class QueueMetrics:
     ``actorq_jobs_finished`` (every finish, failed ones included),
     ``actorq_jobs_failed`` (finished with an error result, or failed before
     starting), ``actorq_jobs_canceled``, ``actorq_jobs_requeued``.
-    Histograms: ``actorq_dequeue_wait_seconds`` (how long a dequeuer waited
-    for the job it got, 0 when one was ready) and ``actorq_job_run_seconds``
-    (dequeue to finish), both by type and channel;
-    ``actorq_store_commit_seconds`` and ``actorq_store_commit_requests``
-    (requests per committed batch). Gauges, computed at scrape time:
-    ``actorq_jobs{state}``, ``actorq_jobs_ready{type,channel}`` (queue depth),
-    ``actorq_jobs_blocked``, ``actorq_dequeuers_waiting``, ``actorq_workers``;
-    counters ``actorq_scheduler_batches`` and ``actorq_scheduler_requests``.
+    Histograms, by type and channel: ``actorq_dequeue_wait_seconds`` (how
+    long a dequeuer waited for the job it got, 0 when one was ready),
+    ``actorq_queue_latency_seconds`` (from a job becoming ready, that is
+    enqueued with its dependencies finished, its last dependency finishing,
+    requeued or given back, to its start; jobs that were ready when the queue
+    was restored from its store are not counted) and ``actorq_job_run_seconds``
+    (dequeue to finish); and ``actorq_store_commit_seconds`` and
+    ``actorq_store_commit_requests`` (requests per committed batch). Gauges,
+    while the queue is open: ``actorq_jobs{state}``,
+    ``actorq_jobs_ready{type,channel}`` (queue depth), ``actorq_jobs_blocked``,
+    ``actorq_dequeuers_waiting``, ``actorq_workers``; counters
+    ``actorq_scheduler_batches`` and ``actorq_scheduler_requests``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -105,28 +118,24 @@ class QueueMetrics:
         def counter(name: str, doc: str) -> Counter:
             return Counter(name, doc, _LABELS, namespace="actorq", registry=r)
 
+        def timer(name: str, doc: str) -> Histogram:
+            return Histogram(
+                name, doc, _LABELS, namespace="actorq", buckets=_TIME_BUCKETS, registry=r
+            )
+
         self.enqueued = counter("jobs_enqueued", "Jobs enqueued.")
         self.dequeued = counter("jobs_dequeued", "Jobs handed to a dequeuer.")
         self.finished = counter("jobs_finished", "Jobs finished, with any result.")
         self.failed = counter("jobs_failed", "Jobs finished with an error result.")
         self.canceled = counter("jobs_canceled", "Jobs canceled, pending or running.")
         self.requeued = counter("jobs_requeued", "Running jobs put back in the queue.")
-        self.dequeue_wait = Histogram(
-            "dequeue_wait_seconds",
-            "How long a dequeuer waited for the job it got.",
-            _LABELS,
-            namespace="actorq",
-            buckets=_TIME_BUCKETS,
-            registry=r,
+        self.dequeue_wait = timer(
+            "dequeue_wait_seconds", "How long a dequeuer waited for the job it got."
         )
-        self.run_time = Histogram(
-            "job_run_seconds",
-            "Time from dequeue to finish of a job.",
-            _LABELS,
-            namespace="actorq",
-            buckets=_TIME_BUCKETS,
-            registry=r,
+        self.queue_latency = timer(
+            "queue_latency_seconds", "Time from a job becoming ready to its start."
         )
+        self.run_time = timer("job_run_seconds", "Time from dequeue to finish of a job.")
         self.commit_latency = Histogram(
             "store_commit_seconds",
             "Time to commit one batch of changes to the store.",
@@ -141,54 +150,232 @@ class QueueMetrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
-        self._source: _Source | None = None
-        r.register(_StateCollector(self))
+        self._attached = False
+        # Written by the queue's actor, read by scrapes from any thread: a
+        # reference to an immutable value, so neither side needs a lock.
+        self._snapshot: GaugeSnapshot | None = None
+        r.register(_GaugeCollector(self))
 
-    def observe_commit(self, seconds: float, requests: int) -> None:
-        """The :attr:`Scheduler.on_commit` hook."""
-        self.commit_latency.observe(seconds)
-        self.batch_size.observe(requests)
+    @property
+    def gauges(self) -> GaugeSnapshot | None:
+        """The gauges after the last published batch; ``None`` while no queue is open."""
+        return self._snapshot
 
-    def attach(self, state: QueueState, scheduler: Scheduler) -> None:
-        """Report gauges from ``state`` and ``scheduler``; call in the queue's trio thread.
+    def attach(self, stats: QueueStats) -> MetricsSubscriber:
+        """Start counting a queue whose state is ``stats`` now; return its event subscriber.
 
-        Raises :class:`RuntimeError` if these metrics already watch a queue.
+        Call where nothing can change the queue between taking ``stats`` and
+        subscribing (before its actor starts). Raises :class:`RuntimeError` if
+        these metrics already belong to an open queue.
         """
-        if self._source is not None:
+        if self._attached:
             raise RuntimeError("these QueueMetrics already belong to an open queue")
-        self._source = _Source(state, scheduler, trio.lowlevel.current_trio_token())
-        scheduler.on_commit = self.observe_commit
+        self._attached = True
+        return MetricsSubscriber(self, stats)
 
     def detach(self) -> None:
-        """Stop reporting gauges (the queue closed). Counters and histograms stay."""
-        if self._source is not None:
-            self._source.scheduler.on_commit = None
-        self._source = None
+        """The queue closed: drop its gauges. Counters and histograms stay."""
+        self._attached = False
+        self._snapshot = None
 
 
-class _Source:
-    __slots__ = ("scheduler", "state", "token")
+class GaugeSnapshot(NamedTuple):
+    """The gauges of one open queue at one moment; immutable, so any thread may read it.
 
-    def __init__(self, state: QueueState, scheduler: Scheduler, token: trio.lowlevel.TrioToken):
-        self.state = state
-        self.scheduler = scheduler
-        self.token = token
+    Job counts by state (``pending`` includes ``blocked``); ``ready`` is the
+    queue depth as ``((type, channel), count)`` pairs, a pair staying at 0
+    once its key had ready jobs. A named tuple: one is made per batch.
+    """
 
-    def stats(self) -> QueueStats | None:
-        try:
-            here = trio.lowlevel.current_trio_token()
-        except RuntimeError:
-            here = None
-        if here is self.token:
-            return self.state.stats()
-        try:
-            return trio.from_thread.run_sync(self.state.stats, trio_token=self.token)
-        except (trio.RunFinishedError, RuntimeError):
-            return None  # the queue's trio run is over
+    pending: int
+    running: int
+    finished: int
+    canceled: int
+    blocked: int
+    ready: tuple[tuple[Key, int], ...]
+    waiting: int
+    workers: int
+    batches: int
+    requests: int
 
 
-class _StateCollector:
-    """Gauges computed from the queue's state at scrape time."""
+class _Children(dict[Key, Any]):
+    """The children of one labelled metric by (type, channel), made on first use.
+
+    ``labels()`` validates and locks on every call; the cached child is one
+    dict lookup.
+    """
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def __missing__(self, key: Key) -> Any:
+        child = self[key] = self._metric.labels(*key)
+        return child
+
+
+class MetricsSubscriber:
+    """Counts a queue's events into its :class:`QueueMetrics`, and keeps its gauges.
+
+    A :data:`~actorq._actor._scheduler.Subscriber`: called in the actor's task
+    with each committed batch. It keeps counts per job phase and per
+    ``(type, channel)``, never per job, and publishes a new
+    :class:`GaugeSnapshot` after each batch; copying the queue depth costs
+    one tuple of its ``(type, channel)`` keys, only after a batch that
+    changed it.
+    """
+
+    def __init__(self, metrics: QueueMetrics, stats: QueueStats) -> None:
+        self._m = metrics
+        self._enqueued = _Children(metrics.enqueued)
+        self._dequeued = _Children(metrics.dequeued)
+        self._finished_jobs = _Children(metrics.finished)
+        self._failed = _Children(metrics.failed)
+        self._canceled_jobs = _Children(metrics.canceled)
+        self._requeued = _Children(metrics.requeued)
+        self._dequeue_wait = _Children(metrics.dequeue_wait)
+        self._queue_latency = _Children(metrics.queue_latency)
+        self._run_time = _Children(metrics.run_time)
+        self._blocked = stats.blocked
+        self._running = stats.running
+        self._finished = stats.finished
+        self._canceled = stats.canceled
+        self._ready: dict[Key, int] = {(t, c): n for t, c, n in stats.ready}
+        self._ready_count = stats.pending - stats.blocked
+        self._ready_rows: tuple[tuple[Key, int], ...] = ()
+        self._ready_changed = True
+        self._workers = stats.workers
+        self._waiting = stats.waiting_dequeuers
+        self._batches = 0
+        self._requests = 0
+        self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            JobEnqueued: self._on_enqueued,
+            JobReady: self._on_ready,
+            JobStarted: self._on_started,
+            JobFinished: self._on_finished,
+            JobRequeued: self._on_requeued,
+            JobReleased: self._on_released,
+            JobCanceled: self._on_canceled,
+            JobDeleted: self._on_deleted,
+            WorkerSeen: self._on_worker_seen,
+            WorkerDeleted: self._on_worker_deleted,
+            Committed: self._on_committed,
+        }
+        self._publish()
+
+    def __call__(self, events: Sequence[Event]) -> None:
+        handlers = self._handlers
+        for event in events:
+            handlers[type(event)](event)
+        self._publish()
+
+    def _publish(self) -> None:
+        if self._ready_changed:
+            self._ready_rows = tuple(self._ready.items())
+            self._ready_changed = False
+        self._m._snapshot = GaugeSnapshot(
+            self._blocked + self._ready_count,
+            self._running,
+            self._finished,
+            self._canceled,
+            self._blocked,
+            self._ready_rows,
+            self._waiting,
+            self._workers,
+            self._batches,
+            self._requests,
+        )
+
+    def _add_ready(self, key: Key) -> None:
+        ready = self._ready
+        ready[key] = ready.get(key, 0) + 1
+        self._ready_count += 1
+        self._ready_changed = True
+
+    def _leave(self, key: Key, phase: Phase) -> None:
+        if phase is Phase.READY:
+            self._ready[key] -= 1
+            self._ready_count -= 1
+            self._ready_changed = True
+        elif phase is Phase.RUNNING:
+            self._running -= 1
+        elif phase is Phase.BLOCKED:
+            self._blocked -= 1
+        elif phase is Phase.FINISHED:
+            self._finished -= 1
+        else:
+            self._canceled -= 1
+
+    def _on_enqueued(self, e: JobEnqueued) -> None:
+        key = (e.job_type, e.channel)
+        self._enqueued[key].inc()
+        if e.ready:
+            self._add_ready(key)
+        else:
+            self._blocked += 1
+
+    def _on_ready(self, e: JobReady) -> None:
+        self._blocked -= 1
+        self._add_ready((e.job_type, e.channel))
+
+    def _on_started(self, e: JobStarted) -> None:
+        key = (e.job_type, e.channel)
+        self._dequeued[key].inc()
+        self._dequeue_wait[key].observe(e.dequeue_wait)
+        if e.waited is not None:
+            self._queue_latency[key].observe(e.waited)
+        self._leave(key, Phase.READY)
+        self._running += 1
+
+    def _on_finished(self, e: JobFinished) -> None:
+        key = (e.job_type, e.channel)
+        self._finished_jobs[key].inc()
+        if e.error:
+            self._failed[key].inc()
+        if e.ran is not None:
+            self._run_time[key].observe(e.ran)
+        self._leave(key, e.before)
+        self._finished += 1
+
+    def _on_requeued(self, e: JobRequeued) -> None:
+        key = (e.job_type, e.channel)
+        self._requeued[key].inc()
+        self._running -= 1
+        self._add_ready(key)
+
+    def _on_released(self, e: JobReleased) -> None:
+        self._running -= 1
+        self._add_ready((e.job_type, e.channel))
+
+    def _on_canceled(self, e: JobCanceled) -> None:
+        key = (e.job_type, e.channel)
+        self._canceled_jobs[key].inc()
+        self._leave(key, e.before)
+        self._canceled += 1
+
+    def _on_deleted(self, e: JobDeleted) -> None:
+        self._leave((e.job_type, e.channel), e.phase)
+
+    def _on_worker_seen(self, e: WorkerSeen) -> None:
+        if e.new:
+            self._workers += 1
+
+    def _on_worker_deleted(self, e: WorkerDeleted) -> None:
+        self._workers -= 1
+
+    def _on_committed(self, e: Committed) -> None:
+        if e.requests:
+            self._batches += 1
+            self._requests += e.requests
+        self._waiting = e.waiting
+        if e.seconds is not None:
+            self._m.commit_latency.observe(e.seconds)
+            self._m.batch_size.observe(e.requests)
+
+
+class _GaugeCollector:
+    """Exports the latest :class:`GaugeSnapshot`; safe from any thread."""
 
     def __init__(self, metrics: QueueMetrics) -> None:
         self._metrics = metrics
@@ -197,22 +384,24 @@ class _StateCollector:
         return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
-        source = self._metrics._source
-        if source is None:
-            return []
-        stats = source.stats()
-        if stats is None:
+        snap = self._metrics._snapshot  # one read: the rest is immutable
+        if snap is None:
             return []
         jobs, ready, blocked, waiting, workers, batches, requests = self._families()
-        for state in JobState:
-            jobs.add_metric([state.value], getattr(stats, state.value))
-        for job_type, channel, count in stats.ready:
+        for state, count in (
+            ("pending", snap.pending),
+            ("running", snap.running),
+            ("finished", snap.finished),
+            ("canceled", snap.canceled),
+        ):
+            jobs.add_metric([state], count)
+        for (job_type, channel), count in snap.ready:
             ready.add_metric([job_type, channel], count)
-        blocked.add_metric([], stats.blocked)
-        waiting.add_metric([], stats.waiting_dequeuers)
-        workers.add_metric([], stats.workers)
-        batches.add_metric([], source.scheduler.batches)
-        requests.add_metric([], source.scheduler.messages)
+        blocked.add_metric([], snap.blocked)
+        waiting.add_metric([], snap.waiting)
+        workers.add_metric([], snap.workers)
+        batches.add_metric([], snap.batches)
+        requests.add_metric([], snap.requests)
         return [jobs, ready, blocked, waiting, workers, batches, requests]
 
     @staticmethod
@@ -232,28 +421,45 @@ class _StateCollector:
         )
 
 
-# ------------------------------------------------------------------ events
+# ------------------------------------------------------------------ logs
 
 
-class Observer:
-    """Told of every change an :class:`ObservedState` applies; counts and logs it.
+class EventLog:
+    """Logs a queue's events to ``actorq.jobs`` and ``actorq.workers``.
 
-    Runs inside the scheduler actor, synchronously, after the core applied the
-    change: it must be quick and must not raise.
+    A :data:`~actorq._actor._scheduler.Subscriber`. Enqueue, start, finish,
+    failure, requeue and cancel are logged at INFO, a job becoming ready,
+    being given back undelivered or deleted at DEBUG; a worker's registration
+    and removal at INFO, its status reports at DEBUG. A level the logger has
+    disabled costs one check per event.
     """
 
-    def __init__(self, metrics: QueueMetrics | None, monotonic: Callable[[], float]) -> None:
-        self.metrics = metrics
-        self._now = monotonic
-        # job id -> (type, channel, worker id, monotonic start); jobs restored as
-        # running are missing, and get no run time
-        self._running: dict[UUID, tuple[str, str, UUID | None, float]] = {}
-        self._parked: dict[int, tuple[float, UUID | None]] = {}  # waiter -> (parked at, worker)
+    def __init__(self) -> None:
+        self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            JobEnqueued: self._enqueued,
+            JobReady: self._readied,
+            JobStarted: self._started,
+            JobFinished: self._finished,
+            JobRequeued: self._requeued,
+            JobReleased: self._released,
+            JobCanceled: self._canceled,
+            JobDeleted: self._deleted,
+            WorkerSeen: self._worker_seen,
+            WorkerDeleted: self._worker_deleted,
+        }
 
-    def _log(self, level: int, msg: str, event: str, job_id: UUID, job_type: str, channel: str,
+    def __call__(self, events: Sequence[Event]) -> None:
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+
+    @staticmethod
+    def _job(level: int, msg: str, event: str, job_id: UUID, job_type: str, channel: str,
              worker_id: UUID | None = None) -> None:  # fmt: skip
-        if events.isEnabledFor(level):
-            events.log(
+        if job_log.isEnabledFor(level):
+            job_log.log(
                 level,
                 msg,
                 job_id,
@@ -268,283 +474,123 @@ class Observer:
                 },
             )
 
-    def enqueued(self, job_id: UUID, job_type: str, channel: str) -> None:
-        if self.metrics is not None:
-            self.metrics.enqueued.labels(job_type, channel).inc()
-        self._log(logging.INFO, "job %s (%s, channel %r) enqueued", "job_enqueued",
-                  job_id, job_type, channel)  # fmt: skip
+    def _enqueued(self, e: JobEnqueued) -> None:
+        self._job(logging.INFO, "job %s (%s, channel %r) enqueued", "job_enqueued",
+                  e.job_id, e.job_type, e.channel)  # fmt: skip
 
-    def parked(self, waiter_id: int, worker_id: UUID | None) -> None:
-        self._parked[waiter_id] = (self._now(), worker_id)
+    def _readied(self, e: JobReady) -> None:
+        self._job(logging.DEBUG, "job %s (%s, channel %r) ready: its dependencies finished",
+                  "job_ready", e.job_id, e.job_type, e.channel)  # fmt: skip
 
-    def unparked(self, waiter_id: int) -> None:
-        self._parked.pop(waiter_id, None)
+    def _started(self, e: JobStarted) -> None:
+        self._job(logging.INFO, "job %s (%s, channel %r) started", "job_started",
+                  e.job_id, e.job_type, e.channel, e.worker_id)  # fmt: skip
 
-    def assigned(self, got: Assignment, worker_id: UUID | None) -> None:
-        """A job handed to a dequeuer that did not wait for it."""
-        self._start(got, worker_id, 0.0)
-
-    def assigned_to_waiter(self, got: Assignment, waiter_id: int) -> None:
-        """A job handed to a parked dequeuer."""
-        parked = self._parked.pop(waiter_id, None)
-        if parked is None:
-            self._start(got, None, 0.0)
+    def _finished(self, e: JobFinished) -> None:
+        if e.before is not Phase.RUNNING:
+            self._job(logging.INFO, "job %s (%s, channel %r) failed before it started",
+                      "job_failed", e.job_id, e.job_type, e.channel)  # fmt: skip
+        elif e.error:
+            self._job(logging.INFO, "job %s (%s, channel %r) failed", "job_failed",
+                      e.job_id, e.job_type, e.channel, e.worker_id)  # fmt: skip
         else:
-            self._start(got, parked[1], self._now() - parked[0])
+            self._job(logging.INFO, "job %s (%s, channel %r) finished", "job_finished",
+                      e.job_id, e.job_type, e.channel, e.worker_id)  # fmt: skip
 
-    def _start(self, got: Assignment, worker_id: UUID | None, waited: float) -> None:
-        self._running[got.id] = (got.type, got.channel, worker_id, self._now())
-        if self.metrics is not None:
-            self.metrics.dequeued.labels(got.type, got.channel).inc()
-            self.metrics.dequeue_wait.labels(got.type, got.channel).observe(waited)
-        self._log(logging.INFO, "job %s (%s, channel %r) started", "job_started",
-                  got.id, got.type, got.channel, worker_id)  # fmt: skip
+    def _requeued(self, e: JobRequeued) -> None:
+        self._job(logging.INFO, "job %s (%s, channel %r) requeued", "job_requeued",
+                  e.job_id, e.job_type, e.channel, e.worker_id)  # fmt: skip
 
-    def released(self, job_id: UUID) -> None:
-        got = self._running.pop(job_id, None)
-        if got is not None:
-            self._log(logging.DEBUG, "job %s (%s, channel %r) given back undelivered",
-                      "job_released", job_id, got[0], got[1], got[2])  # fmt: skip
+    def _released(self, e: JobReleased) -> None:
+        self._job(logging.DEBUG, "job %s (%s, channel %r) given back undelivered",
+                  "job_released", e.job_id, e.job_type, e.channel, e.worker_id)  # fmt: skip
 
-    def finished(self, job_id: UUID, job_type: str, channel: str, result: str) -> None:
-        run = self._running.pop(job_id, None)
-        failed = is_error_result(result)
-        worker_id = None if run is None else run[2]
-        if self.metrics is not None:
-            self.metrics.finished.labels(job_type, channel).inc()
-            if failed:
-                self.metrics.failed.labels(job_type, channel).inc()
-            if run is not None:
-                self.metrics.run_time.labels(job_type, channel).observe(self._now() - run[3])
-        if failed:
-            self._log(logging.INFO, "job %s (%s, channel %r) failed", "job_failed",
-                      job_id, job_type, channel, worker_id)  # fmt: skip
+    def _canceled(self, e: JobCanceled) -> None:
+        self._job(logging.INFO, "job %s (%s, channel %r) canceled", "job_canceled",
+                  e.job_id, e.job_type, e.channel, e.worker_id)  # fmt: skip
+
+    def _deleted(self, e: JobDeleted) -> None:
+        self._job(logging.DEBUG, "job %s (%s, channel %r) deleted", "job_deleted",
+                  e.job_id, e.job_type, e.channel)  # fmt: skip
+
+    @staticmethod
+    def _worker_seen(e: WorkerSeen) -> None:
+        if e.new:
+            level, msg, name = (
+                logging.INFO,
+                "worker %s registered (channel %r, %s)",
+                "worker_registered",
+            )
         else:
-            self._log(logging.INFO, "job %s (%s, channel %r) finished", "job_finished",
-                      job_id, job_type, channel, worker_id)  # fmt: skip
-
-    def failed_unstarted(self, job_id: UUID, job_type: str, channel: str) -> None:
-        if self.metrics is not None:
-            self.metrics.finished.labels(job_type, channel).inc()
-            self.metrics.failed.labels(job_type, channel).inc()
-        self._log(logging.INFO, "job %s (%s, channel %r) failed before it started",
-                  "job_failed", job_id, job_type, channel)  # fmt: skip
-
-    def requeued(self, job_id: UUID, job_type: str, channel: str) -> None:
-        run = self._running.pop(job_id, None)
-        if self.metrics is not None:
-            self.metrics.requeued.labels(job_type, channel).inc()
-        self._log(logging.INFO, "job %s (%s, channel %r) requeued", "job_requeued",
-                  job_id, job_type, channel, None if run is None else run[2])  # fmt: skip
-
-    def canceled(self, job_id: UUID, job_type: str, channel: str) -> None:
-        run = self._running.pop(job_id, None)
-        if self.metrics is not None:
-            self.metrics.canceled.labels(job_type, channel).inc()
-        self._log(logging.INFO, "job %s (%s, channel %r) canceled", "job_canceled",
-                  job_id, job_type, channel, None if run is None else run[2])  # fmt: skip
-
-    def deleted(self, job_id: UUID) -> None:
-        if events.isEnabledFor(logging.DEBUG):
-            events.debug(
-                "job %s deleted", job_id, extra={"event": "job_deleted", "job_id": str(job_id)}
+            level, msg, name = (
+                logging.DEBUG,
+                "worker %s reported (channel %r, %s)",
+                "worker_updated",
+            )
+        if worker_log.isEnabledFor(level):
+            worker_log.log(
+                level,
+                msg,
+                e.worker_id,
+                e.channel,
+                e.arch,
+                extra={
+                    "event": name,
+                    "worker_id": str(e.worker_id),
+                    "channel": e.channel,
+                    "arch": e.arch,
+                },
             )
 
-    def worker_registered(self, worker_id: UUID, channel: str, arch: str) -> None:
-        worker_events.info(
-            "worker %s registered (channel %r, %s)",
-            worker_id,
-            channel,
-            arch,
-            extra={
-                "event": "worker_registered",
-                "worker_id": str(worker_id),
-                "channel": channel,
-                "arch": arch,
-            },
-        )
-
-    def worker_deleted(self, worker_id: UUID) -> None:
-        worker_events.info(
-            "worker %s removed",
-            worker_id,
-            extra={"event": "worker_removed", "worker_id": str(worker_id)},
-        )
-
-
-class ObservedState(QueueState):
-    """A :class:`QueueState` that reports every applied change to :attr:`observer`.
-
-    It overrides public methods only, and only to report after the core's own
-    method returned: the rules, checks and errors are the core's, unchanged.
-    """
-
-    observer: Observer | None = None
-
-    def enqueue(
-        self, job_type: str, args: str, dependencies: Iterable[UUID] = (), channel: str = ""
-    ) -> UUID:
-        job_id = super().enqueue(job_type, args, dependencies, channel)
-        if self.observer is not None:
-            self.observer.enqueued(job_id, job_type, channel)
-        return job_id
-
-    def dequeue(
-        self,
-        job_types: tuple[str, ...],
-        channels: tuple[str, ...] | None,
-        worker_id: UUID | None = None,
-    ) -> Assignment | None:
-        # add_waiter() serves a ready job through this method, so it is counted here
-        got = super().dequeue(job_types, channels, worker_id)
-        if got is not None and self.observer is not None:
-            self.observer.assigned(got, worker_id)
-        return got
-
-    def add_waiter(
-        self,
-        job_types: tuple[str, ...],
-        channels: tuple[str, ...] | None,
-        worker_id: UUID | None = None,
-    ) -> Assignment | int:
-        got = super().add_waiter(job_types, channels, worker_id)
-        if isinstance(got, int) and self.observer is not None:
-            self.observer.parked(got, worker_id)
-        return got
-
-    def remove_waiter(self, waiter_id: int) -> bool:
-        removed = super().remove_waiter(waiter_id)
-        if self.observer is not None:
-            self.observer.unparked(waiter_id)
-        return removed
-
-    def take_assignments(self) -> list[tuple[int, Assignment | WorkerNotExistError]]:
-        out = super().take_assignments()
-        if out and self.observer is not None:
-            for waiter_id, got in out:
-                if isinstance(got, WorkerNotExistError):
-                    self.observer.unparked(waiter_id)
-                else:
-                    self.observer.assigned_to_waiter(got, waiter_id)
-        return out
-
-    def dequeue_by_id(self, job_id: UUID, worker_id: UUID | None = None) -> Assignment:
-        got = super().dequeue_by_id(job_id, worker_id)
-        if self.observer is not None:
-            self.observer.assigned(got, worker_id)
-        return got
-
-    def release(self, job_id: UUID, token: UUID) -> bool:
-        released = super().release(job_id, token)
-        if released and self.observer is not None:
-            self.observer.released(job_id)
-        return released
-
-    def finish_job(self, job_id: UUID, result: str) -> None:
-        super().finish_job(job_id, result)
-        if self.observer is not None:
-            info = self.job(job_id)
-            self.observer.finished(job_id, info.type, info.channel, result)
-
-    def requeue_or_finish_job(self, job_id: UUID, max_retries: int, result: str) -> bool:
-        requeued = super().requeue_or_finish_job(job_id, max_retries, result)
-        if self.observer is not None:
-            info = self.job(job_id)
-            if requeued:
-                self.observer.requeued(job_id, info.type, info.channel)
-            else:
-                self.observer.finished(job_id, info.type, info.channel, result)
-        return requeued
-
-    def fail_job(self, job_id: UUID, result: str) -> None:
-        super().fail_job(job_id, result)
-        if self.observer is not None:
-            info = self.job(job_id)
-            self.observer.failed_unstarted(job_id, info.type, info.channel)
-
-    def cancel_job(self, job_id: UUID) -> None:
-        if self.observer is None:
-            super().cancel_job(job_id)
-            return
-        # Canceling reaches dependents too: note which jobs can still be canceled
-        # (pending or running) before, and report those that were after.
-        before = self._cancelable_tree(job_id)
-        super().cancel_job(job_id)
-        for dep_id, job_type, channel in before:
-            if self.job_state(dep_id) is JobState.CANCELED:
-                self.observer.canceled(dep_id, job_type, channel)
-
-    def _cancelable_tree(self, job_id: UUID) -> list[tuple[UUID, str, str]]:
-        out: list[tuple[UUID, str, str]] = []
-        seen: set[UUID] = set()
-        stack = [job_id]
-        while stack:
-            current = stack.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            try:
-                status = self.job_status(current)
-            except JobQueueError:
-                continue
-            if status.canceled or status.finished is not None:
-                continue
-            out.append((current, status.type, status.channel))
-            stack.extend(status.dependents)
-        return out
-
-    def delete_job(self, job_id: UUID) -> None:
-        super().delete_job(job_id)
-        if self.observer is not None:
-            self.observer.deleted(job_id)
-
-    def insert_worker(self, channel: str, arch: str) -> UUID:
-        worker_id = super().insert_worker(channel, arch)
-        if self.observer is not None:
-            self.observer.worker_registered(worker_id, channel, arch)
-        return worker_id
-
-    def delete_worker(self, worker_id: UUID) -> None:
-        super().delete_worker(worker_id)
-        if self.observer is not None:
-            self.observer.worker_deleted(worker_id)
+    @staticmethod
+    def _worker_deleted(e: WorkerDeleted) -> None:
+        if worker_log.isEnabledFor(logging.INFO):
+            worker_log.info(
+                "worker %s removed",
+                e.worker_id,
+                extra={"event": "worker_removed", "worker_id": str(e.worker_id)},
+            )
 
 
 # ------------------------------------------------------------------ wiring
 
 
-def _observing(metrics: QueueMetrics | None) -> bool:
-    return (
-        metrics is not None
-        or events.isEnabledFor(logging.INFO)
-        or worker_events.isEnabledFor(logging.INFO)
-    )
+def _logs_listen() -> bool:
+    return job_log.isEnabledFor(logging.INFO) or worker_log.isEnabledFor(logging.INFO)
 
 
-def state_class(metrics: QueueMetrics | None) -> type[QueueState]:
-    """The state class :func:`actorq.open_queue` builds: observed only if anyone listens.
+def wants_events(metrics: QueueMetrics | None) -> bool:
+    """Whether a queue opening now should record events: it has metrics, or a log listens.
 
-    State changes are observed when the queue has metrics, or when the
-    ``actorq.jobs`` or ``actorq.workers`` logger is enabled for INFO as the
-    queue opens; otherwise the plain core runs, at no cost.
+    The logs listen when ``actorq.jobs`` or ``actorq.workers`` is enabled for
+    INFO as the queue opens.
     """
-    return ObservedState if _observing(metrics) else QueueState
+    return metrics is not None or _logs_listen()
 
 
-def instrument(
+def observe(
     state: QueueState, scheduler: Scheduler, metrics: QueueMetrics | None
 ) -> Callable[[], None]:
-    """Connect ``state`` and ``scheduler`` to ``metrics`` and the event logs.
+    """Subscribe ``metrics`` and, if a log listens, the event log to ``scheduler``.
 
-    Call in the queue's trio thread; returns the function to call when the
-    queue closes.
+    Returns the function that undoes it. Call before the scheduler starts,
+    with the state it owns: the gauges start from ``state.stats()`` taken
+    here, and the first events they count are the first batch's. Raises
+    :class:`RuntimeError`, subscribing nothing, if ``metrics`` already belong
+    to an open queue.
     """
-    if isinstance(state, ObservedState):
-        state.observer = Observer(metrics, trio.current_time)
-    if metrics is None:
-        return lambda: None
-    metrics.attach(state, scheduler)
-    return metrics.detach
+    undo: list[Callable[[], None]] = []
+    if metrics is not None:
+        undo.append(scheduler.subscribe(metrics.attach(state.stats())))
+        undo.append(metrics.detach)
+    if _logs_listen():
+        undo.append(scheduler.subscribe(EventLog()))
+
+    def unobserve() -> None:
+        for step in undo:
+            step()
+
+    return unobserve
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

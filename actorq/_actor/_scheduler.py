@@ -12,13 +12,17 @@ The mailbox is unbounded on purpose: a requester that is being cancelled must
 be able to withdraw its wait or hand back a job without blocking
 (:meth:`Scheduler.post_nowait`), and every requester has at most one request
 in flight, so the mailbox never holds more messages than there are tasks.
+
+Observers subscribe (:meth:`Scheduler.subscribe`) to the state-change events
+of :mod:`actorq._core._events`: after each batch is committed the actor hands
+them that batch's events, then a :class:`~actorq._core._events.Committed`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import attrs
@@ -26,11 +30,12 @@ import outcome
 import trio
 
 from .._core._errors import JobQueueError, QueueClosedError
+from .._core._events import Committed, Event
 from .._core._records import Assignment
 from .._core._state import QueueState
 from .._stores._base import Store
 
-__all__ = ["Call", "Park", "Release", "Reply", "Scheduler", "Withdraw"]
+__all__ = ["Call", "Park", "Release", "Reply", "Scheduler", "Subscriber", "Withdraw"]
 
 log = logging.getLogger("actorq.scheduler")
 
@@ -136,6 +141,8 @@ class Release:
 
 Message: TypeAlias = Call | Park | Withdraw | Release
 
+Subscriber: TypeAlias = Callable[[Sequence[Event]], None]
+
 
 class Scheduler:
     """Owns a :class:`QueueState` and serves requests for it, one batch at a time."""
@@ -152,8 +159,7 @@ class Scheduler:
         self.batches = 0
         self.messages = 0
         self.commits = 0
-        #: Called after every commit with (seconds, number of requests); for metrics.
-        self.on_commit: Callable[[float, int], None] | None = None
+        self._subscribers: list[Subscriber] = []
 
     # ------------------------------------------------------------ requesters
 
@@ -163,6 +169,24 @@ class Scheduler:
             self._send.send_nowait(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise QueueClosedError() from None
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber`` with the events of every committed batch; return the unsubscribe.
+
+        It is called in the actor's task, synchronously, with the batch's
+        events in the order the changes happened and a
+        :class:`~actorq._core._events.Committed` last; events of a batch whose
+        commit failed never reach it. It must be quick and must not block: the
+        queue waits for it. An exception it raises is logged and ignored. It
+        sees events only if the state was built with ``track_events=True``.
+        """
+        self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
 
     # ------------------------------------------------------------------ actor
 
@@ -234,6 +258,7 @@ class Scheduler:
         # commit and may hand the job to another waiter: loop until quiet.
         while True:
             self._collect_assignments(replies)
+            seconds: float | None = None
             if self.store is not None:
                 changes = self.state.take_changes()
                 if changes:
@@ -241,16 +266,30 @@ class Scheduler:
                     try:
                         await self.store.commit(changes)
                     except BaseException as exc:
+                        self.state.take_events()  # not committed: never published
                         self._fail_all(replies, exc)
                         raise
                     self.commits += 1
-                    if self.on_commit is not None:
-                        self.on_commit(trio.current_time() - start, count)
+                    seconds = trio.current_time() - start
+            if self._subscribers:
+                self._publish(count, seconds)
+            count = 0  # a later round only puts back jobs whose requesters left
             if not replies:
                 return
             for reply, value in replies:
                 self._deliver(reply, value)
             replies = []
+
+    def _publish(self, requests: int, seconds: float | None) -> None:
+        events: list[Event] = self.state.take_events()
+        if not (events or requests or seconds is not None):
+            return  # a quiet follow-up round
+        events.append(Committed(requests, seconds, self.state.waiter_count))
+        for subscriber in tuple(self._subscribers):
+            try:
+                subscriber(events)
+            except Exception:
+                log.exception("an event subscriber failed; the queue carries on")
 
     def _collect_assignments(self, replies: list[tuple[Reply, outcome.Outcome[Any]]]) -> None:
         for waiter_id, got in self.state.take_assignments():

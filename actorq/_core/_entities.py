@@ -6,6 +6,7 @@ changes them.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from datetime import datetime
 from uuid import UUID
@@ -54,6 +55,7 @@ class JobEntry:
     waiting_on: int = 0
     heartbeat: float = 0.0
     ready_key: int = 0  # nonzero while the job sits in the ready index
+    since: float = math.nan  # monotonic time it became ready or started; kept for events only
 
     @property
     def pending(self) -> bool:
@@ -102,6 +104,7 @@ class Waiter:
     channels: tuple[str, ...] | None  # None: any channel
     worker_id: UUID | None
     active: bool = True
+    parked: float = 0.0  # monotonic time it was parked; kept for events only
 
 
 class ReadyHeap:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -52,6 +53,21 @@ from ._errors import (
     RunningError,
     WorkerNotExistError,
 )
+from ._events import (
+    Event,
+    JobCanceled,
+    JobDeleted,
+    JobEnqueued,
+    JobFinished,
+    JobReady,
+    JobReleased,
+    JobRequeued,
+    JobStarted,
+    Phase,
+    WorkerDeleted,
+    WorkerSeen,
+    is_error_result,
+)
 from ._models import JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 from ._records import Assignment, Changes, JobRecord, WorkerRecord, new_uuid4
 
@@ -65,6 +81,10 @@ class QueueState:
     timestamps jobs carry; ``monotonic`` returns seconds on a monotonic clock,
     for heartbeat and worker ages. Neither is called anywhere else, so a test
     can drive time by hand.
+
+    With ``track_changes`` it remembers what changed for a store
+    (:meth:`take_changes`); with ``track_events`` it records an event per
+    change for observers (:meth:`take_events`, :mod:`actorq._core._events`).
     """
 
     def __init__(
@@ -74,6 +94,7 @@ class QueueState:
         monotonic: Callable[[], float],
         track_changes: bool = False,
         new_id: Callable[[], UUID] = new_uuid4,
+        track_events: bool = False,
     ) -> None:
         self._wall = wall
         self._monotonic = monotonic
@@ -94,6 +115,7 @@ class QueueState:
         self._deleted_jobs: set[UUID] = set()
         self._changed_workers: set[UUID] = set()
         self._deleted_workers: set[UUID] = set()
+        self._events: list[Event] | None = [] if track_events else None
 
     # ------------------------------------------------------------------ jobs
 
@@ -125,6 +147,8 @@ class QueueState:
             if dep.finished is None:
                 job.waiting_on += 1
         self._touch(job)
+        if (events := self._events) is not None:
+            self._readied(events, job, JobEnqueued(job.id, job_type, channel, job.waiting_on == 0))
         if job.waiting_on == 0:
             self._make_ready(job)
         return job.id
@@ -160,6 +184,8 @@ class QueueState:
         if found is not None:
             return found
         waiter = Waiter(self._next_waiter_id, job_types, channels, worker_id)
+        if self._events is not None:
+            waiter.parked = self._monotonic()
         self._next_waiter_id += 1
         self._waiters_by_id[waiter.id] = waiter
         for key in self._waiter_keys(waiter):
@@ -210,6 +236,8 @@ class QueueState:
         job = self._jobs.get(job_id)
         if job is None or job.token != token or not job.running:
             return False
+        if (events := self._events) is not None:
+            self._readied(events, job, JobReleased(job.id, job.type, job.channel, job.worker_id))
         self._stop_running(job)
         job.started = None
         self._touch(job)
@@ -225,6 +253,9 @@ class QueueState:
         if job.retries >= max_retries:
             self._finish(job, result)
             return False
+        if (events := self._events) is not None:
+            event = JobRequeued(job.id, job.type, job.channel, job.worker_id, job.retries + 1)
+            self._readied(events, job, event)
         self._stop_running(job)
         job.retries += 1
         job.started = None
@@ -247,6 +278,9 @@ class QueueState:
             raise FinishedError()
         if job.started is not None:
             raise RunningError()
+        if (events := self._events) is not None:
+            phase = _phase(job)
+            events.append(JobFinished(job.id, job.type, job.channel, None, phase, True, None))
         self._unready(job)
         now = self._wall()
         job.started = now
@@ -269,6 +303,9 @@ class QueueState:
             job = stack.pop()
             if job.canceled or job.finished is not None:
                 continue
+            if (events := self._events) is not None:
+                phase = _phase(job)
+                events.append(JobCanceled(job.id, job.type, job.channel, job.worker_id, phase))
             if job.running:
                 self._stop_running(job, keep_token=True)
             else:
@@ -292,6 +329,8 @@ class QueueState:
         stack = [job]
         while stack:
             job = stack.pop()
+            if (events := self._events) is not None:
+                events.append(JobDeleted(job.id, job.type, job.channel, _phase(job)))
             self._unready(job)
             if job.token is not None:
                 self._tokens.pop(job.token, None)
@@ -484,6 +523,8 @@ class QueueState:
         worker = WorkerEntry(self._new_id(), channel, arch, self._wall(), self._monotonic())
         self._workers[worker.id] = worker
         self._touch_worker(worker)
+        if (events := self._events) is not None:
+            events.append(WorkerSeen(worker.id, channel, arch, True))
         return worker.id
 
     def update_worker_status(self, worker_id: UUID) -> None:
@@ -491,6 +532,8 @@ class QueueState:
         worker.updated = self._wall()
         worker.heartbeat = self._monotonic()
         self._touch_worker(worker)
+        if (events := self._events) is not None:
+            events.append(WorkerSeen(worker_id, worker.channel, worker.arch, False))
 
     def workers(self, older_than: float = 0.0) -> list[WorkerInfo]:
         """Workers whose last status update is at least ``older_than`` seconds old."""
@@ -509,6 +552,8 @@ class QueueState:
         if self._track:
             self._changed_workers.discard(worker_id)
             self._deleted_workers.add(worker_id)
+        if (events := self._events) is not None:
+            events.append(WorkerDeleted(worker_id))
 
     # ------------------------------------------------------------ durability
 
@@ -525,6 +570,17 @@ class QueueState:
         self._changed_workers = set()
         self._deleted_workers = set()
         return changes
+
+    def take_events(self) -> list[Event]:
+        """Events of every change since the last call, oldest first.
+
+        Always empty for a state built without ``track_events``.
+        """
+        events = self._events
+        if not events:
+            return []
+        self._events = []
+        return events
 
     def records(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
         """Every job (in enqueue order) and worker, as a store would keep them."""
@@ -543,6 +599,7 @@ class QueueState:
         monotonic: Callable[[], float],
         track_changes: bool = False,
         new_id: Callable[[], UUID] = new_uuid4,
+        track_events: bool = False,
     ) -> QueueState:
         """Rebuild a queue from records, which must come in enqueue order.
 
@@ -550,7 +607,13 @@ class QueueState:
         noticed by whoever watches :meth:`heartbeats`. Raises
         :class:`ValueError` if the records are inconsistent.
         """
-        state = cls(wall=wall, monotonic=monotonic, track_changes=track_changes, new_id=new_id)
+        state = cls(
+            wall=wall,
+            monotonic=monotonic,
+            track_changes=track_changes,
+            new_id=new_id,
+            track_events=track_events,
+        )
         now = monotonic()
         for w in workers:
             state._workers[w.id] = WorkerEntry(w.id, w.channel, w.arch, w.updated, now)
@@ -579,6 +642,7 @@ class QueueState:
         ready = self._ready
         new = object.__new__
         ready_key = self._next_ready_key
+        unknown = math.nan  # when a restored job became ready or started
         last_seq = 0
         for rec in jobs:
             seq = rec.seq
@@ -622,6 +686,7 @@ class QueueState:
             job.waiting_on = waiting_on
             job.heartbeat = now
             job.ready_key = 0
+            job.since = unknown
             all_jobs[job_id] = job
             if canceled:
                 if token is not None and finished is None:
@@ -686,6 +751,8 @@ class QueueState:
             self._get_worker(worker_id)
 
     def _finish(self, job: JobEntry, result: str) -> None:
+        if (events := self._events) is not None:
+            events.append(self._finished(job, result))
         self._stop_running(job)
         job.finished = self._wall()
         job.result = result
@@ -697,6 +764,9 @@ class QueueState:
             dependent = self._jobs[dep_id]
             dependent.waiting_on -= 1
             if dependent.waiting_on == 0 and dependent.pending:
+                if (events := self._events) is not None:
+                    event = JobReady(dep_id, dependent.type, dependent.channel)
+                    self._readied(events, dependent, event)
                 self._make_ready(dependent)
 
     def _stop_running(self, job: JobEntry, *, keep_token: bool = False) -> None:
@@ -712,7 +782,9 @@ class QueueState:
                 worker.active_jobs.discard(job.id)
             job.worker_id = None
 
-    def _assign(self, job: JobEntry, worker_id: UUID | None) -> Assignment:
+    def _assign(
+        self, job: JobEntry, worker_id: UUID | None, parked: float | None = None
+    ) -> Assignment:
         self._unready(job)
         token = self._new_id()
         job.token = token
@@ -724,6 +796,8 @@ class QueueState:
         if worker_id is not None:
             self._workers[worker_id].active_jobs.add(job.id)
         self._touch(job)
+        if (events := self._events) is not None:
+            events.append(self._started(job, worker_id, parked))
         return Assignment(job.id, token, job.dependencies, job.type, job.args, job.channel)
 
     def _make_ready(self, job: JobEntry) -> None:
@@ -731,7 +805,8 @@ class QueueState:
             self._waiters_by_id.pop(waiter.id, None)
             self._retire_waiter(waiter)
             if waiter.worker_id is None or waiter.worker_id in self._workers:
-                self._assignments.append((waiter.id, self._assign(job, waiter.worker_id)))
+                got = self._assign(job, waiter.worker_id, waiter.parked)
+                self._assignments.append((waiter.id, got))
                 return
             # its worker was deleted while it waited: it can never take a job
             self._assignments.append((waiter.id, WorkerNotExistError()))
@@ -814,3 +889,33 @@ class QueueState:
             if waiters and (best is None or waiters[0].id < best.id):
                 best = waiters[0]
         return best
+
+    # ---------------------------------------------------------------- events
+
+    def _readied(self, events: list[Event], job: JobEntry, event: Event) -> None:
+        # the job is (again) ready to start: its queue latency counts from now
+        job.since = self._monotonic()
+        events.append(event)
+
+    def _started(self, job: JobEntry, worker_id: UUID | None, parked: float | None) -> JobStarted:
+        now = job.heartbeat  # _assign just read the clock
+        since, job.since = job.since, now
+        waited = None if math.isnan(since) else now - since
+        dequeue_wait = 0.0 if parked is None else now - parked
+        return JobStarted(job.id, job.type, job.channel, worker_id, waited, dequeue_wait)
+
+    def _finished(self, job: JobEntry, result: str) -> JobFinished:
+        since = job.since
+        ran = None if math.isnan(since) else self._monotonic() - since
+        error = is_error_result(result)
+        return JobFinished(job.id, job.type, job.channel, job.worker_id, Phase.RUNNING, error, ran)
+
+
+def _phase(job: JobEntry) -> Phase:
+    if job.canceled:
+        return Phase.CANCELED
+    if job.finished is not None:
+        return Phase.FINISHED
+    if job.started is not None:
+        return Phase.RUNNING
+    return Phase.READY if job.ready_key else Phase.BLOCKED
