@@ -23,14 +23,12 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from uuid import UUID
 
 from ._entities import (
     ANY_CHANNEL,
-    COMPACT_SLACK,
     JobEntry,
     ReadyHeap,
     TypeKey,
@@ -39,7 +37,6 @@ from ._entities import (
     WorkerEntry,
     add_dependent,
     remove_dependent,
-    state_of,
 )
 from ._errors import (
     ActiveJobsError,
@@ -68,13 +65,15 @@ from ._events import (
     WorkerSeen,
     is_error_result,
 )
-from ._models import JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
+from ._index import ReadyIndex
+from ._reads import StateReads
 from ._records import Assignment, Changes, JobRecord, WorkerRecord, new_uuid4
+from ._restore import StateRestore
 
 __all__ = ["QueueState"]
 
 
-class QueueState:
+class QueueState(StateReads, ReadyIndex, StateRestore):
     """The complete state of a job queue, and every rule that changes it.
 
     ``wall`` returns the current time as an aware UTC datetime, for the
@@ -215,10 +214,6 @@ class QueueState:
             self._assignments = []
         return out
 
-    @property
-    def waiter_count(self) -> int:
-        return len(self._waiters_by_id)
-
     def dequeue_by_id(self, job_id: UUID, worker_id: UUID | None = None) -> Assignment:
         job = self._get(job_id)
         if job.ready_key == 0:
@@ -346,38 +341,6 @@ class QueueState:
                 if not dep.dependents and not dep.running:
                     stack.append(dep)
 
-    def job_status(self, job_id: UUID) -> JobStatus:
-        job = self._get(job_id)
-        return JobStatus(
-            type=job.type,
-            channel=job.channel,
-            result=job.result,
-            queued=job.queued,
-            started=job.started,
-            finished=job.finished,
-            canceled=job.canceled,
-            dependencies=list(job.dependencies),
-            dependents=list(job.dependents),
-            retries=job.retries,
-        )
-
-    def job(self, job_id: UUID) -> JobInfo:
-        job = self._get(job_id)
-        return JobInfo(
-            type=job.type, args=job.args, dependencies=list(job.dependencies), channel=job.channel
-        )
-
-    def job_state(self, job_id: UUID) -> JobState:
-        return state_of(self._get(job_id))
-
-    def job_channel(self, job_id: UUID) -> str:
-        """The channel of a job; :class:`NotExistError` for an unknown one."""
-        return self._get(job_id).channel
-
-    def worker_channel(self, worker_id: UUID) -> str:
-        """The channel of a worker; :class:`WorkerNotExistError` for an unknown one."""
-        return self._get_worker(worker_id).channel
-
     def check_token(self, job_id: UUID, token: UUID | None) -> None:
         """A token operation touches only the job its token names.
 
@@ -393,14 +356,6 @@ class QueueState:
         if self._tokens.get(token) != job_id:
             raise NotExistError("the token does not name this job any more")
 
-    def id_from_token(self, token: UUID) -> UUID:
-        job_id = self._tokens.get(token)
-        if job_id is None:
-            raise NotExistError("token does not name a running job")
-        if self._jobs[job_id].canceled:
-            raise CanceledError()
-        return job_id
-
     def refresh_heartbeat(self, token: UUID) -> None:
         job_id = self.id_from_token(token)
         self._jobs[job_id].heartbeat = self._monotonic()
@@ -414,108 +369,6 @@ class QueueState:
             except JobQueueError:
                 gone.append(token)
         return gone
-
-    def heartbeats(self, older_than: float) -> list[UUID]:
-        """Tokens of running jobs whose last heartbeat is at least ``older_than`` seconds old."""
-        now = self._monotonic()
-        return [tok for tok, job in self._running.items() if now - job.heartbeat >= older_than]
-
-    def all_root_job_ids(self) -> list[UUID]:
-        """Jobs no other job depends on, in enqueue order."""
-        return [job.id for job in self._jobs.values() if not job.dependents]
-
-    def settled_roots(self, finished_before: datetime) -> list[tuple[UUID, bool]]:
-        """Roots of settled, old job trees, for retention: ``(root id, has_canceled)``.
-
-        A root is a job nothing depends on; its tree is the root and,
-        transitively, its dependencies. A tree is settled when no job in it is
-        pending or running. Returned are the roots of settled trees whose
-        finished jobs all finished before ``finished_before``, in enqueue order.
-        The queue records no cancel time, so ``has_canceled`` is True when the
-        tree holds a canceled job: its caller must age such a tree itself.
-        """
-        # Dependencies are enqueued before their dependents, so a single pass in
-        # enqueue order has judged every dependency before the job that needs it.
-        settled: dict[UUID, tuple[bool, bool]] = {}  # job id -> (old enough, has canceled)
-        out: list[tuple[UUID, bool]] = []
-        for job in self._jobs.values():
-            if job.canceled:
-                old, canceled = True, True
-            elif job.finished is not None:
-                old, canceled = job.finished < finished_before, False
-            else:
-                continue
-            for dep_id in job.dependencies:
-                dep = settled.get(dep_id)
-                if dep is None:
-                    break
-                old, canceled = old and dep[0], canceled or dep[1]
-            else:
-                settled[job.id] = (old, canceled)
-                if old and not job.dependents:
-                    out.append((job.id, canceled))
-        return out
-
-    def list_jobs(
-        self,
-        state: JobState | None = None,
-        job_type: str | None = None,
-        channel: str | None = None,
-        limit: int | None = None,
-    ) -> list[JobSummary]:
-        """Jobs in enqueue order, filtered by state, type and channel, at most ``limit``."""
-        out: list[JobSummary] = []
-        for job in self._jobs.values():
-            if job_type is not None and job.type != job_type:
-                continue
-            if channel is not None and job.channel != channel:
-                continue
-            job_state = state_of(job)
-            if state is not None and job_state is not state:
-                continue
-            out.append(
-                JobSummary(
-                    id=job.id,
-                    type=job.type,
-                    channel=job.channel,
-                    state=job_state,
-                    queued=job.queued,
-                    started=job.started,
-                    finished=job.finished,
-                    retries=job.retries,
-                    dependencies=list(job.dependencies),
-                )
-            )
-            if limit is not None and len(out) >= limit:
-                break
-        return out
-
-    def stats(self) -> QueueStats:
-        ready: dict[tuple[str, str], int] = {}
-        counts = dict.fromkeys(JobState, 0)
-        blocked = 0
-        for job in self._jobs.values():
-            job_state = state_of(job)
-            counts[job_state] += 1
-            if job.ready_key:
-                key = (job.type, job.channel)
-                ready[key] = ready.get(key, 0) + 1
-            elif job_state is JobState.PENDING:
-                blocked += 1
-        return QueueStats(
-            jobs=len(self._jobs),
-            pending=counts[JobState.PENDING],
-            ready=[(t, c, n) for (t, c), n in ready.items()],
-            blocked=blocked,
-            running=counts[JobState.RUNNING],
-            finished=counts[JobState.FINISHED],
-            canceled=counts[JobState.CANCELED],
-            waiting_dequeuers=len(self._waiters_by_id),
-            workers=len(self._workers),
-        )
-
-    def job_ids(self) -> Iterator[UUID]:
-        return iter(self._jobs)
 
     # ---------------------------------------------------------------- workers
 
@@ -534,15 +387,6 @@ class QueueState:
         self._touch_worker(worker)
         if (events := self._events) is not None:
             events.append(WorkerSeen(worker_id, worker.channel, worker.arch, False))
-
-    def workers(self, older_than: float = 0.0) -> list[WorkerInfo]:
-        """Workers whose last status update is at least ``older_than`` seconds old."""
-        now = self._monotonic()
-        return [
-            WorkerInfo(id=w.id, channel=w.channel, arch=w.arch, updated=w.updated)
-            for w in self._workers.values()
-            if now - w.heartbeat >= older_than
-        ]
 
     def delete_worker(self, worker_id: UUID) -> None:
         worker = self._get_worker(worker_id)
@@ -581,13 +425,6 @@ class QueueState:
             return []
         self._events = []
         return events
-
-    def records(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
-        """Every job (in enqueue order) and worker, as a store would keep them."""
-        return (
-            [job.record() for job in self._jobs.values()],
-            [worker.record() for worker in self._workers.values()],
-        )
 
     @classmethod
     def restore(
@@ -629,93 +466,6 @@ class QueueState:
                 gc.enable()
         return state
 
-    def _restore_jobs(self, jobs: Iterable[JobRecord], now: float) -> None:
-        # The hot loop of a reopen, so names are bound locally and each job
-        # is built slot by slot (an attrs __init__ with keywords costs several
-        # times as much). Ready jobs go straight into their heaps: records come
-        # in enqueue order, so appending keeps each heap sorted, which is a
-        # valid heap, and no waiter exists yet to be offered them.
-        all_jobs = self._jobs
-        tokens = self._tokens
-        running = self._running
-        workers = self._workers
-        ready = self._ready
-        new = object.__new__
-        ready_key = self._next_ready_key
-        unknown = math.nan  # when a restored job became ready or started
-        last_seq = 0
-        for rec in jobs:
-            seq = rec.seq
-            job_id = rec.id
-            if seq <= last_seq:
-                raise ValueError(f"job {job_id}: records are not in enqueue order")
-            last_seq = seq
-            if job_id in all_jobs:
-                raise ValueError(f"job {job_id} appears twice")
-            job_type = rec.type
-            channel = rec.channel
-            dependencies = tuple(rec.dependencies)
-            started = rec.started
-            finished = rec.finished
-            canceled = rec.canceled
-            token = rec.token
-            waiting_on = 0
-            for dep_id in dependencies:
-                dep = all_jobs.get(dep_id)
-                if dep is None:
-                    raise ValueError(f"job {job_id} depends on missing job {dep_id}")
-                add_dependent(dep, job_id)
-                if dep.finished is None:
-                    waiting_on += 1
-            job: JobEntry = new(JobEntry)
-            job.id = job_id
-            job.seq = seq
-            job.type = job_type
-            job.channel = channel
-            job.args = rec.args
-            job.dependencies = dependencies
-            job.queued = rec.queued
-            job.dependents = ()
-            job.started = started
-            job.finished = finished
-            job.canceled = canceled
-            job.result = rec.result
-            job.retries = rec.retries
-            job.token = token
-            job.worker_id = rec.worker_id
-            job.waiting_on = waiting_on
-            job.heartbeat = now
-            job.ready_key = 0
-            job.since = unknown
-            all_jobs[job_id] = job
-            if canceled:
-                if token is not None and finished is None:
-                    tokens[token] = job_id  # canceled while running: the token says so
-            elif started is None:
-                if waiting_on == 0:
-                    job.ready_key = ready_key
-                    entry = (seq, ready_key, job_id)
-                    ready_key += 1
-                    for heap_key in ((job_type, channel), (job_type, ANY_CHANNEL)):
-                        heap = ready.get(heap_key)
-                        if heap is None:
-                            heap = ready[heap_key] = ReadyHeap()
-                        heap.entries.append(entry)
-                        heap.live += 1
-            elif finished is None:
-                if token is None:
-                    raise ValueError(f"running job {job_id} has no token")
-                tokens[token] = job_id
-                running[token] = job
-                if job.worker_id is not None:
-                    worker = workers.get(job.worker_id)
-                    if worker is None:
-                        job.worker_id = None
-                    else:
-                        worker.active_jobs.add(job_id)
-        self._next_ready_key = ready_key
-        self._next_seq = last_seq + 1
-
     # -------------------------------------------------------------- internals
 
     def _touch(self, job: JobEntry) -> None:
@@ -725,30 +475,6 @@ class QueueState:
     def _touch_worker(self, worker: WorkerEntry) -> None:
         if self._track:
             self._changed_workers.add(worker.id)
-
-    def _get(self, job_id: UUID) -> JobEntry:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise NotExistError(f"job {job_id} does not exist")
-        return job
-
-    def _get_running(self, job_id: UUID) -> JobEntry:
-        job = self._get(job_id)
-        if job.canceled:
-            raise CanceledError()
-        if not job.running:
-            raise NotRunningError()
-        return job
-
-    def _get_worker(self, worker_id: UUID) -> WorkerEntry:
-        worker = self._workers.get(worker_id)
-        if worker is None:
-            raise WorkerNotExistError(f"worker {worker_id} does not exist")
-        return worker
-
-    def _check_worker(self, worker_id: UUID | None) -> None:
-        if worker_id is not None:
-            self._get_worker(worker_id)
 
     def _finish(self, job: JobEntry, result: str) -> None:
         if (events := self._events) is not None:
@@ -820,75 +546,6 @@ class QueueState:
                 heap = self._ready[heap_key] = ReadyHeap()
             heapq.heappush(heap.entries, entry)
             heap.live += 1
-
-    def _unready(self, job: JobEntry) -> None:
-        if job.ready_key == 0:
-            return
-        job.ready_key = 0
-        for heap_key in ((job.type, job.channel), (job.type, ANY_CHANNEL)):
-            # Empty heaps stay: a busy key empties and refills on every job.
-            heap = self._ready[heap_key]
-            heap.live -= 1
-            if len(heap.entries) > 2 * heap.live + COMPACT_SLACK:
-                heap.entries = [e for e in heap.entries if self._live_entry(e)]
-                heapq.heapify(heap.entries)
-
-    def _live_entry(self, entry: tuple[int, int, UUID]) -> bool:
-        job = self._jobs.get(entry[2])
-        return job is not None and job.ready_key == entry[1]
-
-    def _head(self, heap: ReadyHeap) -> tuple[int, int, UUID] | None:
-        entries = heap.entries
-        while entries:
-            if self._live_entry(entries[0]):
-                return entries[0]
-            heapq.heappop(entries)
-        return None
-
-    def _oldest_ready(
-        self, job_types: tuple[str, ...], channels: tuple[str, ...] | None
-    ) -> JobEntry | None:
-        best: tuple[int, int, UUID] | None = None
-        ready = self._ready
-        for job_type in job_types:
-            for channel in (ANY_CHANNEL,) if channels is None else channels:
-                heap = ready.get((job_type, channel))
-                if heap is None or not heap.live:
-                    continue
-                head = self._head(heap)
-                if head is not None and (best is None or head < best):
-                    best = head
-        return None if best is None else self._jobs[best[2]]
-
-    @staticmethod
-    def _waiter_keys(waiter: Waiter) -> Iterator[TypeKey]:
-        for job_type in waiter.types:
-            if waiter.channels is None:
-                yield (job_type, ANY_CHANNEL)
-            else:
-                for channel in waiter.channels:
-                    yield (job_type, channel)
-
-    def _retire_waiter(self, waiter: Waiter) -> None:
-        waiter.active = False
-        for key in self._waiter_keys(waiter):
-            queue = self._waiters[key]
-            queue.live -= 1
-            if len(queue.waiters) > 2 * queue.live + COMPACT_SLACK:
-                queue.waiters = deque(w for w in queue.waiters if w.active)
-
-    def _oldest_waiter(self, job: JobEntry) -> Waiter | None:
-        best: Waiter | None = None
-        for key in ((job.type, job.channel), (job.type, ANY_CHANNEL)):
-            queue = self._waiters.get(key)
-            if queue is None:
-                continue
-            waiters = queue.waiters
-            while waiters and not waiters[0].active:
-                waiters.popleft()
-            if waiters and (best is None or waiters[0].id < best.id):
-                best = waiters[0]
-        return best
 
     # ---------------------------------------------------------------- events
 

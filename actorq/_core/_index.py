@@ -1,0 +1,112 @@
+"""The ready index and the waiter index of :class:`~actorq._core._state.QueueState`.
+
+Both delete lazily: an entry is valid only while the job's ``ready_key`` (or
+the waiter's ``active`` flag) still matches, and a heap or deque that fills
+up with dead entries is compacted once dead entries outnumber live ones.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from uuid import UUID
+
+from ._entities import (
+    ANY_CHANNEL,
+    COMPACT_SLACK,
+    JobEntry,
+    ReadyHeap,
+    TypeKey,
+    Waiter,
+    WaiterQueue,
+    WorkerEntry,
+)
+
+__all__ = ["ReadyIndex"]
+
+
+class ReadyIndex:
+    """Lookups in, and removals from, the ready and waiter indexes."""
+
+    _wall: Callable[[], datetime]
+    _monotonic: Callable[[], float]
+    _jobs: dict[UUID, JobEntry]
+    _tokens: dict[UUID, UUID]
+    _running: dict[UUID, JobEntry]
+    _workers: dict[UUID, WorkerEntry]
+    _ready: dict[TypeKey, ReadyHeap]
+    _waiters: dict[TypeKey, WaiterQueue]
+    _waiters_by_id: dict[int, Waiter]
+    _next_seq: int
+    _next_ready_key: int
+
+    def _unready(self, job: JobEntry) -> None:
+        if job.ready_key == 0:
+            return
+        job.ready_key = 0
+        for heap_key in ((job.type, job.channel), (job.type, ANY_CHANNEL)):
+            # Empty heaps stay: a busy key empties and refills on every job.
+            heap = self._ready[heap_key]
+            heap.live -= 1
+            if len(heap.entries) > 2 * heap.live + COMPACT_SLACK:
+                heap.entries = [e for e in heap.entries if self._live_entry(e)]
+                heapq.heapify(heap.entries)
+
+    def _live_entry(self, entry: tuple[int, int, UUID]) -> bool:
+        job = self._jobs.get(entry[2])
+        return job is not None and job.ready_key == entry[1]
+
+    def _head(self, heap: ReadyHeap) -> tuple[int, int, UUID] | None:
+        entries = heap.entries
+        while entries:
+            if self._live_entry(entries[0]):
+                return entries[0]
+            heapq.heappop(entries)
+        return None
+
+    def _oldest_ready(
+        self, job_types: tuple[str, ...], channels: tuple[str, ...] | None
+    ) -> JobEntry | None:
+        best: tuple[int, int, UUID] | None = None
+        ready = self._ready
+        for job_type in job_types:
+            for channel in (ANY_CHANNEL,) if channels is None else channels:
+                heap = ready.get((job_type, channel))
+                if heap is None or not heap.live:
+                    continue
+                head = self._head(heap)
+                if head is not None and (best is None or head < best):
+                    best = head
+        return None if best is None else self._jobs[best[2]]
+
+    @staticmethod
+    def _waiter_keys(waiter: Waiter) -> Iterator[TypeKey]:
+        for job_type in waiter.types:
+            if waiter.channels is None:
+                yield (job_type, ANY_CHANNEL)
+            else:
+                for channel in waiter.channels:
+                    yield (job_type, channel)
+
+    def _retire_waiter(self, waiter: Waiter) -> None:
+        waiter.active = False
+        for key in self._waiter_keys(waiter):
+            queue = self._waiters[key]
+            queue.live -= 1
+            if len(queue.waiters) > 2 * queue.live + COMPACT_SLACK:
+                queue.waiters = deque(w for w in queue.waiters if w.active)
+
+    def _oldest_waiter(self, job: JobEntry) -> Waiter | None:
+        best: Waiter | None = None
+        for key in ((job.type, job.channel), (job.type, ANY_CHANNEL)):
+            queue = self._waiters.get(key)
+            if queue is None:
+                continue
+            waiters = queue.waiters
+            while waiters and not waiters[0].active:
+                waiters.popleft()
+            if waiters and (best is None or waiters[0].id < best.id):
+                best = waiters[0]
+        return best

@@ -1,0 +1,220 @@
+"""The queries of :class:`~actorq._core._state.QueueState`: they read, never change.
+
+A mixin over the state's own attributes, kept apart so the rules that change
+the queue stay in one file of readable size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from uuid import UUID
+
+from ._entities import JobEntry, ReadyHeap, TypeKey, Waiter, WaiterQueue, WorkerEntry, state_of
+from ._errors import CanceledError, NotExistError, NotRunningError, WorkerNotExistError
+from ._models import JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
+from ._records import JobRecord, WorkerRecord
+
+__all__ = ["StateReads"]
+
+
+class StateReads:
+    """Read-only operations on the queue state."""
+
+    _wall: Callable[[], datetime]
+    _monotonic: Callable[[], float]
+    _jobs: dict[UUID, JobEntry]
+    _tokens: dict[UUID, UUID]
+    _running: dict[UUID, JobEntry]
+    _workers: dict[UUID, WorkerEntry]
+    _ready: dict[TypeKey, ReadyHeap]
+    _waiters: dict[TypeKey, WaiterQueue]
+    _waiters_by_id: dict[int, Waiter]
+    _next_seq: int
+    _next_ready_key: int
+
+    def job_status(self, job_id: UUID) -> JobStatus:
+        job = self._get(job_id)
+        return JobStatus(
+            type=job.type,
+            channel=job.channel,
+            result=job.result,
+            queued=job.queued,
+            started=job.started,
+            finished=job.finished,
+            canceled=job.canceled,
+            dependencies=list(job.dependencies),
+            dependents=list(job.dependents),
+            retries=job.retries,
+        )
+
+    def job(self, job_id: UUID) -> JobInfo:
+        job = self._get(job_id)
+        return JobInfo(
+            type=job.type, args=job.args, dependencies=list(job.dependencies), channel=job.channel
+        )
+
+    def job_state(self, job_id: UUID) -> JobState:
+        return state_of(self._get(job_id))
+
+    def job_channel(self, job_id: UUID) -> str:
+        """The channel of a job; :class:`NotExistError` for an unknown one."""
+        return self._get(job_id).channel
+
+    def worker_channel(self, worker_id: UUID) -> str:
+        """The channel of a worker; :class:`WorkerNotExistError` for an unknown one."""
+        return self._get_worker(worker_id).channel
+
+    def id_from_token(self, token: UUID) -> UUID:
+        job_id = self._tokens.get(token)
+        if job_id is None:
+            raise NotExistError("token does not name a running job")
+        if self._jobs[job_id].canceled:
+            raise CanceledError()
+        return job_id
+
+    def heartbeats(self, older_than: float) -> list[UUID]:
+        """Tokens of running jobs whose last heartbeat is at least ``older_than`` seconds old."""
+        now = self._monotonic()
+        return [tok for tok, job in self._running.items() if now - job.heartbeat >= older_than]
+
+    def all_root_job_ids(self) -> list[UUID]:
+        """Jobs no other job depends on, in enqueue order."""
+        return [job.id for job in self._jobs.values() if not job.dependents]
+
+    def settled_roots(self, finished_before: datetime) -> list[tuple[UUID, bool]]:
+        """Roots of settled, old job trees, for retention: ``(root id, has_canceled)``.
+
+        A root is a job nothing depends on; its tree is the root and,
+        transitively, its dependencies. A tree is settled when no job in it is
+        pending or running. Returned are the roots of settled trees whose
+        finished jobs all finished before ``finished_before``, in enqueue order.
+        The queue records no cancel time, so ``has_canceled`` is True when the
+        tree holds a canceled job: its caller must age such a tree itself.
+        """
+        # Dependencies are enqueued before their dependents, so a single pass in
+        # enqueue order has judged every dependency before the job that needs it.
+        settled: dict[UUID, tuple[bool, bool]] = {}  # job id -> (old enough, has canceled)
+        out: list[tuple[UUID, bool]] = []
+        for job in self._jobs.values():
+            if job.canceled:
+                old, canceled = True, True
+            elif job.finished is not None:
+                old, canceled = job.finished < finished_before, False
+            else:
+                continue
+            for dep_id in job.dependencies:
+                dep = settled.get(dep_id)
+                if dep is None:
+                    break
+                old, canceled = old and dep[0], canceled or dep[1]
+            else:
+                settled[job.id] = (old, canceled)
+                if old and not job.dependents:
+                    out.append((job.id, canceled))
+        return out
+
+    def list_jobs(
+        self,
+        state: JobState | None = None,
+        job_type: str | None = None,
+        channel: str | None = None,
+        limit: int | None = None,
+    ) -> list[JobSummary]:
+        """Jobs in enqueue order, filtered by state, type and channel, at most ``limit``."""
+        out: list[JobSummary] = []
+        for job in self._jobs.values():
+            if job_type is not None and job.type != job_type:
+                continue
+            if channel is not None and job.channel != channel:
+                continue
+            job_state = state_of(job)
+            if state is not None and job_state is not state:
+                continue
+            out.append(
+                JobSummary(
+                    id=job.id,
+                    type=job.type,
+                    channel=job.channel,
+                    state=job_state,
+                    queued=job.queued,
+                    started=job.started,
+                    finished=job.finished,
+                    retries=job.retries,
+                    dependencies=list(job.dependencies),
+                )
+            )
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def stats(self) -> QueueStats:
+        ready: dict[tuple[str, str], int] = {}
+        counts = dict.fromkeys(JobState, 0)
+        blocked = 0
+        for job in self._jobs.values():
+            job_state = state_of(job)
+            counts[job_state] += 1
+            if job.ready_key:
+                key = (job.type, job.channel)
+                ready[key] = ready.get(key, 0) + 1
+            elif job_state is JobState.PENDING:
+                blocked += 1
+        return QueueStats(
+            jobs=len(self._jobs),
+            pending=counts[JobState.PENDING],
+            ready=[(t, c, n) for (t, c), n in ready.items()],
+            blocked=blocked,
+            running=counts[JobState.RUNNING],
+            finished=counts[JobState.FINISHED],
+            canceled=counts[JobState.CANCELED],
+            waiting_dequeuers=len(self._waiters_by_id),
+            workers=len(self._workers),
+        )
+
+    def job_ids(self) -> Iterator[UUID]:
+        return iter(self._jobs)
+
+    def workers(self, older_than: float = 0.0) -> list[WorkerInfo]:
+        """Workers whose last status update is at least ``older_than`` seconds old."""
+        now = self._monotonic()
+        return [
+            WorkerInfo(id=w.id, channel=w.channel, arch=w.arch, updated=w.updated)
+            for w in self._workers.values()
+            if now - w.heartbeat >= older_than
+        ]
+
+    def records(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
+        """Every job (in enqueue order) and worker, as a store would keep them."""
+        return (
+            [job.record() for job in self._jobs.values()],
+            [worker.record() for worker in self._workers.values()],
+        )
+
+    @property
+    def waiter_count(self) -> int:
+        return len(self._waiters_by_id)
+
+    def _get(self, job_id: UUID) -> JobEntry:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotExistError(f"job {job_id} does not exist")
+        return job
+
+    def _get_running(self, job_id: UUID) -> JobEntry:
+        job = self._get(job_id)
+        if job.canceled:
+            raise CanceledError()
+        if not job.running:
+            raise NotRunningError()
+        return job
+
+    def _get_worker(self, worker_id: UUID) -> WorkerEntry:
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            raise WorkerNotExistError(f"worker {worker_id} does not exist")
+        return worker
+
+    def _check_worker(self, worker_id: UUID | None) -> None:
+        if worker_id is not None:
+            self._get_worker(worker_id)

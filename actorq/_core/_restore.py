@@ -1,0 +1,125 @@
+"""Rebuilding :class:`~actorq._core._state.QueueState` from a store's records."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from uuid import UUID
+
+from ._entities import (
+    ANY_CHANNEL,
+    JobEntry,
+    ReadyHeap,
+    TypeKey,
+    Waiter,
+    WaiterQueue,
+    WorkerEntry,
+    add_dependent,
+)
+from ._records import JobRecord
+
+__all__ = ["StateRestore"]
+
+
+class StateRestore:
+    """The hot loop of a reopen."""
+
+    _wall: Callable[[], datetime]
+    _monotonic: Callable[[], float]
+    _jobs: dict[UUID, JobEntry]
+    _tokens: dict[UUID, UUID]
+    _running: dict[UUID, JobEntry]
+    _workers: dict[UUID, WorkerEntry]
+    _ready: dict[TypeKey, ReadyHeap]
+    _waiters: dict[TypeKey, WaiterQueue]
+    _waiters_by_id: dict[int, Waiter]
+    _next_seq: int
+    _next_ready_key: int
+
+    def _restore_jobs(self, jobs: Iterable[JobRecord], now: float) -> None:
+        # The hot loop of a reopen, so names are bound locally and each job
+        # is built slot by slot (an attrs __init__ with keywords costs several
+        # times as much). Ready jobs go straight into their heaps: records come
+        # in enqueue order, so appending keeps each heap sorted, which is a
+        # valid heap, and no waiter exists yet to be offered them.
+        all_jobs = self._jobs
+        tokens = self._tokens
+        running = self._running
+        workers = self._workers
+        ready = self._ready
+        new = object.__new__
+        ready_key = self._next_ready_key
+        unknown = math.nan  # when a restored job became ready or started
+        last_seq = 0
+        for rec in jobs:
+            seq = rec.seq
+            job_id = rec.id
+            if seq <= last_seq:
+                raise ValueError(f"job {job_id}: records are not in enqueue order")
+            last_seq = seq
+            if job_id in all_jobs:
+                raise ValueError(f"job {job_id} appears twice")
+            job_type = rec.type
+            channel = rec.channel
+            dependencies = tuple(rec.dependencies)
+            started = rec.started
+            finished = rec.finished
+            canceled = rec.canceled
+            token = rec.token
+            waiting_on = 0
+            for dep_id in dependencies:
+                dep = all_jobs.get(dep_id)
+                if dep is None:
+                    raise ValueError(f"job {job_id} depends on missing job {dep_id}")
+                add_dependent(dep, job_id)
+                if dep.finished is None:
+                    waiting_on += 1
+            job: JobEntry = new(JobEntry)
+            job.id = job_id
+            job.seq = seq
+            job.type = job_type
+            job.channel = channel
+            job.args = rec.args
+            job.dependencies = dependencies
+            job.queued = rec.queued
+            job.dependents = ()
+            job.started = started
+            job.finished = finished
+            job.canceled = canceled
+            job.result = rec.result
+            job.retries = rec.retries
+            job.token = token
+            job.worker_id = rec.worker_id
+            job.waiting_on = waiting_on
+            job.heartbeat = now
+            job.ready_key = 0
+            job.since = unknown
+            all_jobs[job_id] = job
+            if canceled:
+                if token is not None and finished is None:
+                    tokens[token] = job_id  # canceled while running: the token says so
+            elif started is None:
+                if waiting_on == 0:
+                    job.ready_key = ready_key
+                    entry = (seq, ready_key, job_id)
+                    ready_key += 1
+                    for heap_key in ((job_type, channel), (job_type, ANY_CHANNEL)):
+                        heap = ready.get(heap_key)
+                        if heap is None:
+                            heap = ready[heap_key] = ReadyHeap()
+                        heap.entries.append(entry)
+                        heap.live += 1
+            elif finished is None:
+                if token is None:
+                    raise ValueError(f"running job {job_id} has no token")
+                tokens[token] = job_id
+                running[token] = job
+                if job.worker_id is not None:
+                    worker = workers.get(job.worker_id)
+                    if worker is None:
+                        job.worker_id = None
+                    else:
+                        worker.active_jobs.add(job_id)
+        self._next_ready_key = ready_key
+        self._next_seq = last_seq + 1
