@@ -3,55 +3,111 @@
 Jobs have a type, JSON arguments, a channel and dependencies; workers dequeue
 by types and channels, hold a token while they run, heartbeat, and finish the
 job with a JSON result. See :class:`JobQueue` for the full contract.
+
+Every public name is loaded on first use: ``import actorq`` costs little more
+than ``import trio`` would, and the websocket, database, command-line and
+Prometheus libraries are imported only by the names that need them (an
+in-process queue never loads a websocket library, for instance). Type
+checkers and IDEs see every name through the ``TYPE_CHECKING`` imports below.
+An unknown name raises :class:`AttributeError`.
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._actor._local import LocalQueue, open_queue
-from ._actor._maintenance import Maintenance
-from ._core._errors import (
-    ActiveJobsError,
-    CanceledError,
-    DequeueTimeoutError,
-    FinishedError,
-    HasDependentsError,
-    JobQueueError,
-    NotExistError,
-    NotPendingError,
-    NotRunningError,
-    QueueClosedError,
-    RunningError,
-    StoreError,
-    WorkerNotExistError,
-)
-from ._core._json import JSON, converter, structure
-from ._core._models import (
-    DequeuedJob,
-    JobInfo,
-    JobState,
-    JobStatus,
-    JobSummary,
-    QueueStats,
-    WorkerInfo,
-)
-from ._core._protocol import JobQueue
-from ._core._state import QueueState
-from ._remote._client import RemoteQueue, connect
-from ._remote._server import QueueServer, serve
-from ._remote._wire import ProtocolError
-from ._stores._base import MemoryStore, Store
-from ._stores._sqlite import SqliteStore
-from ._worker._worker import Job, Worker, error_result
-
 if TYPE_CHECKING:
+    from ._actor._local import LocalQueue, open_queue
+    from ._actor._maintenance import Maintenance
+    from ._core._errors import (
+        ActiveJobsError,
+        CanceledError,
+        DequeueTimeoutError,
+        FinishedError,
+        HasDependentsError,
+        JobQueueError,
+        NotExistError,
+        NotPendingError,
+        NotRunningError,
+        QueueClosedError,
+        RunningError,
+        StoreError,
+        WorkerNotExistError,
+    )
+    from ._core._json import JSON, converter, structure
+    from ._core._models import (
+        DequeuedJob,
+        JobInfo,
+        JobState,
+        JobStatus,
+        JobSummary,
+        QueueStats,
+        WorkerInfo,
+    )
+    from ._core._protocol import JobQueue
+    from ._core._records import Changes, JobRecord, WorkerRecord
+    from ._remote._client import RemoteQueue, connect
+    from ._remote._server import QueueServer, serve
+    from ._remote._wire import ProtocolError
+    from ._stores._base import MemoryStore, Store
     from ._stores._postgres import PostgresStore
+    from ._stores._sqlite import SqliteStore
+    from ._worker._worker import Job, Worker, error_result
 
 __version__ = "0.1.0"
+
+# Where each public name lives, relative to this package.
+_MODULES: dict[str, str] = {
+    "LocalQueue": "._actor._local",
+    "open_queue": "._actor._local",
+    "Maintenance": "._actor._maintenance",
+    "ActiveJobsError": "._core._errors",
+    "CanceledError": "._core._errors",
+    "DequeueTimeoutError": "._core._errors",
+    "FinishedError": "._core._errors",
+    "HasDependentsError": "._core._errors",
+    "JobQueueError": "._core._errors",
+    "NotExistError": "._core._errors",
+    "NotPendingError": "._core._errors",
+    "NotRunningError": "._core._errors",
+    "QueueClosedError": "._core._errors",
+    "RunningError": "._core._errors",
+    "StoreError": "._core._errors",
+    "WorkerNotExistError": "._core._errors",
+    "JSON": "._core._json",
+    "converter": "._core._json",
+    "structure": "._core._json",
+    "DequeuedJob": "._core._models",
+    "JobInfo": "._core._models",
+    "JobState": "._core._models",
+    "JobStatus": "._core._models",
+    "JobSummary": "._core._models",
+    "QueueStats": "._core._models",
+    "WorkerInfo": "._core._models",
+    "JobQueue": "._core._protocol",
+    "Changes": "._core._records",
+    "JobRecord": "._core._records",
+    "WorkerRecord": "._core._records",
+    "RemoteQueue": "._remote._client",
+    "connect": "._remote._client",
+    "QueueServer": "._remote._server",
+    "serve": "._remote._server",
+    "ProtocolError": "._remote._wire",
+    "MemoryStore": "._stores._base",
+    "Store": "._stores._base",
+    "PostgresStore": "._stores._postgres",
+    "SqliteStore": "._stores._sqlite",
+    "Job": "._worker._worker",
+    "Worker": "._worker._worker",
+    "error_result": "._worker._worker",
+}
 
 __all__ = [
     "JSON",
     "ActiveJobsError",
     "CanceledError",
+    "Changes",
     "DequeueTimeoutError",
     "DequeuedJob",
     "FinishedError",
@@ -60,6 +116,7 @@ __all__ = [
     "JobInfo",
     "JobQueue",
     "JobQueueError",
+    "JobRecord",
     "JobState",
     "JobStatus",
     "JobSummary",
@@ -73,7 +130,6 @@ __all__ = [
     "ProtocolError",
     "QueueClosedError",
     "QueueServer",
-    "QueueState",
     "QueueStats",
     "RemoteQueue",
     "RunningError",
@@ -83,6 +139,7 @@ __all__ = [
     "Worker",
     "WorkerInfo",
     "WorkerNotExistError",
+    "WorkerRecord",
     "connect",
     "converter",
     "error_result",
@@ -93,10 +150,19 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # PostgresStore needs psycopg (the "postgres" extra), which takes long to
-    # import: load it on first use, so that "import actorq" never does.
-    if name == "PostgresStore":
-        from ._stores._postgres import PostgresStore
+    """Import the module that defines ``name`` and return it (PEP 562).
 
-        return PostgresStore
-    raise AttributeError(f"module 'actorq' has no attribute {name!r}")
+    The value is cached in the package's namespace, so this runs once per
+    name. Errors from the import itself propagate: ``PostgresStore`` without
+    psycopg installed (the ``postgres`` extra) raises :class:`ImportError`.
+    """
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -20,6 +20,7 @@ import trio.testing
 import actorq
 from actorq import JobState, Maintenance
 from actorq._actor._maintenance import Maintainer
+from actorq._core._state import QueueState
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -317,7 +318,7 @@ async def test_retention_ages_canceled_trees_from_first_sight(
 
 async def test_settled_roots_query() -> None:
     now = [EPOCH]
-    state = actorq.QueueState(wall=lambda: now[0], monotonic=lambda: 0.0)
+    state = QueueState(wall=lambda: now[0], monotonic=lambda: 0.0)
     a = state.enqueue("t", "null")
     b = state.enqueue("t", "null", [a])
     c = state.enqueue("t", "null")

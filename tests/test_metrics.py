@@ -13,6 +13,7 @@ from trio.testing import MockClock
 
 import actorq
 from actorq import JobState, Worker
+from actorq._core._state import QueueState
 from actorq.metrics import QueueMetrics, exposition, is_error_result, start_http_server
 
 
@@ -333,7 +334,7 @@ async def test_state_changes_are_logged_with_fields(
     assert worker_events == ["worker_registered", "worker_removed"]
 
 
-def enqueue_and_take_events(state: actorq.QueueState) -> list[Any]:
+def enqueue_and_take_events(state: QueueState) -> list[Any]:
     state.enqueue("t", "null")
     return state.take_events()
 

@@ -9,7 +9,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -23,8 +23,10 @@ from .._core._state import QueueState
 from .._core._unwrap import ErrorPolicy
 from .._stores._base import Store
 from ._maintenance import Maintainer, Maintenance
-from ._metrics import QueueMetrics, observe, wants_events
 from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
+
+if TYPE_CHECKING:
+    from ._metrics import QueueMetrics
 
 __all__ = ["LocalQueue", "open_queue", "resolve_store", "utc_now"]
 
@@ -206,6 +208,9 @@ async def open_queue(
     max_batch = v.check_int(max_batch, "max_batch", minimum=1)
     if maintenance is not None and not isinstance(maintenance, Maintenance):
         raise TypeError(f"maintenance must be a Maintenance, not {type(maintenance).__name__}")
+    # imported here: prometheus_client is slow to load, and "import actorq" must not pay for it
+    from ._metrics import QueueMetrics, observe, wants_events
+
     if metrics is not None and not isinstance(metrics, QueueMetrics):
         raise TypeError(f"metrics must be a QueueMetrics, not {type(metrics).__name__}")
     wall = clock or utc_now
