@@ -4,6 +4,7 @@
     python scripts/bench.py                      # every suite
     python scripts/bench.py --suite core         # one suite
     python scripts/bench.py --suite core --quick # smaller, for a smoke run
+    python scripts/bench.py --suite import       # start-up: import actorq beside import trio
 
 Each suite measures its own baseline in the same run, because these machines
 are noisy: compare ratios and medians, never single times. Suites live in
@@ -28,7 +29,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SUITES = ["core", "sqlite", "remote", "postgres"]
+SUITES = ["core", "sqlite", "remote", "postgres", "import"]
 
 
 def median_rate(samples: list[float]) -> float:
