@@ -1,0 +1,63 @@
+"""``import actorq`` loads no websocket, database, command-line or metrics library.
+
+Each check runs a fresh interpreter, since this test process has long since
+imported everything. The interpreter runs in a temporary directory so that it
+imports the installed package, as a user's program does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = (
+    "trio_websocket",
+    "wsproto",
+    "sqlite3",
+    "_sqlite3",
+    "psycopg",
+    "click",
+    "prometheus_client",
+)
+
+
+def loaded_after(statement: str, cwd: Path) -> set[str]:
+    """The packages of HEAVY that a fresh interpreter has loaded after ``statement``."""
+    script = (
+        f"{statement}\n"
+        "import json, sys\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(json.dumps(sorted({m.partition('.')[0] for m in sys.modules} & set(heavy))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, check=True
+    )
+    loaded: list[str] = json.loads(done.stdout)
+    return set(loaded)
+
+
+def test_import_actorq_loads_no_heavy_library(tmp_path: Path) -> None:
+    assert loaded_after("import actorq", tmp_path) == set()
+
+
+def test_an_in_process_program_loads_no_heavy_library(tmp_path: Path) -> None:
+    statement = "import actorq; actorq.open_queue, actorq.Worker, actorq.JobQueue, actorq.JobState"
+    assert loaded_after(statement, tmp_path) == set()
+
+
+@pytest.mark.parametrize(
+    ("name", "library"),
+    [
+        ("connect", "trio_websocket"),
+        ("serve", "trio_websocket"),
+        ("SqliteStore", "sqlite3"),
+        ("PostgresStore", "psycopg"),
+    ],
+)
+def test_a_name_loads_its_library_when_used(tmp_path: Path, name: str, library: str) -> None:
+    # the check above would pass trivially if the probe could not see a loaded library
+    assert library in loaded_after(f"import actorq; actorq.{name}", tmp_path)
