@@ -275,6 +275,7 @@ async def test_http_exporter() -> None:
             text = await trio.to_thread.run_sync(fetch)
         finally:
             server.shutdown()
+            server.server_close()
     assert 'actorq_jobs_enqueued_total{channel="c",type="t"} 1.0' in text
     assert 'actorq_jobs_ready{channel="c",type="t"} 1.0' in text
 

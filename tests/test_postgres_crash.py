@@ -86,6 +86,8 @@ class ServerProcess:
             self.proc.kill()
         self.proc.wait()
         self.reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
 def lock_sessions(db: Any, dbname: str) -> int:

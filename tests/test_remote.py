@@ -828,3 +828,6 @@ async def test_server_in_a_child_process() -> None:
     finally:
         child.kill()
         await trio.to_thread.run_sync(child.wait)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()

@@ -8,6 +8,7 @@ imports the installed package, as a user's program does.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,11 @@ def loaded_after(statement: str, cwd: Path) -> set[str]:
         f"heavy = {HEAVY!r}\n"
         "print(json.dumps(sorted({m.partition('.')[0] for m in sys.modules} & set(heavy))))\n"
     )
+    # Under "coverage run" a child process starts coverage first, which loads
+    # sqlite3 for its data file: the probe must be a plain interpreter.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, check=True
     )
     loaded: list[str] = json.loads(done.stdout)
     return set(loaded)
