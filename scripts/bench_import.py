@@ -4,7 +4,8 @@
 Every sample is a fresh interpreter (``python -c ...``), timed from spawn to
 exit, so it includes the interpreter's own start-up; the statements are run
 interleaved, repeat by repeat, so machine noise hits them alike. Figures are
-medians in milliseconds.
+medians in milliseconds, of wall time and of the child's CPU time (user plus
+system), which a busy machine disturbs far less.
 
 - ``python``: ``pass``, the interpreter alone.
 - ``trio``: ``import trio``. The baseline.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,33 +44,47 @@ BASELINE = "trio"
 GOAL_RATIO = 1.5
 
 
-def _time_once(statement: str, cwd: str) -> float:
+def _cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _time_once(statement: str, cwd: str) -> tuple[float, float]:
+    """Wall and CPU seconds of one fresh interpreter running ``statement``."""
+    cpu = _cpu_of_children()
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", statement], cwd=cwd, check=True)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_of_children() - cpu
 
 
 def run(quick: bool) -> dict[str, Any]:
     """Measure every statement ``repeats`` times, interleaved; medians and ratios to trio."""
     repeats = 5 if quick else 21
-    samples: dict[str, list[float]] = {name: [] for name in STATEMENTS}
+    wall: dict[str, list[float]] = {name: [] for name in STATEMENTS}
+    cpu: dict[str, list[float]] = {name: [] for name in STATEMENTS}
     with tempfile.TemporaryDirectory() as cwd:
         for statement in STATEMENTS.values():
             _time_once(statement, cwd)  # warm the file cache; not counted
         for _ in range(repeats):
             for name, statement in STATEMENTS.items():
-                samples[name].append(_time_once(statement, cwd))
-    medians = {name: statistics.median(times) * 1e3 for name, times in samples.items()}
-    base = medians[BASELINE]
+                seconds, cpu_seconds = _time_once(statement, cwd)
+                wall[name].append(seconds)
+                cpu[name].append(cpu_seconds)
+
+    def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+        return {name: statistics.median(times) * 1e3 for name, times in samples.items()}
+
+    def ratios(ms: dict[str, float]) -> dict[str, float]:
+        return {name: round(ms[name] / ms[BASELINE], 2) for name in ("actorq", "in_process")}
+
+    wall_ms, cpu_ms = medians(wall), medians(cpu)
     return {
         "repeats": repeats,
-        "median_ms": {name: round(ms, 1) for name, ms in medians.items()},
-        "min_ms": {name: round(min(times) * 1e3, 1) for name, times in samples.items()},
+        "median_ms": {name: round(ms, 1) for name, ms in wall_ms.items()},
+        "median_cpu_ms": {name: round(ms, 1) for name, ms in cpu_ms.items()},
         "baseline": BASELINE,
-        "ratio": {
-            "actorq": round(medians["actorq"] / base, 2),
-            "in_process": round(medians["in_process"] / base, 2),
-        },
+        "ratio": ratios(wall_ms),
+        "cpu_ratio": ratios(cpu_ms),
         "goal_ratio": GOAL_RATIO,
     }
 
