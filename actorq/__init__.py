@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         NotExistError,
         NotPendingError,
         NotRunningError,
+        ProtocolError,
         QueueClosedError,
         RunningError,
         StoreError,
@@ -49,11 +50,11 @@ if TYPE_CHECKING:
     from ._core._records import Changes, JobRecord, WorkerRecord
     from ._remote._client import RemoteQueue, connect
     from ._remote._server import QueueServer, serve
-    from ._remote._wire import ProtocolError
     from ._stores._base import MemoryStore, Store
     from ._stores._postgres import PostgresStore
     from ._stores._sqlite import SqliteStore
-    from ._worker._worker import Job, Worker, error_result
+    from ._worker._job import Job, error_result
+    from ._worker._worker import Worker
 
 __version__ = "0.1.0"
 
@@ -93,14 +94,14 @@ _MODULES: dict[str, str] = {
     "connect": "._remote._client",
     "QueueServer": "._remote._server",
     "serve": "._remote._server",
-    "ProtocolError": "._remote._wire",
+    "ProtocolError": "._core._errors",
     "MemoryStore": "._stores._base",
     "Store": "._stores._base",
     "PostgresStore": "._stores._postgres",
     "SqliteStore": "._stores._sqlite",
-    "Job": "._worker._worker",
+    "Job": "._worker._job",
     "Worker": "._worker._worker",
-    "error_result": "._worker._worker",
+    "error_result": "._worker._job",
 }
 
 __all__ = [
