@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,8 +129,10 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def loaded_by(*args: str) -> set[str]:
+    # a plain interpreter: under "coverage run" a child starts coverage, which loads sqlite3
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
     done = subprocess.run(
-        [sys.executable, "-c", _LOADED, *args], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _LOADED, *args], capture_output=True, text=True, check=True, env=env
     )
     modules: list[str] = json.loads(done.stdout.splitlines()[-1])
     return set(modules)
