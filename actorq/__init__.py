@@ -150,19 +150,23 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module that defines ``name`` and return it (PEP 562).
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which see the imports above: a misspelt name
+    # in a user's program is then an error, not Any.
 
-    The value is cached in the package's namespace, so this runs once per
-    name. Errors from the import itself propagate: ``PostgresStore`` without
-    psycopg installed (the ``postgres`` extra) raises :class:`ImportError`.
-    """
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+    def __getattr__(name: str) -> Any:
+        """Import the module that defines ``name`` and return it (PEP 562).
+
+        The value is cached in the package's namespace, so this runs once per
+        name. Errors from the import itself propagate: ``PostgresStore`` without
+        psycopg installed (the ``postgres`` extra) raises :class:`ImportError`.
+        """
+        module = _MODULES.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:

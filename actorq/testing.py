@@ -41,10 +41,8 @@ wall clock (job timestamps) follows the mock clock too, from
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
-from uuid import UUID
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -53,8 +51,13 @@ import trio.testing
 from ._actor._local import LocalQueue, open_queue
 from ._actor._maintenance import Maintenance
 from ._core._models import JobState, JobStatus
-from ._stores._base import Store
 from ._worker._worker import Worker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+    from uuid import UUID
+
+    from ._stores._base import Store
 
 __all__ = ["MOCK_EPOCH", "Harness", "mock_wall_clock"]
 

@@ -21,11 +21,13 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

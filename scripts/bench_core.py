@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from bench import summarize, time_per_op
 
 import actorq
-from actorq._core._state import QueueState
+
+if TYPE_CHECKING:
+    from actorq._core._state import QueueState
 
 
 async def _round_trip_baseline(ops: int, repeats: int) -> list[float]:

@@ -35,8 +35,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-from uuid import UUID
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -46,6 +45,9 @@ sys.path.insert(0, str(ROOT))
 import actorq  # noqa: E402
 from actorq._core._records import Changes, JobRecord  # noqa: E402
 from actorq._stores._sqlite import uuid_from_int  # noqa: E402
+
+if TYPE_CHECKING:
+    from uuid import UUID
 
 WORKERS = (1, 10, 100)
 

@@ -13,11 +13,14 @@ status as it changes and finishes with a table of results.
 from __future__ import annotations
 
 import argparse
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 import trio
 
 import actorq
+
+if TYPE_CHECKING:
+    from uuid import UUID
 
 STEPS = ["fetch", "compile", "package", "publish"]
 

@@ -32,12 +32,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 import actorq
-from actorq._core._records import JobRecord
+
+if TYPE_CHECKING:
+    from actorq._core._records import JobRecord
 
 PRODUCERS = 3
 WORKERS = 3
@@ -166,12 +169,16 @@ class Acked:
         for rec in records:  # consistent, acknowledged or not
             assert rec.queued is not None
             if rec.finished is not None:
-                assert rec.started is not None and rec.started <= rec.finished
-                assert rec.result is not None and rec.token is None
+                assert rec.started is not None
+                assert rec.started <= rec.finished
+                assert rec.result is not None
+                assert rec.token is None
             elif rec.started is not None:
-                assert rec.token is not None and rec.result is None
+                assert rec.token is not None
+                assert rec.result is None
             else:
-                assert rec.token is None and rec.result is None
+                assert rec.token is None
+                assert rec.result is None
         for job_id, (n, dep) in self.enqueued.items():
             rec = jobs[job_id]
             assert json.loads(rec.args) == {"n": n, "nul": "\u0000"}

@@ -13,15 +13,17 @@ tests of this kind are skipped (failed under ``CI=true``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pgserver
 import trio
 
 import actorq
 from actorq._stores._postgres import PostgresStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 
 def new_schema() -> str:

@@ -12,9 +12,8 @@ are off, since the suite checks heartbeat ages itself.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.testing
@@ -22,6 +21,9 @@ import trio.testing
 import actorq
 from actorq._remote._client import connect_stream
 from actorq._remote._server import QueueServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 
 @asynccontextmanager

@@ -6,13 +6,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 import pytest
 from click.testing import CliRunner, Result
 
 from actorq._cli._main import main
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.fixture

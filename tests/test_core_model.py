@@ -102,13 +102,16 @@ class QueueMachine(RuleBasedStateMachine):
 
     def both(self, core_call: Any, model_call: Any) -> Any:
         """Run the same operation on both; they must agree on success or error class."""
+        failure: JobQueueError | None = None
         try:
             got = core_call()
         except JobQueueError as exc:
-            expected = model_call()
-            assert isinstance(expected, type) and isinstance(exc, expected), (exc, expected)
-            return None
+            failure = exc
         expected = model_call()
+        if failure is not None:
+            assert isinstance(expected, type), (failure, expected)
+            assert isinstance(failure, expected), (failure, expected)
+            return None
         assert not isinstance(expected, type), (got, expected)
         if expected is not None:
             assert got == expected
@@ -177,7 +180,8 @@ class QueueMachine(RuleBasedStateMachine):
             else:
                 assert got is None
             return
-        assert isinstance(got, Assignment) and got.id == expected.id
+        assert isinstance(got, Assignment)
+        assert got.id == expected.id
         expected.state = "running"
         self.record_assignment(got)
 

@@ -12,10 +12,13 @@ asserts nothing about durations.
 from __future__ import annotations
 
 import signal
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from _crash_child import kill_and_check
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 KILLS = 4
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-import trio.testing
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+from typing import TYPE_CHECKING
+
 import demo
+
+if TYPE_CHECKING:
+    import pytest
+    import trio.testing
 
 
 async def test_demo_finishes_every_job(

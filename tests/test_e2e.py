@@ -13,8 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import pytest
@@ -22,6 +21,10 @@ import trio
 
 import actorq
 from actorq._cli._main import _status_dict
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
 
 PYTHON = sys.executable
 
@@ -133,7 +136,8 @@ def test_serve_workers_dependencies_kill_and_drain(server: str, tmp_path: Path) 
             assert got["result"] == {"job": job_id, "echo": text}
         wait_for(lambda: status(url, failing)["state"] == "finished")
         error = status(url, failing)["result"]
-        assert isinstance(error, dict) and "exited with status 3" in json.dumps(error)
+        assert isinstance(error, dict)
+        assert "exited with status 3" in json.dumps(error)
 
         # a worker killed mid-job: the reaper requeues its job, the other worker runs it
         marker = tmp_path / "marker"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import attrs
 import pytest
 import trio
 import trio.testing
-from trio.testing import MockClock
 
 import actorq
 from actorq._core._errors import NotExistError, NotRunningError
@@ -30,9 +30,13 @@ from actorq._core._events import (
     WorkerDeleted,
     WorkerSeen,
 )
-from actorq._core._records import Assignment, Changes
 from actorq._core._state import QueueState
 from actorq.metrics import QueueMetrics
+
+if TYPE_CHECKING:
+    from trio.testing import MockClock
+
+    from actorq._core._records import Assignment, Changes
 
 WALL = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -83,7 +87,8 @@ class Ctx:
     ) -> Ctx:
         worker_id = None if worker is None else self.ids[worker]
         got = self.state.dequeue((job_type,), (channel,), worker_id)
-        assert got is not None and got.id == self.ids[name]
+        assert got is not None
+        assert got.id == self.ids[name]
         self.got[name] = got
         return self
 
@@ -298,7 +303,9 @@ async def test_the_scheduler_publishes_each_batch_then_a_commit_event(
         assert [type(e) for e in batch] == [JobEnqueued] * 3 + [Committed]
         commit = batch[-1]
         assert isinstance(commit, Committed)
-        assert commit.requests == 3 and commit.seconds is not None and commit.waiting == 0
+        assert commit.requests == 3
+        assert commit.seconds is not None
+        assert commit.waiting == 0
         await q.stats()  # a read changes nothing: only the commit event
         assert recorder.batches[-1] == [Committed(1, None, 0)]
 
@@ -318,7 +325,8 @@ async def test_a_memory_queue_publishes_without_commit_times(autojump_clock: Moc
             job_id = await q.enqueue("t")
         started = recorder.batches[1]
         assert started[0] == JobEnqueued(job_id, "t", "", True)
-        assert isinstance(started[1], JobStarted) and started[1].job_id == job_id
+        assert isinstance(started[1], JobStarted)
+        assert started[1].job_id == job_id
         assert started[2] == Committed(1, None, 0)
 
 
@@ -336,7 +344,8 @@ async def test_a_failing_subscriber_is_logged_and_the_queue_goes_on(
         assert (await q.job_status(job_id)).state is actorq.JobState.PENDING
     assert recorder.batches[0][0] == JobEnqueued(job_id, "t", "", True)
     failures = [r for r in caplog.records if r.name == "actorq.scheduler" and r.exc_info]
-    assert failures and "subscriber" in failures[0].getMessage()
+    assert failures
+    assert "subscriber" in failures[0].getMessage()
 
 
 async def test_unsubscribed_subscribers_hear_nothing_more(autojump_clock: MockClock) -> None:

@@ -10,20 +10,23 @@ cancellation and :class:`KeyboardInterrupt` are never converted
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from trio.testing import MockClock
 
 import actorq
 from actorq._core._unwrap import ErrorPolicy
 from actorq._remote._client import connect_stream
 from actorq._remote._server import QueueServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from trio.testing import MockClock
 
 # ------------------------------------------------------------------ helpers
 
@@ -319,7 +322,7 @@ async def test_worker_run_turns_a_failed_task_into_a_typed_error(
     autojump_clock: MockClock,
 ) -> None:
     async with actorq.open_queue() as queue:
-        worker = actorq.Worker(BrokenDequeue(queue))  # type: ignore[arg-type]
+        worker = actorq.Worker(BrokenDequeue(queue))
         worker.add_handler("t", lambda job: None)
         with pytest.raises(actorq.QueueClosedError) as info:
             await worker.run()
@@ -346,7 +349,7 @@ def test_policy_ranks_keyboard_interrupt_over_user_over_internal_over_cancelled(
 
 
 def test_policy_leaves_an_exception_that_is_no_group_alone() -> None:
-    with pytest.raises(ValueError) as info, ErrorPolicy("the queue"):
+    with pytest.raises(ValueError, match="bare") as info, ErrorPolicy("the queue"):
         raise ValueError("bare")
     assert not hasattr(info.value, "__notes__")
     assert str(info.value) == "bare"

@@ -7,11 +7,9 @@ clock is derived from trio's clock, so hours pass in no wall time.
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -21,6 +19,10 @@ import actorq
 from actorq import JobState, Maintenance
 from actorq._actor._maintenance import Maintainer
 from actorq._core._state import QueueState
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import AsyncIterator
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -325,7 +327,8 @@ async def test_settled_roots_query() -> None:
     d = state.enqueue("t", "null")
     for expected in (a, b, c):
         got = state.dequeue(("t",), ("",))
-        assert got is not None and got.id == expected
+        assert got is not None
+        assert got.id == expected
         state.finish_job(got.id, "null")
         now[0] += timedelta(seconds=10)
     state.cancel_job(d)

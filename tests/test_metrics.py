@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.testing
-from trio.testing import MockClock
 
 import actorq
 from actorq import JobState, Worker
-from actorq._core._state import QueueState
 from actorq.metrics import QueueMetrics, exposition, is_error_result, start_http_server
+
+if TYPE_CHECKING:
+    from trio.testing import MockClock
+
+    from actorq._core._state import QueueState
 
 
 def value(metrics: QueueMetrics, name: str, **labels: str) -> float:
@@ -226,12 +229,16 @@ async def test_gauges_are_an_immutable_snapshot(autojump_clock: MockClock) -> No
     assert m.gauges is None
     async with actorq.open_queue(metrics=m) as q:
         before = m.gauges
-        assert before is not None and before.ready == ()
+        assert before is not None
+        assert before.ready == ()
         await q.enqueue("t")
         after = m.gauges
-        assert after is not None and after is not before
-        assert before.ready == () and before.pending == 0
-        assert after.ready == ((("t", ""), 1),) and after.pending == 1
+        assert after is not None
+        assert after is not before
+        assert before.ready == ()
+        assert before.pending == 0
+        assert after.ready == ((("t", ""), 1),)
+        assert after.pending == 1
     assert m.gauges is None
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pgserver
 import pytest
@@ -26,6 +24,10 @@ from _kinds_postgres import new_schema
 
 import actorq
 from actorq._stores._threads import run_sync
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pgserver
 import psycopg
@@ -24,6 +23,9 @@ import actorq
 from actorq import StoreError
 from actorq._core._records import Changes, JobRecord, WorkerRecord
 from actorq._stores._postgres import SCHEMA_VERSION, PostgresStore, split_url, store_from_url
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 FAST = {"standby_poll": 0.05, "leader_poll": 0.05, "lease_timeout": 5.0}
 
@@ -389,7 +391,8 @@ async def test_a_standby_waits_and_takes_over_when_the_leader_closes(
         jobs, _ = loaded[0]
         assert jobs[0].id == job_id
         assert len(jobs) == 2
-        assert first.epoch is not None and second.epoch == first.epoch + 1
+        assert first.epoch is not None
+        assert second.epoch == first.epoch + 1
     finally:
         await second.close()
 
@@ -424,7 +427,8 @@ async def test_a_standby_takes_over_when_the_leaders_session_dies(
             await done.wait()
     try:
         # the queue stopped, and the standby has taken over with its jobs
-        assert second.epoch is not None and first.epoch is not None
+        assert second.epoch is not None
+        assert first.epoch is not None
         assert second.epoch > first.epoch
         assert len(loaded[0][0]) == 1
     finally:

@@ -20,15 +20,18 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 import actorq
-from actorq._core._records import JobRecord
 from actorq._stores._postgres import PostgresStore
+
+if TYPE_CHECKING:
+    import uuid
+
+    from actorq._core._records import JobRecord
 
 KILLS = 4
 

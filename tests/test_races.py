@@ -9,7 +9,7 @@ job goes back to its place with a void token.
 
 from __future__ import annotations
 
-import uuid
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -18,6 +18,9 @@ import trio.testing
 import actorq
 from actorq import DequeueTimeoutError
 from actorq._actor._scheduler import Call, Park, Reply
+
+if TYPE_CHECKING:
+    import uuid
 
 
 async def test_cancel_after_assign_puts_the_job_back() -> None:

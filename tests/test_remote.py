@@ -14,9 +14,8 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -30,6 +29,9 @@ from actorq._core import _ops as ops
 from actorq._remote import _wire as w
 from actorq._remote._client import connect_stream
 from actorq._remote._server import QueueServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 # ------------------------------------------------------------------ helpers
 
@@ -103,7 +105,8 @@ async def assert_pending(local: actorq.LocalQueue, job_id: uuid.UUID) -> None:
 
 
 async def test_exports() -> None:
-    assert actorq.serve is not None and actorq.connect is not None
+    assert actorq.serve is not None
+    assert actorq.connect is not None
     assert issubclass(actorq.ProtocolError, actorq.JobQueueError)
     assert issubclass(actorq.RemoteQueue, actorq.JobQueue)
 
@@ -319,7 +322,8 @@ async def test_client_releases_a_job_that_crosses_its_cancel(
             await settle()
             assert remote.held_jobs == {}
     dequeue, cancel, release = seen
-    assert isinstance(cancel, w.Cancel) and cancel.id == dequeue.id
+    assert isinstance(cancel, w.Cancel)
+    assert cancel.id == dequeue.id
     assert isinstance(release, w.Release)
     assert (release.job_id, release.token) == (job.id, job.token)
 
@@ -572,7 +576,8 @@ async def test_flood_beyond_max_in_flight() -> None:
         assert reply["value"]["waiting_dequeuers"] == 2
         job_id = await local.enqueue("t")
         reply = orjson.loads(await ws.get_message())
-        assert reply["kind"] == "dequeued" and reply["job"]["id"] == str(job_id)
+        assert reply["kind"] == "dequeued"
+        assert reply["job"]["id"] == str(job_id)
 
 
 async def test_a_client_that_floods_without_reading_is_closed(
@@ -730,7 +735,7 @@ async def test_connect_tries_each_url() -> None:
         with pytest.raises(actorq.QueueClosedError):
             async with actorq.connect(f"ws://127.0.0.1:{dead}", connect_timeout=2):
                 pass
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="is not a ws:// or wss:// URL"):
             async with actorq.connect("http://127.0.0.1:1"):
                 pass
 

@@ -94,7 +94,8 @@ def test_hello_and_welcome_agree_on_version_and_limits() -> None:
     assert greeted.grant == "grant for tok"
     assert greeted.version == 1
     assert (client.version, client.max_in_flight, client.server_max_message_size) == (1, 7, 50_000)
-    assert client.greeted and server.greeted
+    assert client.greeted
+    assert server.greeted
     assert server.peer_max_message_size == 2048
 
 
@@ -102,10 +103,12 @@ def test_newest_common_version_is_chosen() -> None:
     server = server_session(versions=(1, 2, 3))
     client: Client = s.ClientSession()
     greeted = server.receive(client.hello("h", versions=[1, 2]))
-    assert isinstance(greeted, s.Greeted) and greeted.version == 2
+    assert isinstance(greeted, s.Greeted)
+    assert greeted.version == 2
     # version 2 was offered, so the client takes it
     reply = client.receive(greeted.frame)
-    assert isinstance(reply, s.Reply) and client.version == 2
+    assert isinstance(reply, s.Reply)
+    assert client.version == 2
 
 
 @pytest.mark.parametrize(
@@ -124,7 +127,8 @@ def test_first_message_must_be_hello(first: str, reason: str) -> None:
     assert isinstance(event, s.Close)
     assert event.code == s.CLOSE_PROTOCOL_ERROR == server.close_code
     assert frame_of(event)["reason"] == reason
-    assert server.closed and not server.greeted
+    assert server.closed
+    assert not server.greeted
     # nothing more is read
     assert server.receive(w.encode(w.Hello(id=0, versions=[1]))) is None
 
@@ -133,14 +137,17 @@ def test_no_common_version_closes_with_4002() -> None:
     server = server_session()
     client: Client = s.ClientSession()
     event = server.receive(client.hello("h", versions=[99]))
-    assert isinstance(event, s.Close) and event.code == s.CLOSE_UNSUPPORTED_VERSION
+    assert isinstance(event, s.Close)
+    assert event.code == s.CLOSE_UNSUPPORTED_VERSION
     reply = frame_of(event)
     assert (reply["id"], reply["reason"]) == (1, "unsupported_version")
     # the client raises what the server said
     got = client.receive(event.frame or "")
-    assert isinstance(got, s.Reply) and isinstance(got.message, w.Error)
+    assert isinstance(got, s.Reply)
+    assert isinstance(got.message, w.Error)
     exc = w.exception_from_reply(got.message)
-    assert isinstance(exc, actorq.ProtocolError) and exc.reason == "unsupported_version"
+    assert isinstance(exc, actorq.ProtocolError)
+    assert exc.reason == "unsupported_version"
 
 
 @pytest.mark.parametrize("token", [None, "wrong"])
@@ -148,18 +155,22 @@ def test_refused_token_closes_with_4001(token: str | None) -> None:
     server = server_session(authenticate=lambda t: None)
     client: Client = s.ClientSession()
     event = server.receive(client.hello("h", token=token))
-    assert isinstance(event, s.Close) and event.code == s.CLOSE_UNAUTHORIZED
+    assert isinstance(event, s.Close)
+    assert event.code == s.CLOSE_UNAUTHORIZED
     got = client.receive(event.frame or "")
-    assert isinstance(got, s.Reply) and isinstance(got.message, w.Error)
+    assert isinstance(got, s.Reply)
+    assert isinstance(got.message, w.Error)
     assert got.message.reason == "unauthorized"
     error = client.peer_closed(event.code, event.reason)
-    assert isinstance(error, actorq.QueueClosedError) and "4001" in str(error)
+    assert isinstance(error, actorq.QueueClosedError)
+    assert "4001" in str(error)
 
 
 def test_hello_timeout_closes_with_4008_only_before_hello() -> None:
     server = server_session()
     assert server.hello_timed_out().code == s.CLOSE_HELLO_TIMEOUT
-    assert server.close_code == s.CLOSE_HELLO_TIMEOUT and server.closed
+    assert server.close_code == s.CLOSE_HELLO_TIMEOUT
+    assert server.closed
     _, greeted_server, _ = connected()
     assert greeted_server.hello_timed_out().code == s.CLOSE_NORMAL
     assert not greeted_server.closed
@@ -177,19 +188,22 @@ def test_client_checks_the_welcome() -> None:
     client: Client = s.ClientSession()
     client.hello("h")
     got = client.receive(w.encode(w.Welcome(id=1, version=7)))
-    assert isinstance(got, s.Reply) and isinstance(got.message, w.Error)
+    assert isinstance(got, s.Reply)
+    assert isinstance(got.message, w.Error)
     assert got.message.reason == "unsupported_version"
     assert not client.greeted
     client = s.ClientSession()
     client.hello("h")
     got = client.receive(w.encode(w.Welcome(id=1, version=1, max_in_flight=0)))
-    assert isinstance(got, s.Reply) and isinstance(got.message, w.Error)
+    assert isinstance(got, s.Reply)
+    assert isinstance(got.message, w.Error)
     assert got.message.reason == "bad_field"
     # anything but the welcome first breaks the protocol
     client = s.ClientSession()
     client.hello("h")
     broken = client.receive(w.encode(w.Ok(id=1)))
-    assert isinstance(broken, s.Broken) and "before welcome" in str(broken.error)
+    assert isinstance(broken, s.Broken)
+    assert "before welcome" in str(broken.error)
     assert client.receive(w.encode(w.Welcome(id=1, version=1))) is None
     # and a second welcome too
     client, _, _ = connected()
@@ -221,7 +235,8 @@ def test_request_and_reply_round_trip() -> None:
     assert server.in_flight == 0
     got = client.receive(frame)
     assert isinstance(got, s.Reply)
-    assert got.waiter == "waiter" and got.message == w.Ok(id=request.id, value={"jobs": 0})
+    assert got.waiter == "waiter"
+    assert got.message == w.Ok(id=request.id, value={"jobs": 0})
     assert client.in_flight == 0
     with pytest.raises(s.SessionError):
         server.reply(request, text)  # one reply per request
@@ -234,7 +249,8 @@ def test_replies_come_back_in_any_order() -> None:
     for request, waiter in ((second, "second"), (first, "first")):
         frame = server.reply(request, w.encode(w.Ok(id=request.id)))
         got = client.receive(frame or "")
-        assert isinstance(got, s.Reply) and got.waiter == waiter
+        assert isinstance(got, s.Reply)
+        assert got.waiter == waiter
 
 
 def test_duplicate_and_out_of_range_ids() -> None:
@@ -261,11 +277,14 @@ def test_max_in_flight_and_slots_freed_by_replies_and_cancels() -> None:
     with pytest.raises(s.SessionError):
         client.wait(request_id, "w")
     event = server.receive(text)
-    assert isinstance(event, s.Send) and frame_of(event)["reason"] == "too_many_requests"
+    assert isinstance(event, s.Send)
+    assert frame_of(event)["reason"] == "too_many_requests"
     assert server.in_flight == 2
     # a cancel frees its slot as soon as it is read
     cancelled = server.receive(client.cancel(a.id))
-    assert isinstance(cancelled, s.Cancelled) and cancelled.request is a and a.cancelled
+    assert isinstance(cancelled, s.Cancelled)
+    assert cancelled.request is a
+    assert a.cancelled
     assert server.in_flight == client.in_flight == 1
     c = send_request(client, server, stats)
     # a reply frees one too, on both sides
@@ -290,7 +309,8 @@ def test_a_cancelled_request_gets_no_reply() -> None:
         server.reply(request, w.encode(w.Ok(id=request.id)))
     # the id may be used again at once, and that request is served normally
     again = server.receive(w.encode(stats(request.id)))
-    assert isinstance(again, s.Request) and again is not request
+    assert isinstance(again, s.Request)
+    assert again is not request
     assert server.reply(again, w.encode(w.Ok(id=request.id))) is not None
 
 
@@ -311,7 +331,8 @@ def test_a_dequeued_reply_crossing_a_cancel_is_released() -> None:
     late = server.reply(request, w.encode(w.Ok(id=request.id)))
     client.cancel(request.id)
     stray = client.receive(late or "")
-    assert isinstance(stray, s.Stray) and isinstance(stray.message, w.Ok)
+    assert isinstance(stray, s.Stray)
+    assert isinstance(stray.message, w.Ok)
     stray = client.receive(w.encode(w.Error(id=None, error="protocol_error")))
     assert isinstance(stray, s.Stray)
 
@@ -319,7 +340,8 @@ def test_a_dequeued_reply_crossing_a_cancel_is_released() -> None:
 def test_release_is_handed_to_the_application() -> None:
     client, server, _ = connected()
     event = server.receive(client.release(U1, U2))
-    assert isinstance(event, s.JobReleased) and (event.job_id, event.token) == (U1, U2)
+    assert isinstance(event, s.JobReleased)
+    assert (event.job_id, event.token) == (U1, U2)
     assert server.in_flight == 0
 
 
@@ -352,7 +374,8 @@ def test_binary_frames_close_with_1003() -> None:
 def test_oversize_frames_close_with_1009() -> None:
     _, server, _ = connected(server_session(max_message_size=1024))
     event = server.receive(w.encode(w.Request(id=1, op=ops.Enqueue(job_type="x" * 2000))))
-    assert isinstance(event, s.Close) and event.code == s.CLOSE_TOO_BIG
+    assert isinstance(event, s.Close)
+    assert event.code == s.CLOSE_TOO_BIG
     assert frame_of(event)["reason"] == "oversize"
 
 
@@ -369,9 +392,11 @@ def test_replies_larger_than_the_client_accepts_become_oversize_errors() -> None
     request = send_request(client, server, dequeue)
     big = w.encode(w.Ok(id=request.id, value="y" * 2000))
     frame = server.reply(request, big)
-    assert frame is not None and frame is not big
+    assert frame is not None
+    assert frame is not big
     got = client.receive(frame)
-    assert isinstance(got, s.Reply) and isinstance(got.message, w.Error)
+    assert isinstance(got, s.Reply)
+    assert isinstance(got.message, w.Error)
     assert got.message.reason == "oversize"
     assert server.in_flight == 0
 
@@ -379,7 +404,8 @@ def test_replies_larger_than_the_client_accepts_become_oversize_errors() -> None
 def test_frames_larger_than_the_client_accepts_break_the_connection() -> None:
     client, _, _ = connected(max_message_size=1024)
     broken = client.receive(w.encode(w.Ok(id=1, value="z" * 2000)))
-    assert isinstance(broken, s.Broken) and "exceeds" in str(broken.error)
+    assert isinstance(broken, s.Broken)
+    assert "exceeds" in str(broken.error)
 
 
 # -------------------------------------------------------------- closing
@@ -397,14 +423,16 @@ def test_client_turns_every_ending_into_one_error() -> None:
     client, _, _ = connected()
     assert client.take_waiters() == []
     client.wait(client.prepare(stats)[0], "waiting")
-    assert client.take_waiters() == ["waiting"] and client.in_flight == 0
+    assert client.take_waiters() == ["waiting"]
+    assert client.in_flight == 0
     broken = client.receive(w.encode(w.Ok(id=999)))  # a request never sent
     assert isinstance(broken, s.Broken)
     assert client.peer_closed(4000, "x") is broken.error is client.error
     for code, words in ((1000, "lost"), (1001, "lost"), (None, "lost"), (1008, "1008 nope")):
         client, _, _ = connected()
         error = client.peer_closed(code, "nope")
-        assert isinstance(error, actorq.QueueClosedError) and words in str(error)
+        assert isinstance(error, actorq.QueueClosedError)
+        assert words in str(error)
         assert client.peer_closed(4000, "later") is error
         assert client.receive(w.encode(w.Ok(id=1))) is None
 
@@ -414,13 +442,13 @@ def test_bad_options() -> None:
         s.ServerSession("not callable")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         s.ServerSession(allow_all, max_in_flight=True)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
         s.ServerSession(allow_all, max_in_flight=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_message_size must be at least 1024"):
         s.ServerSession(allow_all, max_message_size=10)
     with pytest.raises(TypeError):
         s.ClientSession(max_message_size="big")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_message_size must be at least 1024"):
         s.ClientSession(max_message_size=0)
 
 
@@ -461,7 +489,8 @@ def test_fuzz_server_session(greet_first: bool, steps: list[tuple[str, Any]]) ->
     )
     if greet_first:
         greeted = server.receive(w.encode(w.Hello(id=0, versions=[1], token="k")))
-        assert isinstance(greeted, s.Greeted) and greeted.grant == "k"
+        assert isinstance(greeted, s.Greeted)
+        assert greeted.grant == "k"
     accepted: list[s.Request] = []
     open_ids: set[int] = set()
     cancelled: set[int] = set()  # object ids of requests the client cancelled

@@ -12,11 +12,9 @@ import random
 import sqlite3
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -27,9 +25,14 @@ from hypothesis import strategies as st
 import actorq
 from actorq import CanceledError, NotExistError, QueueClosedError, StoreError
 from actorq._core._records import Changes, JobRecord, WorkerRecord
-from actorq._core._state import QueueState
 from actorq._stores import _sqlite, _sqlite_rows, _sqlite_schema
 from actorq._stores._sqlite import SqliteStore, decode_time, encode_time, store_from_url
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+    from actorq._core._state import QueueState
 
 
 def url(path: Path) -> str:
@@ -67,7 +70,7 @@ def test_url_forms(tmp_path: Path) -> None:
     assert store_from_url("sqlite:q.db").path == os.path.abspath("q.db")
     assert store_from_url("sqlite:data/q.db").path == os.path.abspath("data/q.db")
     for bad in ("sqlite://host/q.db", "sqlite:", "sqlite:///", "sqlite::memory:", "memory://"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"sqlite|memory"):
             store_from_url(bad)
     assert isinstance(actorq.SqliteStore(tmp_path / "q.db"), actorq.Store)
 
@@ -209,7 +212,8 @@ async def test_timestamps_come_back_as_the_same_instants_in_utc(tmp_path: Path) 
         (status.finished, again.finished),
     ]:
         assert restored == original
-        assert restored is not None and restored.tzinfo is UTC
+        assert restored is not None
+        assert restored.tzinfo is UTC
 
 
 @given(
@@ -273,7 +277,9 @@ async def test_100k_jobs_with_dependencies_recover(tmp_path: Path) -> None:
     async with reopened(path) as queue:
         assert snapshot(queue) == before
         assert await queue.stats() == stats
-        assert stats.running == 100 and stats.finished == 10_000 and stats.blocked > 0
+        assert stats.running == 100
+        assert stats.finished == 10_000
+        assert stats.blocked > 0
         # the ready order survived: the core hands out the same jobs, oldest first
         finished = {r.id for r in before[0] if r.finished is not None}
         ready = [

@@ -53,7 +53,8 @@ async def test_a_worker_runs_jobs(actorq_harness: Harness) -> None:
     from actorq.testing import MOCK_EPOCH
 
     assert status.queued - MOCK_EPOCH < timedelta(seconds=5)
-    assert status.finished is not None and status.started is not None
+    assert status.finished is not None
+    assert status.started is not None
     assert (status.finished - status.started).total_seconds() == pytest.approx(60, abs=1)
 
 

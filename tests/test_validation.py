@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -14,6 +13,9 @@ import trio.testing
 import actorq
 from actorq._remote._client import connect_stream
 from actorq.metrics import QueueMetrics
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 Case = tuple[str, dict[str, Any], type[Exception]]
 
@@ -216,5 +218,5 @@ def test_command_handler_checks_the_command() -> None:
         command_handler("echo hi")
     with pytest.raises(TypeError):
         command_handler(["echo", 3])  # type: ignore[list-item]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="command must not be empty"):
         command_handler([])

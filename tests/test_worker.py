@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import signal
 import threading
-import uuid
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 import trio
 import trio.testing
-from trio.testing import MockClock
 
 import actorq
 from actorq import Job, JobState, JobStatus, Worker
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import AsyncIterator
+
+    from trio.testing import MockClock
 
 
 @attrs.frozen
@@ -155,7 +158,8 @@ async def test_typed_args_are_structured_and_results_unstructured(
         assert ok_status.result == {"artifact": "img-3"}
         error = bad_status.result["error"]
         assert error["type"] == "cattrs.errors.ClassValidationError"
-        assert "name" in error["message"] and "count" in error["message"]
+        assert "name" in error["message"]
+        assert "count" in error["message"]
 
 
 async def test_untyped_args_parameter_gets_json(autojump_clock: MockClock) -> None:
@@ -213,12 +217,12 @@ async def test_bad_registrations_raise(autojump_clock: MockClock) -> None:
             worker.add_handler("t", lambda: None)
         with pytest.raises(TypeError):
             worker.add_handler("t", lambda job, args, extra: None)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="job_type must not be empty"):
             worker.add_handler("", lambda job: None)
         worker.add_handler("t", lambda job: None)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="already registered"):
             worker.add_handler("t", lambda job: None)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="concurrency must be >= 1"):
             Worker(q, concurrency=0)
         with pytest.raises(TypeError):
             Worker(q, channels="c")
@@ -248,7 +252,8 @@ async def test_concurrency_limit_is_respected(autojump_clock: MockClock) -> None
             await trio.sleep(1)
             stats = await q.stats()
             assert stats.running == 3
-            assert worker.running_jobs and len(worker.running_jobs) == 3
+            assert worker.running_jobs
+            assert len(worker.running_jobs) == 3
             for job_id in ids:
                 await wait_done(q, job_id)
         assert most == 3

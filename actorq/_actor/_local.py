@@ -6,7 +6,6 @@ import contextlib
 import functools
 import importlib
 import math
-from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,7 +15,6 @@ import trio
 from .._core import _validate as v
 from .._core._api import QueueAPI
 from .._core._errors import DequeueTimeoutError, QueueClosedError
-from .._core._models import DequeuedJob
 from .._core._ops import Operation, Scope, WaitingOperation, check_access, run
 from .._core._records import Assignment
 from .._core._state import QueueState
@@ -26,6 +24,9 @@ from ._maintenance import Maintainer, Maintenance
 from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from .._core._models import DequeuedJob
     from ._metrics import QueueMetrics
 
 __all__ = ["LocalQueue", "open_queue", "resolve_store", "utc_now"]

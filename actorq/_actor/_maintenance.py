@@ -23,7 +23,6 @@ them in tests.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -34,9 +33,11 @@ import trio
 from .._core import _validate as v
 from .._core._errors import ActiveJobsError, JobQueueError, QueueClosedError
 from .._core._json import to_json_text
-from .._core._state import QueueState
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from .._core._state import QueueState
     from ._local import LocalQueue
 
 __all__ = ["Maintainer", "Maintenance", "ReapedJob", "missing_heartbeat_result"]

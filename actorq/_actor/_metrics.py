@@ -25,10 +25,7 @@ unobserved queue pays nothing for them.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
-from uuid import UUID
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as _generate_latest
@@ -51,9 +48,15 @@ from .._core._events import (
     WorkerSeen,
     is_error_result,
 )
-from .._core._models import QueueStats
-from .._core._state import QueueState
-from ._scheduler import Scheduler
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable, Iterable, Sequence
+    from uuid import UUID
+
+    from .._core._models import QueueStats
+    from .._core._state import QueueState
+    from ._scheduler import Scheduler
 
 __all__ = [
     "EventLog",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 import outcome
@@ -33,7 +33,9 @@ from .._core._errors import JobQueueError, QueueClosedError
 from .._core._events import Committed, Event
 from .._core._records import Assignment
 from .._core._state import QueueState
-from .._stores._base import Store
+
+if TYPE_CHECKING:
+    from .._stores._base import Store
 
 __all__ = ["Call", "Park", "Release", "Reply", "Scheduler", "Subscriber", "Withdraw"]
 

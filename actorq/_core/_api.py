@@ -10,13 +10,24 @@ on; anything else raises :class:`TypeError` before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar
-from uuid import UUID
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _ops as o
 from ._json import to_json_text
-from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from uuid import UUID
+
+    from ._models import (
+        DequeuedJob,
+        JobInfo,
+        JobState,
+        JobStatus,
+        JobSummary,
+        QueueStats,
+        WorkerInfo,
+    )
 
 __all__ = ["QueueAPI"]
 

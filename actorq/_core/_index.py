@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterator
-from datetime import datetime
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 from ._entities import (
     ANY_CHANNEL,
@@ -23,6 +21,11 @@ from ._entities import (
     WaiterQueue,
     WorkerEntry,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from datetime import datetime
+    from uuid import UUID
 
 __all__ = ["ReadyIndex"]
 

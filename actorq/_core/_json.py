@@ -9,11 +9,13 @@ rejects anything that cannot be stored before any state changes.
 from __future__ import annotations
 
 import math
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-import cattrs
 import orjson
 from cattrs.preconf.json import make_converter
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["JSON", "converter", "dumps", "loads", "structure", "to_json_text"]
 

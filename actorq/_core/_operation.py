@@ -5,7 +5,7 @@ See :mod:`actorq._core._ops` for the contract and the table itself.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Generic, NewType, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NewType, TypeAlias, TypeVar
 from uuid import UUID
 
 import attrs
@@ -16,7 +16,9 @@ from ._errors import NotExistError, ProtocolError, WorkerNotExistError
 from ._json import loads
 from ._models import DequeuedJob
 from ._records import Assignment
-from ._state import QueueState
+
+if TYPE_CHECKING:
+    from ._state import QueueState
 
 __all__ = [
     "NOTHING",

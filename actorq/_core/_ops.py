@@ -31,7 +31,7 @@ Nothing here does I/O or knows about trio: the in-process queue
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import attrs
@@ -57,7 +57,9 @@ from ._operation import (
     run,
 )
 from ._records import Assignment
-from ._state import QueueState
+
+if TYPE_CHECKING:
+    from ._state import QueueState
 
 __all__ = [
     "OPERATIONS",

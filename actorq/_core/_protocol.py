@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
-from uuid import UUID
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from uuid import UUID
+
+    from ._models import (
+        DequeuedJob,
+        JobInfo,
+        JobState,
+        JobStatus,
+        JobSummary,
+        QueueStats,
+        WorkerInfo,
+    )
 
 __all__ = ["JobQueue"]
 

@@ -6,14 +6,18 @@ the queue stay in one file of readable size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from datetime import datetime
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 from ._entities import JobEntry, ReadyHeap, TypeKey, Waiter, WaiterQueue, WorkerEntry, state_of
 from ._errors import CanceledError, NotExistError, NotRunningError, WorkerNotExistError
 from ._models import JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
-from ._records import JobRecord, WorkerRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from datetime import datetime
+    from uuid import UUID
+
+    from ._records import JobRecord, WorkerRecord
 
 __all__ = ["StateReads"]
 

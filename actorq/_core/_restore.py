@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from datetime import datetime
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 from ._entities import (
     ANY_CHANNEL,
@@ -17,7 +15,13 @@ from ._entities import (
     WorkerEntry,
     add_dependent,
 )
-from ._records import JobRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from datetime import datetime
+    from uuid import UUID
+
+    from ._records import JobRecord
 
 __all__ = ["StateRestore"]
 

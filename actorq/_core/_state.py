@@ -23,9 +23,7 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-from collections.abc import Callable, Iterable
-from datetime import datetime
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 from ._entities import (
     ANY_CHANNEL,
@@ -69,6 +67,11 @@ from ._index import ReadyIndex
 from ._reads import StateReads
 from ._records import Assignment, Changes, JobRecord, WorkerRecord, new_uuid4
 from ._restore import StateRestore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from datetime import datetime
+    from uuid import UUID
 
 __all__ = ["QueueState"]
 

@@ -27,14 +27,16 @@ cause. Cancellations never become anything else.
 
 from __future__ import annotations
 
-import types
-from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 import trio
 
 from ._errors import JobQueueError, QueueClosedError
+
+if TYPE_CHECKING:
+    import types
+    from collections.abc import Iterator
 
 __all__ = ["ErrorPolicy", "leaves"]
 

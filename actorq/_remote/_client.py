@@ -200,9 +200,10 @@ class RemoteQueue(QueueAPI):
             scope.deadline = trio.current_time() + self._send_timeout
             try:
                 await self._ws.send_message(text)
-                return
             except ConnectionClosed:
                 pass
+            else:
+                return
         if scope.cancelled_caught:
             self._shut(QueueClosedError("the queue server does not read our requests"))
             await self._abort()

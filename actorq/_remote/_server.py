@@ -21,8 +21,7 @@ import logging
 import math
 import ssl
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
-from uuid import UUID
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 import trio
@@ -31,10 +30,14 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 from .._core import _validate as v
 from .._core._errors import JobQueueError
 from .._core._models import DequeuedJob
-from .._core._ops import Operation, Scope
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
 from . import _wire as w
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from .._core._ops import Operation, Scope
 
 __all__ = ["QueueServer", "ServableQueue", "serve"]
 

@@ -18,12 +18,14 @@ application (answering a request twice, sending before the hello).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, Final, Generic, TypeVar
-from uuid import UUID
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .._core._errors import QueueClosedError
 from . import _wire as w
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from uuid import UUID
 
 # Close codes (RFC 6455 section 7.4; 4000-4999 are the protocol's own).
 CLOSE_NORMAL: Final = 1000

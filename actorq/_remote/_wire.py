@@ -17,7 +17,6 @@ from __future__ import annotations
 import types
 import typing
 import uuid
-from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import partial
 from typing import Any, ClassVar, Final, TypeVar, get_args, get_origin
@@ -32,6 +31,9 @@ from .._core._errors import ERRORS_BY_CODE, JobQueueError, ProtocolError
 from .._core._json import converter as app_converter
 from .._core._models import DequeuedJob
 from .._core._ops import OPERATIONS, JsonText, Operation
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",

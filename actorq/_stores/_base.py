@@ -9,12 +9,14 @@ to write a store of your own.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-from uuid import UUID
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
 
-from .._core._records import Changes, JobRecord, WorkerRecord
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from .._core._records import Changes, JobRecord, WorkerRecord
 
 __all__ = ["MemoryStore", "Store"]
 

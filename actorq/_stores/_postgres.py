@@ -41,8 +41,7 @@ import select
 import socket
 import threading
 import zlib
-from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -51,10 +50,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from .._core._errors import StoreError
-from .._core._records import Changes, JobRecord, WorkerRecord
 from ._postgres_schema import SCHEMA_VERSION, check_version, q
 from ._postgres_sql import DEPOSED, ELECT, FENCE, LOCK_HELD, read_records, write_changes
 from ._threads import run_sync
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._core._records import Changes, JobRecord, WorkerRecord
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "store_from_url"]
 
@@ -233,8 +236,7 @@ class PostgresStore:
 
     def _connect(self, role: str) -> psycopg.Connection[Any]:
         params = conninfo_to_dict(self.conninfo)
-        extra: dict[str, Any] = {}
-        defaults = {
+        defaults: dict[str, Any] = {
             "application_name": f"actorq {role}",
             "connect_timeout": self.connect_timeout,
             # a peer that vanishes without closing (a cut cable) is noticed
@@ -245,9 +247,7 @@ class PostgresStore:
             "keepalives_count": 3,
             "tcp_user_timeout": int(self.lease_timeout * 1000),
         }
-        for key, value in defaults.items():
-            if key not in params:
-                extra[key] = value
+        extra = {key: value for key, value in defaults.items() if key not in params}
         conn = psycopg.connect(self.conninfo, autocommit=role == "lock", **extra)
         try:
             # Loaded timestamps come back in UTC, like the core's clock.

@@ -7,14 +7,16 @@ statement per table, so a commit's cost hardly grows with its size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Final
-from uuid import UUID
-
-import psycopg
-from psycopg.sql import Composed
+from typing import TYPE_CHECKING, Any, Final
 
 from .._core._records import Changes, JobRecord, WorkerRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from uuid import UUID
+
+    import psycopg
+    from psycopg.sql import Composed
 
 __all__ = [
     "DEPOSED",

@@ -26,13 +26,11 @@ from __future__ import annotations
 import operator
 import os
 import sqlite3
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from .._core._errors import StoreError
-from .._core._records import Changes, JobRecord, WorkerRecord
 from ._sqlite_rows import (
     decode_time,
     encode_time,
@@ -46,6 +44,11 @@ from ._sqlite_rows import (
 )
 from ._sqlite_schema import INSERT_JOB, SCHEMA_VERSION, UPDATE_JOB, UPSERT_WORKER, migrate
 from ._threads import run_sync
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._core._records import Changes, JobRecord, WorkerRecord
 
 __all__ = [
     "SCHEMA_VERSION",

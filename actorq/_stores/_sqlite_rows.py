@@ -10,10 +10,8 @@ is a :class:`StoreError` and never half a queue.
 from __future__ import annotations
 
 import gc
-import sqlite3
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, SafeUUID
 
 import attrs
@@ -21,6 +19,10 @@ import attrs
 from .._core._errors import StoreError
 from .._core._records import JobRecord, WorkerRecord
 from ._sqlite_schema import JOB_COLUMNS
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Callable
 
 __all__ = [
     "decode_time",

@@ -34,13 +34,15 @@ Under the real clock the only cost is one type check of the current clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TypeVar, TypeVarTuple, Unpack
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, Unpack
 
 import attrs
 import trio
 import trio.lowlevel
 import trio.testing
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["run_sync"]
 

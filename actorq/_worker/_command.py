@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .._core import _validate as v
-from ._job import Job
+
+if TYPE_CHECKING:
+    from ._job import Job
 
 __all__ = ["CommandFailed", "command_handler"]
 

@@ -11,7 +11,9 @@ import attrs
 import trio
 
 from .._core._json import converter
-from ._job import Job
+
+if typing.TYPE_CHECKING:
+    from ._job import Job
 
 __all__ = ["Handler", "make_handler"]
 

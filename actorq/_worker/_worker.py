@@ -17,8 +17,7 @@ import platform
 import signal
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
-from uuid import UUID
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
@@ -33,11 +32,15 @@ from .._core._errors import (
     QueueClosedError,
     WorkerNotExistError,
 )
-from .._core._models import DequeuedJob
 from .._core._protocol import JobQueue
 from .._core._unwrap import ErrorPolicy
 from ._handlers import Handler, make_handler
 from ._job import Job, error_result, message_of, shutdown_result, type_name
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from .._core._models import DequeuedJob
 
 __all__ = ["Job", "Worker", "error_result"]
 
