@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from datetime import datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import attrs
@@ -16,11 +17,15 @@ import attrs
 from ._models import JobState
 from ._records import JobRecord, WorkerRecord
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = [
     "ANY_CHANNEL",
     "COMPACT_SLACK",
     "JobEntry",
     "ReadyHeap",
+    "StateAttributes",
     "TypeKey",
     "Waiter",
     "WaiterQueue",
@@ -152,3 +157,20 @@ def state_of(job: JobEntry) -> JobState:
 
 ANY_CHANNEL = None
 TypeKey = tuple[str, str | None]
+
+
+class StateAttributes:
+    """The attributes :class:`~actorq._core._state.QueueState` keeps, declared once for
+    the mixins that make it up (its reads, its indexes, its restore loop)."""
+
+    _wall: Callable[[], datetime]
+    _monotonic: Callable[[], float]
+    _jobs: dict[UUID, JobEntry]
+    _tokens: dict[UUID, UUID]
+    _running: dict[UUID, JobEntry]
+    _workers: dict[UUID, WorkerEntry]
+    _ready: dict[TypeKey, ReadyHeap]
+    _waiters: dict[TypeKey, WaiterQueue]
+    _waiters_by_id: dict[int, Waiter]
+    _next_seq: int
+    _next_ready_key: int

@@ -16,34 +16,20 @@ from ._entities import (
     COMPACT_SLACK,
     JobEntry,
     ReadyHeap,
+    StateAttributes,
     TypeKey,
     Waiter,
-    WaiterQueue,
-    WorkerEntry,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from datetime import datetime
+    from collections.abc import Iterator
     from uuid import UUID
 
 __all__ = ["ReadyIndex"]
 
 
-class ReadyIndex:
+class ReadyIndex(StateAttributes):
     """Lookups in, and removals from, the ready and waiter indexes."""
-
-    _wall: Callable[[], datetime]
-    _monotonic: Callable[[], float]
-    _jobs: dict[UUID, JobEntry]
-    _tokens: dict[UUID, UUID]
-    _running: dict[UUID, JobEntry]
-    _workers: dict[UUID, WorkerEntry]
-    _ready: dict[TypeKey, ReadyHeap]
-    _waiters: dict[TypeKey, WaiterQueue]
-    _waiters_by_id: dict[int, Waiter]
-    _next_seq: int
-    _next_ready_key: int
 
     def _unready(self, job: JobEntry) -> None:
         if job.ready_key == 0:

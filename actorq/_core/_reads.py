@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._entities import JobEntry, ReadyHeap, TypeKey, Waiter, WaiterQueue, WorkerEntry, state_of
+from ._entities import (
+    JobEntry,
+    StateAttributes,
+    WorkerEntry,
+    state_of,
+)
 from ._errors import CanceledError, NotExistError, NotRunningError, WorkerNotExistError
 from ._models import JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from datetime import datetime
     from uuid import UUID
 
@@ -22,20 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["StateReads"]
 
 
-class StateReads:
+class StateReads(StateAttributes):
     """Read-only operations on the queue state."""
-
-    _wall: Callable[[], datetime]
-    _monotonic: Callable[[], float]
-    _jobs: dict[UUID, JobEntry]
-    _tokens: dict[UUID, UUID]
-    _running: dict[UUID, JobEntry]
-    _workers: dict[UUID, WorkerEntry]
-    _ready: dict[TypeKey, ReadyHeap]
-    _waiters: dict[TypeKey, WaiterQueue]
-    _waiters_by_id: dict[int, Waiter]
-    _next_seq: int
-    _next_ready_key: int
 
     def job_status(self, job_id: UUID) -> JobStatus:
         job = self._get(job_id)

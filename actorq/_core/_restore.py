@@ -9,37 +9,20 @@ from ._entities import (
     ANY_CHANNEL,
     JobEntry,
     ReadyHeap,
-    TypeKey,
-    Waiter,
-    WaiterQueue,
-    WorkerEntry,
+    StateAttributes,
     add_dependent,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-    from datetime import datetime
-    from uuid import UUID
+    from collections.abc import Iterable
 
     from ._records import JobRecord
 
 __all__ = ["StateRestore"]
 
 
-class StateRestore:
+class StateRestore(StateAttributes):
     """The hot loop of a reopen."""
-
-    _wall: Callable[[], datetime]
-    _monotonic: Callable[[], float]
-    _jobs: dict[UUID, JobEntry]
-    _tokens: dict[UUID, UUID]
-    _running: dict[UUID, JobEntry]
-    _workers: dict[UUID, WorkerEntry]
-    _ready: dict[TypeKey, ReadyHeap]
-    _waiters: dict[TypeKey, WaiterQueue]
-    _waiters_by_id: dict[int, Waiter]
-    _next_seq: int
-    _next_ready_key: int
 
     def _restore_jobs(self, jobs: Iterable[JobRecord], now: float) -> None:
         # The hot loop of a reopen, so names are bound locally and each job
