@@ -118,6 +118,10 @@ class Operation(Generic[R, P]):
     def apply(self, state: QueueState, scope: Scope) -> R:
         raise NotImplementedError
 
+    def apply_unscoped(self, state: QueueState) -> R:
+        """:meth:`apply` for a caller who may see every channel (the in-process API)."""
+        return self.apply(state, None)
+
     def present(self, raw: R) -> P:
         result: P = raw  # type: ignore[assignment]
         return result

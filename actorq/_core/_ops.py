@@ -96,6 +96,8 @@ class Enqueue(Operation[UUID, UUID]):
 
     def checked(self) -> Enqueue:
         job_type, deps, channel = _args(self.job_type, self.dependencies, self.channel)
+        if job_type is self.job_type and deps is self.dependencies and channel is self.channel:
+            return self
         return Enqueue(job_type=job_type, args=self.args, dependencies=deps, channel=channel)
 
     def access(self) -> Access:
@@ -237,7 +239,8 @@ class _JobOperation(Operation[R, P]):
     job_id: UUID
 
     def checked(self) -> _JobOperation[R, P]:
-        return attrs.evolve(self, job_id=v.check_uuid(self.job_id, "job_id"))
+        v.check_uuid(self.job_id, "job_id")
+        return self
 
     def access(self) -> Access:
         return Access(jobs=(self.job_id,))
@@ -253,11 +256,9 @@ class _TokenOperation(_JobOperation[R, P]):
     token: UUID | None = None
 
     def checked(self) -> _TokenOperation[R, P]:
-        return attrs.evolve(
-            self,
-            job_id=v.check_uuid(self.job_id, "job_id"),
-            token=v.check_optional_uuid(self.token, "token"),
-        )
+        v.check_uuid(self.job_id, "job_id")
+        v.check_optional_uuid(self.token, "token")
+        return self
 
 
 @attrs.frozen(kw_only=True)
@@ -270,11 +271,9 @@ class FinishJob(_TokenOperation[None, None]):
     result: JsonText = NULL
 
     def checked(self) -> FinishJob:
-        return FinishJob(
-            job_id=v.check_uuid(self.job_id, "job_id"),
-            token=v.check_optional_uuid(self.token, "token"),
-            result=self.result,
-        )
+        v.check_uuid(self.job_id, "job_id")
+        v.check_optional_uuid(self.token, "token")
+        return self
 
     def apply(self, state: QueueState, scope: Scope) -> None:
         state.check_token(self.job_id, self.token)
@@ -520,7 +519,8 @@ class _WorkerOperation(Operation[None, None]):
     worker_id: UUID
 
     def checked(self) -> _WorkerOperation:
-        return attrs.evolve(self, worker_id=v.check_uuid(self.worker_id, "worker_id"))
+        v.check_uuid(self.worker_id, "worker_id")
+        return self
 
     def access(self) -> Access:
         return Access(workers=(self.worker_id,))
