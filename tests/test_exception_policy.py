@@ -109,8 +109,8 @@ class ExitingQueue:
     async def execute(self, op: Any, *, scope: Any = None) -> Any:
         sys.exit(3)
 
-    def release(self, job: actorq.DequeuedJob) -> None:
-        self.inner.release(job)
+    def release(self, job: actorq.DequeuedJob, *, scope: Any = None) -> None:
+        self.inner.release(job, scope=scope)
 
 
 class BrokenDequeue:

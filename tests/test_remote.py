@@ -380,7 +380,7 @@ async def test_reply_that_cannot_be_sent_gives_the_job_back() -> None:
     released: list[actorq.DequeuedJob] = []
 
     class Queue:
-        def release(self, job: actorq.DequeuedJob) -> None:
+        def release(self, job: actorq.DequeuedJob, *, scope: Any = None) -> None:
             released.append(job)
 
     class DeadSocket:
@@ -686,6 +686,49 @@ async def test_tenancy() -> None:
         async with raw(server, token="admin") as ws:
             reply = await ask(ws, w.encode(w.Request(id=1, op=ops.GetStats())))
             assert reply["value"]["jobs"] == 2
+
+
+async def test_tenancy_covers_dependencies_tokens_workers_and_deletes() -> None:
+    tenants = {"token-a": ["a"], "token-b": ["b"]}
+    async with remote_pair(auth="admin", tenants=tenants, token="token-a") as (
+        tenant,
+        local,
+        server,
+    ):
+        theirs = await local.enqueue("t", None, (), "b")
+        # another tenant's job cannot be named as a dependency, so it gains no dependent
+        with pytest.raises(actorq.NotExistError):
+            await tenant.enqueue("t", None, [theirs], "a")
+        assert (await local.job_status(theirs)).dependents == []
+        # deleting its own job leaves another tenant's dependency where it is
+        leaf = await local.enqueue("t", None, [theirs], "a")
+        await tenant.delete_job(leaf)
+        assert (await local.job_status(theirs)).state is actorq.JobState.PENDING
+        assert theirs in await local.all_root_job_ids()
+        # a token of another tenant's job names nothing for this one
+        running = await local.dequeue(["t"], ["b"], timeout=0)
+        assert running.id == theirs
+        with pytest.raises(actorq.NotExistError):
+            await tenant.id_from_token(running.token)
+        with pytest.raises(actorq.NotExistError):
+            await tenant.refresh_heartbeat(running.token)
+        assert await tenant.refresh_heartbeats([running.token]) == [running.token]
+        async with raw(server, token="token-a") as ws:
+            frame = w.encode(w.Release(id=5, job_id=running.id, token=running.token))
+            await ws.send_message(frame)
+            # a request after it on the same connection: the release was handled first
+            await ask(ws, w.encode(w.Request(id=6, op=ops.AllRootJobIds())))
+            spec = {"job_type": "t", "dependencies": [str(theirs)], "channel": "a"}
+            reply = await ask(ws, {"kind": "enqueue_many", "id": 7, "jobs": [spec]})
+            assert reply["error"] == "not_exist"
+        assert (await local.job_status(theirs)).state is actorq.JobState.RUNNING
+        assert await local.id_from_token(running.token) == theirs
+        # nor can it dequeue under another tenant's worker
+        other_worker = await local.insert_worker("b", "x86_64")
+        with pytest.raises(actorq.WorkerNotExistError):
+            await tenant.dequeue(["t"], ["a"], timeout=0, worker_id=other_worker)
+        with pytest.raises(actorq.WorkerNotExistError):
+            await tenant.dequeue(["t"], ["a"], timeout=5, worker_id=other_worker)
 
 
 # ------------------------------------------------- real sockets, real time

@@ -28,6 +28,8 @@ from actorq._remote import _wire as w
 
 U1 = uuid.UUID("12345678-1234-5678-1234-567812345678")
 U2 = uuid.UUID("87654321-4321-8765-4321-876543210987")
+# U1 with its digit 1 written as ARABIC-INDIC DIGIT ONE, which uuid.UUID accepts
+ARABIC_INDIC_U1 = str(U1).replace("1", "\u0661")
 
 
 def J(value: Any) -> ops.JsonText:
@@ -180,6 +182,11 @@ def reason_of(text: Any, **kwargs: Any) -> str:
         ('{"kind":"enqueue_many","id":1,"jobs":[{"job_type":"t","x":1}]}', "bad_field"),
         ('{"kind":"enqueue_many","id":1,"jobs":{}}', "bad_field"),
         ('{"kind":"cancel_job","id":1,"job_id":"nope"}', "bad_uuid"),
+        # only the 8-4-4-4-12 form: no braces, URNs, bare hex or non-ASCII digits
+        (f'{{"kind":"cancel_job","id":1,"job_id":"{{{U1}}}"}}', "bad_uuid"),
+        (f'{{"kind":"cancel_job","id":1,"job_id":"urn:uuid:{U1}"}}', "bad_uuid"),
+        (f'{{"kind":"cancel_job","id":1,"job_id":"{U1.hex}"}}', "bad_uuid"),
+        (f'{{"kind":"cancel_job","id":1,"job_id":"{ARABIC_INDIC_U1}"}}', "bad_uuid"),
         ('{"kind":"cancel_job","id":1,"job_id":7}', "bad_uuid"),
         ('{"kind":"cancel_job","id":1,"job_id":null}', "bad_uuid"),
         (f'{{"kind":"refresh_heartbeats","id":1,"tokens":["{U1}","x"]}}', "bad_uuid"),

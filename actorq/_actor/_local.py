@@ -127,17 +127,18 @@ class LocalQueue(QueueAPI):
 
     # ------------------------------------------------------------ extras
 
-    def release(self, job: DequeuedJob) -> None:
+    def release(self, job: DequeuedJob, *, scope: Scope = None) -> None:
         """Give back a job whose hand-over failed (for front ends such as the server).
 
         Synchronous and non-blocking, so it is safe in ``finally`` blocks and
         under cancellation. The job returns to its place in the ready order and
         its token is void; if the job has moved on since (finished, canceled,
-        requeued), nothing happens.
+        requeued), or lies outside ``scope`` (a tenant's channels), nothing
+        happens.
         """
         got = Assignment(job.id, job.token, tuple(job.dependencies), job.type, "null", job.channel)
         with contextlib.suppress(QueueClosedError):
-            self._scheduler.post_nowait(Release(got))
+            self._scheduler.post_nowait(Release(got, scope))
 
 
 #: What :func:`open_queue` runs unless told otherwise: upstream's heartbeat

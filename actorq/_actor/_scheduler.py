@@ -136,9 +136,13 @@ class Withdraw:
 
 @attrs.define(slots=True, eq=False)
 class Release:
-    """Put back a job whose assignment never reached its requester."""
+    """Put back a job whose assignment never reached its requester.
+
+    With ``scope``, only a job in one of those channels (a tenant's release).
+    """
 
     assignment: Assignment
+    scope: frozenset[str] | None = None
 
 
 Message: TypeAlias = Call | Park | Withdraw | Release
@@ -252,7 +256,9 @@ class Scheduler:
                 del self._parked_by_waiter[waiter_id]
                 state.remove_waiter(waiter_id)
         elif type(message) is Release:
-            state.release(message.assignment.id, message.assignment.token)
+            job_id, scope = message.assignment.id, message.scope
+            if scope is None or state.has_job_in(job_id, scope):
+                state.release(job_id, message.assignment.token)
 
     async def _settle(self, replies: list[tuple[Reply, outcome.Outcome[Any]]], count: int) -> None:
         # Commit, then reply. A reply that cannot be delivered because its

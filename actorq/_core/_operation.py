@@ -31,6 +31,7 @@ __all__ = [
     "WaitingOperation",
     "check_access",
     "run",
+    "token_visible",
 ]
 
 JsonText = NewType("JsonText", str)
@@ -50,14 +51,16 @@ P = TypeVar("P")  # what the in-process API returns
 class Access:
     """What an operation touches, as far as the tenancy rules are concerned.
 
-    ``channels`` must be open to the caller (else ``forbidden``); ``jobs`` and
-    ``workers`` outside the caller's channels do not exist for it;
-    ``forbidden`` names an operation no tenant may run at all.
+    ``channels`` must be open to the caller (else ``forbidden``); ``jobs``,
+    ``workers`` and the jobs ``tokens`` name, outside the caller's channels,
+    do not exist for it; ``forbidden`` names an operation no tenant may run
+    at all.
     """
 
     jobs: tuple[UUID, ...] = ()
     channels: tuple[str, ...] = ()
     workers: tuple[UUID, ...] = ()
+    tokens: tuple[UUID, ...] = ()
     forbidden: str | None = None
 
 
@@ -81,6 +84,17 @@ def check_access(state: QueueState, access: Access, scope: frozenset[str]) -> No
     for worker_id in access.workers:
         if state.worker_channel(worker_id) not in scope:
             raise WorkerNotExistError(f"worker {worker_id} does not exist")
+    for token in access.tokens:
+        # the error an unknown token gets: a token tells a tenant nothing
+        if not token_visible(state, token, scope):
+            raise NotExistError("token does not name a running job")
+
+
+def token_visible(state: QueueState, token: UUID, scope: frozenset[str]) -> bool:
+    """False if ``token`` names a job outside ``scope`` (an unknown token is visible:
+    the operation itself then says it names nothing)."""
+    job_id = state.token_job(token)
+    return job_id is None or state.job_channel(job_id) in scope
 
 
 def run(op: Operation[R, Any], state: QueueState, scope: Scope) -> R:
@@ -177,7 +191,10 @@ class WaitingOperation(Operation[Assignment | None, DequeuedJob]):
         )
 
     def _wait_access(self, jobs: tuple[UUID, ...] = ()) -> Access:
-        return Access(jobs=jobs, channels=() if self.any_channel else self.channels)
+        workers = () if self.worker_id is None else (self.worker_id,)
+        return Access(
+            jobs=jobs, channels=() if self.any_channel else self.channels, workers=workers
+        )
 
     def matching(self, scope: Scope) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
         """The job types and channels to match (``None``: every channel)."""

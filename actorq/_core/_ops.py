@@ -55,6 +55,7 @@ from ._operation import (
     dequeued,
     dequeued_for_wire,
     run,
+    token_visible,
 )
 from ._records import Assignment
 
@@ -101,7 +102,7 @@ class Enqueue(Operation[UUID, UUID]):
         return Enqueue(job_type=job_type, args=self.args, dependencies=deps, channel=channel)
 
     def access(self) -> Access:
-        return Access(channels=(self.channel,))
+        return Access(jobs=self.dependencies, channels=(self.channel,))
 
     def apply(self, state: QueueState, scope: Scope) -> UUID:
         return state.enqueue(self.job_type, self.args, self.dependencies, self.channel)
@@ -138,7 +139,10 @@ class EnqueueMany(Operation[list[UUID], list[UUID]]):
         return attrs.evolve(self, jobs=tuple(specs))
 
     def access(self) -> Access:
-        return Access(channels=tuple(dict.fromkeys(spec.channel for spec in self.jobs)))
+        return Access(
+            jobs=tuple(dict.fromkeys(dep for spec in self.jobs for dep in spec.dependencies)),
+            channels=tuple(dict.fromkeys(spec.channel for spec in self.jobs)),
+        )
 
     def apply(self, state: QueueState, scope: Scope) -> list[UUID]:
         # All or nothing: check every dependency before adding any job.
@@ -220,7 +224,8 @@ class DequeueById(Operation[Assignment, DequeuedJob]):
         )
 
     def access(self) -> Access:
-        return Access(jobs=(self.job_id,))
+        workers = () if self.worker_id is None else (self.worker_id,)
+        return Access(jobs=(self.job_id,), workers=workers)
 
     def apply(self, state: QueueState, scope: Scope) -> Assignment:
         return state.dequeue_by_id(self.job_id, self.worker_id)
@@ -338,7 +343,7 @@ class DeleteJob(_JobOperation[None, None]):
     SETTLES = True
 
     def apply(self, state: QueueState, scope: Scope) -> None:
-        state.delete_job(self.job_id)
+        state.delete_job(self.job_id, scope)
 
 
 @attrs.frozen(kw_only=True)
@@ -439,6 +444,9 @@ class IdFromToken(Operation[UUID, UUID]):
     def checked(self) -> IdFromToken:
         return IdFromToken(token=v.check_uuid(self.token, "token"))
 
+    def access(self) -> Access:
+        return Access(tokens=(self.token,))
+
     def apply(self, state: QueueState, scope: Scope) -> UUID:
         return state.id_from_token(self.token)
 
@@ -471,6 +479,9 @@ class RefreshHeartbeat(Operation[None, None]):
     def checked(self) -> RefreshHeartbeat:
         return RefreshHeartbeat(token=v.check_uuid(self.token, "token"))
 
+    def access(self) -> Access:
+        return Access(tokens=(self.token,))
+
     def apply(self, state: QueueState, scope: Scope) -> None:
         state.refresh_heartbeat(self.token)
 
@@ -488,7 +499,12 @@ class RefreshHeartbeats(Operation[list[UUID], list[UUID]]):
         return RefreshHeartbeats(tokens=v.check_uuids(self.tokens, "tokens"))
 
     def apply(self, state: QueueState, scope: Scope) -> list[UUID]:
-        return state.refresh_heartbeats(self.tokens)
+        if scope is None:
+            return state.refresh_heartbeats(self.tokens)
+        # a token of another tenant's job is reported gone, like an unknown one
+        visible = {t for t in self.tokens if token_visible(state, t, scope)}
+        gone = set(state.refresh_heartbeats(visible))
+        return [t for t in self.tokens if t in gone or t not in visible]
 
 
 # --------------------------------------------------------------- workers

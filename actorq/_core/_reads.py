@@ -18,7 +18,7 @@ from ._errors import CanceledError, NotExistError, NotRunningError, WorkerNotExi
 from ._models import JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Collection, Iterator
     from datetime import datetime
     from uuid import UUID
 
@@ -61,6 +61,16 @@ class StateReads(StateAttributes):
     def worker_channel(self, worker_id: UUID) -> str:
         """The channel of a worker; :class:`WorkerNotExistError` for an unknown one."""
         return self._get_worker(worker_id).channel
+
+    def has_job_in(self, job_id: UUID, channels: Collection[str]) -> bool:
+        """Whether ``job_id`` exists in one of ``channels``."""
+        job = self._jobs.get(job_id)
+        return job is not None and job.channel in channels
+
+    def token_job(self, token: UUID) -> UUID | None:
+        """The job ``token`` was handed out for, while it is running (or was
+        canceled while running); ``None`` for any other token."""
+        return self._tokens.get(token)
 
     def id_from_token(self, token: UUID) -> UUID:
         job_id = self._tokens.get(token)

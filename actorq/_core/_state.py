@@ -69,7 +69,7 @@ from ._records import Assignment, Changes, JobRecord, WorkerRecord, new_uuid4
 from ._restore import StateRestore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Collection, Iterable
     from datetime import datetime
     from uuid import UUID
 
@@ -312,12 +312,13 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             self._touch(job)
             stack.extend(self._jobs[d] for d in job.dependents)
 
-    def delete_job(self, job_id: UUID) -> None:
+    def delete_job(self, job_id: UUID, channels: Collection[str] | None = None) -> None:
         """Delete a job and, recursively, each dependency nothing else needs.
 
         A running job cannot be deleted (:class:`RunningError`), nor one that
         other jobs depend on (:class:`HasDependentsError`). Dependencies that
-        are running are kept.
+        are running are kept, and so are those outside ``channels`` when it is
+        given (a tenant deletes only what it can see).
         """
         job = self._get(job_id)
         if job.running:
@@ -341,7 +342,11 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                 if dep is None:
                     continue
                 remove_dependent(dep, job.id)
-                if not dep.dependents and not dep.running:
+                if (
+                    not dep.dependents
+                    and not dep.running
+                    and (channels is None or dep.channel in channels)
+                ):
                     stack.append(dep)
 
     def check_token(self, job_id: UUID, token: UUID | None) -> None:

@@ -63,7 +63,7 @@ class ServableQueue(Protocol):
 
     async def execute(self, op: Operation[R, Any], *, scope: Scope = None) -> R: ...
 
-    def release(self, job: DequeuedJob) -> None: ...
+    def release(self, job: DequeuedJob, *, scope: Scope = None) -> None: ...
 
 
 def _handle(job_id: UUID, token: UUID) -> DequeuedJob:
@@ -482,7 +482,7 @@ class _Connection:
             elif type(event) is Send:
                 self._send(event.frame)
             elif type(event) is ss.JobReleased:
-                self.queue.release(_handle(event.job_id, event.token))
+                self.queue.release(_handle(event.job_id, event.token), scope=self.allowed)
             elif type(event) is ss.Close:
                 if event.frame is not None:
                     self._send(event.frame)

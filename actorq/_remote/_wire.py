@@ -14,6 +14,7 @@ never anything else. See ``docs/protocol.md`` for the whole protocol.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 import uuid
@@ -210,13 +211,19 @@ def _structure_bool(value: object, _: object) -> bool:
     return value
 
 
+_CANONICAL_UUID: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
 def _structure_uuid(value: object, _: object) -> UUID:
+    # Only the 8-4-4-4-12 form of docs/protocol.md: uuid.UUID would also take
+    # braces, "urn:uuid:", bare hex and non-ASCII digits.
     if type(value) is not str:
         raise _BadUUID(f"expected a UUID string, not {_json_type(value)}")
-    try:
-        return UUID(value)
-    except ValueError:
-        raise _BadUUID(f"{value[:64]!r} is not a UUID") from None
+    if _CANONICAL_UUID.fullmatch(value) is None:
+        raise _BadUUID(f"{value[:64]!r} is not a UUID in 8-4-4-4-12 form")
+    return UUID(value)
 
 
 def _structure_datetime(value: object, _: object) -> datetime:
