@@ -182,6 +182,9 @@ def reason_of(text: Any, **kwargs: Any) -> str:
         ('{"kind":"enqueue_many","id":1,"jobs":[{"job_type":"t","x":1}]}', "bad_field"),
         ('{"kind":"enqueue_many","id":1,"jobs":{}}', "bad_field"),
         ('{"kind":"cancel_job","id":1,"job_id":"nope"}', "bad_uuid"),
+        # orjson would read it as a float; the in-process API refuses it too
+        ('{"kind":"enqueue","id":1,"job_type":"t","args":{"n":123456789012345678901}}', "bad_json"),
+        ('{"kind":"enqueue","id":1,"job_type":"t","args":[-9223372036854775809]}', "bad_json"),
         # only the 8-4-4-4-12 form: no braces, URNs, bare hex or non-ASCII digits
         (f'{{"kind":"cancel_job","id":1,"job_id":"{{{U1}}}"}}', "bad_uuid"),
         (f'{{"kind":"cancel_job","id":1,"job_id":"urn:uuid:{U1}"}}', "bad_uuid"),

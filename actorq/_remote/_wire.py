@@ -14,6 +14,8 @@ never anything else. See ``docs/protocol.md`` for the whole protocol.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import types
 import typing
@@ -388,6 +390,8 @@ def decode(
         raise ProtocolError(f"malformed JSON: {exc}", "bad_json") from None
     except RecursionError:
         raise ProtocolError("JSON nested too deeply", "bad_json") from None
+    if _LONG_DIGITS.search(text) is not None:
+        _check_integers(text)
     if type(obj) is not dict:
         raise ProtocolError(f"a message is a JSON object, not {_json_type(obj)}", "not_object")
     raw_id = obj.get("id")
@@ -416,6 +420,30 @@ def decode(
     if type(message) is not Error and request_id is None:
         raise ProtocolError("message has no id", "bad_field")
     return message
+
+
+# orjson reads an integer outside 64 bits as a float, silently changing it;
+# the in-process API refuses such a value. A frame holding a run of 19 digits
+# (inside a string or not) is parsed again to find out: rare, and only then.
+_LONG_DIGITS: Final = re.compile(r"[0-9]{19}")
+_MIN_INT: Final = -(2**63)
+_MAX_INT: Final = 2**64 - 1
+
+
+def _checked_int(literal: str) -> int:
+    value = int(literal)
+    if not _MIN_INT <= value <= _MAX_INT:
+        raise ProtocolError(
+            f"integer {literal[:40]}... is outside the 64-bit range JSON values keep",
+            "bad_json",
+        )
+    return value
+
+
+def _check_integers(text: str) -> None:
+    # a frame malformed for json but not for orjson: orjson's reading stands
+    with contextlib.suppress(ValueError, RecursionError):
+        json.loads(text, parse_int=_checked_int)
 
 
 def _contains(exc: BaseException, cls: type[BaseException]) -> bool:
