@@ -1036,3 +1036,16 @@ async def test_stats(queue: Q) -> None:
     await queue.finish_job(job.id, {})
     stats = await queue.stats()
     assert (stats.running, stats.finished) == (0, 1)
+
+
+async def test_a_dequeue_names_a_bounded_number_of_type_channel_pairs(queue: Q) -> None:
+    await queue.enqueue("t0", None, (), "c0")
+    types = [f"t{i}" for i in range(101)]
+    channels = [f"c{i}" for i in range(100)]
+    with pytest.raises(ValueError, match="10000 \\(type, channel\\) pairs"):
+        await queue.dequeue(types, channels, timeout=0)
+    with pytest.raises(ValueError, match="10000 \\(type, channel\\) pairs"):
+        await queue.dequeue(types, channels, timeout=5)
+    # just within the bound it is served, and nothing was taken before
+    job = await queue.dequeue(types[:100], channels, timeout=0)
+    assert job.type == "t0"

@@ -402,3 +402,18 @@ class QueueMachine(RuleBasedStateMachine):
 
 QueueMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestQueueModel = QueueMachine.TestCase
+
+
+def test_withdrawn_waiters_leave_no_keys_behind() -> None:
+    core = QueueState(wall=fixed_wall, monotonic=lambda: 0.0)
+    for i in range(1000):
+        waiter = core.add_waiter((f"type-{i}",), (f"channel-{i}", ""))
+        assert isinstance(waiter, int)
+        assert core.remove_waiter(waiter)
+    assert core.waiter_count == 0
+    assert core._waiters == {}
+    # a key in use keeps working after its queue was dropped and made again
+    waiter = core.add_waiter(("type-1",), ("",))
+    assert isinstance(waiter, int)
+    core.enqueue("type-1", "null")
+    assert [w for w, _ in core.take_assignments()] == [waiter]

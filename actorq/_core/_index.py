@@ -84,7 +84,10 @@ class ReadyIndex(StateAttributes):
         for key in self._waiter_keys(waiter):
             queue = self._waiters[key]
             queue.live -= 1
-            if len(queue.waiters) > 2 * queue.live + COMPACT_SLACK:
+            if not queue.live:
+                # every entry left is dead: keys of departed waiters must not pile up
+                del self._waiters[key]
+            elif len(queue.waiters) > 2 * queue.live + COMPACT_SLACK:
                 queue.waiters = deque(w for w in queue.waiters if w.active)
 
     def _oldest_waiter(self, job: JobEntry) -> Waiter | None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._state import QueueState
 
 __all__ = [
+    "MAX_MATCH_KEYS",
     "NOTHING",
     "NULL",
     "REGISTRY",
@@ -38,6 +39,9 @@ JsonText = NewType("JsonText", str)
 """A JSON value, kept as the text it was accepted as (args and results)."""
 
 NULL: JsonText = JsonText("null")
+
+MAX_MATCH_KEYS = 10_000
+"""The most (job type, channel) pairs one dequeue may name."""
 """JSON ``null``, the default args and result."""
 
 Scope: TypeAlias = frozenset[str] | None
@@ -182,9 +186,18 @@ class WaitingOperation(Operation[Assignment | None, DequeuedJob]):
 
     def _checked_wait(self) -> tuple[Any, ...]:
         any_channel = bool(self.any_channel)
+        types = v.check_job_types(self.job_types)
+        channels = () if any_channel else v.check_channels(self.channels)
+        if len(types) * max(len(channels), 1) > MAX_MATCH_KEYS:
+            # each (type, channel) pair is a key the scheduler looks at and
+            # parks a waiter under: one request must not cost it unbounded work
+            raise ValueError(
+                f"{len(types)} job types x {len(channels)} channels is more than "
+                f"{MAX_MATCH_KEYS} (type, channel) pairs"
+            )
         return (
-            v.check_job_types(self.job_types),
-            () if any_channel else v.check_channels(self.channels),
+            types,
+            channels,
             any_channel,
             v.check_timeout(self.timeout),
             v.check_optional_uuid(self.worker_id, "worker_id"),
