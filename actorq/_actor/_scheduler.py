@@ -221,20 +221,13 @@ class Scheduler:
 
     def _apply(self, message: Message, replies: list[tuple[Reply, outcome.Outcome[Any]]]) -> None:
         state = self.state
-        if type(message) is Call:
+        if isinstance(message, (Call, Park)):
             if message.reply.abandoned:
                 return  # its requester was cancelled before we got to it: do nothing
             try:
-                replies.append((message.reply, outcome.Value(message.fn(state))))
-            except JobQueueError as exc:
-                replies.append((message.reply, outcome.Error(exc)))
-            except Exception as exc:  # a bug; the state checks before it changes anything
-                log.exception("request failed inside the scheduler")
-                replies.append((message.reply, outcome.Error(exc)))
-        elif type(message) is Park:
-            if message.reply.abandoned:
-                return
-            try:
+                if isinstance(message, Call):
+                    replies.append((message.reply, outcome.Value(message.fn(state))))
+                    return
                 if message.prelude is not None:
                     message.prelude(state)
                 got = state.add_waiter(message.job_types, message.channels, message.worker_id)

@@ -148,28 +148,28 @@ class Operation(Generic[R, P]):
         return raw
 
 
-def dequeued(got: Assignment | None) -> DequeuedJob:
+def _job(got: Assignment | None, args: Any) -> DequeuedJob:
     assert got is not None
     return DequeuedJob(
         id=got.id,
         token=got.token,
         dependencies=list(got.dependencies),
         type=got.type,
-        args=loads(got.args),
+        args=args,
         channel=got.channel,
     )
+
+
+def dequeued(got: Assignment | None) -> DequeuedJob:
+    """A job handed out, as the in-process API returns it: args decoded."""
+    assert got is not None
+    return _job(got, loads(got.args))
 
 
 def dequeued_for_wire(got: Assignment | None) -> DequeuedJob:
+    """A job handed out, for a reply frame: args embedded as the stored text."""
     assert got is not None
-    return DequeuedJob(
-        id=got.id,
-        token=got.token,
-        dependencies=list(got.dependencies),
-        type=got.type,
-        args=orjson.Fragment(got.args),
-        channel=got.channel,
-    )
+    return _job(got, orjson.Fragment(got.args))
 
 
 @attrs.frozen(kw_only=True)

@@ -405,20 +405,23 @@ def decode(
         raise ProtocolError(f"{kind} is not expected here", "unexpected_kind", request_id)
     if raw_id is not None and request_id is None:
         raise ProtocolError(f"id must be an integer in 0..{MAX_ID}", "bad_field")
+    operation = OPERATIONS.get(kind)
+    structured: Any
     try:
-        operation = OPERATIONS.get(kind)
         if operation is not None:
             del obj["kind"]
             obj.pop("id", None)
-            op = wire_converter().structure(obj, operation)
-            message: Message = Request(id=-1 if request_id is None else request_id, op=op)
+            structured = wire_converter().structure(obj, operation)
         else:
-            message = wire_converter().structure(obj, Message)
+            structured = wire_converter().structure(obj, Message)
     except Exception as exc:
         reason = "bad_uuid" if _contains(exc, _BadUUID) else "bad_field"
         raise ProtocolError(f"bad {kind} message: {_describe(exc)}", reason, request_id) from None
-    if type(message) is not Error and request_id is None:
-        raise ProtocolError("message has no id", "bad_field")
+    if request_id is None:
+        if type(structured) is not Error:
+            raise ProtocolError("message has no id", "bad_field")
+        return structured
+    message: Message = structured if operation is None else Request(id=request_id, op=structured)
     return message
 
 
