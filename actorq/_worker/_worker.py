@@ -63,6 +63,12 @@ class _Run:
     settled: bool = False
 
 
+def _check_queue(queue: object) -> JobQueue:
+    if not isinstance(queue, JobQueue):
+        raise TypeError(f"queue must be a JobQueue, not {type(queue).__name__}")
+    return queue
+
+
 class Worker:
     """Runs registered handlers for the jobs of a :class:`~actorq.JobQueue`.
 
@@ -94,7 +100,7 @@ class Worker:
 
     def __init__(
         self,
-        queue: JobQueue,
+        queue: JobQueue | None = None,
         channels: Sequence[str] | None = ("",),
         *,
         concurrency: int = 8,
@@ -107,9 +113,7 @@ class Worker:
         name: str | None = None,
         arch: str | None = None,
     ) -> None:
-        if not isinstance(queue, JobQueue):
-            raise TypeError(f"queue must be a JobQueue, not {type(queue).__name__}")
-        self.queue = queue
+        self._queue: JobQueue | None = None if queue is None else _check_queue(queue)
         self.channels: tuple[str, ...] | None = (
             None
             if channels is None
@@ -145,6 +149,13 @@ class Worker:
         self._crashed = False
         self._registering = trio.Lock()
         self._errors = ErrorPolicy("the worker")
+
+    @property
+    def queue(self) -> JobQueue:
+        """The queue this worker takes jobs from (given to the constructor or to :meth:`run`)."""
+        if self._queue is None:
+            raise RuntimeError("this worker has no queue yet: pass one to run(queue=...)")
+        return self._queue
 
     # ------------------------------------------------------------ registry
 
@@ -213,10 +224,17 @@ class Worker:
     async def run(
         self,
         *,
+        queue: JobQueue | None = None,
         handle_signals: bool = False,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Register, run jobs until :meth:`shutdown`, then deregister and return.
+
+        ``queue`` is the queue to work for, if none was given to the
+        constructor: a worker can be defined at module level, its handlers
+        registered on import, and bound to a queue only when it runs (this is
+        how ``actorq worker module:worker`` runs it). Giving a queue here when
+        the constructor had a different one raises :class:`ValueError`.
 
         With ``handle_signals=True`` (main thread only), SIGTERM or SIGINT calls
         :meth:`shutdown`; a second one cancels running handlers at once. With
@@ -241,6 +259,13 @@ class Worker:
         """
         if self._started:
             raise RuntimeError("a Worker runs only once; make a new one")
+        if queue is not None:
+            queue = _check_queue(queue)
+            if self._queue is not None and self._queue is not queue:
+                raise ValueError("this worker already has a different queue")
+            self._queue = queue
+        if self._queue is None:
+            raise RuntimeError("this worker has no queue: pass one to run(queue=...)")
         if not self._handlers:
             raise RuntimeError("register at least one handler before running the worker")
         self._started = True
