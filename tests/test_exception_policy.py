@@ -109,12 +109,24 @@ class ExitingQueue:
     async def execute(self, op: Any, *, scope: Any = None) -> Any:
         sys.exit(3)
 
+    def submit(self, op: Any, target: Any, *, scope: Any = None) -> None:
+        sys.exit(3)
+
     def release(self, job: actorq.DequeuedJob, *, scope: Any = None) -> None:
         self.inner.release(job, scope=scope)
 
+    def subscribe(self, subscription: Any, target: Any) -> None:
+        sys.exit(3)
+
+    def settle(self, subscription: Any, finishes: Any, credit: int, target: Any) -> None:
+        sys.exit(3)
+
+    def unsubscribe(self, subscription: Any) -> None:
+        self.inner.unsubscribe(subscription)
+
 
 class BrokenDequeue:
-    """A queue whose dequeue has a bug: it raises RuntimeError."""
+    """A queue whose dequeue, and job stream, have a bug: they raise RuntimeError."""
 
     def __init__(self, inner: actorq.LocalQueue) -> None:
         self.inner = inner
@@ -125,6 +137,12 @@ class BrokenDequeue:
     async def dequeue(self, *args: Any, **kwargs: Any) -> Any:
         await trio.sleep(1)
         raise RuntimeError("dequeue bug")
+
+    @asynccontextmanager
+    async def open_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        await trio.sleep(1)
+        raise RuntimeError("dequeue bug")
+        yield  # an async generator, as asynccontextmanager wants
 
 
 # ------------------------------------------------------------------ open_queue

@@ -113,7 +113,7 @@ async def test_exports() -> None:
 
 async def test_welcome_tells_limits() -> None:
     async with remote_pair(max_in_flight=7, max_message_size=50_000) as (remote, _, _):
-        assert remote.version == 1
+        assert remote.version == w.PROTOCOL_VERSION == 2
         assert remote.max_in_flight == 7
         assert remote.server_max_message_size == 50_000
 
@@ -392,15 +392,20 @@ async def test_reply_that_cannot_be_sent_gives_the_job_back() -> None:
     async with served() as (_, server):
         conn = _Connection(server, DeadSocket(), trio.testing.memory_stream_pair()[0])  # type: ignore[arg-type]
         conn.queue = Queue()  # type: ignore[assignment]
-        job = actorq.DequeuedJob(
-            id=uuid.uuid4(), token=uuid.uuid4(), dependencies=[], type="t", args=None, channel=""
-        )
-        await conn._send_now("{}", job)
-        assert released == [job]
-        # and a frame queued for a writer that is gone
-        conn._outbox_receive.close()
-        conn._send("{}", job)
-        assert released == [job, job]
+        jobs = [
+            actorq.DequeuedJob(
+                id=uuid.uuid4(), token=uuid.uuid4(), dependencies=[], type="t", args=n, channel=""
+            )
+            for n in range(3)
+        ]
+        # two messages queued together, the send fails: both jobs go back
+        assert conn._post("{}", [jobs[0]])
+        assert conn._post("{}", [jobs[1]])
+        await conn._writer()
+        assert released == jobs[:2]
+        # the writer is gone: a post is refused, and its job stays the caller's
+        assert not conn._post("{}", [jobs[2]])
+        assert released == jobs[:2]
 
 
 async def test_disconnect_mid_dequeue_withdraws_the_wait() -> None:
@@ -518,7 +523,7 @@ async def test_malformed_frames_get_error_replies_and_the_connection_goes_on() -
     async with served() as (local, server), raw(server) as ws:
         cases = [
             ("{not json", "bad_json", None),
-            ("[1, 2]", "not_object", None),
+            ('"text"', "not_object", None),
             ('{"kind": "explode", "id": 4}', "unknown_kind", 4),
             ('{"kind": "enqueue", "id": 5}', "bad_field", 5),
             ('{"kind": "enqueue", "id": 6, "job_type": 3}', "bad_field", 6),

@@ -76,6 +76,19 @@ SAMPLES: list[w.Message] = [
         ops.FinishAndDequeue(job_id=U1, token=U2, result=J({}), job_types=("t",), timeout=0.0),
     ),
     w.Cancel(id=26),
+    w.Subscribe(id=40, job_types=["a", "b"], channels=["", "x"], worker_id=U1, credit=8),
+    w.Subscribe(id=41, job_types=["a"], channels=[], any_channel=True),
+    w.Settle(id=42, stream=40, finishes=[w.Finish(U1, U2, ops.JsonText('{"r":[1]}'))], credit=3),
+    w.Settle(id=43, stream=40, credit=1),
+    w.Jobs(
+        id=40,
+        jobs=[
+            actorq.DequeuedJob(
+                id=U1, token=U2, dependencies=[], type="a", args=[1, "x"], channel="x"
+            )
+        ],
+    ),
+    w.Revoked(id=40, runs=[w.RevokedRun(U1, U2, True), w.RevokedRun(U2, U1)]),
     w.Release(id=27, job_id=U1, token=U2),
     w.Welcome(id=0, version=1, server="actorq", max_message_size=4096, max_in_flight=8),
     w.Ok(id=28, value={"any": ["json", 1]}),

@@ -14,19 +14,34 @@ import trio
 
 from .._core import _validate as v
 from .._core._api import QueueAPI
-from .._core._errors import DequeueTimeoutError, QueueClosedError
-from .._core._ops import Operation, Scope, WaitingOperation, check_access, run
+from .._core._errors import DequeueTimeoutError, JobQueueError, QueueClosedError
+from .._core._ops import Dequeue, Operation, Scope, WaitingOperation, check_access, run
 from .._core._records import Assignment
 from .._core._state import QueueState
 from .._core._unwrap import ErrorPolicy
 from .._stores._base import Store
 from ._maintenance import Maintainer, Maintenance
-from ._scheduler import Call, Park, Release, Reply, Scheduler, Withdraw
+from ._scheduler import (
+    Call,
+    Park,
+    Release,
+    Reply,
+    Scheduler,
+    Settle,
+    Subscribe,
+    Subscription,
+    Target,
+    Unsubscribe,
+    Withdraw,
+)
+from ._stream import LocalJobStream, check_credit
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Sequence
+    from uuid import UUID
 
     from .._core._models import DequeuedJob
+    from .._core._ops import FinishJob
     from ._metrics import QueueMetrics
 
 __all__ = ["LocalQueue", "open_queue", "resolve_store", "utc_now"]
@@ -121,6 +136,102 @@ class LocalQueue(QueueAPI):
                 with contextlib.suppress(QueueClosedError):
                     self._scheduler.post_nowait(Withdraw(reply))
         raise DequeueTimeoutError()
+
+    # ------------------------------------------------------------ streams
+
+    @asynccontextmanager
+    async def open_stream(
+        self,
+        job_types: Sequence[str],
+        channels: Sequence[str] = ("",),
+        *,
+        any_channel: bool = False,
+        worker_id: UUID | None = None,
+        credit: int = 1,
+        on_revoked: Callable[[UUID, UUID, bool], None] | None = None,
+        on_refused: Callable[[UUID, JobQueueError], None] | None = None,
+    ) -> AsyncIterator[LocalJobStream]:
+        """A :class:`~actorq._core._streaming.JobStream` served by this queue's actor.
+
+        See :meth:`actorq.StreamingQueue.open_stream` for the contract. Bad
+        arguments raise :class:`TypeError`/:class:`ValueError` and an unknown
+        ``worker_id`` :class:`WorkerNotExistError`, before the block runs.
+        """
+        stream = await self.start_stream(
+            job_types,
+            channels,
+            any_channel=any_channel,
+            worker_id=worker_id,
+            credit=credit,
+            on_revoked=on_revoked,
+            on_refused=on_refused,
+        )
+        try:
+            yield stream
+        finally:
+            stream.stop()
+
+    async def start_stream(
+        self,
+        job_types: Sequence[str],
+        channels: Sequence[str] = ("",),
+        *,
+        any_channel: bool = False,
+        worker_id: UUID | None = None,
+        credit: int = 1,
+        scope: Scope = None,
+        on_revoked: Callable[[UUID, UUID, bool], None] | None = None,
+        on_refused: Callable[[UUID, JobQueueError], None] | None = None,
+    ) -> LocalJobStream:
+        """:meth:`open_stream` without the block, limited to ``scope``: the caller
+        must :meth:`~LocalJobStream.stop` the stream it gets."""
+        types_arg: Any = job_types
+        channels_arg: Any = () if any_channel else channels
+        op = Dequeue(
+            job_types=types_arg, channels=channels_arg, any_channel=any_channel, worker_id=worker_id
+        ).checked()
+        stream = LocalJobStream(
+            self._scheduler, op, check_credit(credit), scope, on_revoked, on_refused
+        )
+        await trio.lowlevel.checkpoint_if_cancelled()
+        reply = Reply()
+        self.subscribe(stream, reply)
+        try:
+            await reply.wait()
+        except BaseException:
+            stream.stop()
+            raise
+        return stream
+
+    def subscribe(self, subscription: Subscription, target: Target) -> None:
+        """Start feeding ``subscription`` (a front end's own stream); ``target`` hears
+        ``None`` once it is open, or the error that refused it. Never blocks."""
+        self._scheduler.post_nowait(Subscribe(subscription, target))
+
+    def settle(
+        self,
+        subscription: Subscription,
+        finishes: Sequence[FinishJob],
+        credit: int,
+        target: Target | None,
+    ) -> None:
+        """Apply ``finishes`` for ``subscription`` and add ``credit`` to it; ``target``
+        hears the refused ones (see :class:`~._scheduler.Settle`). Never blocks."""
+        self._scheduler.post_nowait(Settle(subscription, finishes, credit, target))
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop feeding ``subscription``. Never blocks; nothing happens once the queue closed."""
+        with contextlib.suppress(QueueClosedError):
+            self._scheduler.post_nowait(Unsubscribe(subscription))
+
+    def submit(self, op: Operation[Any, Any], target: Target, *, scope: Scope = None) -> None:
+        """Run ``op`` (not a waiting one) for a caller limited to ``scope``; ``target``
+        hears the core's result, after the commit. Never blocks: for front ends
+        that answer without a task per request. Bad arguments raise here."""
+        op = op.checked()
+        if isinstance(op, WaitingOperation) and op.timeout != 0:
+            raise TypeError("submit() runs only operations that do not wait")
+        self._scheduler.post_nowait(Call(functools.partial(run, op, scope=scope), target))
 
     # ------------------------------------------------------------ extras
 

@@ -13,6 +13,12 @@ be able to withdraw its wait or hand back a job without blocking
 (:meth:`Scheduler.post_nowait`), and every requester has at most one request
 in flight, so the mailbox never holds more messages than there are tasks.
 
+Streams (:class:`Subscription`) are standing dequeues with a credit: the
+actor parks one waiter in the core per unit of credit, pushes every job those
+waiters are handed to the stream once the batch that assigned it has
+committed, and parks again as finishes (:class:`Settle`) return credit. No
+request per job, and several jobs leave in one push when several are ready.
+
 Observers subscribe (:meth:`Scheduler.subscribe`) to the state-change events
 of :mod:`actorq._core._events`: after each batch is committed the actor hands
 them that batch's events, then a :class:`~actorq._core._events.Committed`.
@@ -23,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import attrs
 import outcome
@@ -31,13 +37,31 @@ import trio
 
 from .._core._errors import JobQueueError, QueueClosedError
 from .._core._events import Committed, Event
+from .._core._operation import Scope, WaitingOperation, check_access, run
 from .._core._records import Assignment
 from .._core._state import QueueState
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
+    from .._core._ops import FinishJob  # noqa: TC004 (attrs reads annotations lazily)
     from .._stores._base import Store
 
-__all__ = ["Call", "Park", "Release", "Reply", "Scheduler", "Subscriber", "Withdraw"]
+__all__ = [
+    "Call",
+    "Callback",
+    "Park",
+    "Release",
+    "Reply",
+    "Scheduler",
+    "Settle",
+    "Subscribe",
+    "Subscriber",
+    "Subscription",
+    "Target",
+    "Unsubscribe",
+    "Withdraw",
+]
 
 log = logging.getLogger("actorq.scheduler")
 
@@ -104,12 +128,90 @@ class Reply:
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
+class Target(Protocol):
+    """Where the actor delivers an outcome: a :class:`Reply` a task waits on, or a
+    :class:`Callback` that needs no task."""
+
+    @property
+    def abandoned(self) -> bool: ...
+
+    def deliver(self, value: outcome.Outcome[Any]) -> bool: ...
+
+
+class Callback:
+    """A reply target that calls ``fn(outcome)`` in the actor's task, after the commit.
+
+    For front ends that answer without a task per request (the server's read
+    loop). ``fn`` must be quick and must not block; it returns False if the
+    outcome could not be passed on (a job it carried then goes back).
+    """
+
+    __slots__ = ("fn",)
+
+    abandoned = False
+
+    def __init__(self, fn: Callable[[outcome.Outcome[Any]], bool]) -> None:
+        self.fn = fn
+
+    def deliver(self, value: outcome.Outcome[Any]) -> bool:
+        return self.fn(value)
+
+
+class Subscription:
+    """A standing dequeue that the actor feeds, up to a credit of jobs outstanding.
+
+    ``credit`` is what it starts with; each :class:`Settle` adds to it.
+
+    Subclasses say where jobs go: :meth:`push` is called in the actor's task,
+    after the commit, with the jobs assigned to the stream since the last
+    push, oldest first; it returns False if they cannot reach the consumer
+    (then they go back to their places, their tokens void, and the stream
+    ends). :meth:`revoke` hears of streamed runs that ended other than by the
+    stream's own finish (canceled, reaped, requeued by someone else);
+    :meth:`end` that the stream ended (its worker was deleted, the queue
+    closed). All three must be quick and must not block.
+
+    ``scope`` limits the stream to a tenant's channels, as for any request.
+    """
+
+    def __init__(self, op: WaitingOperation, credit: int, scope: Scope = None) -> None:
+        # ``op`` (checked) says what the stream takes, as a dequeue would
+        self.job_types, self.channels = op.matching(scope)
+        self.worker_id = op.worker_id
+        self._access = None if scope is None else op.access()
+        self.opening_credit = credit
+        self.scope = scope
+        self.closed = False
+        # actor-owned: core waiters parked for it, jobs assigned but not pushed,
+        # runs ended but not told
+        self._waiters: set[int] = set()
+        self._outstanding = 0  # jobs handed to it whose credit has not come back
+        self._outbox: list[Assignment] = []
+        self._revoked: list[tuple[UUID, UUID, bool]] = []
+
+    def check(self, state: QueueState) -> None:
+        """Raise unless the stream may open: its tenant's rules, its worker."""
+        if self._access is not None and self.scope is not None:
+            check_access(state, self._access, self.scope)
+        if self.worker_id is not None:
+            state.worker_channel(self.worker_id)  # raises for an unknown worker
+
+    def push(self, jobs: list[Assignment]) -> bool:
+        raise NotImplementedError
+
+    def revoke(self, runs: list[tuple[UUID, UUID, bool]]) -> None:
+        """Runs ``[(job id, token, canceled)]`` that ended without this stream's finish."""
+
+    def end(self, error: JobQueueError) -> None:
+        """The stream ended on the queue's side with ``error``; nothing more comes."""
+
+
 @attrs.define(slots=True, eq=False)
 class Call:
     """Run ``fn`` on the state; reply with its return value or its queue error."""
 
     fn: Callable[[QueueState], object]
-    reply: Reply
+    reply: Target
 
 
 @attrs.define(slots=True, eq=False)
@@ -145,7 +247,37 @@ class Release:
     scope: frozenset[str] | None = None
 
 
-Message: TypeAlias = Call | Park | Withdraw | Release
+@attrs.define(slots=True, eq=False)
+class Subscribe:
+    """Start feeding ``subscription``, once its checks pass; reply ``None`` or the error."""
+
+    subscription: Subscription
+    reply: Target
+
+
+@attrs.define(slots=True, eq=False)
+class Settle:
+    """Finish runs of ``subscription``'s jobs and return ``credit`` to it.
+
+    Replies with ``[(index, error)]`` for the finishes that were refused (a
+    token that no longer names its job, say); the others are committed
+    before the reply.
+    """
+
+    subscription: Subscription
+    finishes: Sequence[FinishJob]
+    credit: int
+    reply: Target | None
+
+
+@attrs.define(slots=True, eq=False)
+class Unsubscribe:
+    """Stop feeding ``subscription``. Jobs already pushed stay with their holder."""
+
+    subscription: Subscription
+
+
+Message: TypeAlias = Call | Park | Withdraw | Release | Subscribe | Settle | Unsubscribe
 
 Subscriber: TypeAlias = Callable[[Sequence[Event]], None]
 
@@ -160,8 +292,13 @@ class Scheduler:
         self.store = store
         self.max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[Message](math.inf)
-        self._parked: dict[Reply, int] = {}  # reply channel -> waiter id
-        self._parked_by_waiter: dict[int, Reply] = {}
+        self._parked: dict[Target, int] = {}  # reply channel -> waiter id
+        self._parked_by_waiter: dict[int, Target] = {}
+        self._subscriptions: set[Subscription] = set()
+        self._stream_waiters: dict[int, Subscription] = {}  # core waiter id -> stream
+        self._streamed: dict[UUID, Subscription] = {}  # token -> stream holding the run
+        self._to_push: dict[Subscription, None] = {}  # streams with jobs or news to push
+        state.track_revocations()
         self.batches = 0
         self.messages = 0
         self.commits = 0
@@ -209,7 +346,7 @@ class Scheduler:
                         break
                 self.batches += 1
                 self.messages += len(batch)
-                replies: list[tuple[Reply, outcome.Outcome[Any]]] = []
+                replies: list[tuple[Target, outcome.Outcome[Any]]] = []
                 for message in batch:
                     self._apply(message, replies)
                     # before the next message: a Withdraw must not find a waiter that
@@ -219,7 +356,7 @@ class Scheduler:
         finally:
             self._shut_down()
 
-    def _apply(self, message: Message, replies: list[tuple[Reply, outcome.Outcome[Any]]]) -> None:
+    def _apply(self, message: Message, replies: list[tuple[Target, outcome.Outcome[Any]]]) -> None:
         state = self.state
         if isinstance(message, (Call, Park)):
             if message.reply.abandoned:
@@ -252,13 +389,140 @@ class Scheduler:
             job_id, scope = message.assignment.id, message.scope
             if scope is None or state.has_job_in(job_id, scope):
                 state.release(job_id, message.assignment.token)
+        elif type(message) is Settle:
+            self._settle_stream(message, replies)
+        elif type(message) is Subscribe:
+            self._subscribe(message, replies)
+        elif type(message) is Unsubscribe:
+            self._close_stream(message.subscription)
 
-    async def _settle(self, replies: list[tuple[Reply, outcome.Outcome[Any]]], count: int) -> None:
+    # ------------------------------------------------------------ streams
+
+    def _subscribe(
+        self, message: Subscribe, replies: list[tuple[Target, outcome.Outcome[Any]]]
+    ) -> None:
+        sub = message.subscription
+        if message.reply.abandoned or sub.closed:
+            return
+        try:
+            sub.check(self.state)
+        except JobQueueError as exc:
+            sub.closed = True
+            replies.append((message.reply, outcome.Error(exc)))
+            return
+        self._subscriptions.add(sub)
+        credit, sub.opening_credit = sub.opening_credit, 0
+        self._feed(sub, credit)
+        replies.append((message.reply, outcome.Value(None)))
+
+    def _settle_stream(
+        self, message: Settle, replies: list[tuple[Target, outcome.Outcome[Any]]]
+    ) -> None:
+        sub = message.subscription
+        state = self.state
+        streamed = self._streamed
+        refused: list[tuple[int, JobQueueError]] = []
+        for index, finish in enumerate(message.finishes):
+            if finish.token is not None and streamed.get(finish.token) is sub:
+                del streamed[finish.token]  # its own finish: nothing to tell it
+            try:
+                run(finish, state, sub.scope)
+            except JobQueueError as exc:
+                refused.append((index, exc))
+        # never more credit back than jobs were handed out: a consumer cannot
+        # grow the waiters it keeps beyond the credit it opened with
+        credit = min(message.credit, sub._outstanding)
+        if credit and not sub.closed:
+            sub._outstanding -= credit
+            self._feed(sub, credit)
+        if message.reply is not None:
+            replies.append((message.reply, outcome.Value(refused)))
+
+    def _feed(self, sub: Subscription, credit: int) -> None:
+        # One core waiter per unit of credit: the core hands each the next
+        # matching job, oldest waiter first, so streams share jobs in turn.
+        add_waiter = self.state.add_waiter
+        for _ in range(credit):
+            try:
+                got = add_waiter(sub.job_types, sub.channels, sub.worker_id)
+            except JobQueueError as exc:  # its worker was deleted meanwhile
+                self._end_stream(sub, exc)
+                return
+            if type(got) is int:
+                sub._waiters.add(got)
+                self._stream_waiters[got] = sub
+            else:
+                assert isinstance(got, Assignment)
+                self._handed(sub, got)
+
+    def _handed(self, sub: Subscription, got: Assignment) -> None:
+        sub._outstanding += 1
+        sub._outbox.append(got)
+        self._streamed[got.token] = sub
+        self._to_push[sub] = None
+
+    def _end_stream(self, sub: Subscription, error: JobQueueError) -> None:
+        self._close_stream(sub)
+        try:
+            sub.end(error)
+        except Exception:
+            log.exception("a stream failed to end")
+
+    def _close_stream(self, sub: Subscription) -> None:
+        if sub.closed:
+            return
+        sub.closed = True
+        self._subscriptions.discard(sub)
+        for waiter_id in sub._waiters:
+            del self._stream_waiters[waiter_id]
+            self.state.remove_waiter(waiter_id)  # False for one served just now: fine
+        sub._waiters.clear()
+        # jobs assigned but not yet pushed never reach anyone: back they go
+        for got in sub._outbox:
+            self.state.release(got.id, got.token)
+        sub._outbox.clear()
+        sub._revoked.clear()
+        self._to_push.pop(sub, None)
+
+    def _collect_revocations(self) -> None:
+        streamed = self._streamed
+        if not streamed:
+            self.state.take_revocations()
+            return
+        for job_id, token, canceled in self.state.take_revocations():
+            sub = streamed.pop(token, None)
+            if sub is not None and not sub.closed:
+                sub._revoked.append((job_id, token, canceled))
+                self._to_push[sub] = None
+
+    def _push_streams(self) -> None:
+        # After the commit: what each stream was handed, then what it lost.
+        while self._to_push:
+            sub = next(iter(self._to_push))
+            del self._to_push[sub]
+            jobs, sub._outbox = sub._outbox, []
+            revoked, sub._revoked = sub._revoked, []
+            try:
+                ok = not jobs or sub.push(jobs)
+            except Exception:
+                log.exception("a stream failed to take its jobs")
+                ok = False
+            if revoked and ok:
+                try:
+                    sub.revoke(revoked)
+                except Exception:
+                    log.exception("a stream failed to hear of ended runs")
+            if not ok:
+                sub._outbox = jobs  # closing gives them back
+                self._close_stream(sub)
+
+    async def _settle(self, replies: list[tuple[Target, outcome.Outcome[Any]]], count: int) -> None:
         # Commit, then reply. A reply that cannot be delivered because its
         # requester went away gives its job back, which is itself a change to
         # commit and may hand the job to another waiter: loop until quiet.
         while True:
             self._collect_assignments(replies)
+            self._collect_revocations()
             seconds: float | None = None
             if self.store is not None:
                 changes = self.state.take_changes()
@@ -269,17 +533,19 @@ class Scheduler:
                     except BaseException as exc:
                         self.state.take_events()  # not committed: never published
                         self._fail_all(replies, exc)
+                        self._to_push.clear()  # not committed: never pushed
                         raise
                     self.commits += 1
                     seconds = trio.current_time() - start
             if self._subscribers:
                 self._publish(count, seconds)
             count = 0  # a later round only puts back jobs whose requesters left
-            if not replies:
+            if not replies and not self._to_push:
                 return
             for reply, value in replies:
                 self._deliver(reply, value)
             replies = []
+            self._push_streams()
 
     def _publish(self, requests: int, seconds: float | None) -> None:
         events: list[Event] = self.state.take_events()
@@ -292,14 +558,24 @@ class Scheduler:
             except Exception:
                 log.exception("an event subscriber failed; the queue carries on")
 
-    def _collect_assignments(self, replies: list[tuple[Reply, outcome.Outcome[Any]]]) -> None:
+    def _collect_assignments(self, replies: list[tuple[Target, outcome.Outcome[Any]]]) -> None:
         for waiter_id, got in self.state.take_assignments():
-            reply = self._parked_by_waiter.pop(waiter_id)
+            reply = self._parked_by_waiter.pop(waiter_id, None)
+            if reply is None:
+                sub = self._stream_waiters.pop(waiter_id, None)
+                if sub is None:
+                    continue  # its stream closed earlier in this batch; it holds nothing
+                sub._waiters.discard(waiter_id)
+                if isinstance(got, Assignment):
+                    self._handed(sub, got)
+                else:
+                    self._end_stream(sub, got)
+                continue
             del self._parked[reply]
             value = outcome.Value(got) if isinstance(got, Assignment) else outcome.Error(got)
             replies.append((reply, value))
 
-    def _deliver(self, reply: Reply, value: outcome.Outcome[Any]) -> None:
+    def _deliver(self, reply: Target, value: outcome.Outcome[Any]) -> None:
         if not reply.deliver(value) and isinstance(value, outcome.Value):
             got = value.value
             if isinstance(got, Assignment):
@@ -307,24 +583,30 @@ class Scheduler:
                 self.state.release(got.id, got.token)
 
     def _fail_all(
-        self, replies: list[tuple[Reply, outcome.Outcome[Any]]], exc: BaseException
+        self, replies: list[tuple[Target, outcome.Outcome[Any]]], exc: BaseException
     ) -> None:
         error = QueueClosedError(f"the store failed to commit: {exc!r}")
         for reply, _ in replies:
             self._deliver(reply, outcome.Error(error))
 
     def _shut_down(self) -> None:
-        closed = outcome.Error(QueueClosedError())
+        # A fresh outcome for each reply: an outcome can be unwrapped only once.
         for reply in self._parked:
-            self._deliver(reply, closed)
+            self._deliver(reply, outcome.Error(QueueClosedError()))
         self._parked.clear()
         self._parked_by_waiter.clear()
+        for sub in list(self._subscriptions):
+            sub._outbox.clear()  # not committed: the store never saw them handed out
+            self._end_stream(sub, QueueClosedError())
         self._send.close()
         while True:
             try:
                 message = self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            if isinstance(message, Call | Park):
-                self._deliver(message.reply, closed)
+            target = (
+                message.reply if isinstance(message, Call | Park | Subscribe | Settle) else None
+            )
+            if target is not None:
+                self._deliver(target, outcome.Error(QueueClosedError()))
         self._receive.close()

@@ -118,6 +118,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._changed_workers: set[UUID] = set()
         self._deleted_workers: set[UUID] = set()
         self._events: list[Event] | None = [] if track_events else None
+        self._revoked: list[tuple[UUID, UUID, bool]] | None = None
 
     # ------------------------------------------------------------------ jobs
 
@@ -215,6 +216,25 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         out = self._assignments
         if out:
             self._assignments = []
+        return out
+
+    def track_revocations(self) -> None:
+        """Start recording tokens that stop naming a running job (see :meth:`take_revocations`)."""
+        if self._revoked is None:
+            self._revoked = []
+
+    def take_revocations(self) -> list[tuple[UUID, UUID, bool]]:
+        """Runs that ended since the last call, as ``(job id, token, canceled)``.
+
+        Every way a run ends counts (finished, requeued, released, reaped,
+        canceled: ``canceled`` is True for that one), so whoever handed the
+        job out can tell its holder the run is over. Empty unless
+        :meth:`track_revocations` was called.
+        """
+        out = self._revoked
+        if not out:
+            return []
+        self._revoked = []
         return out
 
     def dequeue_by_id(self, job_id: UUID, worker_id: UUID | None = None) -> Assignment:
@@ -506,6 +526,8 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
     def _stop_running(self, job: JobEntry, *, keep_token: bool = False) -> None:
         token = job.token
         if token is not None:
+            if self._revoked is not None:
+                self._revoked.append((job.id, token, job.canceled or keep_token))
             self._running.pop(token, None)
             if not keep_token:
                 self._tokens.pop(token, None)

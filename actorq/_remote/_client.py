@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -38,6 +37,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from .._actor._stream import JobBuffer, check_credit, finish_op
 from .._core import _validate as v
 from .._core._api import QueueAPI
 from .._core._errors import (
@@ -50,7 +50,7 @@ from .._core._errors import (
     QueueClosedError,
 )
 from .._core._models import DequeuedJob
-from .._core._ops import Operation, RefreshHeartbeat, RefreshHeartbeats
+from .._core._ops import Dequeue, FinishJob, Operation, RefreshHeartbeat, RefreshHeartbeats
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
 from . import _wire as w
@@ -63,6 +63,13 @@ P = TypeVar("P")
 
 _Reply = w.Message | QueueClosedError
 
+
+class _Waiter(Protocol):
+    """What waits for a reply: a memory channel, or a stream waiting for its end."""
+
+    def send_nowait(self, value: _Reply) -> None: ...
+
+
 # Errors after which a token is worth nothing: stop holding (and refreshing) it.
 _TOKEN_GONE = (NotExistError, NotRunningError, CanceledError, FinishedError)
 _REFRESH_BATCH = 10_000  # tokens per refresh message, well below any frame limit
@@ -71,6 +78,178 @@ _MAX_VOID = 4096
 
 def _request(request_id: int, op: Operation[Any, Any]) -> w.Message:
     return w.Request(id=request_id, op=op)
+
+
+def _frames(texts: list[str], limit: int) -> Iterator[str]:
+    """``texts`` as batch frames of at most ``limit`` characters each (protocol 2)."""
+    batch: list[str] = []
+    size = 0
+    for text in texts:
+        if batch and size + len(text) + 1 > limit:
+            yield w.encode_batch(batch)
+            batch, size = [], 0
+        batch.append(text)
+        size += len(text) + 1
+    if batch:
+        yield w.encode_batch(batch)
+
+
+_SETTLE_BATCH = 1000  # finishes per settle message, well below any frame limit
+
+
+class RemoteJobStream(JobBuffer):
+    """A job stream on the other end of a websocket (:meth:`RemoteQueue.open_stream`).
+
+    The server pushes jobs; finishes and returned credit wait in
+    :attr:`_finishes` and :attr:`_credit_due` until the stream's flusher task
+    sends them as one ``settle``. While one settle is on its way, the next
+    finishes pile up for the one after: at idle a finish leaves at once,
+    under load many share a frame.
+    """
+
+    def __init__(
+        self,
+        queue: RemoteQueue,
+        credit: int,
+        on_revoked: Callable[[UUID, UUID, bool], None] | None,
+        on_refused: Callable[[UUID, JobQueueError], None] | None,
+    ) -> None:
+        super().__init__(credit)
+        self.id = 0  # the subscribe request's id, once sent
+        self._queue = queue
+        self._on_revoked = on_revoked
+        self._on_refused = on_refused
+        self._finishes: list[FinishJob] = []
+        self._credit_due = 0
+        self._unsettled: set[UUID] = set()  # tokens pushed, neither settled nor revoked
+        self._stopped = False
+        self._flushing = False
+        self._settling = False  # a settle is on its way
+        self._wake = trio.lowlevel.ParkingLot()
+        self._settled = trio.lowlevel.ParkingLot()  # wait_settled() waiters
+
+    # ------------------------------------------------------------ the reader's side
+
+    def _pushed(self, jobs: list[DequeuedJob]) -> None:
+        if self._stopped:  # arrived after the stream was left: give them back
+            for job in jobs:
+                self._queue.release(job)
+            return
+        self._unsettled.update(job.token for job in jobs)
+        self._take(jobs)
+
+    def _revoked(self, runs: list[w.RevokedRun]) -> None:
+        for run in runs:
+            self._unsettled.discard(run.token)
+            if self._on_revoked is not None:
+                self._on_revoked(run.job_id, run.token, run.canceled)
+
+    def send_nowait(self, value: _Reply) -> None:
+        # The subscribe's only reply: the error that ended the stream.
+        if isinstance(value, QueueClosedError):
+            self._end(QueueClosedError(value.message))
+        elif type(value) is w.Error:
+            error = w.exception_from_reply(value)
+            if not isinstance(error, JobQueueError):
+                error = JobQueueError(str(error))
+            self._end(error)
+        else:
+            self._end(QueueClosedError(f"the server ended the stream with {value.KIND}"))
+        self._queue._streams.pop(self.id, None)
+        self._queue._slots.release()
+        self._wake.unpark_all()
+
+    # ------------------------------------------------------------ the consumer's side
+
+    def finish(self, job: DequeuedJob, result: Any = None) -> None:
+        self._finishes.append(finish_op(job, result))
+        self._credit_due += 1
+        self._kick()
+
+    def give_credit(self, slots: int = 1) -> None:
+        self._credit_due += v.check_int(slots, "slots", minimum=1)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._flushing:
+            self._wake.unpark_all()
+            return
+        nursery = self._queue._nursery
+        if nursery is not None and not self._queue.closed:
+            self._flushing = True
+            nursery.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        try:
+            while True:
+                while not self._finishes and not (self._credit_due and not self.ended):
+                    if self._stopped and not self._unsettled:
+                        return
+                    await self._wake.park()
+                finishes = self._finishes[:_SETTLE_BATCH]
+                del self._finishes[:_SETTLE_BATCH]
+                credit, self._credit_due = (0, 0) if self.ended else (self._credit_due, 0)
+                self._settling = True
+                try:
+                    await self._settle(finishes, credit)
+                except QueueClosedError:
+                    return
+                except JobQueueError as exc:
+                    log.warning("settling %d finishes failed: %s", len(finishes), exc)
+                finally:
+                    self._settling = False
+                    if not self._finishes:
+                        self._settled.unpark_all()
+        finally:
+            self._flushing = False
+            self._settled.unpark_all()
+
+    async def _settle(self, finishes: list[FinishJob], credit: int) -> None:
+        message = partial(
+            _settle_message,
+            stream=self.id,
+            finishes=[w.Finish(f.job_id, f.token or f.job_id, f.result) for f in finishes],
+            credit=credit,
+        )
+        reply = await self._queue._request(message)
+        refused = {r.index: r for r in RemoteQueue._structure(reply, list[w.Refusal])}
+        queue = self._queue
+        for index, finish in enumerate(finishes):
+            self._unsettled.discard(finish.token)
+            queue._forget(finish.job_id, finish.token)
+            refusal = refused.get(index)
+            if refusal is not None and self._on_refused is not None:
+                error = w.exception_from_reply(
+                    w.Error(id=0, error=refusal.error, message=refusal.message)
+                )
+                if isinstance(error, JobQueueError):
+                    self._on_refused(finish.job_id, error)
+
+    async def wait_settled(self) -> None:
+        while (self._finishes or self._settling) and not self._queue.closed:
+            self._wake.unpark_all()
+            await self._settled.park()
+        await trio.lowlevel.checkpoint()
+
+    def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if not self.ended:
+            self._end(QueueClosedError("the stream was closed"))
+            if self._queue._streams.pop(self.id, None) is not None:
+                self._queue._slots.release()
+                self._queue._queue_frame(self._queue._session.cancel(self.id))
+        for job in self._take_unreceived():
+            self._unsettled.discard(job.token)
+            self._queue.release(job)
+        self._wake.unpark_all()
+
+
+def _settle_message(
+    request_id: int, *, stream: int, finishes: list[w.Finish], credit: int
+) -> w.Message:
+    return w.Settle(id=request_id, stream=stream, finishes=finishes, credit=credit)
 
 
 class RemoteQueue(QueueAPI):
@@ -93,12 +272,13 @@ class RemoteQueue(QueueAPI):
         self._ws = ws
         self._send_timeout = send_timeout
         self._abort_stream = abort
-        self._session = ss.ClientSession[trio.MemorySendChannel[_Reply]](
-            max_message_size=max_message_size
-        )
-        self._outbox, self._outbox_receive = trio.open_memory_channel[str](math.inf)
+        self._session = ss.ClientSession[_Waiter](max_message_size=max_message_size)
+        self._pending: list[str] = []  # frames to send, in order
+        self._sending = False  # a task is sending _pending now
+        self._wake_writer = trio.lowlevel.ParkingLot()
         self._held: dict[UUID, UUID] = {}  # job id -> token, for jobs this client runs
-        self._queued = 0  # frames in the writer's queue or being sent by it
+        self._streams: dict[int, RemoteJobStream] = {}  # subscribe request id -> stream
+        self._nursery: trio.Nursery | None = None  # the connection's, for stream flushers
         # job id -> a token of ours that the server refused for it: token
         # operations on that job keep carrying it (bounded, oldest dropped)
         self._void: dict[UUID, UUID] = {}
@@ -138,7 +318,8 @@ class RemoteQueue(QueueAPI):
         for send in self._session.take_waiters():
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 send.send_nowait(self._closed)
-        self._outbox.close()
+        self._pending.clear()
+        self._wake_writer.unpark_all()
 
     async def _abort(self) -> None:
         if self._abort_stream is not None:
@@ -147,9 +328,10 @@ class RemoteQueue(QueueAPI):
     def _queue_frame(self, text: str) -> None:
         # Cannot block or fail, for the cancellation paths. If the connection is
         # gone, the server has already cancelled the request and released its job.
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            self._outbox.send_nowait(text)
-            self._queued += 1
+        if self._closed is None:
+            self._pending.append(text)
+            if not self._sending:
+                self._wake_writer.unpark_all()
 
     async def _request(self, make: Callable[[int], w.Message]) -> w.Message:
         """Send one request and wait for its reply; raise the error it carries."""
@@ -168,13 +350,10 @@ class RemoteQueue(QueueAPI):
             send, receive = trio.open_memory_channel[_Reply](1)
             session.wait(request_id, send)
             try:
-                if self._queued:
-                    # A cancel or release waits in the writer's queue: this request
-                    # must not overtake it (a cancelled dequeue's job would be handed
-                    # out to it before being given back), so it queues behind.
-                    self._queue_frame(text)
-                else:
-                    await self._send_frame(text)
+                # Behind whatever waits to be sent: a request must not overtake a
+                # cancel or release (a cancelled dequeue's job would be handed out
+                # to it before being given back).
+                await self._send_frame(text)
                 reply = await receive.receive()
             except BaseException:
                 self._abandon(request_id, receive)
@@ -188,26 +367,41 @@ class RemoteQueue(QueueAPI):
         return reply
 
     async def _send_frame(self, text: str) -> None:
-        """Send one frame from the caller's task.
+        """Queue ``text`` and, unless another task is sending, send everything queued.
 
-        Shielded, because a cancelled send_message would leave half a frame on
-        the stream (a cancelled caller then abandons its request right after);
-        bounded by ``send_timeout``, past which the server is not reading and
-        the connection is aborted. Sending here rather than through the writer
-        task saves a scheduler pass per request.
+        Whoever sends takes every frame that piled up meanwhile (other tasks'
+        requests, cancels, releases, settles) and, on protocol 2, sends them as
+        one batch frame: concurrent requests share frames, and a lone request
+        goes out at once from its own task, with no scheduler pass.
         """
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + self._send_timeout
-            try:
-                await self._ws.send_message(text)
-            except ConnectionClosed:
-                pass
-            else:
-                return
-        if scope.cancelled_caught:
+        self._pending.append(text)
+        if not self._sending:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        # Shielded, because a cancelled send_message would leave half a frame on
+        # the stream (a cancelled caller then abandons its request right after);
+        # bounded by send_timeout, past which the server is not reading and the
+        # connection is aborted.
+        self._sending = True
+        batching = self._session.version >= w.STREAMS_VERSION
+        limit = self._session.server_max_message_size - 2
+        timed_out = False
+        try:
+            with trio.CancelScope(shield=True) as scope:
+                while self._pending and self._closed is None:
+                    batch, self._pending = self._pending, []
+                    for frame in _frames(batch, limit) if batching else batch:
+                        scope.deadline = trio.current_time() + self._send_timeout
+                        await self._ws.send_message(frame)
+            timed_out = scope.cancelled_caught
+        except ConnectionClosed:
+            pass  # the reader sees the close too and fails what is waiting
+        finally:
+            self._sending = False
+        if timed_out:
             self._shut(QueueClosedError("the queue server does not read our requests"))
             await self._abort()
-        # The reader sees the close too and fails the request we registered.
 
     def _abandon(self, request_id: int, receive: trio.MemoryReceiveChannel[_Reply]) -> None:
         # Runs synchronously when a caller stops waiting (cancelled). The reply
@@ -229,9 +423,9 @@ class RemoteQueue(QueueAPI):
 
     async def _reader(self) -> None:
         session = self._session
-        receive = session.receive
+        receive = session.receive_frame
         get_message = self._ws.get_message
-        Reply, Dequeued = ss.Reply, w.Dequeued  # bound once: per frame
+        Reply, Pushed, Dequeued = ss.Reply, ss.Pushed, w.Dequeued  # bound once: per frame
         error: QueueClosedError | None = None
         try:
             while True:
@@ -244,24 +438,30 @@ class RemoteQueue(QueueAPI):
                     else:
                         error = session.peer_closed(why.code, why.reason or why.name)
                     return
-                event = receive(frame)
-                if type(event) is Reply:
-                    try:
-                        event.waiter.send_nowait(event.message)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-                        reply = event.message
-                        if type(reply) is Dequeued:
-                            self._release_nowait(reply.job.id, reply.job.token)
-                elif type(event) is ss.Send:
-                    self._queue_frame(event.frame)  # a release for a cancelled dequeue
-                elif type(event) is ss.Stray:
-                    stray = event.message
-                    if type(stray) is w.Error:
-                        log.warning("error from server: %s %s", stray.error, stray.message)
-                elif type(event) is ss.Broken:
-                    error = event.error
-                    log.warning("closing: %s", error)
-                    return
+                for event in receive(frame):
+                    if type(event) is Reply:
+                        try:
+                            event.waiter.send_nowait(event.message)
+                        except (
+                            trio.BrokenResourceError,
+                            trio.ClosedResourceError,
+                            trio.WouldBlock,
+                        ):
+                            reply = event.message
+                            if type(reply) is Dequeued:
+                                self._release_nowait(reply.job.id, reply.job.token)
+                    elif type(event) is Pushed:
+                        self._pushed(event.message)
+                    elif type(event) is ss.Send:
+                        self._queue_frame(event.frame)  # releases for a cancelled request
+                    elif type(event) is ss.Stray:
+                        stray = event.message
+                        if type(stray) is w.Error:
+                            log.warning("error from server: %s %s", stray.error, stray.message)
+                    elif type(event) is ss.Broken:
+                        error = event.error
+                        log.warning("closing: %s", error)
+                        return
         except Exception as exc:  # a bug; the connection ends, the program goes on
             log.exception("remote queue reader failed")
             error = QueueClosedError(f"the connection failed: {exc!r}")
@@ -269,14 +469,33 @@ class RemoteQueue(QueueAPI):
             self._shut(error or QueueClosedError("the connection to the queue server was lost"))
 
     async def _writer(self) -> None:
+        # Sends what synchronous paths queue (cancels, releases) when no
+        # request task is sending already.
         try:
-            async for text in self._outbox_receive:
-                await self._send_frame(text)
-                self._queued -= 1
+            while self._closed is None:
+                if self._pending and not self._sending:
+                    await self._drain()
+                else:
+                    await self._wake_writer.park()
         except Exception:  # a bug; the connection ends, the program goes on
             log.exception("remote queue writer failed")
         finally:
             self._shut(QueueClosedError("the connection to the queue server was lost"))
+
+    def _pushed(self, message: w.Message) -> None:
+        stream = self._streams.get(message.id)
+        if stream is None:  # cannot happen: the session knows the stream is open
+            return
+        if type(message) is w.Jobs:
+            held = self._held
+            for job in message.jobs:
+                held[job.id] = job.token
+            stream._pushed(message.jobs)
+        else:
+            assert isinstance(message, w.Revoked)
+            for run in message.runs:
+                self._forget(run.job_id, run.token)
+            stream._revoked(message.runs)
 
     async def _refresher(self, interval: float) -> None:
         # Keep the jobs this client runs alive, however long the work takes.
@@ -381,6 +600,60 @@ class RemoteQueue(QueueAPI):
         if token is not None and self._held.get(job_id) == token:
             del self._held[job_id]
 
+    # ------------------------------------------------------------ streams
+
+    @contextlib.asynccontextmanager
+    async def open_stream(
+        self,
+        job_types: Sequence[str],
+        channels: Sequence[str] = ("",),
+        *,
+        any_channel: bool = False,
+        worker_id: UUID | None = None,
+        credit: int = 1,
+        on_revoked: Callable[[UUID, UUID, bool], None] | None = None,
+        on_refused: Callable[[UUID, JobQueueError], None] | None = None,
+    ) -> AsyncIterator[RemoteJobStream]:
+        """A :class:`~actorq._core._streaming.JobStream` served by the server (protocol 2).
+
+        See :meth:`actorq.StreamingQueue.open_stream` for the contract. The
+        stream holds one of the connection's request slots while it is open.
+        Raises :class:`NotImplementedError` on a server that speaks only
+        protocol 1, and :class:`TypeError`/:class:`ValueError` for bad
+        arguments; an error the server ends the stream with (an unknown
+        ``worker_id``, say) comes out of :meth:`~JobStream.receive`.
+        """
+        types_arg: Any = job_types
+        channels_arg: Any = () if any_channel else channels
+        op = Dequeue(
+            job_types=types_arg, channels=channels_arg, any_channel=any_channel, worker_id=worker_id
+        ).checked()
+        credit = check_credit(credit)
+        if self._closed is not None:
+            raise QueueClosedError(self._closed.message)
+        if self._session.version < w.STREAMS_VERSION:
+            raise NotImplementedError("the server does not offer job streams (protocol 1)")
+        stream = RemoteJobStream(self, credit, on_revoked, on_refused)
+        request_id, text = self._session.prepare(
+            lambda i: w.Subscribe(
+                id=i,
+                job_types=list(op.job_types),
+                channels=list(op.channels),
+                any_channel=op.any_channel,
+                worker_id=op.worker_id,
+                credit=credit,
+            )
+        )
+        await self._slots.acquire()
+        stream.id = request_id
+        self._session.wait(request_id, stream)
+        self._streams[request_id] = stream
+        try:
+            await self._send_frame(text)
+            yield stream
+        finally:
+            stream._stop()
+
     # ------------------------------------------------------------ extras
 
     def release(self, job: DequeuedJob) -> None:
@@ -477,6 +750,7 @@ async def _open_session(
                 send_timeout=send_timeout,
                 abort=partial(trio.aclose_forcefully, stream),
             )
+            queue._nursery = nursery
             nursery.start_soon(queue._reader)
             nursery.start_soon(queue._writer)
             with _handshake_errors(), trio.fail_after(handshake_timeout):

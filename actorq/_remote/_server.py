@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 import ssl
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import attrs
+import outcome
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
+from .._actor._scheduler import Callback, Subscription
 from .._core import _validate as v
-from .._core._errors import JobQueueError
+from .._core._errors import DequeueTimeoutError, JobQueueError
 from .._core._models import DequeuedJob
+from .._core._operation import WaitingOperation, dequeued_for_wire
+from .._core._ops import Dequeue, FinishJob
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
 from . import _wire as w
@@ -37,7 +40,9 @@ from . import _wire as w
 if TYPE_CHECKING:
     from uuid import UUID
 
+    from .._actor._scheduler import Target
     from .._core._ops import Operation, Scope
+    from .._core._records import Assignment
 
 __all__ = ["QueueServer", "ServableQueue", "serve"]
 
@@ -57,13 +62,29 @@ class _Grant:
 
 class ServableQueue(Protocol):
     """What the server needs from a queue: running an operation for a caller
-    limited to some channels (:meth:`LocalQueue.execute`) and giving back a job
-    whose hand-over failed (:meth:`LocalQueue.release`). Every queue made by
-    :func:`actorq.open_queue` qualifies, whatever its store."""
+    limited to some channels, waiting (:meth:`LocalQueue.execute`) or not
+    (:meth:`LocalQueue.submit`); giving back a job whose hand-over failed
+    (:meth:`LocalQueue.release`); and feeding streams
+    (:meth:`LocalQueue.subscribe`, ``settle``, ``unsubscribe``). Every queue
+    made by :func:`actorq.open_queue` qualifies, whatever its store."""
 
     async def execute(self, op: Operation[R, Any], *, scope: Scope = None) -> R: ...
 
+    def submit(self, op: Operation[Any, Any], target: Target, *, scope: Scope = None) -> None: ...
+
     def release(self, job: DequeuedJob, *, scope: Scope = None) -> None: ...
+
+    def subscribe(self, subscription: Subscription, target: Target) -> None: ...
+
+    def settle(
+        self,
+        subscription: Subscription,
+        finishes: Sequence[FinishJob],
+        credit: int,
+        target: Target | None,
+    ) -> None: ...
+
+    def unsubscribe(self, subscription: Subscription) -> None: ...
 
 
 def _handle(job_id: UUID, token: UUID) -> DequeuedJob:
@@ -318,17 +339,95 @@ async def serve(
         await server.run(listeners, task_status=task_status)
 
 
-_Outgoing = tuple[str, DequeuedJob | None]
+_Outgoing = tuple[str, "list[DequeuedJob] | None"]
+
+#: Credit one stream may ask for: each unit is a waiter the scheduler keeps.
+MAX_STREAM_CREDIT = 10_000
+#: Streams a connection remembers after they closed, so that finishes of jobs
+#: they handed out can still be settled through them.
+_CLOSED_STREAMS_KEPT = 64
+
+
+def _no_job() -> NoReturn:
+    raise DequeueTimeoutError()
+
+
+class _NoTask:
+    """The context of a request answered without a task: there is nothing to cancel."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
+_NO_TASK = _NoTask()
+
+
+class _Stream(Subscription):
+    """A job stream a client opened with ``subscribe``, fed by the scheduler."""
+
+    def __init__(
+        self, connection: _Connection, request: ss.Request, op: Dequeue, credit: int
+    ) -> None:
+        super().__init__(op, credit, connection.allowed)
+        self.connection = connection
+        self.request = request
+        self.open = True  # False once cancelled by the client or ended by the queue
+
+    # ------------------------------------------------------------ actor side
+
+    def push(self, jobs: list[Assignment]) -> bool:
+        if not self.open or self.request.cancelled:
+            return False
+        handed = [dequeued_for_wire(got) for got in jobs]
+        return self.connection._post_jobs(self.request.id, handed)
+
+    def revoke(self, runs: list[tuple[UUID, UUID, bool]]) -> None:
+        if self.open:
+            message = w.Revoked(
+                id=self.request.id, runs=[w.RevokedRun(j, t, c) for j, t, c in runs]
+            )
+            self.connection._post(w.encode(message))
+
+    def end(self, error: JobQueueError) -> None:
+        self.open = False
+        self.connection._answer(self.request, w.encode(w.error_reply(self.request.id, error)))
+
+    def opened(self, got: outcome.Outcome[Any]) -> bool:
+        # the reply to Subscribe: None, or the error that refused the stream
+        if isinstance(got, outcome.Error):
+            self.open = False
+            error = got.error
+            if not isinstance(error, JobQueueError | TypeError | ValueError):
+                log.error("subscribe failed: %r", error)
+            self.connection._answer(self.request, w.encode(w.error_reply(self.request.id, error)))
+        return True
+
+    # ------------------------------------------------------------ connection side
+
+    def cancel(self) -> None:
+        """The client cancelled the subscribe: stop feeding (finishes still settle)."""
+        if self.open:
+            self.open = False
+            self.connection.queue.unsubscribe(self)
 
 
 class _Connection:
-    """One client connection: a reader loop, a writer task and a task per request.
+    """One client connection: a reader loop and a writer task.
 
     The reader loop feeds every frame to the connection's
-    :class:`~actorq._remote._session.ServerSession` and acts on its event:
-    a request gets a task (and a cancel scope the session hands back if the
-    client cancels it), a frame to send goes to the writer, a release goes to
-    the queue, a close ends the loop.
+    :class:`~actorq._remote._session.ServerSession` and acts on each event
+    it returns. A request that does not wait (nearly all of them) is posted
+    to the scheduler with a :class:`Callback` that encodes its reply in the
+    actor's task after the commit: no task per request. A waiting dequeue
+    gets a task, whose cancel scope a client ``cancel`` cancels. Streams
+    (``subscribe``) are fed by the scheduler directly.
+
+    Every outgoing message goes through :meth:`_post` to the writer, which
+    sends whatever has piled up since its last send as one batch frame
+    (protocol 2), so replies, pushed jobs and news of ended runs that are
+    ready together travel together. A job that is not sent goes back.
     """
 
     def __init__(
@@ -338,17 +437,21 @@ class _Connection:
         self.queue = server.queue
         self.ws = ws
         self.stream = stream
-        # Frames the reader loop queues (welcome, errors) beyond what a client
-        # that reads its replies can have outstanding: past it, the client is
-        # flooding without reading, and the connection is closed.
-        self.max_backlog = server.max_in_flight + 256
+        # Messages queued for the writer beyond what a client that reads its
+        # replies can have outstanding: past it, the client is flooding
+        # without reading, and the connection is closed.
+        self.max_backlog = 2 * server.max_in_flight + 1024
         self.allowed: frozenset[str] | None = None  # None: every channel
         self.session = ss.ServerSession(
             server._grant,
             max_message_size=server.max_message_size,
             max_in_flight=server.max_in_flight,
         )
-        self.outbox, self._outbox_receive = trio.open_memory_channel[_Outgoing](math.inf)
+        self.batching = False  # protocol 2: several messages per frame
+        self._pending: list[_Outgoing] = []
+        self._accepting = True  # False once the connection is ending: posts fail
+        self._wake = trio.lowlevel.ParkingLot()
+        self._streams: dict[int, _Stream] = {}
 
     # ------------------------------------------------------------ plumbing
 
@@ -365,7 +468,9 @@ class _Connection:
                             # the peer left or broke the protocol: its waits are withdrawn
                             requests.cancel_scope.cancel()
                 finally:
-                    self.outbox.close()  # the writer sends what is queued, then ends
+                    self._stop_streams()
+                    self._accepting = False  # the writer sends what is queued, then ends
+                    self._wake.unpark_all()
                     nursery.cancel_scope.deadline = trio.current_time() + self.server.close_timeout
         except BaseException:
             # Cancelled from outside: the websocket's own reader is cancelled too,
@@ -373,6 +478,8 @@ class _Connection:
             graceful = False
             raise
         finally:
+            self._accepting = False
+            self._release_pending()
             if graceful:
                 with trio.move_on_after(self.server.close_timeout) as scope:
                     scope.shield = True
@@ -385,63 +492,127 @@ class _Connection:
         with trio.move_on_after(self.server.close_timeout):
             await self.ws.aclose(close.code, close.reason)
 
-    async def _send_now(self, text: str, job: DequeuedJob | None) -> None:
-        """Send one reply from a request's task, giving its job back if that fails.
+    def _stop_streams(self) -> None:
+        for stream in self._streams.values():
+            stream.cancel()
+        self._streams.clear()
+
+    # ------------------------------------------------------------ sending
+
+    def _post(self, text: str, jobs: list[DequeuedJob] | None = None) -> bool:
+        """Queue a message for the writer; never blocks. False if it cannot go
+        (the connection is ending): a job it carries is then the caller's to give back."""
+        if not self._accepting:
+            return False
+        pending = self._pending
+        if len(pending) >= self.max_backlog:
+            self.session.close(ss.CLOSE_NOT_READING, "client does not read its replies")
+            self._accepting = False
+            self._wake.unpark_all()
+            return False
+        pending.append((text, jobs))
+        if len(pending) == 1:
+            self._wake.unpark_all()
+        return True
+
+    def _post_jobs(self, stream_id: int, jobs: list[DequeuedJob]) -> bool:
+        # A push that is larger than the client accepts is split; a single job
+        # that is too large cannot go at all, and the stream ends.
+        text = w.encode(w.Jobs(id=stream_id, jobs=jobs))
+        if len(text) <= self.session.peer_max_message_size:
+            return self._post(text, jobs)
+        if len(jobs) == 1:
+            return False
+        half = len(jobs) // 2
+        return self._post_jobs(stream_id, jobs[:half]) and self._post_jobs(stream_id, jobs[half:])
+
+    def _answer(self, request: ss.Request, text: str, job: DequeuedJob | None = None) -> bool:
+        """Send the reply ``text`` to ``request``. False if a job it carries did not go."""
+        frame = self.session.reply(request, text)
+        if frame is None:
+            return job is None  # cancelled by the client: it expects no reply
+        if frame is not text:
+            self._post(frame)  # too large for the client: an oversize error instead
+            return job is None
+        return self._post(frame, None if job is None else [job])
+
+    async def _writer(self) -> None:
+        # The only task that sends: whatever piled up since the last send goes
+        # out together, one frame per batch that fits the client's limit.
+        try:
+            while True:
+                while not self._pending:
+                    if not self._accepting:
+                        return
+                    await self._wake.park()
+                batch, self._pending = self._pending, []
+                for frame, items in self._frames(batch):
+                    if not await self._send(frame):
+                        for _, lost in batch:
+                            self._release(lost)
+                        self._accepting = False
+                        return
+                    for _, sent in items:
+                        if sent is not None:
+                            sent.clear()  # delivered: a later failure must not give these back
+        finally:
+            self._accepting = False
+            self._release_pending()
+
+    def _frames(self, batch: list[_Outgoing]) -> list[tuple[str, list[_Outgoing]]]:
+        if not self.batching or len(batch) == 1:
+            return [(text, [item]) for item in batch for text in (item[0],)]
+        limit = self.session.peer_max_message_size - 2
+        frames: list[tuple[str, list[_Outgoing]]] = []
+        texts: list[str] = []
+        items: list[_Outgoing] = []
+        size = 0
+        for item in batch:
+            length = len(item[0]) + 1
+            if texts and size + length > limit:
+                frames.append((w.encode_batch(texts), items))
+                texts, items, size = [], [], 0
+            texts.append(item[0])
+            items.append(item)
+            size += length
+        frames.append((w.encode_batch(texts), items))
+        return frames
+
+    async def _send(self, frame: str) -> bool:
+        """Send one frame; False if it did not go (the connection is over).
 
         Shielded, because a cancelled send_message would leave half a frame on
         the stream; bounded by the server's send timeout, past which the peer
-        is not reading and the connection is aborted. (Sending here rather than
-        through the writer task saves a scheduler pass per request.)
+        is not reading and the connection is aborted.
         """
-        sent = False
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.server.send_timeout
             try:
-                await self.ws.send_message(text)
-                sent = True
+                await self.ws.send_message(frame)
             except ConnectionClosed:
-                pass
-            except Exception:  # a bug below us: the reply is lost, its job must not be
+                return False
+            except Exception:  # a bug below us: the reply is lost, its jobs must not be
                 log.exception("sending a reply failed")
-        if not sent and job is not None:
-            self.queue.release(job)
-        if scope.cancelled_caught:
-            self.session.close(ss.CLOSE_NOT_READING, "client does not read its replies")
-            await trio.aclose_forcefully(self.stream)
+                return False
+            else:
+                return True
+        # the deadline passed
+        self.session.close(ss.CLOSE_NOT_READING, "client does not read its replies")
+        await trio.aclose_forcefully(self.stream)
+        return False
 
-    async def _writer(self) -> None:
-        # Sends what the reader loop queues, which must never wait on the socket.
-        try:
-            async for text, job in self._outbox_receive:
-                try:
-                    await self.ws.send_message(text)
-                except BaseException:
-                    if job is not None:
-                        self.queue.release(job)
-                    raise
-        except ConnectionClosed:
-            pass
-        finally:
-            # Whatever is still queued was never sent: its jobs go back.
-            while True:
-                try:
-                    _, job = self._outbox_receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                if job is not None:
-                    self.queue.release(job)
-            self._outbox_receive.close()
-
-    def _send(self, text: str, job: DequeuedJob | None = None) -> None:
-        """Queue a frame for the writer; never blocks. A job that cannot be queued goes back."""
-        if self.outbox.statistics().current_buffer_used >= self.max_backlog:
-            self.session.close(ss.CLOSE_NOT_READING, "client does not read its replies")
-            self.outbox.close()  # the reader loop sees it and ends the connection
-        try:
-            self.outbox.send_nowait((text, job))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if job is not None:
+    def _release(self, jobs: list[DequeuedJob] | None) -> None:
+        if jobs:
+            for job in jobs:
                 self.queue.release(job)
+            jobs.clear()
+
+    def _release_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for _, jobs in pending:
+            self._release(jobs)
+
+    # ------------------------------------------------------------ receiving
 
     async def _handshake(self) -> bool:
         frame: str | bytes | None = None
@@ -456,66 +627,168 @@ class _Connection:
         event = self.session.receive(frame)
         if isinstance(event, ss.Greeted):
             self.allowed = event.grant.channels
-            self._send(event.frame)
+            self.batching = event.version >= w.STREAMS_VERSION
+            self._post(event.frame)
             return True
         if isinstance(event, ss.Close) and event.frame is not None:
-            self._send(event.frame)
+            self._post(event.frame)
         return False
 
     async def _read_loop(self, requests: trio.Nursery) -> None:
         session = self.session
-        receive = session.receive
+        receive = session.receive_frame
         get_message = self.ws.get_message
         Request, Cancelled, Send = ss.Request, ss.Cancelled, ss.Send  # bound once: per frame
+        Op, Settle_ = w.Request, w.Settle
         while not session.closed:
             try:
                 frame = await get_message()
             except ConnectionClosed:
                 return
-            event = receive(frame)
-            # most frequent first: a request, then a cancel
-            if type(event) is Request:
-                event.context = trio.CancelScope()
-                requests.start_soon(self._serve_request, event)
-            elif type(event) is Cancelled:
-                event.request.context.cancel()
-            elif type(event) is Send:
-                self._send(event.frame)
-            elif type(event) is ss.JobReleased:
-                self.queue.release(_handle(event.job_id, event.token), scope=self.allowed)
-            elif type(event) is ss.Close:
-                if event.frame is not None:
-                    self._send(event.frame)
-                return
+            for event in receive(frame):
+                # most frequent first: a request, then a cancel
+                if type(event) is Request:
+                    message = event.message
+                    if type(message) is Op:
+                        op = message.op
+                        if isinstance(op, WaitingOperation) and op.timeout != 0:
+                            event.context = trio.CancelScope()
+                            requests.start_soon(self._serve_waiting, event, op)
+                        else:
+                            self._submit(event, op)
+                    elif type(message) is Settle_:
+                        self._settle(event, message)
+                    else:
+                        self._subscribe(event, message)
+                elif type(event) is Cancelled:
+                    event.request.context.cancel()
+                elif type(event) is Send:
+                    self._post(event.frame)
+                elif type(event) is ss.JobReleased:
+                    self.queue.release(_handle(event.job_id, event.token), scope=self.allowed)
+                elif type(event) is ss.Close:
+                    if event.frame is not None:
+                        self._post(event.frame)
+                    return
 
-    async def _serve_request(self, request: ss.Request) -> None:
-        message = request.message
-        assert isinstance(message, w.Request)
+    # ------------------------------------------------------------ requests
+
+    def _submit(self, request: ss.Request, op: Operation[Any, Any]) -> None:
+        request.context = _NO_TASK
+        request_id = request.id
+        waiting = isinstance(op, WaitingOperation)
+
+        def answer(got: outcome.Outcome[Any]) -> bool:
+            # In the actor's task, after the commit. No checkpoint: a job in
+            # hand is either queued for sending or refused back to the actor.
+            job: DequeuedJob | None = None
+            try:
+                raw = got.unwrap()
+                if raw is None and waiting:  # a dequeue with timeout 0 found nothing
+                    _no_job()
+                value = op.to_wire(raw)
+                if isinstance(value, DequeuedJob):
+                    job = value
+                    text = w.encode(w.Dequeued(id=request_id, job=job))
+                else:
+                    text = w.encode(w.Ok(id=request_id, value=w.unstructure_value(value)))
+            except Exception as exc:
+                if not isinstance(exc, JobQueueError | TypeError | ValueError):
+                    log.exception("request %s failed", op.NAME)
+                text = w.encode(w.error_reply(request_id, exc))
+            return self._answer(request, text, job)
+
+        try:
+            self.queue.submit(op, Callback(answer), scope=self.allowed)
+        except Exception as exc:  # bad arguments, or the queue closed
+            if not isinstance(exc, JobQueueError | TypeError | ValueError):
+                log.exception("request %s failed", op.NAME)
+            self._answer(request, w.encode(w.error_reply(request_id, exc)))
+
+    async def _serve_waiting(self, request: ss.Request, op: WaitingOperation) -> None:
+        message_id = request.id
         job: DequeuedJob | None = None
-        text = ""  # stays empty only if the client cancelled the request
-        op = message.op
+        text = ""
         try:
             with request.context:
                 raw = await self.queue.execute(op, scope=self.allowed)
                 # No checkpoint from here on: a job in hand is either queued for
                 # sending or given back, never dropped.
                 value = op.to_wire(raw)
-                if isinstance(value, DequeuedJob):
-                    job = value
-                    text = w.encode(w.Dequeued(id=message.id, job=job))
-                else:
-                    text = w.encode(w.Ok(id=message.id, value=w.unstructure_value(value)))
+                assert isinstance(value, DequeuedJob)
+                job = value
+                text = w.encode(w.Dequeued(id=message_id, job=job))
         except Exception as exc:
             if not isinstance(exc, JobQueueError | TypeError | ValueError):
                 log.exception("request %s failed", op.NAME)
-            text = w.encode(w.error_reply(message.id, exc))
-        frame = self.session.reply(request, text)
-        if frame is not text:
-            # Cancelled by the client (it expects no reply), or too large for it
-            # (it gets an oversize error instead): a job in the reply goes back.
-            if job is not None:
-                self.queue.release(job)
-                job = None
-            if frame is None:
-                return
-        await self._send_now(frame, job)
+            text = w.encode(w.error_reply(message_id, exc))
+        if not text:  # cancelled by the client before a job came
+            self.session.reply(request, w.encode(w.error_reply(message_id, DequeueTimeoutError())))
+            return
+        if not self._answer(request, text, job) and job is not None:
+            self.queue.release(job)
+
+    def _subscribe(self, request: ss.Request, message: w.Message) -> None:
+        assert isinstance(message, w.Subscribe)
+        request.context = _NO_TASK
+        try:
+            op, credit = self._stream_request(message)
+            stream = _Stream(self, request, op, credit)
+            self.queue.subscribe(stream, Callback(stream.opened))
+        except Exception as exc:
+            if not isinstance(exc, JobQueueError | TypeError | ValueError):
+                log.exception("subscribe failed")
+            self._answer(request, w.encode(w.error_reply(request.id, exc)))
+            return
+        request.context = stream
+        self._streams[request.id] = stream
+        closed = [sid for sid, s in self._streams.items() if not s.open]
+        for sid in closed[: max(0, len(closed) - _CLOSED_STREAMS_KEPT)]:
+            del self._streams[sid]
+
+    def _stream_request(self, message: w.Subscribe) -> tuple[Dequeue, int]:
+        if not self.batching:
+            raise w.ProtocolError("subscribe needs protocol version 2", "unexpected_kind")
+        credit = v.check_int(message.credit, "credit", minimum=1)
+        if credit > MAX_STREAM_CREDIT:
+            raise ValueError(f"credit must be at most {MAX_STREAM_CREDIT}, not {credit}")
+        op = Dequeue(
+            job_types=tuple(message.job_types),
+            channels=() if message.any_channel else tuple(message.channels),
+            any_channel=message.any_channel,
+            worker_id=message.worker_id,
+        ).checked()
+        return op, credit
+
+    def _open_stream(self, stream_id: int) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise ValueError(f"no stream {stream_id} on this connection")
+        return stream
+
+    def _settle(self, request: ss.Request, message: w.Settle) -> None:
+        request.context = _NO_TASK
+        request_id = request.id
+        try:
+            stream = self._open_stream(message.stream)
+            credit = v.check_int(message.credit, "credit", minimum=0)
+            finishes = [
+                FinishJob(job_id=f.job_id, token=f.token, result=f.result) for f in message.finishes
+            ]
+        except Exception as exc:
+            self._answer(request, w.encode(w.error_reply(request_id, exc)))
+            return
+
+        def answer(got: outcome.Outcome[Any]) -> bool:
+            try:
+                refused: list[tuple[int, JobQueueError]] = got.unwrap()
+                value = [w.Refusal(i, e.code, e.message) for i, e in refused]
+                text = w.encode(w.Ok(id=request_id, value=w.unstructure_value(value)))
+            except Exception as exc:
+                text = w.encode(w.error_reply(request_id, exc))
+            return self._answer(request, text)
+
+        try:
+            self.queue.settle(stream, finishes, credit, Callback(answer))
+        except JobQueueError as exc:
+            self._answer(request, w.encode(w.error_reply(request_id, exc)))

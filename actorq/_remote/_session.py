@@ -45,10 +45,12 @@ _HELLO, _OPEN, _CLOSED = 0, 1, 2
 
 # Bound once, since the receive paths run for every message.
 _decode = w.decode
+_decode_frame = w.decode_frame
 _CLIENT_KINDS = w.CLIENT_KINDS
 _SERVER_KINDS = w.SERVER_KINDS
 _Cancel, _Release, _Hello = w.Cancel, w.Release, w.Hello
 _Welcome, _Dequeued = w.Welcome, w.Dequeued
+_Jobs, _Revoked = w.Jobs, w.Revoked
 _WAITING, _CANCELLED, _ANSWERED = 0, 1, 2
 
 
@@ -250,6 +252,33 @@ class ServerSession(Generic[G]):
             message = _decode(frame, max_size=self.max_message_size, kinds=_CLIENT_KINDS)
         except w.ProtocolError as exc:
             return self._refuse(exc)
+        return self._event(message)
+
+    def receive_frame(self, frame: str | bytes) -> list[ServerEvent[G]]:
+        """The events for one received frame, which may be a batch frame
+        (protocol 2): one event per message, in order, as :meth:`receive`
+        gives them. A message that breaks the rules spoils only itself,
+        unless its event closes the connection; then the rest is ignored."""
+        if self._state != _OPEN:
+            return [self.receive(frame)]
+        try:
+            items = _decode_frame(frame, max_size=self.max_message_size, kinds=_CLIENT_KINDS)
+        except w.ProtocolError as exc:
+            return [self._refuse(exc)]
+        if len(items) == 1:
+            item = items[0]
+            return [self._refuse(item) if isinstance(item, w.ProtocolError) else self._event(item)]
+        events: list[ServerEvent[G]] = []
+        for item in items:
+            if self._state != _OPEN:
+                break
+            if isinstance(item, w.ProtocolError):
+                events.append(self._refuse(item))
+            else:
+                events.append(self._event(item))
+        return events
+
+    def _event(self, message: w.Message) -> ServerEvent[G]:
         cls = type(message)
         request_id = message.id
         if cls is _Cancel:
@@ -380,6 +409,16 @@ class Stray:
         self.message = message
 
 
+class Pushed:
+    """``message`` (``jobs`` or ``revoked``) was pushed to the stream that the open
+    request ``message.id`` (a ``subscribe``) opened."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: w.Message) -> None:
+        self.message = message
+
+
 class Broken:
     """The server broke the protocol: the connection is over, and ``error`` is
     what every request still waiting on it fails with."""
@@ -390,7 +429,7 @@ class Broken:
         self.error = error
 
 
-ClientEvent = Reply[W] | Send | Stray | Broken | None
+ClientEvent = Reply[W] | Pushed | Send | Stray | Broken | None
 
 
 class ClientSession(Generic[W]):
@@ -540,7 +579,41 @@ class ClientSession(Generic[W]):
             reply = _decode(frame, max_size=self.max_message_size, kinds=_SERVER_KINDS)
         except w.ProtocolError as exc:
             return self._break(f"the server broke the protocol: {exc}")
+        return self._event(reply)
+
+    def receive_frame(self, frame: str | bytes) -> list[ClientEvent[W]]:
+        """The events for one received frame, which may be a batch frame
+        (protocol 2): one per message, in order, as :meth:`receive` gives them.
+        Anything in it that breaks the protocol breaks the connection."""
+        if self._state == _CLOSED:
+            return []
+        try:
+            items = _decode_frame(frame, max_size=self.max_message_size, kinds=_SERVER_KINDS)
+        except w.ProtocolError as exc:
+            return [self._break(f"the server broke the protocol: {exc}")]
+        events: list[ClientEvent[W]] = []
+        for item in items:
+            if self._state == _CLOSED:
+                break
+            if isinstance(item, w.ProtocolError):
+                events.append(self._break(f"the server broke the protocol: {item}"))
+            else:
+                events.append(self._event(item))
+        return events
+
+    def _event(self, reply: w.Message) -> ClientEvent[W]:
         request_id = reply.id
+        cls = type(reply)
+        if cls is _Jobs or cls is _Revoked:
+            if request_id in self._pending and self._state == _OPEN:
+                return Pushed(reply)
+            if request_id is None or request_id >= self._next_id or self._state != _OPEN:
+                return self._break(f"the server broke the protocol: a push to {request_id}")
+            if cls is _Jobs:  # to a stream we closed: its jobs go back
+                assert isinstance(reply, w.Jobs)
+                frames = [self.release(job.id, job.token) for job in reply.jobs]
+                return Send(w.encode_batch(frames)) if frames else None
+            return None
         waiter = self._pending.pop(request_id, None)
         if waiter is not None:
             if self._state == _OPEN:

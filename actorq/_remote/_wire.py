@@ -33,6 +33,7 @@ from cattrs.strategies import configure_tagged_union, include_subclasses
 from .._core._errors import ERRORS_BY_CODE, JobQueueError, ProtocolError
 from .._core._json import converter as app_converter
 from .._core._models import DequeuedJob
+from .._core._operation import NULL
 from .._core._ops import OPERATIONS, JsonText, Operation
 
 if typing.TYPE_CHECKING:
@@ -54,10 +55,17 @@ __all__ = [
 
 T = TypeVar("T")
 
-PROTOCOL_VERSION: Final = 1
-"""The newest protocol version this actorq speaks."""
+PROTOCOL_VERSION: Final = 2
+"""The newest protocol version this actorq speaks.
 
-SUPPORTED_VERSIONS: Final = (1,)
+Version 2 adds job streams (``subscribe``, ``settle``, and the server's
+``jobs`` and ``revoked`` pushes) and batch frames (a JSON array of messages
+in one frame, both ways)."""
+
+STREAMS_VERSION: Final = 2
+"""The first version with job streams and batch frames."""
+
+SUPPORTED_VERSIONS: Final = (1, 2)
 """Every protocol version this actorq speaks, oldest first."""
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
@@ -104,6 +112,54 @@ class Request(Message):
 
     KIND = "request"  # never on the wire: each operation has its own kind
     op: Operation[Any, Any]
+
+
+@attrs.frozen(kw_only=True)
+class Subscribe(Message):
+    """Open a job stream (version 2): the server pushes matching jobs as ``jobs``
+    messages carrying this request's ``id``, never more than ``credit`` of them
+    unsettled. The request stays open: the client ends it with ``cancel`` (no
+    reply), the server with an ``error`` reply (the worker was deleted, the
+    queue closed)."""
+
+    KIND = "subscribe"
+    job_types: list[str]
+    channels: list[str] = attrs.field(factory=lambda: [""])
+    any_channel: bool = False
+    worker_id: UUID | None = None
+    credit: int = 1
+
+
+@attrs.frozen
+class Finish:
+    """One finish in a ``settle``: job ``job_id``'s run under ``token`` ends with ``result``."""
+
+    job_id: UUID
+    token: UUID
+    result: JsonText = NULL
+
+
+@attrs.frozen(kw_only=True)
+class Settle(Message):
+    """Finish runs of jobs that stream ``stream`` pushed and add ``credit`` to it.
+
+    Answered, once the finishes are committed, by ``ok`` whose value lists the
+    refused ones (``[{"index", "error", "message"}]``, empty when all took
+    effect)."""
+
+    KIND = "settle"
+    stream: int
+    finishes: list[Finish] = attrs.field(factory=list)
+    credit: int = 0
+
+
+@attrs.frozen
+class Refusal:
+    """A finish of a ``settle`` the queue refused: its index, error code and message."""
+
+    index: int
+    error: str
+    message: str = ""
 
 
 # Control messages: client to server, never answered.
@@ -156,6 +212,32 @@ class Dequeued(Message):
 
 
 @attrs.frozen(kw_only=True)
+class Jobs(Message):
+    """Jobs pushed to the open stream ``id`` (version 2), oldest first."""
+
+    KIND = "jobs"
+    jobs: list[DequeuedJob]
+
+
+@attrs.frozen
+class RevokedRun:
+    """A streamed run that ended other than by its stream's finish."""
+
+    job_id: UUID
+    token: UUID
+    canceled: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Revoked(Message):
+    """Runs of jobs that stream ``id`` was pushed which are over (version 2):
+    canceled, or requeued, reaped or released. Their tokens are void."""
+
+    KIND = "revoked"
+    runs: list[RevokedRun]
+
+
+@attrs.frozen(kw_only=True)
 class Error(Message):
     """Failure. ``error`` is a code; ``id`` is ``null`` when the request could not be read."""
 
@@ -166,20 +248,28 @@ class Error(Message):
     reason: str | None = None
 
 
-REQUEST_TYPES: Final[tuple[type[Message], ...]] = (Hello, Request)
+REQUEST_TYPES: Final[tuple[type[Message], ...]] = (Hello, Request, Subscribe, Settle)
 CONTROL_TYPES: Final[tuple[type[Message], ...]] = (Cancel, Release)
 REPLY_TYPES: Final[tuple[type[Message], ...]] = (Welcome, Ok, Dequeued, Error)
+PUSH_TYPES: Final[tuple[type[Message], ...]] = (Jobs, Revoked)
 
-_MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (Hello, *CONTROL_TYPES, *REPLY_TYPES)
+_MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
+    Hello,
+    Subscribe,
+    Settle,
+    *CONTROL_TYPES,
+    *REPLY_TYPES,
+    *PUSH_TYPES,
+)
 KINDS: Final[dict[str, type[Message] | type[Operation[Any, Any]]]] = {
     **{cls.KIND: cls for cls in _MESSAGE_TYPES},
     **OPERATIONS,
 }
 """Every kind on the wire: the messages' own, and one per operation."""
 
-REQUEST_KINDS: Final = frozenset(("hello", *OPERATIONS))
+REQUEST_KINDS: Final = frozenset(("hello", "subscribe", "settle", *OPERATIONS))
 CLIENT_KINDS: Final = REQUEST_KINDS | frozenset(cls.KIND for cls in CONTROL_TYPES)
-SERVER_KINDS: Final = frozenset(cls.KIND for cls in REPLY_TYPES)
+SERVER_KINDS: Final = frozenset(cls.KIND for cls in (*REPLY_TYPES, *PUSH_TYPES))
 
 
 # --------------------------------------------------------------- converter
@@ -379,7 +469,49 @@ def decode(
     every failure (bad JSON, a non-object, an unknown kind, missing, extra or
     wrongly typed fields, a bad UUID, more than ``max_size`` characters, a
     binary frame) raises :class:`ProtocolError`, and nothing else escapes.
+    A batch frame (a JSON array) is refused here: see :func:`decode_frame`.
     """
+    obj = _load(text, max_size)
+    return _message(obj, kinds)
+
+
+def decode_frame(
+    text: str | bytes | bytearray | memoryview,
+    *,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    kinds: Iterable[str] | None = None,
+) -> list[Message | ProtocolError]:
+    """Parse a frame that holds one message or, from version 2, a batch of them.
+
+    A batch frame is a JSON array of message objects, in the order they were
+    written. Returns one entry per message: the message, or the
+    :class:`ProtocolError` that message alone earned (a bad message in a
+    batch does not spoil the others). Raises :class:`ProtocolError` for a
+    frame that is not JSON at all, too large or binary.
+    """
+    obj = _load(text, max_size)
+    if type(obj) is not list:
+        try:
+            return [_message(obj, kinds)]
+        except ProtocolError as exc:
+            return [exc]
+    out: list[Message | ProtocolError] = []
+    for item in obj:
+        try:
+            out.append(_message(item, kinds))
+        except ProtocolError as exc:
+            out.append(exc)
+    return out
+
+
+def encode_batch(texts: list[str]) -> str:
+    """One batch frame holding the encoded messages ``texts`` (version 2)."""
+    if len(texts) == 1:
+        return texts[0]
+    return "[" + ",".join(texts) + "]"
+
+
+def _load(text: str | bytes | bytearray | memoryview, max_size: int) -> Any:
     if not isinstance(text, str):
         raise ProtocolError("binary frames are not part of the protocol", "binary")
     if len(text) > max_size:
@@ -392,6 +524,10 @@ def decode(
         raise ProtocolError("JSON nested too deeply", "bad_json") from None
     if _LONG_DIGITS.search(text) is not None:
         _check_integers(text)
+    return obj
+
+
+def _message(obj: Any, kinds: Iterable[str] | None) -> Message:
     if type(obj) is not dict:
         raise ProtocolError(f"a message is a JSON object, not {_json_type(obj)}", "not_object")
     raw_id = obj.get("id")

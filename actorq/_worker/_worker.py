@@ -1,11 +1,17 @@
 """The worker runtime: run your handlers for the jobs of any :class:`actorq.JobQueue`.
 
-A :class:`Worker` registers itself with the queue, dequeues up to
+A :class:`Worker` registers itself with the queue, takes up to
 ``concurrency`` jobs at once, runs each through the handler registered for its
-type, keeps the job's heartbeat fresh while the handler runs, and finishes the
-job with the handler's return value, or with a structured error result when the
-handler raises. It uses the :class:`~actorq.JobQueue` protocol only, so the
-same worker runs against an in-process queue and a remote one.
+type, keeps the heartbeats of its running jobs fresh (one batched refresh per
+interval for all of them), and finishes each job with the handler's return
+value, or with a structured error result when the handler raises.
+
+Where the queue offers streams (:class:`~actorq._core._streaming.StreamingQueue`:
+the in-process queue and the remote client do), the worker opens one with
+its concurrency as the credit: jobs arrive as they become ready, finishes
+travel batched and return the credit, and a cancel reaches a running handler
+as soon as the queue knows. Any other :class:`~actorq.JobQueue` is served
+with dequeues, one per free slot.
 """
 
 from __future__ import annotations
@@ -32,15 +38,15 @@ from .._core._errors import (
     QueueClosedError,
     WorkerNotExistError,
 )
+from .._core._models import DequeuedJob
 from .._core._protocol import JobQueue
+from .._core._streaming import JobStream, StreamingQueue
 from .._core._unwrap import ErrorPolicy
 from ._handlers import Handler, make_handler
 from ._job import Job, error_result, message_of, shutdown_result, type_name
 
 if TYPE_CHECKING:
     from uuid import UUID
-
-    from .._core._models import DequeuedJob
 
 __all__ = ["Job", "Worker", "error_result"]
 
@@ -54,6 +60,8 @@ class _Run:
     """One running job: its handler's cancel scope and how it ended."""
 
     job: Job
+    got: DequeuedJob
+    stream: JobStream | None  # the stream it came from; None: dequeued
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     result: Any = None
     has_result: bool = False
@@ -61,6 +69,7 @@ class _Run:
     # void), "shutdown" (grace period over); None while it runs on
     reason: str | None = None
     settled: bool = False
+    credited: bool = False  # its slot went back to the stream (with its finish)
 
 
 def _check_queue(queue: object) -> JobQueue:
@@ -145,6 +154,9 @@ class Worker:
         self._grace_scope: trio.CancelScope | None = None
         self._idle: trio.Event | None = None
         self._slots = trio.Semaphore(concurrency)
+        self._stream: JobStream | None = None
+        self._streams: list[JobStream] = []  # every stream opened, to settle before leaving
+        self._by_token: dict[UUID, _Run] = {}
         self._threads = trio.CapacityLimiter(concurrency)
         self._crashed = False
         self._registering = trio.Lock()
@@ -275,18 +287,26 @@ class Worker:
                 if handle_signals:
                     await services.start(self._watch_signals)
                 services.start_soon(self._report_status)
+                services.start_soon(self._refresh_heartbeats)
                 task_status.started()
                 await self._run_jobs()
                 services.cancel_scope.cancel()
         finally:
             if not self._crashed:
                 with trio.move_on_after(self.cleanup_timeout, shield=True):
+                    for stream in self._streams:
+                        # finishes still on their way must land before the worker
+                        # leaves, or it would still hold their jobs
+                        await stream.wait_settled()
                     await self._deregister()
 
     async def _run_jobs(self) -> None:
         async with trio.open_nursery() as jobs:
-            await self._dequeue_loop(jobs)
-            # shutdown: no more dequeues; give running handlers their grace period
+            if isinstance(self.queue, StreamingQueue):
+                await self._stream_loop(jobs, self.queue)
+            else:
+                await self._dequeue_loop(jobs)
+            # shutdown: no more jobs taken; give running handlers their grace period
             jobs.start_soon(self._enforce_grace)
 
     async def _enforce_grace(self) -> None:
@@ -387,6 +407,66 @@ class Worker:
 
     # ------------------------------------------------------------ dequeuing
 
+    async def _stream_loop(self, jobs: trio.Nursery, queue: StreamingQueue) -> None:
+        types = list(self._handlers)
+        start = jobs.start_soon
+        run_job = self._run_job
+        while not self._stopping:
+            worker_id = self._id
+            with trio.CancelScope() as self._dequeue_scope:
+                if self._stopping:
+                    break
+                try:
+                    async with queue.open_stream(
+                        types,
+                        () if self.channels is None else self.channels,
+                        any_channel=self.channels is None,
+                        worker_id=worker_id,
+                        # slots still held by runs of an earlier stream are not free
+                        credit=max(1, self.concurrency - len(self._active)),
+                        on_revoked=self._revoked,
+                        on_refused=self._refused,
+                    ) as stream:
+                        self._stream = stream
+                        self._streams.append(stream)
+                        receive, receive_nowait = stream.receive, stream.receive_nowait
+                        while True:
+                            start(run_job, await receive(), stream)
+                            while True:  # whatever else arrived in the same push
+                                try:
+                                    got = receive_nowait()
+                                except trio.WouldBlock:
+                                    break
+                                start(run_job, got, stream)
+                except WorkerNotExistError:
+                    await self._reregister(worker_id)
+                except QueueClosedError:
+                    raise
+                except JobQueueError as exc:
+                    log.warning("worker %s: job stream failed: %s", self.name, exc)
+                    await trio.sleep(1)
+                finally:
+                    self._stream = None
+        self._dequeue_scope = None
+
+    def _revoked(self, job_id: UUID, token: UUID, canceled: bool) -> None:
+        # The queue says a run of ours ended: its handler's work is wasted.
+        run = self._by_token.get(token)
+        if run is None or run.reason is not None or run.has_result:
+            return
+        run.reason = "canceled" if canceled else "lost"
+        run.job._cancel_requested = True
+        run.scope.cancel()
+
+    def _refused(self, job_id: UUID, error: JobQueueError) -> None:
+        log.warning(
+            "job %s: the queue refused its finish (%s): it was requeued, reaped or "
+            "canceled meanwhile, and the result is dropped",
+            job_id,
+            error,
+            extra=self._extra(event="job_finish_refused", job_id=str(job_id)),
+        )
+
     async def _dequeue_loop(self, jobs: trio.Nursery) -> None:
         types = list(self._handlers)
         while not self._stopping:
@@ -402,7 +482,7 @@ class Worker:
                 if got is None:
                     self._slots.release()
                     continue
-                jobs.start_soon(self._run_job, got, name=f"actorq job {got.id}")
+                jobs.start_soon(self._run_job, got, None)
         self._dequeue_scope = None
 
     async def _dequeue(self, types: list[str]) -> DequeuedJob | None:
@@ -429,7 +509,7 @@ class Worker:
 
     # ------------------------------------------------------------ running a job
 
-    async def _run_job(self, got: DequeuedJob) -> None:
+    async def _run_job(self, got: DequeuedJob, stream: JobStream | None) -> None:
         job = Job(
             id=got.id,
             token=got.token,
@@ -440,9 +520,13 @@ class Worker:
             worker_id=self._id,
             queue=self.queue,
         )
-        run = _Run(job)
+        run = _Run(job, got, stream)
         self._active[job.id] = run
-        log.debug("job %s (%s) started", job.id, job.type, extra=self._job_extra(job, "started"))
+        self._by_token[job.token] = run
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "job %s (%s) started", job.id, job.type, extra=self._job_extra(job, "started")
+            )
         try:
             await self._execute(run)
             if not self._crashed:
@@ -456,59 +540,78 @@ class Worker:
                         await self._settle(run)
             finally:
                 del self._active[job.id]
-                self._slots.release()
+                del self._by_token[job.token]
+                if stream is None:
+                    self._slots.release()
+                elif not run.credited:
+                    self._give_credit(run)
                 if not self._active and self._idle is not None:
                     self._idle.set()
 
     async def _execute(self, run: _Run) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._heartbeat, run)
-            with run.scope:
-                try:
-                    run.result = await self._handlers[run.job.type](run.job, self._threads)
-                except Exception as exc:
-                    run.result = error_result(exc)
-                    log.warning(
-                        "job %s (%s) failed: %s: %s",
-                        run.job.id,
-                        run.job.type,
-                        type_name(exc),
-                        message_of(exc),
-                        extra=self._job_extra(run.job, "handler_failed"),
-                    )
-                except BaseException as exc:
-                    if not isinstance(exc, trio.Cancelled):
-                        # this stops the worker: take no more jobs, not even
-                        # the one being requeued now
-                        self._errors.record_user(exc)
-                        self._stopping = True
-                        if self._dequeue_scope is not None:
-                            self._dequeue_scope.cancel()
-                    raise
-                run.has_result = True
-            nursery.cancel_scope.cancel()
+        with run.scope:
+            try:
+                run.result = await self._handlers[run.job.type](run.job, self._threads)
+            except Exception as exc:
+                run.result = error_result(exc)
+                log.warning(
+                    "job %s (%s) failed: %s: %s",
+                    run.job.id,
+                    run.job.type,
+                    type_name(exc),
+                    message_of(exc),
+                    extra=self._job_extra(run.job, "handler_failed"),
+                )
+            except BaseException as exc:
+                if not isinstance(exc, trio.Cancelled):
+                    # this stops the worker: take no more jobs, not even
+                    # the one being requeued now
+                    self._errors.record_user(exc)
+                    self._stopping = True
+                    if self._dequeue_scope is not None:
+                        self._dequeue_scope.cancel()
+                raise
+            run.has_result = True
 
-    async def _heartbeat(self, run: _Run) -> None:
-        # The refresh is also how the worker learns that its job was canceled
-        # (or its token voided): then the handler's work is wasted, so stop it.
-        job = run.job
+    async def _refresh_heartbeats(self) -> None:
+        # One refresh for every running job per interval. It is also how the
+        # worker learns, on a queue that does not push it, that a job was
+        # canceled or its token voided: then the handler's work is wasted.
+        many = getattr(self.queue, "refresh_heartbeats", None)
         while True:
             await trio.sleep(self.heartbeat_interval)
+            runs = [run for run in self._by_token.values() if run.reason is None]
+            if not runs:
+                continue
             try:
-                await self.queue.refresh_heartbeat(job.token)
-            except CanceledError:
-                reason = "canceled"
-                break
-            except NotExistError:
-                reason = "lost"
-                break
+                if many is not None:
+                    gone = set(await many([run.job.token for run in runs]))
+                else:
+                    gone = set()
+                    for run in runs:
+                        try:
+                            await self.queue.refresh_heartbeat(run.job.token)
+                        except (CanceledError, NotExistError):
+                            gone.add(run.job.token)
             except QueueClosedError:
                 return
             except JobQueueError as exc:
-                log.warning("job %s: heartbeat failed: %s", job.id, exc)
-        run.reason = reason
-        job._cancel_requested = True
-        run.scope.cancel()
+                log.warning("worker %s: heartbeat refresh failed: %s", self.name, exc)
+                continue
+            for run in runs:
+                if run.job.token in gone and run.reason is None and not run.has_result:
+                    run.reason = await self._why_gone(run)
+                    run.job._cancel_requested = True
+                    run.scope.cancel()
+
+    async def _why_gone(self, run: _Run) -> str:
+        try:
+            await self.queue.refresh_heartbeat(run.job.token)
+        except CanceledError:
+            return "canceled"
+        except JobQueueError:
+            return "lost"
+        return "lost"  # running again under the same token cannot happen; be safe
 
     async def _settle(self, run: _Run) -> None:
         """Tell the queue how the run ended: finished, requeued, or nothing to say."""
@@ -528,12 +631,38 @@ class Worker:
                 extra=self._job_extra(job, "lost"),
             )
         elif run.has_result:
-            await self._finish(job, run.result)
+            await self._finish(job, run.result, run)
         else:
             await self._requeue(job)
         run.settled = True
 
-    async def _finish(self, job: Job, result: Any) -> None:
+    def _give_credit(self, run: _Run) -> None:
+        run.credited = True
+        current = self._stream
+        if current is not None:
+            # the slot is free again, for whichever stream is open now
+            current.give_credit()
+
+    async def _finish(self, job: Job, result: Any, run: _Run | None = None) -> None:
+        stream = None if run is None else run.stream
+        if stream is not None:
+            assert run is not None
+            try:
+                # a finish returns the slot to its own stream; one from an
+                # earlier stream leaves run.credited False, for the open one
+                try:
+                    stream.finish(run.got, result)
+                except TypeError as exc:  # the result is not JSON
+                    stream.finish(run.got, error_result(exc))
+                run.credited = stream is self._stream
+            except JobQueueError as exc:
+                log.warning("job %s (%s): could not finish: %s", job.id, job.type, exc)
+                return
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "job %s (%s) finished", job.id, job.type, extra=self._job_extra(job, "finished")
+                )
+            return
         try:
             # a token voided since (job reaped, requeued, handed to another
             # worker) means the job is no longer ours to finish
