@@ -56,6 +56,7 @@ import importlib.util
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -287,14 +288,23 @@ class Process:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
-        return self.read_reply()
+        return self.read_reply(timeout)
 
-    def read_reply(self) -> dict[str, Any]:
+    def read_reply(self, timeout: float = 60.0) -> dict[str, Any]:
+        """The producer's next reply line; RuntimeError if it exits or takes too long."""
         assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        # A producer writes exactly one line per command, so nothing waits in
+        # the file object's buffer and select() on its descriptor tells the truth.
+        while not select.select([self.proc.stdout], [], [], 0.5)[0]:
+            self.alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not answer within {timeout} s")
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait(timeout=10)
             self.alive()
+            raise RuntimeError(f"{self.name} closed its output")
         reply: dict[str, Any] = json.loads(line)
         return reply
 
@@ -584,8 +594,13 @@ def _get(run: dict[str, Any], figure: str) -> float | None:
     return None if value is None else float(value)
 
 
-def summarize(runs: list[dict[str, Any]], baseline: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """Medians over rounds, every round's figures, and median per-round ratios to Redis."""
+def summarize(
+    runs: list[dict[str, Any]], baseline: list[dict[str, Any]] | None, *, is_baseline: bool
+) -> dict[str, Any]:
+    """Medians over rounds, every round's figures, and median per-round ratios to Redis.
+
+    Without a baseline (Redis skipped or failed), ``vs_redis`` is ``None``.
+    """
     out: dict[str, Any] = {}
     for figure in FIGURES:
         values = [v for r in runs if (v := _get(r, figure)) is not None]
@@ -616,6 +631,8 @@ def summarize(runs: list[dict[str, Any]], baseline: list[dict[str, Any]] | None)
             if per_round:
                 ratios[name] = statistics.median(per_round)
         out["vs_redis"] = ratios
+    elif not is_baseline:
+        out["vs_redis"] = None
     return out
 
 
@@ -735,7 +752,10 @@ def run(quick: bool) -> dict[str, Any]:
         if name in errors:
             results[name] = {"error": errors[name]}
         elif name in runs:
-            results[name] = summarize(runs[name], None if name == "redis" else baseline)
+            is_baseline = name == "redis"
+            results[name] = summarize(
+                runs[name], None if is_baseline else baseline, is_baseline=is_baseline
+            )
             results[name]["sizes"] = sizes[name]
         elif name in skipped:
             results[name] = {"skipped": skipped[name]}
