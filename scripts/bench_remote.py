@@ -39,8 +39,9 @@ each ratio to Redis is the median of the per-round ratios. A round:
 3. ``end_to_end_jobs_per_s``: with the worker running, the producer enqueues
    more jobs; from the first enqueue to the last handler start
    (``enqueue_with_worker_jobs_per_s``: the producer's own rate meanwhile);
-4. ``idle_latency_ms``: one job at a time, each after the previous one's
-   handler started; enqueue call to handler start, median and p90;
+4. ``idle_latency_ms``: one job at a time, each 20 ms after the previous
+   one's handler started; from the enqueue call to the handler's start,
+   median and p90;
 5. ``chain_jobs_per_s`` (actorq only): a chain of jobs, each depending on the
    previous, enqueued behind a gate job no worker takes; the producer then
    takes and finishes the gate, and the figure runs from the first to the
@@ -82,6 +83,7 @@ CALIBRATE_TYPE = "bench.calibrate"
 REDIS_KEY = "bench"
 CALIBRATE_KEY = "bench.calibrate"
 CALIBRATE_JOBS = 100
+IDLE_PAUSE = 0.02  # seconds before each idle-latency job
 CONCURRENCY = int(os.environ.get("ACTORQ_BENCH_CONCURRENCY", "100"))
 
 
@@ -521,6 +523,8 @@ def measure_round(system: System, tag: str, sizes: dict[str, int]) -> dict[str, 
 
         latency_sent = []
         for i in range(sizes["latency"]):
+            # idle means idle: the previous job's finish has landed by now
+            time.sleep(IDLE_PAUSE)
             latency_sent.append(producer.call({"op": "one", "phase": f"{tag}-lat{i}"}))
             notify.wait(f"{tag}-lat{i}", 1, watched)
 
@@ -540,10 +544,11 @@ def measure_round(system: System, tag: str, sizes: dict[str, int]) -> dict[str, 
         raise RuntimeError(f"{system.name}: {len(drained)} of {n} drain jobs ran")
     span = max(drained) - min(drained)
     out["drain_jobs_per_s"] = (n - 1) / span
-    out["server_cpu_ms_per_job"] = 1000 * (cpu1[0] - cpu0[0]) / n
-    out["worker_cpu_ms_per_job"] = 1000 * (cpu1[1] - cpu0[1]) / n
+    # the CPU window, like the rate, runs from the first start to the last
+    out["server_cpu_ms_per_job"] = 1000 * (cpu1[0] - cpu0[0]) / (n - 1)
+    out["worker_cpu_ms_per_job"] = 1000 * (cpu1[1] - cpu0[1]) / (n - 1)
     for key, before in cpu0[2].items():
-        out[f"{key}_cpu_ms_per_job"] = 1000 * (cpu1[2][key] - before) / n
+        out[f"{key}_cpu_ms_per_job"] = 1000 * (cpu1[2][key] - before) / (n - 1)
 
     out["end_to_end_jobs_per_s"] = m / (max(starts[e2e]) - sent_e2e["t0"])
     out["enqueue_with_worker_jobs_per_s"] = m / (sent_e2e["t1"] - sent_e2e["t0"])
