@@ -87,8 +87,11 @@ IDLE_PAUSE = 0.02  # seconds before each idle-latency job
 CONCURRENCY = int(os.environ.get("ACTORQ_BENCH_CONCURRENCY", "100"))
 
 
+_STARTED = time.monotonic()
+
+
 def progress(message: str) -> None:
-    print(f"[remote] {message}", file=sys.stderr, flush=True)
+    print(f"[remote {time.monotonic() - _STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------- producers
