@@ -646,9 +646,12 @@ def summarize(
 
 @contextlib.contextmanager
 def _systems(
-    workdir: Path, notify: Notifications, skipped: dict[str, str]
+    workdir: Path, notify: Notifications, skipped: dict[str, str], errors: dict[str, str]
 ) -> Iterator[list[System]]:
-    """Start every system that can run here; record why the others cannot."""
+    """Start every system that can run here; record why the others cannot.
+
+    ``skipped``: what is not installed here; ``errors``: what failed to start.
+    """
     systems: list[System] = []
     cluster: Any = None
 
@@ -656,8 +659,8 @@ def _systems(
         progress(f"starting {name}")
         try:
             systems.append(start())
-        except (RuntimeError, OSError) as exc:
-            skipped[name] = f"did not start: {exc}"
+        except Exception as exc:  # one broken system must not hide the others' figures
+            errors[name] = f"did not start: {exc!r}"
 
     try:
         attempt("actorq_memory", lambda: ActorqSystem(workdir, notify, "memory", "memory://"))
@@ -679,7 +682,7 @@ def _systems(
             try:
                 cluster.start()
             except (RuntimeError, OSError) as exc:
-                skipped["actorq_postgres"] = f"did not start: {exc}"
+                errors["actorq_postgres"] = f"did not start: {exc}"
                 cluster = None
             else:
                 attempt("actorq_postgres", lambda: PostgresSystem(workdir, notify, cluster))
@@ -729,7 +732,7 @@ def run(quick: bool) -> dict[str, Any]:
     notify = Notifications()
     with (
         tempfile.TemporaryDirectory(prefix="actorq-bench-") as tmp,
-        _systems(Path(tmp), notify, skipped) as systems,
+        _systems(Path(tmp), notify, skipped, errors) as systems,
     ):
         for r in range(rounds):
             for system in systems:
@@ -740,7 +743,7 @@ def run(quick: bool) -> dict[str, Any]:
                     runs.setdefault(system.name, []).append(
                         measure_round(system, f"{system.name}-r{r}", system.size(plan))
                     )
-                except (RuntimeError, OSError, KeyError, ValueError) as exc:
+                except Exception as exc:  # as above: report it, measure the rest
                     errors[system.name] = repr(exc)
         sizes = {system.name: system.sizes for system in systems}
     notify.close()
