@@ -47,7 +47,14 @@ each ratio to Redis is the median of the per-round ratios. A round:
    takes and finishes the gate, and the figure runs from the first to the
    last handler start of the chain.
 
-Only stdout carries the JSON; progress goes to stderr.
+Each round starts a fresh worker (or Redis consumer) process after step 1 and
+stops it with SIGTERM at the end, when it writes its handler starts to a file
+the figures come from. Phase sizes are set by time, not count, so that a run
+takes minutes however fast a system is and no phase is too short to time: a
+system's sequential enqueue rate is measured once (100 jobs of a type no
+worker takes, then taken away), and its drain and end-to-end phases hold that
+many seconds of enqueueing (``setup.plan``; each system's ``sizes``), the same
+in every round. Only stdout carries the JSON; progress goes to stderr.
 """
 
 from __future__ import annotations
