@@ -5,6 +5,7 @@
     python scripts/bench.py --suite core         # one suite
     python scripts/bench.py --suite core --quick # smaller, for a smoke run
     python scripts/bench.py --suite import       # start-up: import actorq beside import trio
+    python scripts/bench.py --suite remote       # deployed in processes, beside Redis ([bench])
 
 Each suite measures its own baseline in the same run, because these machines
 are noisy: compare ratios and medians, never single times. Suites live in

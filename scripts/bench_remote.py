@@ -1,307 +1,791 @@
 #!/usr/bin/env python3
-"""Remote benchmark: job cycles over websockets on loopback, server in its own process.
+"""Remote benchmark: actorq deployed as users deploy it, beside a hand-written Redis queue.
 
     python scripts/bench.py --suite remote [--quick]
     python scripts/bench_remote.py [--quick]        # this suite alone
 
-The server process serves a memory queue with :func:`actorq.serve` and, on a
-second port, a bare trio-websocket echo server; this process is the client.
-Measured in the same run:
+Every part runs in its own process, as in production:
 
-* ``echo``: the round trip of one small text frame (the baseline);
-* ``sequential``: one connection doing enqueue, dequeue, finish one after
-  the other, in microseconds and in echo round trips (3 is the floor);
-* ``sequential_combined``: the same cycle as a worker runs it with the
-  combined request: enqueue, then ``finish_and_dequeue`` (2 round trips);
-* ``workers_N``: N worker connections, each looping ``finish_and_dequeue``,
-  while a producer connection enqueues the jobs in batches (``enqueue_many``);
-  jobs/s end to end (enqueue, dequeue, finish of every job), beside N echo
-  connections' round trips per second measured just before (the ceiling this
-  machine puts on any protocol that needs one round trip per job);
-* ``workers_N_unbatched``: the same, but every worker enqueues its own jobs
-  one request each (no batching anywhere).
+* the server: ``actorq --store STORE serve --port 0``, for the memory, SQLite
+  and PostgreSQL stores (PostgreSQL in a throwaway cluster from
+  ``tests/pgserver.py``, fsync on; skipped, with the reason in the JSON,
+  without its binaries or psycopg);
+* the worker: ``actorq --url URL worker bench_worker_app:worker``, one process,
+  async no-op handlers, concurrency ``ACTORQ_BENCH_CONCURRENCY`` (default 100),
+  recording each handler's start (``scripts/bench_worker_app.py``);
+* the producer: a process of its own (this script, ``--producer URL``) that
+  holds one ``actorq.connect`` connection and enqueues one job at a time
+  (sequential ``await queue.enqueue(...)``), as this process tells it.
+
+The baseline, in the same run: ``redis-server`` on a free loopback port
+(``--save '' --appendonly no``), a producer process doing ``LPUSH`` of JSON
+jobs one at a time and a consumer process looping ``BRPOP`` (redis-py), which
+records its handler starts the same way. Skipped, with the reason in the
+JSON, when ``redis-server`` is not on PATH or redis-py is missing. The
+baseline acknowledges nothing, stores no result and persists nothing: it is
+the floor under any queue that goes through a server.
+
+Each round measures every system in turn (interleaved, so drift on a noisy
+machine hits all of them alike); figures are medians over the rounds, and
+each ratio to Redis is the median of the per-round ratios. A round:
+
+1. ``enqueue_jobs_per_s``: the producer enqueues the drain jobs sequentially,
+   no worker running;
+2. ``drain_jobs_per_s``: the worker starts and drains them; jobs per second
+   from the first to the last handler start. ``server_cpu_ms_per_job`` and
+   ``worker_cpu_ms_per_job`` are utime+stime deltas (``/proc/PID/stat``) of
+   the server and worker processes over that window (for PostgreSQL also
+   ``database_cpu_ms_per_job``: the cluster's processes);
+3. ``end_to_end_jobs_per_s``: with the worker running, the producer enqueues
+   more jobs; from the first enqueue to the last handler start
+   (``enqueue_with_worker_jobs_per_s``: the producer's own rate meanwhile);
+4. ``idle_latency_ms``: one job at a time, each 20 ms after the previous
+   one's handler started; from the enqueue call to the handler's start,
+   median and p90;
+5. ``chain_jobs_per_s`` (actorq only): a chain of jobs, each depending on the
+   previous, enqueued behind a gate job no worker takes; the producer then
+   takes and finishes the gate, and the figure runs from the first to the
+   last handler start of the chain.
+
+Each round starts a fresh worker (or Redis consumer) process after step 1 and
+stops it with SIGTERM at the end, when it writes its handler starts to a file
+the figures come from. Phase sizes are set by time, not count, so that a run
+takes minutes however fast a system is and no phase is too short to time: a
+system's sequential enqueue rate is measured once (100 jobs of a type no
+worker takes, then taken away), and its drain and end-to-end phases hold that
+many seconds of enqueueing (``setup.plan``; each system's ``sizes``), the same
+in every round. Only stdout carries the JSON; progress goes to stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
-from trio_websocket import WebSocketRequest, open_websocket_url, serve_websocket
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import actorq
-
+SCRIPTS = Path(__file__).resolve().parent
+ROOT = SCRIPTS.parent
 HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+JOB_TYPE = "bench"
+GATE_TYPE = "bench.gate"
+CALIBRATE_TYPE = "bench.calibrate"
+REDIS_KEY = "bench"
+CALIBRATE_KEY = "bench.calibrate"
+CALIBRATE_JOBS = 100
+IDLE_PAUSE = 0.02  # seconds before each idle-latency job
+CONCURRENCY = int(os.environ.get("ACTORQ_BENCH_CONCURRENCY", "100"))
 
 
-# ----------------------------------------------------------------- server
+_STARTED = time.monotonic()
 
 
-async def _echo(request: WebSocketRequest) -> None:
-    ws = await request.accept()
-    while True:
-        try:
-            await ws.send_message(await ws.get_message())
-        except Exception:
-            return
+def progress(message: str) -> None:
+    print(f"[remote {time.monotonic() - _STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
-async def _serve_forever() -> None:
-    async with actorq.open_queue() as queue, trio.open_nursery() as nursery:
-        server = await nursery.start(actorq.serve, queue, HOST, 0)
-        echo = await nursery.start(serve_websocket, _echo, HOST, 0, None)
-        print(f"PORTS {server.port} {echo.port}", flush=True)
-        # Run until the parent closes our stdin.
-        await trio.to_thread.run_sync(sys.stdin.read)
-        nursery.cancel_scope.cancel()
+# ----------------------------------------------------------------- producers
+#
+# A producer reads one JSON command per line on stdin and answers one JSON
+# line on stdout; times are time.time(), comparable with the handler starts.
 
 
-# ----------------------------------------------------------------- client
+def _reply(value: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
 
 
-async def _echo_rtt(url: str, rounds: int, repeats: int) -> list[float]:
-    out = []
-    async with open_websocket_url(url) as ws:
-        frame = '{"kind":"ok","id":1,"value":null}'
-        for _ in range(50):
-            await ws.send_message(frame)
-            await ws.get_message()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(rounds):
-                await ws.send_message(frame)
-                await ws.get_message()
-            out.append((time.perf_counter() - start) / rounds)
-    return out
+async def _actorq_producer(url: str) -> None:
+    import trio
+
+    import actorq
+
+    async with actorq.connect(url) as queue:
+        _reply({"ready": True})
+        while True:
+            line = await trio.to_thread.run_sync(sys.stdin.readline)
+            if not line:
+                return
+            command = json.loads(line)
+            op = command["op"]
+            if op == "enqueue":
+                phase, n = command["phase"], command["count"]
+                args = {"phase": phase, "n": n}
+                t0 = time.time()
+                for _ in range(n):
+                    await queue.enqueue(JOB_TYPE, args)
+                _reply({"t0": t0, "t1": time.time()})
+            elif op == "one":
+                args = {"phase": command["phase"], "n": 1}
+                t0 = time.time()
+                await queue.enqueue(JOB_TYPE, args)
+                _reply({"t0": t0, "t1": time.time()})
+            elif op == "chain":
+                phase, n = command["phase"], command["count"]
+                args = {"phase": phase, "n": n}
+                previous = await queue.enqueue(GATE_TYPE)
+                t0 = time.time()
+                for _ in range(n):
+                    previous = await queue.enqueue(JOB_TYPE, args, [previous])
+                _reply({"t0": t0, "t1": time.time()})
+            elif op == "calibrate":
+                # jobs of a type no worker takes, timed, then taken away again
+                t0 = time.time()
+                for _ in range(command["count"]):
+                    await queue.enqueue(CALIBRATE_TYPE)
+                t1 = time.time()
+                for _ in range(command["count"]):
+                    job = await queue.dequeue([CALIBRATE_TYPE], timeout=30)
+                    await queue.finish_job(job.id)
+                _reply({"t0": t0, "t1": t1})
+            elif op == "release":
+                gate = await queue.dequeue([GATE_TYPE], timeout=30)
+                t0 = time.time()
+                await queue.finish_job(gate.id)
+                _reply({"t0": t0})
+            else:
+                raise ValueError(f"unknown command {op!r}")
 
 
-async def _sequential(url: str, rounds: int, repeats: int) -> list[float]:
-    out = []
-    async with actorq.connect(url) as q:
-        for _ in range(50):
-            await q.enqueue("seq", {"n": 1})
-            job = await q.dequeue(["seq"], timeout=0)
-            await q.finish_job(job.id, {"ok": True})
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(rounds):
-                await q.enqueue("seq", {"n": 1})
-                job = await q.dequeue(["seq"], timeout=0)
-                await q.finish_job(job.id, {"ok": True})
-            out.append((time.perf_counter() - start) / rounds)
-    return out
+def _redis_producer(port: int) -> None:
+    import redis  # type: ignore[import-not-found, unused-ignore]  # the bench extra
+
+    client = redis.Redis(host=HOST, port=port)
+    client.ping()
+    _reply({"ready": True})
+    for line in sys.stdin:
+        command = json.loads(line)
+        op = command["op"]
+        if op in ("enqueue", "one"):
+            n = command["count"] if op == "enqueue" else 1
+            args = {"phase": command["phase"], "n": n}
+            t0 = time.time()
+            for _ in range(n):
+                # what a hand-written producer sends: an id, a type, the args
+                job = {"id": str(uuid.uuid4()), "type": JOB_TYPE, "args": args}
+                client.lpush(REDIS_KEY, json.dumps(job))
+            _reply({"t0": t0, "t1": time.time()})
+        elif op == "calibrate":
+            t0 = time.time()
+            for _ in range(command["count"]):
+                client.lpush(CALIBRATE_KEY, json.dumps({"type": CALIBRATE_TYPE}))
+            t1 = time.time()
+            client.delete(CALIBRATE_KEY)
+            _reply({"t0": t0, "t1": t1})
+        else:
+            raise ValueError(f"unknown command {op!r}")
+    client.close()
 
 
-async def _sequential_combined(url: str, rounds: int, repeats: int) -> list[float]:
-    out = []
-    async with actorq.connect(url) as q:
-        await q.enqueue("comb", {"n": 0})
-        job = await q.dequeue(["comb"], timeout=0)
-        for _ in range(50):
-            await q.enqueue("comb", {"n": 1})
-            job = await q.finish_and_dequeue(job.id, {"ok": True}, ["comb"], timeout=0)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(rounds):
-                await q.enqueue("comb", {"n": 1})
-                job = await q.finish_and_dequeue(job.id, {"ok": True}, ["comb"], timeout=0)
-            out.append((time.perf_counter() - start) / rounds)
-        await q.finish_job(job.id)
-    return out
+# ----------------------------------------------------------------- processes
 
 
-async def _echo_throughput(url: str, connections: int, seconds: float) -> float:
-    counts = [0] * connections
-    ready = trio.Event()
-    opened = [0]
-
-    async def one(n: int) -> None:
-        async with open_websocket_url(url) as ws:
-            opened[0] += 1
-            if opened[0] == connections:
-                ready.set()
-            await ready.wait()
-            frame = '{"kind":"ok","id":1,"value":null}'
-            with trio.move_on_after(seconds):
-                while True:
-                    await ws.send_message(frame)
-                    await ws.get_message()
-                    counts[n] += 1
-
-    async with trio.open_nursery() as nursery:
-        for n in range(connections):
-            nursery.start_soon(one, n)
-        await ready.wait()
-        start = time.perf_counter()
-    return sum(counts) / (time.perf_counter() - start)
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
-async def _worker(q: actorq.RemoteQueue, job_type: str, own_jobs: int) -> int:
-    done = 0
-    if own_jobs:
-        # Unbatched: enqueue one job, then finish it and take the next in one trip.
-        await q.enqueue(job_type, {"n": 0})
-        job = await q.dequeue([job_type])
-        for n in range(1, own_jobs):
-            await q.enqueue(job_type, {"n": n})
-            job = await q.finish_and_dequeue(job.id, {"ok": True}, [job_type])
-            done += 1
-        await q.finish_job(job.id, {"ok": True})
-        return done + 1
-    job = await q.dequeue([job_type, "stop"])
-    while job.type != "stop":
-        job = await q.finish_and_dequeue(job.id, {"ok": True}, [job_type, "stop"])
-        done += 1
-    await q.finish_job(job.id, None)
-    return done
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(SCRIPTS), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env.update(extra)
+    return env
 
 
-async def _throughput(url: str, workers: int, jobs: int, batched: bool) -> float:
-    job_type = f"w{workers}{'b' if batched else 'u'}{time.monotonic_ns()}"
-    counts: list[int] = []
-    async with trio.open_nursery() as setup:
-        queues: list[actorq.RemoteQueue] = []
-        # Open every connection first; only then start the clock.
-        stack_ready = trio.Event()
-        start_gate = trio.Event()
-        finished = trio.Event()
-        remaining = [workers]
-
-        async def hold(n: int) -> None:
-            async with actorq.connect(url, heartbeat_interval=None) as q:
-                queues.append(q)
-                if len(queues) == workers:
-                    stack_ready.set()
-                await start_gate.wait()
-                per = jobs // workers if not batched else 0
-                counts.append(await _worker(q, job_type, per))
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    finished.set()
-
-        for n in range(workers):
-            setup.start_soon(hold, n)
-        await stack_ready.wait()
-        async with actorq.connect(url, heartbeat_interval=None) as producer:
-            start = time.perf_counter()
-            start_gate.set()
-            if batched:
-                batch = 100
-                for first in range(0, jobs, batch):
-                    size = min(batch, jobs - first)
-                    await producer.enqueue_many([(job_type, {"n": first + i}) for i in range(size)])
-                await producer.enqueue_many([("stop", None)] * workers)
-            await finished.wait()
-            elapsed = time.perf_counter() - start
-    total = sum(counts)
-    return total / elapsed
+def _actorq_cli() -> list[str]:
+    script = Path(sys.executable).with_name("actorq")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "actorq"]
 
 
-def _median(samples: list[float]) -> float:
-    return statistics.median(samples)
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far, in seconds (``/proc/PID/stat``)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    # the command name (field 2) is in parentheses and may contain spaces
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-async def _measure(ports: tuple[int, int], quick: bool) -> dict[str, Any]:
-    # Every figure is taken next to its baseline, repeat by repeat, and the
-    # ratios are the medians of per-repeat ratios: on a shared, noisy machine
-    # the baseline drifts within a run, and a ratio to a stale baseline lies.
-    queue_url = f"ws://{HOST}:{ports[0]}"
-    echo_url = f"ws://{HOST}:{ports[1]}"
-    rounds = 200 if quick else 1000
-    repeats = 3 if quick else 5
-    echo_us: list[float] = []
-    seq_us: list[float] = []
-    comb_us: list[float] = []
-    seq_ratio: list[float] = []
-    comb_ratio: list[float] = []
-    for _ in range(repeats):
-        before = (await _echo_rtt(echo_url, rounds, 1))[0] * 1e6
-        seq = (await _sequential(queue_url, rounds // 3, 1))[0] * 1e6
-        comb = (await _sequential_combined(queue_url, rounds // 2, 1))[0] * 1e6
-        after = (await _echo_rtt(echo_url, rounds, 1))[0] * 1e6
-        echo = (before + after) / 2
-        echo_us.append(echo)
-        seq_us.append(seq)
-        comb_us.append(comb)
-        seq_ratio.append(seq / echo)
-        comb_ratio.append(comb / echo)
-    results: dict[str, Any] = {
-        "echo": {"median_us": _median(echo_us), "runs_us": echo_us},
-        "sequential": {
-            "median_us": _median(seq_us),
-            "runs_us": seq_us,
-            "echo_round_trips": _median(seq_ratio),
-            "echo_round_trips_runs": seq_ratio,
-            "goal_echo_round_trips": 4,
-        },
-        "sequential_combined": {
-            "median_us": _median(comb_us),
-            "runs_us": comb_us,
-            "echo_round_trips": _median(comb_ratio),
-            "echo_round_trips_runs": comb_ratio,
-        },
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = (entry / "stat").read_text()
+            if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and its children (a PostgreSQL cluster: postmaster and backends)."""
+    total = 0.0
+    for one in (pid, *_children_of(pid)):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(one)
+    return total
+
+
+class Process:
+    """A child process whose stderr goes to a log file, stopped (TERM, then KILL) on close."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        logdir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        pipe: bool = False,
+    ) -> None:
+        self.name = name
+        self.log = logdir / f"{name}-{uuid.uuid4().hex[:8]}.log"
+        with self.log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if pipe else subprocess.DEVNULL,
+                # redis-server logs on stdout
+                stdout=subprocess.PIPE if pipe else err,
+                stderr=err,
+                env=env or _env(),
+                cwd=ROOT,
+                text=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> None:
+        """Raise RuntimeError, with the end of its log, if the process has exited."""
+        code = self.proc.poll()
+        if code is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} exited with status {code}:\n{tail}")
+
+    def wait_log(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        """Wait until the log has a line matching ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.log.read_text(errors="replace"))
+            if found:
+                return found
+            self.alive()
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} did not log {pattern!r} within {timeout} s")
+
+    def call(self, command: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+        """Send one command line to a producer and read its one-line reply."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self.read_reply(timeout)
+
+    def read_reply(self, timeout: float = 60.0) -> dict[str, Any]:
+        """The producer's next reply line; RuntimeError if it exits or takes too long."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        # A producer writes exactly one line per command, so nothing waits in
+        # the file object's buffer and select() on its descriptor tells the truth.
+        while not select.select([self.proc.stdout], [], [], 0.5)[0]:
+            self.alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not answer within {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=10)
+            self.alive()
+            raise RuntimeError(f"{self.name} closed its output")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait (then SIGKILL); the exit status."""
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class Notifications:
+    """The UDP socket the handlers tell phase starts and ends to."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.settimeout(0.2)
+        self.address = f"{HOST}:{self.sock.getsockname()[1]}"
+        self.seen: dict[tuple[str, int], float] = {}
+
+    def wait(self, phase: str, count: int, watched: list[Process], timeout: float = 600.0) -> float:
+        """Wait for the datagram of ``phase`` reaching ``count`` starts; its start time."""
+        deadline = time.monotonic() + timeout
+        while (phase, count) not in self.seen:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"phase {phase} did not reach {count} starts in {timeout} s")
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                for proc in watched:
+                    proc.alive()
+                continue
+            message = json.loads(data)
+            self.seen[message["phase"], message["count"]] = message["t"]
+        return self.seen[phase, count]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# ----------------------------------------------------------------- systems
+
+
+class System:
+    """One queue under test: a server, a producer, and a consumer started per round."""
+
+    name = ""
+    has_chain = False
+
+    def __init__(self, workdir: Path, notify: Notifications) -> None:
+        self.workdir = workdir
+        self.notify = notify
+        self.server: Process | None = None
+        self.producer: Process | None = None
+        self.sizes: dict[str, int] | None = None
+
+    def size(self, plan: dict[str, Any]) -> dict[str, int]:
+        """This system's phase sizes, the same in every round: see :func:`run`."""
+        if self.sizes is None:
+            assert self.producer is not None
+            sent = self.producer.call({"op": "calibrate", "count": CALIBRATE_JOBS})
+            rate = CALIBRATE_JOBS / (sent["t1"] - sent["t0"])
+            low, high = plan["bounds"]
+            self.sizes = {
+                phase: min(high, max(low, round(rate * plan["seconds"][phase])))
+                for phase in ("drain", "end_to_end")
+            }
+            self.sizes["latency"] = plan["latency"]
+            if self.has_chain:
+                self.sizes["chain"] = plan["chain"]
+        return self.sizes
+
+    def server_cpu(self) -> float:
+        assert self.server is not None
+        return cpu_seconds(self.server.pid)
+
+    def extra_cpu(self) -> dict[str, float]:
+        """CPU of processes beside the server worth reporting (a database cluster)."""
+        return {}
+
+    def start_consumer(self, env: dict[str, str]) -> Process:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for proc in (self.producer, self.server):
+            if proc is not None:
+                proc.stop()
+
+
+class ActorqSystem(System):
+    has_chain = True
+
+    def __init__(self, workdir: Path, notify: Notifications, kind: str, store: str) -> None:
+        super().__init__(workdir, notify)
+        self.name = f"actorq_{kind}"
+        self.server = Process(
+            f"{self.name}-server",
+            [*_actorq_cli(), "--store", store, "serve", "--host", HOST, "--port", "0"],
+            workdir,
+        )
+        self.url = self.server.wait_log(r"on (ws://\S+)").group(1)
+        self.producer = Process(
+            f"{self.name}-producer",
+            [sys.executable, str(Path(__file__).resolve()), "--producer", self.url],
+            workdir,
+            pipe=True,
+        )
+        self.producer.read_reply()
+
+    def start_consumer(self, env: dict[str, str]) -> Process:
+        return Process(
+            f"{self.name}-worker",
+            [*_actorq_cli(), "--url", self.url, "worker", "bench_worker_app:worker"],
+            self.workdir,
+            env=env,
+        )
+
+
+class PostgresSystem(ActorqSystem):
+    def __init__(self, workdir: Path, notify: Notifications, cluster: Any) -> None:
+        self.cluster = cluster
+        super().__init__(workdir, notify, "postgres", cluster.create_database())
+
+    def extra_cpu(self) -> dict[str, float]:
+        pid = int((self.cluster.datadir / "postmaster.pid").read_text().split()[0])
+        return {"database": tree_cpu_seconds(pid)}
+
+
+class RedisSystem(System):
+    name = "redis"
+
+    def __init__(self, workdir: Path, notify: Notifications, binary: str) -> None:
+        super().__init__(workdir, notify)
+        for _ in range(3):  # the free port may be taken between probe and bind
+            self.port = _free_port()
+            self.server = Process(
+                "redis-server",
+                [
+                    *(binary, "--port", str(self.port), "--bind", HOST),
+                    *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                ],
+                workdir,
+            )
+            try:
+                self.server.wait_log(r"Ready to accept connections", timeout=20)
+                break
+            except RuntimeError:
+                self.server.stop()
+        else:
+            raise RuntimeError("redis-server did not start")
+        self.producer = Process(
+            "redis-producer",
+            [sys.executable, str(Path(__file__).resolve()), "--redis-producer", str(self.port)],
+            workdir,
+            pipe=True,
+        )
+        self.producer.read_reply()
+
+    def start_consumer(self, env: dict[str, str]) -> Process:
+        return Process(
+            "redis-consumer",
+            [sys.executable, str(SCRIPTS / "bench_worker_app.py"), "--redis-port", str(self.port)],
+            self.workdir,
+            env=env,
+        )
+
+
+# ----------------------------------------------------------------- one round
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def measure_round(system: System, tag: str, sizes: dict[str, int]) -> dict[str, Any]:
+    """One round on ``system``: enqueue, drain, end to end, idle latency, chain."""
+    assert system.producer is not None
+    assert system.server is not None
+    producer, notify = system.producer, system.notify
+    drain, e2e, chain = f"{tag}-drain", f"{tag}-e2e", f"{tag}-chain"
+    times_file = system.workdir / f"{system.name}-{tag}-times.json"
+    n = sizes["drain"]
+
+    sent = producer.call({"op": "enqueue", "phase": drain, "count": n})
+    out: dict[str, Any] = {"enqueue_jobs_per_s": n / (sent["t1"] - sent["t0"])}
+
+    consumer = system.start_consumer(
+        _env(
+            ACTORQ_BENCH_NOTIFY=notify.address,
+            ACTORQ_BENCH_TIMES=str(times_file),
+            ACTORQ_BENCH_CONCURRENCY=str(CONCURRENCY),
+        )
+    )
+    watched = [consumer, system.server, producer]
+    try:
+        notify.wait(drain, 1, watched)
+        cpu0 = (system.server_cpu(), cpu_seconds(consumer.pid), system.extra_cpu())
+        notify.wait(drain, n, watched)
+        cpu1 = (system.server_cpu(), cpu_seconds(consumer.pid), system.extra_cpu())
+
+        m = sizes["end_to_end"]
+        sent_e2e = producer.call({"op": "enqueue", "phase": e2e, "count": m})
+        notify.wait(e2e, m, watched)
+
+        latency_sent = []
+        for i in range(sizes["latency"]):
+            # idle means idle: the previous job's finish has landed by now
+            time.sleep(IDLE_PAUSE)
+            latency_sent.append(producer.call({"op": "one", "phase": f"{tag}-lat{i}"}))
+            notify.wait(f"{tag}-lat{i}", 1, watched)
+
+        if system.has_chain:
+            k = sizes["chain"]
+            producer.call({"op": "chain", "phase": chain, "count": k})
+            producer.call({"op": "release"})
+            notify.wait(chain, k, watched)
+    finally:
+        status = consumer.stop()
+    if status != 0:
+        consumer.alive()
+    starts: dict[str, list[float]] = json.loads(times_file.read_text())
+
+    drained = starts[drain]
+    if len(drained) != n:
+        raise RuntimeError(f"{system.name}: {len(drained)} of {n} drain jobs ran")
+    span = max(drained) - min(drained)
+    out["drain_jobs_per_s"] = (n - 1) / span
+    # the CPU window, like the rate, runs from the first start to the last
+    out["server_cpu_ms_per_job"] = 1000 * (cpu1[0] - cpu0[0]) / (n - 1)
+    out["worker_cpu_ms_per_job"] = 1000 * (cpu1[1] - cpu0[1]) / (n - 1)
+    for key, before in cpu0[2].items():
+        out[f"{key}_cpu_ms_per_job"] = 1000 * (cpu1[2][key] - before) / (n - 1)
+
+    out["end_to_end_jobs_per_s"] = m / (max(starts[e2e]) - sent_e2e["t0"])
+    out["enqueue_with_worker_jobs_per_s"] = m / (sent_e2e["t1"] - sent_e2e["t0"])
+
+    latencies = [
+        1000 * (starts[f"{tag}-lat{i}"][0] - sent["t0"]) for i, sent in enumerate(latency_sent)
+    ]
+    out["idle_latency_ms"] = {
+        "median": statistics.median(latencies),
+        "p90": _percentile(latencies, 0.9),
+        "samples": len(latencies),
     }
-    jobs = 3000 if quick else 10000
-    seconds = 1.0 if quick else 2.0
-    for workers in (1, 16, 64):
-        rates, echoes, ratios = [], [], []
-        for _ in range(repeats):
-            echo_rate = await _echo_throughput(echo_url, workers, seconds)
-            rate = await _throughput(queue_url, workers, jobs, True)
-            rates.append(rate)
-            echoes.append(echo_rate)
-            ratios.append(rate / echo_rate)
-        results[f"workers_{workers}"] = {
-            "jobs_per_s": _median(rates),
-            "runs": rates,
-            "echo_round_trips_per_s": _median(echoes),
-            "jobs_per_echo_round_trip": _median(ratios),
-            "jobs": jobs,
-            "enqueue_batch": 100,
+    if system.has_chain:
+        chained = starts[chain]
+        out["chain_jobs_per_s"] = (len(chained) - 1) / (max(chained) - min(chained))
+    return out
+
+
+# ----------------------------------------------------------------- the suite
+
+
+FIGURES = (
+    "drain_jobs_per_s",
+    "end_to_end_jobs_per_s",
+    "enqueue_jobs_per_s",
+    "enqueue_with_worker_jobs_per_s",
+    "server_cpu_ms_per_job",
+    "worker_cpu_ms_per_job",
+    "database_cpu_ms_per_job",
+    "chain_jobs_per_s",
+)
+#: figure in the JSON -> name of its ratio to Redis (actorq / redis)
+RATIOS = {
+    "drain_jobs_per_s": "drain",
+    "end_to_end_jobs_per_s": "end_to_end",
+    "enqueue_jobs_per_s": "enqueue",
+    "server_cpu_ms_per_job": "server_cpu_per_job",
+    "worker_cpu_ms_per_job": "worker_cpu_per_job",
+}
+
+
+def _get(run: dict[str, Any], figure: str) -> float | None:
+    if figure == "idle_latency_median_ms":
+        return float(run["idle_latency_ms"]["median"])
+    if figure == "idle_latency_p90_ms":
+        return float(run["idle_latency_ms"]["p90"])
+    value = run.get(figure)
+    return None if value is None else float(value)
+
+
+def summarize(
+    runs: list[dict[str, Any]], baseline: list[dict[str, Any]] | None, *, is_baseline: bool
+) -> dict[str, Any]:
+    """Medians over rounds, every round's figures, and median per-round ratios to Redis.
+
+    Without a baseline (Redis skipped or failed), ``vs_redis`` is ``None``.
+    """
+    out: dict[str, Any] = {}
+    for figure in FIGURES:
+        values = [v for r in runs if (v := _get(r, figure)) is not None]
+        if values:
+            out[figure] = {"median": statistics.median(values), "runs": values}
+    medians = [r["idle_latency_ms"]["median"] for r in runs]
+    p90s = [r["idle_latency_ms"]["p90"] for r in runs]
+    out["idle_latency_ms"] = {
+        "median": statistics.median(medians),
+        "p90": statistics.median(p90s),
+        "runs_median": medians,
+        "runs_p90": p90s,
+        "samples_per_round": runs[0]["idle_latency_ms"]["samples"],
+    }
+    if baseline is not None:
+        pairs = {
+            **RATIOS,
+            "idle_latency_median_ms": "latency_median",
+            "idle_latency_p90_ms": "latency_p90",
         }
-    for workers in (1, 64):
-        rates = [await _throughput(queue_url, workers, jobs, False) for _ in range(repeats)]
-        results[f"workers_{workers}_unbatched"] = {"jobs_per_s": _median(rates), "runs": rates}
-    results["goal_workers_64_jobs_per_s"] = 5000
-    return results
+        ratios: dict[str, float] = {}
+        for figure, name in pairs.items():
+            per_round = []
+            for ours, theirs in zip(runs, baseline, strict=True):
+                a, b = _get(ours, figure), _get(theirs, figure)
+                if a is not None and b:
+                    per_round.append(a / b)
+            if per_round:
+                ratios[name] = statistics.median(per_round)
+        out["vs_redis"] = ratios
+    elif not is_baseline:
+        out["vs_redis"] = None
+    return out
+
+
+@contextlib.contextmanager
+def _systems(
+    workdir: Path, notify: Notifications, skipped: dict[str, str], errors: dict[str, str]
+) -> Iterator[list[System]]:
+    """Start every system that can run here; record why the others cannot.
+
+    ``skipped``: what is not installed here; ``errors``: what failed to start.
+    """
+    systems: list[System] = []
+    cluster: Any = None
+
+    def attempt(name: str, start: Callable[[], System]) -> None:
+        progress(f"starting {name}")
+        try:
+            systems.append(start())
+        except Exception as exc:  # one broken system must not hide the others' figures
+            errors[name] = f"did not start: {exc!r}"
+
+    try:
+        attempt("actorq_memory", lambda: ActorqSystem(workdir, notify, "memory", "memory://"))
+        attempt(
+            "actorq_sqlite",
+            lambda: ActorqSystem(workdir, notify, "sqlite", f"sqlite:///{workdir / 'q.db'}"),
+        )
+        sys.path.insert(0, str(ROOT / "tests"))
+        import pgserver
+
+        reason = pgserver.missing_reason()
+        if reason is None and importlib.util.find_spec("psycopg") is None:
+            reason = "psycopg is not installed (pip install -e '.[postgres]')"
+        if reason is not None:
+            skipped["actorq_postgres"] = f"skipped: {reason}"
+        else:
+            # fsync on: every commit reaches the disk, as in production
+            cluster = pgserver.PgServer(fsync=True)
+            try:
+                cluster.start()
+            except (RuntimeError, OSError) as exc:
+                errors["actorq_postgres"] = f"did not start: {exc}"
+                cluster = None
+            else:
+                attempt("actorq_postgres", lambda: PostgresSystem(workdir, notify, cluster))
+        binary = shutil.which("redis-server")
+        if binary is None:
+            skipped["redis"] = (
+                "skipped: redis-server is not on PATH (Debian: apt-get install redis-server)"
+            )
+        elif importlib.util.find_spec("redis") is None:
+            skipped["redis"] = "skipped: redis-py is not installed (pip install -e '.[bench]')"
+        else:
+            attempt("redis", lambda: RedisSystem(workdir, notify, binary))
+        yield systems
+    finally:
+        for system in systems:
+            system.close()
+        if cluster is not None:
+            cluster.stop()
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """Start the server process, measure, stop it. Returns the figures."""
-    child = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--serve"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    """Start everything, run the rounds, stop everything. Returns the figures."""
+    # The drain and end-to-end phases are sized by time, not by count, so
+    # that the run takes minutes however fast a system is and no phase is too
+    # short to time: each system's sequential enqueue rate is measured once
+    # (100 jobs) and its phases hold that many seconds of enqueueing, within
+    # the bounds; its sizes then stay the same for every round.
+    plan: dict[str, Any] = (
+        {
+            "seconds": {"drain": 0.5, "end_to_end": 0.3},
+            "bounds": (100, 20000),
+            "latency": 20,
+            "chain": 100,
+        }
+        if quick
+        else {
+            "seconds": {"drain": 2.0, "end_to_end": 1.5},
+            "bounds": (300, 50000),
+            "latency": 100,
+            "chain": 1000,
+        }
     )
-    try:
-        assert child.stdout is not None
-        line = child.stdout.readline().split()
-        if not line or line[0] != "PORTS":
-            raise RuntimeError("the server process did not start")
-        ports = (int(line[1]), int(line[2]))
-        return trio.run(_measure, ports, quick)
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+    rounds = 1 if quick else 3
+    skipped: dict[str, str] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    errors: dict[str, str] = {}
+    notify = Notifications()
+    with (
+        tempfile.TemporaryDirectory(prefix="actorq-bench-") as tmp,
+        _systems(Path(tmp), notify, skipped, errors) as systems,
+    ):
+        for r in range(rounds):
+            for system in systems:
+                if system.name in errors:
+                    continue
+                progress(f"round {r + 1}/{rounds}: {system.name}")
+                try:
+                    runs.setdefault(system.name, []).append(
+                        measure_round(system, f"{system.name}-r{r}", system.size(plan))
+                    )
+                except Exception as exc:  # as above: report it, measure the rest
+                    errors[system.name] = repr(exc)
+        sizes = {system.name: system.sizes for system in systems}
+    notify.close()
+    baseline = runs.get("redis") if "redis" not in errors else None
+    results: dict[str, Any] = {
+        "setup": {
+            "rounds": rounds,
+            "plan": plan,
+            "worker_concurrency": CONCURRENCY,
+            "server": "actorq --store STORE serve (its own process)",
+            "worker": "actorq --url URL worker bench_worker_app:worker (one process)",
+            "producer": "one process, sequential await queue.enqueue(...)",
+            "redis": "redis-server --save '' --appendonly no; LPUSH producer, BRPOP consumer",
+        }
+    }
+    for name in ("redis", "actorq_memory", "actorq_sqlite", "actorq_postgres"):
+        if name in errors:
+            results[name] = {"error": errors[name]}
+        elif name in runs:
+            is_baseline = name == "redis"
+            results[name] = summarize(
+                runs[name], None if is_baseline else baseline, is_baseline=is_baseline
+            )
+            results[name]["sizes"] = sizes[name]
+        elif name in skipped:
+            results[name] = {"skipped": skipped[name]}
+    return results
 
 
 if __name__ == "__main__":
-    if "--serve" in sys.argv:
-        trio.run(_serve_forever)
-    else:
-        import json
+    if sys.argv[1:2] == ["--producer"]:
+        import trio
 
+        trio.run(_actorq_producer, sys.argv[2])
+    elif sys.argv[1:2] == ["--redis-producer"]:
+        _redis_producer(int(sys.argv[2]))
+    else:
         print(json.dumps(run("--quick" in sys.argv), indent=2))

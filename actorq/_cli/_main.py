@@ -243,12 +243,12 @@ def serve_command(
 
 
 @main.command("worker")
-@click.option("--type", "job_types", multiple=True, required=True, help="Job type (repeatable).")
+@click.option("--type", "job_types", multiple=True, help="Job type for COMMAND (repeatable).")
 @click.option("--channel", "channels", multiple=True, help="Channel (repeatable; default '').")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--grace", default=30.0, show_default=True, help="Seconds running jobs get on stop.")
 @click.option("--heartbeat-interval", default=15.0, show_default=True)
-@click.argument("command", nargs=-1, required=True)
+@click.argument("command", nargs=-1, required=True, metavar="TARGET | COMMAND...")
 @click.pass_context
 def worker_command(
     ctx: click.Context,
@@ -259,12 +259,33 @@ def worker_command(
     heartbeat_interval: float,
     command: tuple[str, ...],
 ) -> None:
-    """Run COMMAND for each job: args as JSON on stdin, stdout (JSON) as the result.
+    """Run the actorq.Worker TARGET (module:attribute), or COMMAND for each job of --type.
 
-    A non-zero exit finishes the job with an error result. SIGTERM or SIGINT
-    stops taking jobs, lets running ones finish within --grace seconds, then
-    requeues them.
+    \b
+    actorq worker myapp.tasks:worker
+    actorq worker --type build -- ./build.sh
+
+    TARGET is imported with the current directory on sys.path; its Worker's
+    own settings apply. COMMAND gets a job's args as JSON on stdin, and its
+    stdout (JSON) is the result; a non-zero exit finishes the job with an
+    error result. SIGTERM or SIGINT stops taking jobs, lets running ones
+    finish within the grace period, then requeues them.
     """
+    if not job_types:
+        from ._load import load_worker, reject_command_options
+
+        reject_command_options(ctx, command)
+        worker = load_worker(command[0])
+
+        async def run_target() -> None:
+            async with _queue(ctx) as queue:
+                types = ", ".join(worker.job_types)
+                click.echo(f"actorq worker {command[0]} for {types}", err=True)
+                await worker.run(queue=queue, handle_signals=True)
+
+        _run(run_target)
+        return
+
     from .._worker._command import command_handler
     from .._worker._worker import Worker
 
