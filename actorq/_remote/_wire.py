@@ -30,7 +30,8 @@ import cattrs
 import orjson
 from cattrs.strategies import configure_tagged_union, include_subclasses
 
-from .._core._errors import ERRORS_BY_CODE, JobQueueError, ProtocolError
+from .._core._errors import ERRORS_BY_CODE, InexactIntegerError, JobQueueError, ProtocolError
+from .._core._json import MAX_EXACT_INT, inexact_integer
 from .._core._json import converter as app_converter
 from .._core._models import DequeuedJob
 from .._core._ops import OPERATIONS, JsonText, Operation
@@ -390,8 +391,6 @@ def decode(
         raise ProtocolError(f"malformed JSON: {exc}", "bad_json") from None
     except RecursionError:
         raise ProtocolError("JSON nested too deeply", "bad_json") from None
-    if _LONG_DIGITS.search(text) is not None:
-        _check_integers(text)
     if type(obj) is not dict:
         raise ProtocolError(f"a message is a JSON object, not {_json_type(obj)}", "not_object")
     raw_id = obj.get("id")
@@ -405,6 +404,8 @@ def decode(
         raise ProtocolError(f"{kind} is not expected here", "unexpected_kind", request_id)
     if raw_id is not None and request_id is None:
         raise ProtocolError(f"id must be an integer in 0..{MAX_ID}", "bad_field")
+    if _LONG_DIGITS.search(text) is not None:
+        _check_integers(text, request_id)
     operation = OPERATIONS.get(kind)
     structured: Any
     try:
@@ -425,28 +426,30 @@ def decode(
     return message
 
 
-# orjson reads an integer outside 64 bits as a float, silently changing it;
-# the in-process API refuses such a value. A frame holding a run of 19 digits
-# (inside a string or not) is parsed again to find out: rare, and only then.
-_LONG_DIGITS: Final = re.compile(r"[0-9]{19}")
-_MIN_INT: Final = -(2**63)
-_MAX_INT: Final = 2**64 - 1
+# Integers outside +-(2**53-1) are refused, as the in-process API refuses them
+# (actorq._core._json.MAX_EXACT_INT); orjson would even read one outside 64
+# bits as a float, silently changing it. A frame holding a run of 16 digits
+# that does not follow a decimal point (inside a string or not) is parsed
+# again to find out: rare, and only then.
+_LONG_DIGITS: Final = re.compile(r"(?<![0-9.])[0-9]{16}")
 
 
 def _checked_int(literal: str) -> int:
-    value = int(literal)
-    if not _MIN_INT <= value <= _MAX_INT:
-        raise ProtocolError(
-            f"integer {literal[:40]}... is outside the 64-bit range JSON values keep",
-            "bad_json",
-        )
+    # past 17 characters it is out of range whatever the digits (JSON has no
+    # leading zeros), and int() of thousands of digits would itself fail
+    if len(literal) > 17 or abs(value := int(literal)) > MAX_EXACT_INT:
+        raise InexactIntegerError(inexact_integer("the request", literal))
     return value
 
 
-def _check_integers(text: str) -> None:
+def _check_integers(text: str, request_id: int | None) -> None:
     # a frame malformed for json but not for orjson: orjson's reading stands
-    with contextlib.suppress(ValueError, RecursionError):
-        json.loads(text, parse_int=_checked_int)
+    try:
+        with contextlib.suppress(ValueError, RecursionError):
+            json.loads(text, parse_int=_checked_int)
+    except InexactIntegerError as exc:
+        exc.request_id = request_id
+        raise
 
 
 def _contains(exc: BaseException, cls: type[BaseException]) -> bool:
