@@ -67,6 +67,12 @@ class ReadyIndex(StateAttributes):
         best: tuple[int, int, UUID] | None = None
         ready = self._ready
         for job_type in job_types:
+            if channels is not None and len(channels) > 1:
+                # the type's any-channel heap holds every ready job of the type:
+                # with none ready, none of its channels needs a look
+                every = ready.get((job_type, ANY_CHANNEL))
+                if every is None or not every.live:
+                    continue
             for channel in (ANY_CHANNEL,) if channels is None else channels:
                 heap = ready.get((job_type, channel))
                 if heap is None or not heap.live:
