@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         JobState,
         JobStatus,
         JobSummary,
+        NewJob,
         QueueStats,
         WorkerInfo,
     )
@@ -84,6 +85,7 @@ _MODULES: dict[str, str] = {
     "JobState": "._core._models",
     "JobStatus": "._core._models",
     "JobSummary": "._core._models",
+    "NewJob": "._core._models",
     "QueueStats": "._core._models",
     "WorkerInfo": "._core._models",
     "JobQueue": "._core._protocol",
@@ -124,6 +126,7 @@ __all__ = [
     "LocalQueue",
     "Maintenance",
     "MemoryStore",
+    "NewJob",
     "NotExistError",
     "NotPendingError",
     "NotRunningError",

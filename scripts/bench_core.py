@@ -8,18 +8,27 @@
 - ``dequeue_cost``: a dequeue (plus the requeue that puts the job back, so
   the pending count stays fixed) with 10, 10k and 1M pending jobs spread over
   100 types x 100 channels. It must stay flat as pending jobs grow.
+- ``batch_at_limits``: the scheduler actor's time for one batch at the
+  limits of one request: dequeues naming the most (type, channel) pairs one
+  may (``MAX_MATCH_KEYS``, 100 types x 100 channels), parked (no job is
+  ready) and then withdrawn; one such request, and ``max_batch`` (1024) of
+  them in one batch. Each batch is timed from posting its messages to the
+  reply of a marker request posted behind them, in milliseconds.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 from bench import summarize, time_per_op
 
 import actorq
+from actorq._actor._scheduler import Park, Reply, Withdraw
+from actorq._core._operation import MAX_MATCH_KEYS
 
 if TYPE_CHECKING:
     from actorq._core._state import QueueState
@@ -94,6 +103,44 @@ async def _dequeue_cost(pending: int, ops: int, repeats: int) -> dict[str, Any]:
         }
 
 
+async def _batch_at_limits(requests: int, repeats: int) -> dict[str, Any]:
+    side = math.isqrt(MAX_MATCH_KEYS)
+    types = tuple(f"type{i}" for i in range(side))
+    channels = tuple(f"chan{i}" for i in range(side))
+    park: list[tuple[float, float]] = []
+    withdraw: list[tuple[float, float]] = []
+    async with actorq.open_queue(maintenance=None, max_batch=max(1024, requests)) as queue:
+        scheduler = queue._scheduler
+        # a job of another type is ready, as on a busy queue: every pair is looked up
+        await queue.enqueue("other", None, (), "chan0")
+
+        async def timed(messages: list[Any]) -> tuple[float, float]:
+            # wall time, and this process's CPU time (steadier on a busy machine)
+            start, cpu = time.perf_counter(), time.process_time()
+            for message in messages:
+                scheduler.post_nowait(message)
+            await queue._call(lambda state: None)  # answered once the batch is through
+            return (time.perf_counter() - start) * 1e3, (time.process_time() - cpu) * 1e3
+
+        for _ in range(repeats):
+            replies = [Reply() for _ in range(requests)]
+            batches = scheduler.batches
+            park.append(await timed([Park(None, types, channels, None, r) for r in replies]))
+            assert scheduler.state.waiter_count == requests
+            withdraw.append(await timed([Withdraw(r) for r in replies]))
+            assert scheduler.state.waiter_count == 0
+            assert scheduler.batches - batches <= 4  # one batch each way (and a marker's)
+    return {
+        "requests": requests,
+        "pairs_per_request": len(types) * len(channels),
+        "park_batch_ms": statistics.median(wall for wall, _ in park),
+        "park_batch_cpu_ms": statistics.median(cpu for _, cpu in park),
+        "withdraw_batch_ms": statistics.median(wall for wall, _ in withdraw),
+        "withdraw_batch_cpu_ms": statistics.median(cpu for _, cpu in withdraw),
+        "runs": repeats,
+    }
+
+
 async def _main(quick: bool) -> dict[str, Any]:
     ops = 2_000 if quick else 20_000
     repeats = 3 if quick else 7
@@ -114,6 +161,10 @@ async def _main(quick: bool) -> dict[str, Any]:
         "cycle_goal_round_trips": 4,
         "dequeue_cost": costs,
         "dequeue_cost_ratio_largest_to_smallest": flat,
+        "batch_at_limits": [
+            await _batch_at_limits(1, repeats),
+            await _batch_at_limits(1024, 1 if quick else 3),
+        ],
     }
 
 

@@ -136,6 +136,9 @@ class ReopeningQueue:
     async def enqueue(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call("enqueue", *args, **kwargs)
 
+    async def enqueue_many(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("enqueue_many", *args, **kwargs)
+
     async def dequeue(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call("dequeue", *args, **kwargs)
 

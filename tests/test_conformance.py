@@ -1049,3 +1049,138 @@ async def test_a_dequeue_names_a_bounded_number_of_type_channel_pairs(queue: Q) 
     # just within the bound it is served, and nothing was taken before
     job = await queue.dequeue(types[:100], channels, timeout=0)
     assert job.type == "t0"
+
+
+# ---------------------------------------------------------- enqueue_many
+
+
+async def test_enqueue_many_enqueues_a_dependency_graph(queue: Q) -> None:
+    outside = await push(queue, "root")
+    ids = await queue.enqueue_many(
+        [
+            actorq.NewJob("build", {"arch": "x86_64"}, channel="c"),
+            actorq.NewJob("build", {"arch": "aarch64"}, channel="c"),
+            actorq.NewJob("test", None, [0, 1, outside], "c"),
+            ("notify", [1, 2]),  # a plain pair: no dependencies, the call's channel
+        ],
+        channel="n",
+    )
+    assert len(ids) == len(set(ids)) == 4
+    assert all(isinstance(i, uuid.UUID) for i in ids)
+    status = await queue.job_status(ids[2])
+    assert sorted(status.dependencies) == sorted([ids[0], ids[1], outside])
+    assert (await queue.job_status(ids[0])).dependents == [ids[2]]
+    info = await queue.job(ids[3])
+    assert (info.type, info.args, info.channel, info.dependencies) == ("notify", [1, 2], "n", [])
+    # the graph runs in dependency order
+    for _ in range(2):
+        job = await queue.dequeue(["build", "test"], ["c"], timeout=0)
+        assert job.type == "build"
+        await queue.finish_job(job.id, {"built": job.args["arch"]})
+    with pytest.raises(DequeueTimeoutError):
+        await queue.dequeue(["test"], ["c"], timeout=0)
+    await finish_next(queue, "root")
+    job = await queue.dequeue(["test"], ["c"], timeout=0)
+    assert job.id == ids[2]
+    assert sorted(job.dependencies) == sorted([ids[0], ids[1], outside])
+
+
+async def test_enqueue_many_hands_a_ready_job_to_a_waiting_dequeuer(queue: Q) -> None:
+    got: list[Any] = []
+    async with trio.open_nursery() as nursery:
+
+        async def take() -> None:
+            got.append(await queue.dequeue(["second"]))
+
+        nursery.start_soon(take)
+        await trio.testing.wait_all_tasks_blocked()
+        ids = await queue.enqueue_many([actorq.NewJob("first"), actorq.NewJob("second")])
+    assert got[0].id == ids[1]
+
+
+async def test_enqueue_many_is_all_or_nothing(queue: Q) -> None:
+    before = await push(queue, "before")
+    with pytest.raises(NotExistError):
+        await queue.enqueue_many(
+            [
+                actorq.NewJob("a"),
+                actorq.NewJob("b", dependencies=[0]),
+                actorq.NewJob("c", dependencies=[1, uuid.uuid4()]),
+            ]
+        )
+    assert await queue.all_root_job_ids() == [before]
+    assert (await queue.job_status(before)).dependents == []
+    with pytest.raises(DequeueTimeoutError):
+        await queue.dequeue(["a", "b", "c"], timeout=0)
+    assert [j.id for j in await queue.list_jobs()] == [before]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "error"),
+    [
+        ([actorq.NewJob("a", dependencies=[0])], ValueError),  # itself
+        ([actorq.NewJob("a"), actorq.NewJob("b", dependencies=[2])], ValueError),  # later
+        ([actorq.NewJob("a"), actorq.NewJob("b", dependencies=[1])], ValueError),  # itself
+        ([actorq.NewJob("a"), actorq.NewJob("b", dependencies=[-1])], ValueError),
+        ([actorq.NewJob("a"), actorq.NewJob("b", dependencies=[True])], TypeError),
+        ([actorq.NewJob("a"), actorq.NewJob("b", dependencies=["0"])], TypeError),  # type: ignore[list-item]
+        ([actorq.NewJob("a"), actorq.NewJob("b", dependencies="0")], TypeError),  # type: ignore[arg-type]
+        ([actorq.NewJob("a"), actorq.NewJob("")], ValueError),
+        ([actorq.NewJob("a"), actorq.NewJob("b", channel=3)], TypeError),  # type: ignore[arg-type]
+        ([actorq.NewJob("a"), actorq.NewJob("b", object())], TypeError),
+        ([actorq.NewJob("a"), "b"], TypeError),
+        ([actorq.NewJob("a"), ("b", None, None)], TypeError),
+    ],
+)
+async def test_enqueue_many_refuses_bad_jobs_and_adds_none(
+    queue: Q, jobs: list[Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        await queue.enqueue_many(jobs)
+    assert await queue.all_root_job_ids() == []
+
+
+async def test_enqueue_many_with_no_jobs(queue: Q) -> None:
+    assert await queue.enqueue_many([]) == []
+    assert await queue.all_root_job_ids() == []
+
+
+async def test_enqueue_many_a_thousand_job_chain(queue: Q) -> None:
+    ids = await queue.enqueue_many(
+        [actorq.NewJob("step", n, [n - 1] if n else []) for n in range(1000)]
+    )
+    assert await queue.all_root_job_ids() == [ids[-1]]
+    stats = await queue.stats()
+    assert (stats.jobs, stats.blocked, stats.ready) == (1000, 999, [("step", "", 1)])
+    job = await queue.dequeue(["step"], timeout=0)
+    assert (job.id, job.args) == (ids[0], 0)
+    await queue.finish_job(job.id, None)
+    job = await queue.dequeue(["step"], timeout=0)
+    assert (job.id, job.dependencies) == (ids[1], [ids[0]])
+
+
+# ------------------------------------------------------- canonical values
+
+
+@pytest.mark.parametrize("big", [2**53, -(2**53), 2**63, 2**64, 10**30])
+async def test_integers_json_cannot_carry_exactly_are_refused(queue: Q, big: int) -> None:
+    with pytest.raises(TypeError, match=r"outside -\(2\*\*53-1\) \.\. 2\*\*53-1"):
+        await queue.enqueue("t", {"n": [1, big]})
+    with pytest.raises(TypeError, match=r"outside -\(2\*\*53-1\)"):
+        await queue.enqueue_many([actorq.NewJob("t", big)])
+    assert await queue.all_root_job_ids() == []
+    await push(queue, "t")
+    job = await queue.dequeue(["t"], timeout=0)
+    with pytest.raises(TypeError, match=r"result holds the integer"):
+        await queue.finish_job(job.id, {"n": big})
+    assert (await queue.job_status(job.id)).state is actorq.JobState.RUNNING
+
+
+async def test_integers_within_53_bits_are_kept_exactly(queue: Q) -> None:
+    edge = [2**53 - 1, -(2**53 - 1), 0]
+    job_id = await push(queue, "t", {"n": edge})
+    assert (await queue.job(job_id)).args == {"n": edge}
+    job = await queue.dequeue(["t"], timeout=0)
+    assert job.args == {"n": edge}
+    await queue.finish_job(job.id, edge)
+    assert (await queue.job_status(job_id)).result == edge

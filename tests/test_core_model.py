@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -166,6 +167,37 @@ class QueueMachine(RuleBasedStateMachine):
         self.model.jobs[job_id] = MJob(job_id, next(self.model.seq), job_type, channel, deps_t)
         for d in deps_t:
             self.model.jobs[d].dependents.append(job_id)
+        self.model.wake()
+        self.absorb_handouts()
+
+    @rule(data=st.data(), size=st.integers(0, 4))
+    def enqueue_many(self, data: st.DataObject, size: int) -> None:
+        specs: list[tuple[str, str, list[uuid.UUID | int], str]] = []
+        for index in range(size):
+            existing = list(self.model.jobs) or [uuid.uuid4()]
+            ref: st.SearchStrategy[uuid.UUID | int] = st.sampled_from(existing)
+            if index:
+                ref = ref | st.integers(0, index - 1)
+            deps: list[uuid.UUID | int] = data.draw(st.lists(ref, max_size=3))
+            job_type = data.draw(st.sampled_from(TYPES))
+            specs.append((job_type, "null", deps, data.draw(st.sampled_from(CHANNELS))))
+        known = all(isinstance(d, int) or d in self.model.jobs for spec in specs for d in spec[2])
+        before = len(self.core._jobs)
+        try:
+            ids = self.core.enqueue_many(specs)
+        except JobQueueError:
+            assert not known
+            assert len(self.core._jobs) == before  # all or nothing
+            assert self.core.take_assignments() == []
+            return
+        assert known
+        assert len(ids) == size
+        for job_id, (job_type, _, deps, channel) in zip(ids, specs, strict=True):
+            resolved = tuple(dict.fromkeys(ids[d] if isinstance(d, int) else d for d in deps))
+            job = MJob(job_id, next(self.model.seq), job_type, channel, resolved)
+            self.model.jobs[job_id] = job
+            for d in resolved:
+                self.model.jobs[d].dependents.append(job_id)
         self.model.wake()
         self.absorb_handouts()
 
@@ -417,3 +449,40 @@ def test_withdrawn_waiters_leave_no_keys_behind() -> None:
     assert isinstance(waiter, int)
     core.enqueue("type-1", "null")
     assert [w for w, _ in core.take_assignments()] == [waiter]
+
+
+def test_enqueue_many_checks_every_reference_before_adding_any_job() -> None:
+    core = QueueState(wall=fixed_wall, monotonic=lambda: 0.0, track_changes=True)
+    first = core.enqueue("a", "null")
+    core.take_changes()
+    for bad, error in (([1], ValueError), ([-1], ValueError), ([uuid.uuid4()], NotExist)):
+        with pytest.raises(error):
+            core.enqueue_many([("a", "null", [first], ""), ("b", "null", [0, *bad], "")])
+        assert list(core.job_ids()) == [first]
+        assert core.job_status(first).dependents == []
+        assert not core.take_changes()
+
+
+def test_enqueue_many_tenancy_covers_every_job_id_and_channel() -> None:
+    from actorq import ProtocolError
+    from actorq._core import _ops as ops
+    from actorq._core._operation import NULL
+
+    core = QueueState(wall=fixed_wall, monotonic=lambda: 0.0)
+    theirs = core.enqueue("a", "null", (), "other")
+    mine = core.enqueue("a", "null", (), "mine")
+    scope = frozenset({"mine"})
+
+    def many(*specs: ops.JobSpec) -> list[uuid.UUID]:
+        op = ops.EnqueueMany(jobs=specs).checked()
+        return ops.run(op, core, scope)
+
+    # another tenant's job does not exist for this one, wherever it is named
+    with pytest.raises(NotExist):
+        many(ops.JobSpec("b", channel="mine"), ops.JobSpec("c", NULL, (0, theirs), "mine"))
+    with pytest.raises(ProtocolError) as info:
+        many(ops.JobSpec("b", channel="mine"), ops.JobSpec("c", NULL, (0,), "other"))
+    assert info.value.reason == "forbidden"
+    assert sorted(core.job_ids()) == sorted([theirs, mine])
+    ids = many(ops.JobSpec("b", channel="mine"), ops.JobSpec("c", NULL, (0, mine), "mine"))
+    assert core.job_status(ids[1]).dependencies == [ids[0], mine]

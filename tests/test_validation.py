@@ -220,3 +220,56 @@ def test_command_handler_checks_the_command() -> None:
         command_handler(["echo", 3])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="command must not be empty"):
         command_handler([])
+
+
+# ---------------------------------------------------- values over the wire
+
+
+async def _ask_server(queue: actorq.LocalQueue, frames: list[str]) -> list[dict[str, Any]]:
+    """Send raw frames to a server over a memory stream; return its replies, in order."""
+    import orjson
+    from trio_websocket import wrap_client_stream
+
+    from actorq._remote import _wire as w
+    from actorq._remote._server import QueueServer
+
+    server = QueueServer(queue)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    replies: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_stream)
+        ws = await wrap_client_stream(nursery, client_stream, "localhost", "/")  # type: ignore[arg-type]
+        await ws.send_message(w.encode(w.Hello(id=0, versions=[1])))
+        assert orjson.loads(await ws.get_message())["kind"] == "welcome"
+        for frame in frames:
+            await ws.send_message(frame)
+            replies.append(orjson.loads(await ws.get_message()))
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+    return replies
+
+
+@pytest.mark.parametrize("big", ["9007199254740992", "-9007199254740992", "123456789012345678901"])
+async def test_the_server_refuses_an_inexact_integer_with_the_in_process_type_error(
+    big: str,
+) -> None:
+    from actorq._remote import _wire as w
+
+    async with actorq.open_queue() as queue:
+        with pytest.raises(TypeError) as local:
+            await queue.enqueue("t", {"n": int(big)})
+        frame = f'{{"kind":"enqueue","id":7,"job_type":"t","args":{{"n":{big}}}}}'
+        exact = '{"kind":"enqueue","id":8,"job_type":"t","args":{"n":9007199254740991}}'
+        refused, accepted = await _ask_server(queue, [frame, exact])
+        assert refused["id"] == 7
+        assert refused["error"] == "type_error"
+        # what a client raises for that reply: the same class, the same words
+        remote = w.exception_from_reply(
+            w.Error(**{k: v for k, v in refused.items() if k != "kind"})
+        )
+        assert type(remote) is TypeError
+        assert str(remote) == str(local.value).replace("args", "the request", 1)
+        assert accepted["kind"] == "ok"
+        assert [(await queue.job(i)).args for i in await queue.all_root_job_ids()] == [
+            {"n": 2**53 - 1}
+        ]

@@ -48,7 +48,16 @@ SAMPLES: list[w.Message] = [
             job_type="t", args=J({"a": [1, 2.5, None, True]}), dependencies=(U1,), channel="c"
         ),
     ),
-    R(2, ops.EnqueueMany(jobs=(ops.JobSpec("t", J({"n": 1}), (U1,), "c"), ops.JobSpec("u")))),
+    R(
+        2,
+        ops.EnqueueMany(
+            jobs=(
+                ops.JobSpec("t", J({"n": 1}), (U1,), "c"),
+                ops.JobSpec("u"),
+                ops.JobSpec("v", J(None), (0, U2, 1)),
+            )
+        ),
+    ),
     R(3, ops.Dequeue(job_types=("a", "b"), channels=("", "x"), timeout=1.5, worker_id=U1)),
     R(4, ops.Dequeue(job_types=("a",), channels=(), any_channel=True)),
     R(5, ops.DequeueById(job_id=U1, worker_id=None)),
@@ -195,9 +204,47 @@ def reason_of(text: Any, **kwargs: Any) -> str:
         ('{"kind":"enqueue_many","id":1,"jobs":[{"job_type":"t","x":1}]}', "bad_field"),
         ('{"kind":"enqueue_many","id":1,"jobs":{}}', "bad_field"),
         ('{"kind":"cancel_job","id":1,"job_id":"nope"}', "bad_uuid"),
-        # orjson would read it as a float; the in-process API refuses it too
-        ('{"kind":"enqueue","id":1,"job_type":"t","args":{"n":123456789012345678901}}', "bad_json"),
-        ('{"kind":"enqueue","id":1,"job_type":"t","args":[-9223372036854775809]}', "bad_json"),
+        # beyond 2**53-1: refused as the in-process API refuses it (a type_error)
+        (
+            '{"kind":"enqueue","id":1,"job_type":"t","args":{"n":123456789012345678901}}',
+            "inexact_integer",
+        ),
+        (
+            '{"kind":"enqueue","id":1,"job_type":"t","args":[-9223372036854775809]}',
+            "inexact_integer",
+        ),
+        ('{"kind":"enqueue","id":1,"job_type":"t","args":[9007199254740992]}', "inexact_integer"),
+        ('{"kind":"enqueue","id":1,"job_type":"t","args":[-9007199254740992]}', "inexact_integer"),
+        (
+            f'{{"kind":"requeue_or_finish_job","id":1,"job_id":"{U1}","max_retries":2e0}}',
+            "bad_field",
+        ),
+        (
+            f'{{"kind":"requeue_or_finish_job","id":1,"job_id":"{U1}",'
+            '"max_retries":18446744073709551615}',
+            "inexact_integer",
+        ),
+        # a dependency of enqueue_many is a UUID string or an integer index
+        (
+            '{"kind":"enqueue_many","id":1,"jobs":[{"job_type":"t","dependencies":[true]}]}',
+            "bad_field",
+        ),
+        (
+            '{"kind":"enqueue_many","id":1,"jobs":[{"job_type":"t","dependencies":[0.0]}]}',
+            "bad_field",
+        ),
+        (
+            '{"kind":"enqueue_many","id":1,"jobs":[{"job_type":"t","dependencies":[null]}]}',
+            "bad_field",
+        ),
+        (
+            '{"kind":"enqueue_many","id":1,"jobs":[{"job_type":"t","dependencies":["zz"]}]}',
+            "bad_uuid",
+        ),
+        (
+            '{"kind":"enqueue_many","id":1,"jobs":[{"job_type":"t","dependencies":0}]}',
+            "bad_field",
+        ),
         # only the 8-4-4-4-12 form: no braces, URNs, bare hex or non-ASCII digits
         (f'{{"kind":"cancel_job","id":1,"job_id":"{{{U1}}}"}}', "bad_uuid"),
         (f'{{"kind":"cancel_job","id":1,"job_id":"urn:uuid:{U1}"}}', "bad_uuid"),

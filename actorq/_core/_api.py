@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _ops as o
 from ._json import to_json_text
+from ._models import NewJob
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -60,10 +61,28 @@ class QueueAPI:
         )
         return await self._run(op)
 
-    async def enqueue_many(self, jobs: Iterable[tuple[str, Any]], channel: str = "") -> list[UUID]:
-        """Enqueue several jobs without dependencies in one request: all of them, or none."""
-        specs = tuple(o.JobSpec(t, _json(a, "args"), (), channel) for t, a in jobs)
-        return await self._run(o.EnqueueMany(jobs=specs))
+    async def enqueue_many(
+        self, jobs: Iterable[NewJob | tuple[str, Any]], channel: str = ""
+    ) -> list[UUID]:
+        """Enqueue several jobs in one step: all of them, or none.
+
+        Each job is a :class:`actorq.NewJob`, or a ``(job_type, args)`` pair
+        enqueued in ``channel`` with no dependencies.
+        """
+        specs = []
+        for index, job in enumerate(jobs):
+            if isinstance(job, NewJob):
+                deps: Any = job.dependencies
+                spec = o.JobSpec(job.job_type, _json(job.args, "args"), deps, job.channel)
+            elif isinstance(job, tuple) and len(job) == 2:
+                spec = o.JobSpec(job[0], _json(job[1], "args"), (), channel)
+            else:
+                raise TypeError(
+                    f"job {index} must be an actorq.NewJob or a (job_type, args) pair, "
+                    f"not {type(job).__name__}"
+                )
+            specs.append(spec)
+        return await self._run(o.EnqueueMany(jobs=tuple(specs)))
 
     async def dequeue(
         self,

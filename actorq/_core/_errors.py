@@ -115,7 +115,7 @@ class ProtocolError(JobQueueError):
     ``reason`` is a stable code saying what was wrong (see ``docs/protocol.md``):
     ``bad_json``, ``not_object``, ``missing_kind``, ``unknown_kind``,
     ``unexpected_kind``, ``bad_field``, ``bad_uuid``, ``oversize``, ``binary``,
-    ``duplicate_id``, ``too_many_requests``, ``hello_expected``,
+    ``inexact_integer``, ``duplicate_id``, ``too_many_requests``, ``hello_expected``,
     ``unsupported_version``, ``unauthorized``, ``forbidden``, ``internal``.
     ``request_id`` is the id of the offending request when it could be read.
     """
@@ -132,6 +132,20 @@ class ProtocolError(JobQueueError):
         super().__init__(message)
         self.reason = reason
         self.request_id = request_id
+
+
+class InexactIntegerError(ProtocolError):
+    """A frame holds an integer outside ``-(2**53-1) .. 2**53-1`` (reason ``inexact_integer``).
+
+    Its ``code`` is ``type_error``: the reply a server sends for it is the
+    :class:`TypeError` the in-process API raises for the same value, and a
+    client raises exactly that.
+    """
+
+    code = "type_error"
+
+    def __init__(self, message: str, request_id: int | None = None) -> None:
+        super().__init__(message, "inexact_integer", request_id)
 
 
 ERRORS_BY_CODE: dict[str, type[JobQueueError]] = {

@@ -35,11 +35,17 @@ class ReadyIndex(StateAttributes):
         if job.ready_key == 0:
             return
         job.ready_key = 0
+        ready = self._ready
         for heap_key in ((job.type, job.channel), (job.type, ANY_CHANNEL)):
-            # Empty heaps stay: a busy key empties and refills on every job.
-            heap = self._ready[heap_key]
+            heap = ready[heap_key]
             heap.live -= 1
-            if len(heap.entries) > 2 * heap.live + COMPACT_SLACK:
+            if not heap.live:
+                # Every entry left is dead: a name no job uses any more must not
+                # keep its entry. (A busy key that empties and refills on every
+                # job pays a dict delete and insert for it, which costs less
+                # than popping the dead entry it drops would.)
+                del ready[heap_key]
+            elif len(heap.entries) > 2 * heap.live + COMPACT_SLACK:
                 heap.entries = [e for e in heap.entries if self._live_entry(e)]
                 heapq.heapify(heap.entries)
 
@@ -61,6 +67,12 @@ class ReadyIndex(StateAttributes):
         best: tuple[int, int, UUID] | None = None
         ready = self._ready
         for job_type in job_types:
+            if channels is not None and len(channels) > 1:
+                # the type's any-channel heap holds every ready job of the type:
+                # with none ready, none of its channels needs a look
+                every = ready.get((job_type, ANY_CHANNEL))
+                if every is None or not every.live:
+                    continue
             for channel in (ANY_CHANNEL,) if channels is None else channels:
                 heap = ready.get((job_type, channel))
                 if heap is None or not heap.live:

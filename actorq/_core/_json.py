@@ -17,7 +17,16 @@ from cattrs.preconf.json import make_converter
 if TYPE_CHECKING:
     import cattrs
 
-__all__ = ["JSON", "converter", "dumps", "loads", "structure", "to_json_text"]
+__all__ = [
+    "JSON",
+    "MAX_EXACT_INT",
+    "converter",
+    "dumps",
+    "inexact_integer",
+    "loads",
+    "structure",
+    "to_json_text",
+]
 
 JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
 
@@ -28,7 +37,44 @@ T = TypeVar("T")
 converter: cattrs.Converter = make_converter()
 
 _PLAIN = (dict, list, str, int, float, bool, type(None))
-_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+# OPT_STRICT_INTEGER: integers beyond 53 bits are refused (see MAX_EXACT_INT)
+_STRICT = (
+    orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_STRICT_INTEGER
+)
+
+MAX_EXACT_INT = 2**53 - 1
+"""The largest integer magnitude a JSON value may hold.
+
+JSON parsers in most languages read every number as an IEEE double, which
+holds integers exactly only up to 2**53 - 1: a larger one would reach a
+JavaScript or Go peer changed. The queue refuses it, in-process and on the
+wire alike, rather than store a value that other readers get wrong.
+"""
+
+
+def inexact_integer(what: str, literal: str) -> str:
+    """The message of the :class:`TypeError` for an integer outside ``±MAX_EXACT_INT``."""
+    shown = literal if len(literal) <= 40 else literal[:40] + "..."
+    return (
+        f"{what} holds the integer {shown}, outside -(2**53-1) .. 2**53-1, "
+        "which JSON does not carry exactly"
+    )
+
+
+def _inexact(value: object) -> int | None:
+    # the first integer out of range, if any (walked on the error path only)
+    if type(value) is int:
+        return value if abs(value) > MAX_EXACT_INT else None
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    for item in items:
+        found = _inexact(item)
+        if found is not None:
+            return found
+    return None
 
 
 def _check_finite(value: object) -> None:
@@ -60,12 +106,26 @@ def to_json_text(value: object, what: str = "value") -> str:
         else:
             text = orjson.dumps(converter.unstructure(value), option=_STRICT)
     except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError) as exc:
+        if "Integer exceeds" in str(exc):
+            found = _find_inexact(value)
+            if found is not None:
+                raise TypeError(inexact_integer(what, str(found))) from None
         raise TypeError(f"{what} cannot be encoded as JSON: {exc}") from None
     except Exception as exc:  # a converter hook of the user's failed
         raise TypeError(f"{what} cannot be encoded as JSON: {exc!r}") from None
     if b"null" in text:  # NaN and infinities are written as null
         _check_finite(converter.unstructure(value))
     return text.decode()
+
+
+def _find_inexact(value: object) -> int | None:
+    found = _inexact(value)
+    if found is None and type(value) not in _PLAIN:
+        try:
+            found = _inexact(converter.unstructure(value))
+        except Exception:  # the converter failed already, so orjson's words stand
+            return None
+    return found
 
 
 def dumps(value: object) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -110,3 +111,20 @@ class QueueStats:
     canceled: int
     waiting_dequeuers: int
     workers: int
+
+
+@attrs.frozen
+class NewJob:
+    """One job of an :meth:`~actorq.JobQueue.enqueue_many` call.
+
+    ``args`` is a JSON value (or an attrs class / dataclass, unstructured
+    through :data:`actorq.converter`). Each of ``dependencies`` is either the
+    :class:`~uuid.UUID` of a job that exists already, or the ``int`` index of
+    an *earlier* job of the same call (``0`` is the call's first job), so one
+    call can enqueue a whole dependency graph.
+    """
+
+    job_type: str
+    args: Any = None
+    dependencies: Sequence[UUID | int] = ()
+    channel: str = ""

@@ -38,7 +38,7 @@ import attrs
 import orjson
 
 from . import _validate as v
-from ._json import loads
+from ._json import converter, loads
 from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 from ._operation import (
     NOTHING,
@@ -60,6 +60,10 @@ from ._operation import (
 from ._records import Assignment
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import cattrs
+
     from ._state import QueueState
 
 __all__ = [
@@ -110,17 +114,47 @@ class Enqueue(Operation[UUID, UUID]):
 
 @attrs.frozen
 class JobSpec:
-    """One job of an ``enqueue_many`` request."""
+    """One job of an ``enqueue_many`` request, as it travels on the wire.
+
+    Each dependency is a job id, or the index of an earlier job of the same
+    request (an integer on the wire).
+    """
 
     job_type: str
     args: JsonText = NULL
-    dependencies: tuple[UUID, ...] = ()
+    dependencies: tuple[UUID | int, ...] = ()
     channel: str = ""
+
+
+def _dependency_ref_hook(_: Any, conv: cattrs.Converter) -> Callable[[object, object], UUID | int]:
+    # A dependency in a frame is a UUID string or an integer index. cattrs has
+    # no strategy for a union of UUID and int, so dispatch on the JSON type,
+    # to the converter's own hooks (the wire's are strict about both forms).
+    as_uuid = conv.get_structure_hook(UUID)
+    as_int = conv.get_structure_hook(int)
+
+    def structure(value: object, _: object) -> UUID | int:
+        if type(value) is str:
+            return as_uuid(value, UUID)  # type: ignore[no-any-return]
+        if type(value) is int:
+            return as_int(value, int)  # type: ignore[no-any-return]
+        raise TypeError("expected a UUID string or the integer index of an earlier job")
+
+    return structure
+
+
+converter.register_structure_hook_factory(lambda tp: tp == UUID | int, _dependency_ref_hook)
 
 
 @attrs.frozen(kw_only=True)
 class EnqueueMany(Operation[list[UUID], list[UUID]]):
-    """Enqueue several jobs at once: all of them, or (on an error) none."""
+    """Enqueue several jobs at once: all of them, or (on an error) none.
+
+    A job may depend on earlier jobs of the same request, by index, so a
+    whole dependency graph goes in one step. A forward or self reference is a
+    :class:`ValueError`, an unknown job id a :class:`NotExistError`; either
+    way nothing is added.
+    """
 
     NAME = "enqueue_many"
     RESULT = list[UUID]
@@ -131,25 +165,33 @@ class EnqueueMany(Operation[list[UUID], list[UUID]]):
         if not isinstance(self.jobs, tuple | list):
             raise TypeError(f"jobs must be a sequence, not {type(self.jobs).__name__}")
         specs = []
-        for spec in self.jobs:
+        for index, spec in enumerate(self.jobs):
             if not isinstance(spec, JobSpec):
                 raise TypeError(f"each job must be a JobSpec, not {type(spec).__name__}")
-            job_type, deps, channel = _args(spec.job_type, spec.dependencies, spec.channel)
-            specs.append(JobSpec(job_type, spec.args, deps, channel))
-        return attrs.evolve(self, jobs=tuple(specs))
+            specs.append(
+                JobSpec(
+                    v.check_job_type(spec.job_type),
+                    spec.args,
+                    v.check_dependency_refs(spec.dependencies, index),
+                    v.check_channel(spec.channel),
+                )
+            )
+        return EnqueueMany(jobs=tuple(specs))
 
     def access(self) -> Access:
         return Access(
-            jobs=tuple(dict.fromkeys(dep for spec in self.jobs for dep in spec.dependencies)),
+            jobs=tuple(
+                dict.fromkeys(
+                    dep for spec in self.jobs for dep in spec.dependencies if isinstance(dep, UUID)
+                )
+            ),
             channels=tuple(dict.fromkeys(spec.channel for spec in self.jobs)),
         )
 
     def apply(self, state: QueueState, scope: Scope) -> list[UUID]:
-        # All or nothing: check every dependency before adding any job.
-        for spec in self.jobs:
-            for dep in spec.dependencies:
-                state.job_state(dep)
-        return [state.enqueue(s.job_type, s.args, s.dependencies, s.channel) for s in self.jobs]
+        return state.enqueue_many(
+            [(s.job_type, s.args, s.dependencies, s.channel) for s in self.jobs]
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
         JobState,
         JobStatus,
         JobSummary,
+        NewJob,
         QueueStats,
         WorkerInfo,
     )
@@ -43,6 +44,21 @@ class JobQueue(Protocol):
 
         Raises :class:`NotExistError` (and enqueues nothing) if a dependency
         does not exist.
+        """
+        ...
+
+    async def enqueue_many(
+        self, jobs: Iterable[NewJob | tuple[str, Any]], channel: str = ""
+    ) -> list[UUID]:
+        """Add several jobs in one step, all of them or none; return their ids in order.
+
+        Each job is a :class:`NewJob`, or a ``(job_type, args)`` pair enqueued
+        in ``channel`` without dependencies. A :class:`NewJob` may depend on
+        existing jobs (by id) and on earlier jobs of the same call (by index),
+        so a whole dependency graph is enqueued at once. An index that does not
+        name an earlier job raises :class:`ValueError` and an unknown id
+        :class:`NotExistError`; in either case, and for any bad argument,
+        nothing is enqueued.
         """
         ...
 

@@ -69,7 +69,7 @@ from ._records import Assignment, Changes, JobRecord, WorkerRecord, new_uuid4
 from ._restore import StateRestore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable
+    from collections.abc import Callable, Collection, Iterable, Sequence
     from datetime import datetime
     from uuid import UUID
 
@@ -155,6 +155,31 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         if job.waiting_on == 0:
             self._make_ready(job)
         return job.id
+
+    def enqueue_many(
+        self, jobs: Sequence[tuple[str, str, Sequence[UUID | int], str]]
+    ) -> list[UUID]:
+        """Add several jobs, all or none; return their ids in order.
+
+        Each job is ``(type, args JSON text, dependencies, channel)``, and each
+        dependency a job id or the index of an earlier job in ``jobs``. Every
+        dependency is checked before any job is added: an unknown id raises
+        :class:`NotExistError`, an index that is not earlier :class:`ValueError`,
+        and nothing changes. One pass, linear in jobs and dependencies.
+        """
+        known = self._jobs
+        for index, (_, _, deps, _) in enumerate(jobs):
+            for dep in deps:
+                if isinstance(dep, int):
+                    if not 0 <= dep < index:
+                        raise ValueError(f"dependencies of job {index}: {dep} is not earlier")
+                elif dep not in known:
+                    raise NotExistError(f"dependency {dep} does not exist")
+        ids: list[UUID] = []
+        for job_type, args, deps, channel in jobs:
+            resolved = [ids[dep] if isinstance(dep, int) else dep for dep in deps]
+            ids.append(self.enqueue(job_type, args, resolved, channel))
+        return ids
 
     def dequeue(
         self,

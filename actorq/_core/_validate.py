@@ -164,3 +164,29 @@ def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
 
 def check_optional_str(value: object, name: str) -> str | None:
     return None if value is None else check_str(value, name)
+
+
+def check_dependency_refs(values: object, index: int) -> tuple[UUID | int, ...]:
+    """The dependencies of job ``index`` of an ``enqueue_many`` call, duplicates dropped.
+
+    Each is a UUID, or the ``int`` index of an earlier job of the call: a
+    wrong type is a :class:`TypeError`, an index that is not earlier (a
+    forward or self reference, or a negative one) a :class:`ValueError`.
+    """
+    name = f"dependencies of job {index}"
+    if isinstance(values, str | bytes | UUID) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be an iterable of uuid.UUID or int")
+    out: dict[UUID | int, None] = {}
+    for value in values:
+        if isinstance(value, UUID):
+            out[value] = None
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value < index:
+                # a job can only wait for jobs enqueued before it: no cycles
+                raise ValueError(f"{name}: {value} is not the index of an earlier job")
+            out[value] = None
+        else:
+            raise TypeError(
+                f"each of {name} must be a uuid.UUID or an int index, not {type(value).__name__}"
+            )
+    return tuple(out)

@@ -14,7 +14,6 @@ never anything else. See ``docs/protocol.md`` for the whole protocol.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import types
@@ -30,7 +29,8 @@ import cattrs
 import orjson
 from cattrs.strategies import configure_tagged_union, include_subclasses
 
-from .._core._errors import ERRORS_BY_CODE, JobQueueError, ProtocolError
+from .._core._errors import ERRORS_BY_CODE, InexactIntegerError, JobQueueError, ProtocolError
+from .._core._json import MAX_EXACT_INT, inexact_integer
 from .._core._json import converter as app_converter
 from .._core._models import DequeuedJob
 from .._core._operation import NULL
@@ -471,8 +471,8 @@ def decode(
     binary frame) raises :class:`ProtocolError`, and nothing else escapes.
     A batch frame (a JSON array) is refused here: see :func:`decode_frame`.
     """
-    obj = _load(text, max_size)
-    return _message(obj, kinds)
+    obj, marked = _load(text, max_size)
+    return _message(obj, kinds, marked)
 
 
 def decode_frame(
@@ -489,16 +489,16 @@ def decode_frame(
     batch does not spoil the others). Raises :class:`ProtocolError` for a
     frame that is not JSON at all, too large or binary.
     """
-    obj = _load(text, max_size)
+    obj, marked = _load(text, max_size)
     if type(obj) is not list:
         try:
-            return [_message(obj, kinds)]
+            return [_message(obj, kinds, marked)]
         except ProtocolError as exc:
             return [exc]
     out: list[Message | ProtocolError] = []
     for item in obj:
         try:
-            out.append(_message(item, kinds))
+            out.append(_message(item, kinds, marked))
         except ProtocolError as exc:
             out.append(exc)
     return out
@@ -511,7 +511,7 @@ def encode_batch(texts: list[str]) -> str:
     return "[" + ",".join(texts) + "]"
 
 
-def _load(text: str | bytes | bytearray | memoryview, max_size: int) -> Any:
+def _load(text: str | bytes | bytearray | memoryview, max_size: int) -> tuple[Any, bool]:
     if not isinstance(text, str):
         raise ProtocolError("binary frames are not part of the protocol", "binary")
     if len(text) > max_size:
@@ -523,11 +523,11 @@ def _load(text: str | bytes | bytearray | memoryview, max_size: int) -> Any:
     except RecursionError:
         raise ProtocolError("JSON nested too deeply", "bad_json") from None
     if _LONG_DIGITS.search(text) is not None:
-        _check_integers(text)
-    return obj
+        return _reread(text, obj)
+    return obj, False
 
 
-def _message(obj: Any, kinds: Iterable[str] | None) -> Message:
+def _message(obj: Any, kinds: Iterable[str] | None, marked: bool = False) -> Message:
     if type(obj) is not dict:
         raise ProtocolError(f"a message is a JSON object, not {_json_type(obj)}", "not_object")
     raw_id = obj.get("id")
@@ -541,6 +541,8 @@ def _message(obj: Any, kinds: Iterable[str] | None) -> Message:
         raise ProtocolError(f"{kind} is not expected here", "unexpected_kind", request_id)
     if raw_id is not None and request_id is None:
         raise ProtocolError(f"id must be an integer in 0..{MAX_ID}", "bad_field")
+    if marked:
+        _refuse_inexact(obj, request_id)
     operation = OPERATIONS.get(kind)
     structured: Any
     try:
@@ -561,28 +563,62 @@ def _message(obj: Any, kinds: Iterable[str] | None) -> Message:
     return message
 
 
-# orjson reads an integer outside 64 bits as a float, silently changing it;
-# the in-process API refuses such a value. A frame holding a run of 19 digits
-# (inside a string or not) is parsed again to find out: rare, and only then.
-_LONG_DIGITS: Final = re.compile(r"[0-9]{19}")
-_MIN_INT: Final = -(2**63)
-_MAX_INT: Final = 2**64 - 1
+# Integers outside +-(2**53-1) are refused, as the in-process API refuses them
+# (actorq._core._json.MAX_EXACT_INT); orjson would even read one outside 64
+# bits as a float, silently changing it. A frame holding a run of 16 digits
+# that does not follow a decimal point (inside a string or not) is parsed
+# again to find out: rare, and only then.
+_LONG_DIGITS: Final = re.compile(r"(?<![0-9.])[0-9]{16}")
 
 
-def _checked_int(literal: str) -> int:
-    value = int(literal)
-    if not _MIN_INT <= value <= _MAX_INT:
-        raise ProtocolError(
-            f"integer {literal[:40]}... is outside the 64-bit range JSON values keep",
-            "bad_json",
-        )
-    return value
+class _Inexact:
+    """Stands for an integer literal JSON does not carry exactly, in a re-read frame."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
 
 
-def _check_integers(text: str) -> None:
-    # a frame malformed for json but not for orjson: orjson's reading stands
-    with contextlib.suppress(ValueError, RecursionError):
-        json.loads(text, parse_int=_checked_int)
+def _reread(text: str, obj: Any) -> tuple[Any, bool]:
+    """``text`` parsed again with every inexact integer marked; True if any was."""
+    marked = False
+
+    def marking_int(literal: str) -> int | _Inexact:
+        nonlocal marked
+        # past 17 characters it is out of range whatever the digits (JSON has
+        # no leading zeros), and int() of thousands of digits would itself fail
+        if len(literal) > 17 or abs(value := int(literal)) > MAX_EXACT_INT:
+            marked = True
+            return _Inexact(literal)
+        return value
+
+    try:
+        reread = json.loads(text, parse_int=marking_int)
+    except (ValueError, RecursionError):
+        # a frame malformed for json but not for orjson: orjson's reading stands
+        return obj, False
+    return (reread, True) if marked else (obj, False)
+
+
+def _find_inexact(value: Any) -> str | None:
+    if type(value) is _Inexact:
+        return value.literal
+    if type(value) is dict:
+        value = value.values()
+    elif type(value) is not list:
+        return None
+    for item in value:
+        found = _find_inexact(item)
+        if found is not None:
+            return found
+    return None
+
+
+def _refuse_inexact(obj: Any, request_id: int | None) -> None:
+    literal = _find_inexact(obj)
+    if literal is not None:
+        raise InexactIntegerError(inexact_integer("the request", literal), request_id)
 
 
 def _contains(exc: BaseException, cls: type[BaseException]) -> bool:
