@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from actorq._cli._main import main
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 
@@ -159,3 +160,208 @@ def test_a_url_command_loads_no_database_driver() -> None:
     modules = loaded_by("--url", "ws://127.0.0.1:1", "status", str(uuid4()))
     assert "actorq._remote._client" in modules  # it did try to connect
     assert not {m for m in modules if m.startswith(("sqlite3", "psycopg", "actorq._stores."))}
+
+
+# ------------------------------------------------------------ one-sentence errors
+
+
+def last_line(result: Result) -> str:
+    lines = result.output.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (
+            ["serve", "--port", "99999"],
+            "Error: Invalid value for '--port': 99999 is not in the range 0<=x<=65535.",
+        ),
+        (
+            ["serve", "--metrics-port", "-1"],
+            "Error: Invalid value for '--metrics-port': -1 is not in the range 0<=x<=65535.",
+        ),
+        (
+            ["serve", "--job-timeout", "-1"],
+            "Error: Invalid value for '--job-timeout': -1 is not a number of seconds > 0",
+        ),
+        (
+            ["serve", "--retention", "0"],
+            "Error: Invalid value for '--retention': 0 is not a number of seconds > 0",
+        ),
+        (
+            ["serve", "--watch-interval", "nan"],
+            "Error: Invalid value for '--watch-interval': nan is not a number of seconds > 0",
+        ),
+        (
+            ["serve", "--max-retries", "-1"],
+            "Error: Invalid value for '--max-retries': -1 is not in the range x>=0.",
+        ),
+        (
+            ["worker", "--type", "t", "--grace", "-1", "--", "true"],
+            "Error: Invalid value for '--grace': -1 is not a number of seconds >= 0",
+        ),
+        (
+            ["worker", "--type", "t", "--heartbeat-interval", "soon", "--", "true"],
+            "Error: Invalid value for '--heartbeat-interval': soon is not a number of seconds",
+        ),
+    ],
+)
+def test_bad_option_values_are_usage_errors(store: str, args: list[str], sentence: str) -> None:
+    result = CliRunner().invoke(main, ["--store", store, *args])
+    assert result.exit_code == 2
+    assert last_line(result) == sentence
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def pems(tmp_path: Path) -> dict[str, str]:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    files = {
+        "cert": tmp_path / "cert.pem",
+        "key": tmp_path / "key.pem",
+        "other-key": tmp_path / "other-key.pem",
+        "junk": tmp_path / "junk.pem",
+    }
+    cert.cert_chain_pems[0].write_to_path(files["cert"])
+    cert.private_key_pem.write_to_path(files["key"])
+    ca.issue_cert("elsewhere").private_key_pem.write_to_path(files["other-key"])
+    files["junk"].write_text("not PEM at all\n")
+    return {name: str(path) for name, path in files.items()}
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "sentence"),
+    [
+        ("junk", "key", "the TLS certificate {junk} is not a PEM certificate"),
+        ("key", "key", "the TLS certificate {key} is not a PEM certificate"),
+        ("cert", "junk", "the TLS key {junk} is not a PEM private key"),
+        ("cert", "other-key", "the TLS key {other-key} is not the key of the certificate {cert}"),
+    ],
+)
+def test_bad_tls_files_are_named(
+    store: str, pems: dict[str, str], cert: str, key: str, sentence: str
+) -> None:
+    result = run_cli(store, "serve", "--tls-cert", pems[cert], "--tls-key", pems[key])
+    assert result.exit_code == 1
+    expected = "actorq: " + sentence.replace("{other-key}", pems["other-key"]).format(**pems)
+    assert result.output.strip() == expected
+
+
+def run_cli(store: str, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--store", store, *args])
+
+
+def test_a_port_in_use_is_named(store: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(store, "serve", "--port", str(port))
+    assert result.exit_code == 1
+    assert last_line(result) == f"actorq: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert "Traceback" not in result.output
+
+
+def test_a_metrics_port_in_use_is_named(store: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(store, "serve", "--port", "0", "--metrics-port", str(port))
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"actorq: cannot serve metrics on 127.0.0.1:{port}: address already in use"
+    )
+
+
+def test_a_server_that_does_not_answer_is_named() -> None:
+    import socket
+
+    # the kernel completes the TCP handshake of a listening socket; nothing answers after
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()
+        url = f"ws://127.0.0.1:{hung.getsockname()[1]}"
+        result = CliRunner().invoke(main, ["--connect-timeout", "0.2", "--url", url, "jobs"])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"actorq: the server at {url} did not answer within 0.2 s"
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Path]:
+    """A queue's database file that this process cannot write."""
+    path = tmp_path / "ro.db"
+    assert run(f"sqlite:///{path}", "enqueue", "t").exit_code == 0
+    path.chmod(0o444)
+    immutable = False
+    if os.geteuid() == 0:
+        # permissions do not stop root; the immutable attribute does
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"running as root without chattr +i: {done.stderr.decode().strip()}")
+        immutable = True
+    try:
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o644)
+
+
+def test_a_read_only_database_is_named(read_only: Path) -> None:
+    result = run_cli(f"sqlite:///{read_only}", "jobs")
+    assert result.exit_code == 1
+    assert (
+        result.output.strip() == f"actorq: {read_only} is read-only; the queue needs to write to it"
+    )
+
+
+def test_a_corrupt_database_is_one_sentence_without_its_data(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "bad.db"
+    for n in range(10):
+        run(f"sqlite:///{path}", "enqueue", "t", json.dumps({"secret": f"hunter{n}" * 50}))
+    with sqlite3.connect(path) as conn:
+        (page,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'jobs'").fetchone()
+    conn.close()
+    data = bytearray(path.read_bytes())
+    start = 4096 * (page - 1) + 8  # past the page header's first bytes: its cell pointers
+    data[start : start + 32] = bytes(range(32))
+    path.write_bytes(data)
+    result = run_cli(f"sqlite:///{path}", "jobs")
+    assert result.exit_code == 1
+    assert result.output.strip() == f"actorq: {path} is corrupt; restore it from a backup"
+
+
+# ------------------------------------------------------------ options anywhere, help
+
+
+def test_global_options_may_follow_the_command(store: str, tmp_path: Path) -> None:
+    job_id = CliRunner().invoke(main, ["enqueue", "t", "--store", store]).output.strip()
+    UUID(job_id)
+    # the option after the command wins over the environment and the group's default
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    listing = CliRunner(env={"ACTORQ_STORE": other}).invoke(main, ["jobs", "--store", store])
+    assert [line.split()[0] for line in listing.output.splitlines()[1:]] == [job_id]
+    remote = CliRunner().invoke(main, ["status", job_id, "--url", "ws://127.0.0.1:9"])
+    assert remote.exit_code == 1
+    assert "cannot connect to the queue server: ws://127.0.0.1:9" in remote.output
+
+
+def test_help_lists_the_environment_variables() -> None:
+    def words(*args: str) -> str:  # help text, unwrapped
+        return " ".join(CliRunner().invoke(main, [*args, "--help"]).output.split())
+
+    top = words()
+    for name in ("ACTORQ_URL", "ACTORQ_STORE", "ACTORQ_TOKEN", "ACTORQ_CONNECT_TIMEOUT"):
+        assert f"[env var: {name}" in top
+    assert "[env var: ACTORQ_AUTH_TOKEN]" in words("serve")
