@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 import pytest
+import trio
 from click.testing import CliRunner, Result
 
+import actorq
 from actorq._cli._main import main
 
 if TYPE_CHECKING:
@@ -365,3 +369,116 @@ def test_help_lists_the_environment_variables() -> None:
     for name in ("ACTORQ_URL", "ACTORQ_STORE", "ACTORQ_TOKEN", "ACTORQ_CONNECT_TIMEOUT"):
         assert f"[env var: {name}" in top
     assert "[env var: ACTORQ_AUTH_TOKEN]" in words("serve")
+
+
+# ------------------------------------------------------------ serve and worker, real processes
+
+
+async def start_serve(store: str, *options: str) -> tuple[trio.Process, str, str]:
+    """``actorq serve`` on a free port: the process, its URL and its banner line."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "actorq", "serve", "--store", store, "--port", "0", *options],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    banner = b""
+    with trio.fail_after(20):
+        while not banner.endswith(b"\n"):
+            chunk = await proc.stderr.receive_some(1)
+            assert chunk, "actorq serve exited before its banner"
+            banner += chunk
+    match = re.search(r" on (ws://\S+)$", banner.decode().strip())
+    assert match, banner
+    return proc, match.group(1), banner.decode().strip()
+
+
+async def stop(proc: trio.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+    with trio.CancelScope(shield=True):
+        await proc.wait()
+        if proc.stderr is not None:
+            await trio.aclose_forcefully(proc.stderr)
+
+
+async def rest_of(stream: trio.abc.ReceiveStream) -> str:
+    out = b""
+    async for chunk in stream:
+        out += chunk
+    return out.decode()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_signal_closes_clients_with_1001_then_the_queue(
+    store: str, signum: int
+) -> None:
+    from trio_websocket import ConnectionClosed, wrap_client_stream
+
+    async with actorq.open_queue(store, maintenance=None) as queue:
+        for _ in range(2):
+            await queue.enqueue("t")
+    proc, url, banner = await start_serve(store)
+    assert proc.stderr is not None
+    try:
+        # the banner: the store, the jobs it holds, the address
+        assert banner.endswith(f"actorq.cli: serving {store} (2 jobs loaded) on {url}")
+        host, port = url.removeprefix("ws://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await wrap_client_stream(nursery, stream, host, "/")
+                hello = {"kind": "hello", "id": 0, "versions": [1], "client": "test"}
+                await ws.send_message(json.dumps({**hello, "max_message_size": 1 << 20}))
+                assert json.loads(await ws.get_message())["kind"] == "welcome"
+                proc.send_signal(signum)
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.aclose_forcefully(stream)
+        assert closed.value.reason is not None
+        assert closed.value.reason.code == 1001
+        with trio.fail_after(20):
+            assert await proc.wait() == 0
+        assert f"{signal.Signals(signum).name}: shutting down" in await rest_of(proc.stderr)
+    finally:
+        await stop(proc)
+    # the queue was closed: the file opens again, with its jobs
+    async with actorq.open_queue(store, maintenance=None) as queue:
+        assert (await queue.stats()).jobs == 2
+
+
+def listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:  # a loopback connect does not block
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_quiet_serve_logs_nothing(store: str) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "actorq", "serve", "--store", store, "--port", str(port), "-q"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        with trio.fail_after(20):
+            while True:
+                if listening(port):
+                    break
+                await trio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+        # neither the banner nor "SIGTERM: shutting down"
+        assert await rest_of(proc.stderr) == ""
+    finally:
+        await stop(proc)

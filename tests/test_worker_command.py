@@ -236,6 +236,14 @@ async def test_past_the_grace_period_the_jobs_group_is_killed_and_the_job_requeu
     worker = await start_worker(url, tmp_path, RECORD_GROUP + "sleep 1000 & wait", "--grace", "0.2")
     try:
         group = int(await wait_for_file(tmp_path / str(job_id)))
+        # the start-up banner names the worker's id, as registered with the queue
+        banner = read_line(tmp_path / "worker.log")
+        assert banner is not None
+        banner = banner.splitlines()[0]
+        [registered] = await queue.workers(0)
+        assert banner.endswith(
+            f"actorq.cli: worker {registered.id} for t on channels '' (concurrency 1) from {url}"
+        )
         os.killpg(worker.pid, signal.SIGINT)
         assert await stopped(worker) == 0
     finally:
