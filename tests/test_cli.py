@@ -423,7 +423,7 @@ async def test_a_stop_signal_closes_clients_with_1001_then_the_queue(
     assert proc.stderr is not None
     try:
         # the banner: the store, the jobs it holds, the address
-        assert banner.endswith(f"actorq.cli: serving {store} (2 jobs loaded) on {url}")
+        assert banner == f"actorq serving {store} (2 jobs loaded) on {url}"
         host, port = url.removeprefix("ws://").split(":")
         stream = await trio.open_tcp_stream(host, int(port))
         try:
@@ -442,7 +442,8 @@ async def test_a_stop_signal_closes_clients_with_1001_then_the_queue(
         assert closed.value.reason.code == 1001
         with trio.fail_after(20):
             assert await proc.wait() == 0
-        assert f"{signal.Signals(signum).name}: shutting down" in await rest_of(proc.stderr)
+        rest = await rest_of(proc.stderr)
+        assert rest == f"actorq shutting down on {signal.Signals(signum).name}\n"
     finally:
         await stop(proc)
     # the queue was closed: the file opens again, with its jobs
@@ -478,7 +479,7 @@ async def test_quiet_serve_logs_nothing(store: str) -> None:
                 await trio.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
-        # neither the banner nor "SIGTERM: shutting down"
+        # neither the banner nor "actorq shutting down on SIGTERM"
         assert await rest_of(proc.stderr) == ""
     finally:
         await stop(proc)

@@ -241,8 +241,8 @@ async def test_past_the_grace_period_the_jobs_group_is_killed_and_the_job_requeu
         assert banner is not None
         banner = banner.splitlines()[0]
         [registered] = await queue.workers(0)
-        assert banner.endswith(
-            f"actorq.cli: worker {registered.id} for t on channels '' (concurrency 1) from {url}"
+        assert banner == (
+            f"actorq worker {registered.id} for t on channels '' (concurrency 1) from {url}"
         )
         os.killpg(worker.pid, signal.SIGINT)
         assert await stopped(worker) == 0

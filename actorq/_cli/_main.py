@@ -276,6 +276,18 @@ def _verbosity_options() -> list[click.Parameter]:
     ]
 
 
+class _Formatter(logging.Formatter):
+    """This command's own lines as ``actorq <message>``, the queue's with time, level and logger."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == log.name:
+            return f"actorq {record.getMessage()}"
+        return super().format(record)
+
+
 @contextmanager
 def _logging(ctx: click.Context) -> Iterator[None]:
     """Log to stderr at the verbosity of -v/-q for the block, then detach again.
@@ -289,7 +301,7 @@ def _logging(ctx: click.Context) -> Iterator[None]:
     library = levels.get(verbosity, logging.ERROR if verbosity < 0 else logging.DEBUG)
     own = logging.INFO if verbosity >= 0 else library
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_Formatter())
     root = logging.getLogger("actorq")
     saved = root.level, log.level
     root.addHandler(handler)
@@ -501,7 +513,7 @@ async def _serve_until_stopped(
     import trio
 
     async for signum in signals:
-        log.info("%s: shutting down", signal.Signals(signum).name)
+        log.info("shutting down on %s", signal.Signals(signum).name)
         break
     server.close()
     with trio.move_on_after(SHUTDOWN_TIMEOUT):
@@ -509,7 +521,7 @@ async def _serve_until_stopped(
 
             async def on_second_signal() -> None:
                 async for _ in signals:
-                    log.warning("a second signal: stopping now")
+                    log.warning("stopping now, on a second signal")
                     waiting.cancel_scope.cancel()
 
             waiting.start_soon(on_second_signal)
