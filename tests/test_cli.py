@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
@@ -299,32 +300,45 @@ def test_a_server_that_does_not_answer_is_named() -> None:
     assert result.output.strip() == f"actorq: the server at {url} did not answer within 0.2 s"
 
 
-@pytest.fixture
-def read_only(tmp_path: Path) -> Iterator[Path]:
-    """A queue's database file that this process cannot write."""
-    path = tmp_path / "ro.db"
-    assert run(f"sqlite:///{path}", "enqueue", "t").exit_code == 0
-    path.chmod(0o444)
+@contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """``path`` (a file or a directory) made read-only for this process for the block."""
+    mode = path.stat().st_mode
+    path.chmod(0o555 if path.is_dir() else 0o444)
     immutable = False
-    if os.geteuid() == 0:
-        # permissions do not stop root; the immutable attribute does
-        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"running as root without chattr +i: {done.stderr.decode().strip()}")
-        immutable = True
     try:
-        yield path
+        if os.geteuid() == 0:
+            # permissions do not stop root; the immutable attribute does
+            done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"running as root without chattr +i: {done.stderr.decode().strip()}")
+            immutable = True
+        yield
     finally:
         if immutable:
             subprocess.run(["chattr", "-i", str(path)], check=True)
-        path.chmod(0o644)
+        path.chmod(mode)
 
 
-def test_a_read_only_database_is_named(read_only: Path) -> None:
-    result = run_cli(f"sqlite:///{read_only}", "jobs")
+def test_a_read_only_database_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    assert run(f"sqlite:///{path}", "enqueue", "t").exit_code == 0
+    with unwritable(path):
+        result = run_cli(f"sqlite:///{path}", "jobs")
     assert result.exit_code == 1
-    assert (
-        result.output.strip() == f"actorq: {read_only} is read-only; the queue needs to write to it"
+    assert result.output.strip() == f"actorq: {path} is read-only; the queue needs to write to it"
+
+
+def test_a_database_in_a_read_only_directory_is_named(tmp_path: Path) -> None:
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    path = directory / "q.db"
+    assert run(f"sqlite:///{path}", "enqueue", "t").exit_code == 0
+    with unwritable(directory):
+        result = run_cli(f"sqlite:///{path}", "jobs")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"actorq: {path} is in a read-only directory; the queue needs to create q.db-wal next to it"
     )
 
 
