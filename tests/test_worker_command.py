@@ -3,12 +3,14 @@
 These run real processes and send real signals, so they run on the real
 clock; every wait is a bounded poll or a wait for a process, never a fixed
 sleep that an assertion depends on. The commands are ``sh`` scripts that
-record their process group (``$$``: ``sh`` leads the job's group) and leave
-a ``sleep`` behind in it.
+record their process group (as ``/proc`` says, not ``$$``: that is the
+group's id only if the command leads a group of its own) and leave a
+``sleep`` behind in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,6 +56,11 @@ def members(group: int) -> list[int]:
         if int(pgrp) == group and state not in (b"Z", b"X"):
             found.append(int(entry))
     return found
+
+
+# the process group of the shell running the command (field 5 of its /proc stat;
+# the command name, field 2, is "sh": no spaces)
+GROUP = "$(cut -d ' ' -f 5 /proc/$$/stat)"
 
 
 def make_job(args: Any = None) -> Job:
@@ -118,7 +125,7 @@ async def test_a_command_killed_by_a_signal_says_which() -> None:
 async def test_what_a_finished_command_leaves_behind_is_terminated(tmp_path: Path) -> None:
     # the sleep holds stdout open: the handler still returns once the command exits
     pid_file = tmp_path / "group"
-    handler = command_handler(["sh", "-c", f"sleep 1000 & echo $$ > {pid_file}; echo 42"])
+    handler = command_handler(["sh", "-c", f"sleep 1000 & echo {GROUP} > {pid_file}; echo 42"])
     assert await handler(make_job()) == 42
     assert members(int(pid_file.read_text())) == []
 
@@ -145,7 +152,7 @@ async def run_until_cancelled(
 async def test_cancelling_the_handler_kills_the_whole_group(tmp_path: Path) -> None:
     pid_file = tmp_path / "group"
     group, cancelled = await run_until_cancelled(
-        ["sh", "-c", f"sleep 1000 & echo $$ > {pid_file}; wait"], pid_file
+        ["sh", "-c", f"sleep 1000 & echo {GROUP} > {pid_file}; wait"], pid_file
     )
     assert cancelled  # a Cancelled came out, not a CommandFailed for status -15
     assert members(group) == []
@@ -153,7 +160,7 @@ async def test_cancelling_the_handler_kills_the_whole_group(tmp_path: Path) -> N
 
 async def test_a_group_that_ignores_sigterm_gets_sigkill(tmp_path: Path) -> None:
     pid_file = tmp_path / "group"
-    script = f"trap '' TERM; sleep 1000 & echo $$ > {pid_file}; wait; wait"
+    script = f"trap '' TERM; sleep 1000 & echo {GROUP} > {pid_file}; wait; wait"
     group, cancelled = await run_until_cancelled(["sh", "-c", script], pid_file, kill_after=0.2)
     assert cancelled
     assert members(group) == []
@@ -196,7 +203,19 @@ async def start_worker(url: str, tmp_path: Path, script: str, *options: str) -> 
 
 
 # each job writes its process group to $PIDS/<job id>, leaves a sleep behind and waits
-RECORD_GROUP = 'echo $$ > "$PIDS/$ACTORQ_JOB_ID"; '
+RECORD_GROUP = f'echo {GROUP} > "$PIDS/$ACTORQ_JOB_ID"; '
+
+
+def clean_up(worker: trio.Process, tmp_path: Path) -> None:
+    """After a failed test, leave no worker and no job process behind."""
+    if worker.returncode is None:
+        worker.kill()
+    for recorded in tmp_path.iterdir():
+        text = read_line(recorded) if recorded.name.count("-") == 4 else None  # a job id
+        if text is None or int(text) == os.getpgrp():
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(text), signal.SIGKILL)
 
 
 async def stopped(worker: trio.Process) -> int:
@@ -222,8 +241,7 @@ async def test_a_signal_to_the_workers_group_drains_and_the_job_finishes(
         go.touch()
         assert await stopped(worker) == 0
     finally:
-        if worker.returncode is None:
-            worker.kill()
+        clean_up(worker, tmp_path)
     status = await queue.job_status(job_id)
     assert (status.state, status.result) == (actorq.JobState.FINISHED, "done")
 
@@ -236,6 +254,7 @@ async def test_past_the_grace_period_the_jobs_group_is_killed_and_the_job_requeu
     worker = await start_worker(url, tmp_path, RECORD_GROUP + "sleep 1000 & wait", "--grace", "0.2")
     try:
         group = int(await wait_for_file(tmp_path / str(job_id)))
+        assert group != worker.pid  # the job's group is not the worker's
         # the start-up banner names the worker's id, as registered with the queue
         banner = read_line(tmp_path / "worker.log")
         assert banner is not None
@@ -247,8 +266,7 @@ async def test_past_the_grace_period_the_jobs_group_is_killed_and_the_job_requeu
         os.killpg(worker.pid, signal.SIGINT)
         assert await stopped(worker) == 0
     finally:
-        if worker.returncode is None:
-            worker.kill()
+        clean_up(worker, tmp_path)
     assert members(group) == []
     status = await queue.job_status(job_id)
     # requeued as interrupted, not finished as "command exited with status -2"
@@ -263,6 +281,7 @@ async def test_canceling_a_running_job_kills_its_group(
     worker = await start_worker(url, tmp_path, RECORD_GROUP + "sleep 1000 & wait")
     try:
         group = int(await wait_for_file(tmp_path / str(job_id)))
+        assert group != worker.pid  # the job's group is not the worker's
         await queue.cancel_job(job_id)
         # the worker learns it at its next heartbeat (0.1 s), then kills the group
         with trio.fail_after(10):
@@ -274,6 +293,5 @@ async def test_canceling_a_running_job_kills_its_group(
         os.kill(worker.pid, signal.SIGTERM)
         assert await stopped(worker) == 0
     finally:
-        if worker.returncode is None:
-            worker.kill()
+        clean_up(worker, tmp_path)
     assert (await queue.job_status(job_id)).state is actorq.JobState.CANCELED
