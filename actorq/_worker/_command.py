@@ -32,8 +32,8 @@ __all__ = ["STDERR_TAIL", "CommandFailed", "command_handler"]
 #: How much of the end of a command's stderr a failed job's error result keeps (bytes).
 STDERR_TAIL = 64 * 1024
 
-# how long the processes that remain after the command exits get to finish what
-# they were writing once their output has been asked for
+# how long the output pipes get to reach their end once the command's group is
+# gone (a process that left the group may hold them open for good)
 _DRAIN_SECONDS = 1.0
 _POLL_SECONDS = 0.02
 
