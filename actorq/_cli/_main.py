@@ -14,9 +14,10 @@ for ``--url``, no Prometheus client without ``--metrics-port``), and
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from uuid import UUID
@@ -24,17 +25,61 @@ from uuid import UUID
 import click
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    import ssl
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+
+    import trio
 
     from .._core._models import JobStatus
     from .._core._protocol import JobQueue
+    from .._remote._server import QueueServer
 
 __all__ = ["main"]
 
 DEFAULT_STORE = "sqlite:///actorq.db"
 #: the values of actorq.JobState, spelled out so that defining the options imports nothing
 JOB_STATES = ("pending", "running", "finished", "canceled")
+#: how long ``serve`` waits, after a stop signal, for its connections to close (1001)
+SHUTDOWN_TIMEOUT = 5.0
+#: how long a command waits for a server to answer (``--connect-timeout``)
+CONNECT_TIMEOUT = 10.0
 T = TypeVar("T")
+
+log = logging.getLogger("actorq.cli")
+
+
+class CliError(Exception):
+    """A user error found while a command runs: its message is the one sentence shown."""
+
+
+if TYPE_CHECKING:
+    _FloatType = click.ParamType[float]
+else:  # click < 8.2: ParamType is no generic at run time
+    _FloatType = click.ParamType
+
+
+class Seconds(_FloatType):
+    """A finite number of seconds, > 0 (or >= 0 with ``allow_zero``)."""
+
+    name = "seconds"
+
+    def __init__(self, *, allow_zero: bool = False) -> None:
+        self.allow_zero = allow_zero
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not self.allow_zero):
+            bound = ">= 0" if self.allow_zero else "> 0"
+            self.fail(f"{value} is not a number of seconds {bound}", param, ctx)
+        return seconds
+
+
+PORT = click.IntRange(0, 65535)
 
 
 def _fail(message: str) -> NoReturn:
@@ -60,7 +105,7 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
     from .._core._errors import JobQueueError
     from .._core._unwrap import leaves
 
-    expected = (JobQueueError, OSError, ValueError, TypeError)
+    expected = (CliError, JobQueueError, OSError, ValueError, TypeError)
     try:
         return trio.run(fn)
     except KeyboardInterrupt:
@@ -80,10 +125,30 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 async def _queue(ctx: click.Context) -> AsyncIterator[JobQueue]:
     url: str | None = ctx.obj["url"]
     if url:
+        import trio
+
+        from .._core._errors import QueueClosedError
         from .._remote._client import connect
 
-        async with connect(url.split(","), token=ctx.obj["token"], heartbeat_interval=None) as q:
-            yield q
+        timeout: float = ctx.obj.get("connect_timeout", CONNECT_TIMEOUT)
+        urls = url.split(",")
+        connected = False
+        try:
+            async with connect(
+                urls, token=ctx.obj["token"], heartbeat_interval=None, connect_timeout=timeout
+            ) as q:
+                connected = True
+                yield q
+        except QueueClosedError as exc:
+            # the client says which step timed out only through the cause
+            # (handshake) or in the text of each URL's failure (connect)
+            if connected or not (
+                isinstance(exc.__cause__, trio.TooSlowError) or "TooSlowError()" in str(exc)
+            ):
+                raise
+            raise CliError(
+                f"the server at {' or '.join(urls)} did not answer within {timeout:g} s"
+            ) from None
     else:
         from .._actor._local import open_queue
 
@@ -134,38 +199,211 @@ def _status_dict(job_id: UUID, status: JobStatus) -> dict[str, Any]:
 # ---------------------------------------------------------------- commands
 
 
+_URL_HELP = "Server URL(s), comma-separated (ws:// or wss://)."
+_STORE_HELP = "Store URL, used when no --url is given."
+_TOKEN_HELP = "Bearer token for the server."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--url", envvar="ACTORQ_URL", help="Server URL(s), comma-separated (ws:// or wss://)."
-)
+@click.option("--url", envvar="ACTORQ_URL", show_envvar=True, help=_URL_HELP)
 @click.option(
     "--store",
     envvar="ACTORQ_STORE",
+    show_envvar=True,
     default=DEFAULT_STORE,
     show_default=True,
-    help="Store URL, used when no --url is given.",
+    help=_STORE_HELP,
 )
-@click.option("--token", envvar="ACTORQ_TOKEN", help="Bearer token for the server.")
+@click.option("--token", envvar="ACTORQ_TOKEN", show_envvar=True, help=_TOKEN_HELP)
+@click.option(
+    "--connect-timeout",
+    envvar="ACTORQ_CONNECT_TIMEOUT",
+    show_envvar=True,
+    type=Seconds(),
+    default=CONNECT_TIMEOUT,
+    show_default=True,
+    help="Seconds a server gets to answer.",
+)
 @click.version_option(package_name="actorq")
 @click.pass_context
-def main(ctx: click.Context, url: str | None, store: str, token: str | None) -> None:
-    """actorq: a durable job queue for trio."""
-    ctx.obj = {"url": url, "store": store, "token": token}
+def main(
+    ctx: click.Context, url: str | None, store: str, token: str | None, connect_timeout: float
+) -> None:
+    """actorq: a durable job queue for trio.
+
+    --url, --store and --token may also follow the command's name.
+    """
+    ctx.obj = {"url": url, "store": store, "token": token, "connect_timeout": connect_timeout}
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # the group has run by now: the same option after the command overrides it
+    if value is not None and param.name is not None:
+        ctx.ensure_object(dict)[param.name] = value
+
+
+def _global_options() -> list[click.Parameter]:
+    """--url, --store and --token for a subcommand (no envvar: the group reads those)."""
+    return [
+        click.Option(["--url"], expose_value=False, callback=_set_global, help=_URL_HELP),
+        click.Option(["--store"], expose_value=False, callback=_set_global, help=_STORE_HELP),
+        click.Option(["--token"], expose_value=False, callback=_set_global, help=_TOKEN_HELP),
+    ]
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    step = 1 if param.name == "verbose" else -1
+    obj = ctx.ensure_object(dict)
+    obj["verbosity"] = obj.get("verbosity", 0) + step * value
+
+
+def _verbosity_options() -> list[click.Parameter]:
+    return [
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            expose_value=False,
+            callback=_set_verbosity,
+            help="Log more: -v job and worker events, -vv debug.",
+        ),
+        click.Option(
+            ["-q", "--quiet"],
+            count=True,
+            expose_value=False,
+            callback=_set_verbosity,
+            help="Log less: -q warnings only (no banner), -qq errors only.",
+        ),
+    ]
+
+
+class _Formatter(logging.Formatter):
+    """This command's own lines as ``actorq <message>``, the queue's with time, level and logger."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == log.name:
+            return f"actorq {record.getMessage()}"
+        return super().format(record)
+
+
+@contextmanager
+def _logging(ctx: click.Context) -> Iterator[None]:
+    """Log to stderr at the verbosity of -v/-q for the block, then detach again.
+
+    Default: this command's own lines (the banner, shutting down) and the
+    queue's warnings. Configured before the queue opens, since the queue
+    decides then whether to log its state changes.
+    """
+    verbosity: int = ctx.obj.get("verbosity", 0)
+    levels = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.WARNING, 1: logging.INFO}
+    library = levels.get(verbosity, logging.ERROR if verbosity < 0 else logging.DEBUG)
+    own = logging.INFO if verbosity >= 0 else library
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("actorq")
+    saved = root.level, log.level
+    root.addHandler(handler)
+    root.setLevel(library)
+    log.setLevel(own)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        log.setLevel(saved[1])
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_error(what: str, host: str, port: int, exc: OSError) -> CliError:
+    import os
+    import socket
+
+    if isinstance(exc, socket.gaierror):
+        reason = str(exc.strerror or exc)
+    elif exc.errno is not None and exc.errno > 0:
+        reason = os.strerror(exc.errno)
+    else:
+        reason = str(exc)
+    return CliError(f"cannot {what} on {_where(host, port)}: {reason[:1].lower()}{reason[1:]}")
+
+
+def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context for the PEM files ``cert`` and ``key``; one sentence if they are bad."""
+    import ssl
+
+    def no_passphrase() -> str:
+        raise CliError(f"the TLS key {key} is encrypted; give a key without a passphrase")
+
+    try:
+        # the certificate alone first, so that the error can name the bad file
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except ssl.SSLError:
+        _fail(f"the TLS certificate {cert} is not a PEM certificate")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key, password=no_passphrase)
+    except CliError as exc:
+        _fail(str(exc))
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            _fail(f"the TLS key {key} is not the key of the certificate {cert}")
+        _fail(f"the TLS key {key} is not a PEM private key")
+    return context
 
 
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8765, show_default=True, type=int, help="Port (0: any free one).")
-@click.option("--auth-token", envvar="ACTORQ_AUTH_TOKEN", help="Shared secret clients must send.")
+@click.option("--port", default=8765, show_default=True, type=PORT, help="Port (0: any free one).")
+@click.option(
+    "--auth-token",
+    envvar="ACTORQ_AUTH_TOKEN",
+    show_envvar=True,
+    help="Shared secret clients must send.",
+)
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="TLS certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="TLS private key.")
-@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on this port.")
 @click.option(
-    "--job-timeout", default=120.0, show_default=True, help="Requeue jobs silent this long."
+    "--job-timeout",
+    type=Seconds(),
+    default=120.0,
+    show_default=True,
+    help="Requeue jobs silent this long.",
 )
-@click.option("--max-retries", default=2, show_default=True, help="Requeues before a job fails.")
-@click.option("--watch-interval", default=30.0, show_default=True, help="Reaper period, seconds.")
-@click.option("--retention", type=float, help="Delete settled job trees older than this (s).")
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Requeues before a job fails.",
+)
+@click.option(
+    "--watch-interval",
+    type=Seconds(),
+    default=30.0,
+    show_default=True,
+    help="Reaper period, seconds.",
+)
+@click.option(
+    "--retention", type=Seconds(), help="Delete settled job trees older than this (seconds)."
+)
 @click.pass_context
 def serve_command(
     ctx: click.Context,
@@ -180,9 +418,12 @@ def serve_command(
     watch_interval: float,
     retention: float | None,
 ) -> None:
-    """Serve the queue in --store to remote workers over websockets."""
+    """Serve the queue in --store to remote workers over websockets.
+
+    SIGTERM or SIGINT closes every connection (close code 1001, within a few
+    seconds), then the queue; a second signal stops at once.
+    """
     import signal
-    import ssl
 
     import trio
 
@@ -194,10 +435,7 @@ def serve_command(
         _fail("serve takes --store, not --url")
     if (tls_cert is None) != (tls_key is None):
         _fail("--tls-cert and --tls-key go together")
-    ssl_context = None
-    if tls_cert and tls_key:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(tls_cert, tls_key)
+    ssl_context = _ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
     maintenance = Maintenance(
         job_timeout=job_timeout,
         max_retries=max_retries,
@@ -212,42 +450,97 @@ def serve_command(
             from ..metrics import QueueMetrics, start_http_server
 
             metrics = QueueMetrics()
-            start_http_server(metrics_port, metrics.registry)
-        async with (
-            open_queue(store, maintenance=maintenance, metrics=metrics) as queue,
-            trio.open_nursery() as nursery,
-        ):
-            server = await nursery.start(
-                lambda task_status: serve(
-                    queue,
-                    host,
-                    port,
-                    ssl_context=ssl_context,
-                    auth=auth_token,
-                    task_status=task_status,
-                )
-            )
-            scheme = "wss" if ssl_context else "ws"
-            shown = f"[{host}]" if ":" in host else host
-            click.echo(f"actorq serving {store} on {scheme}://{shown}:{server.port}", err=True)
-            if metrics_port is not None:
-                click.echo(f"metrics on http://{shown}:{metrics_port}/metrics", err=True)
+            try:
+                start_http_server(metrics_port, metrics.registry)
+            except OSError as exc:
+                raise _bind_error("serve metrics", "127.0.0.1", metrics_port, exc) from None
+        failure: CliError | None = None
+        async with open_queue(store, maintenance=maintenance, metrics=metrics) as queue:
+            loaded = (await queue.stats()).jobs
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    click.echo("actorq: shutting down", err=True)
-                    server.close()
-                    nursery.cancel_scope.cancel()
-                    break
+                async with trio.open_nursery() as nursery:
+                    done = trio.Event()
 
-    _run(run)
+                    async def run_server(*, task_status: trio.TaskStatus[QueueServer]) -> None:
+                        try:
+                            await serve(
+                                queue,
+                                host,
+                                port,
+                                ssl_context=ssl_context,
+                                auth=auth_token,
+                                task_status=task_status,
+                            )
+                        finally:
+                            done.set()
+
+                    try:
+                        server: QueueServer = await nursery.start(run_server)
+                    except OSError as exc:
+                        # raised outside the nursery, so that it is not wrapped in a group
+                        failure = _bind_error("listen", host, port, exc)
+                    else:
+                        scheme = "wss" if ssl_context else "ws"
+                        log.info(
+                            "serving %s (%d jobs loaded) on %s://%s",
+                            _redact(store),
+                            loaded,
+                            scheme,
+                            _where(host, server.port),
+                        )
+                        if metrics_port is not None:
+                            where = _where("127.0.0.1", metrics_port)
+                            log.info("metrics on http://%s/metrics", where)
+                        await _serve_until_stopped(server, done, signals)
+                        nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    with _logging(ctx):
+        _run(run)
+
+
+async def _serve_until_stopped(
+    server: QueueServer, done: trio.Event, signals: AsyncIterator[int]
+) -> None:
+    """Wait for a stop signal, then close ``server`` and wait until it is done.
+
+    Clients get their close frame (1001) before anything is cancelled; a
+    second signal, or :data:`SHUTDOWN_TIMEOUT`, cuts the wait short.
+    """
+    import signal
+
+    import trio
+
+    async for signum in signals:
+        log.info("shutting down on %s", signal.Signals(signum).name)
+        break
+    server.close()
+    with trio.move_on_after(SHUTDOWN_TIMEOUT):
+        async with trio.open_nursery() as waiting:
+
+            async def on_second_signal() -> None:
+                async for _ in signals:
+                    log.warning("stopping now, on a second signal")
+                    waiting.cancel_scope.cancel()
+
+            waiting.start_soon(on_second_signal)
+            await done.wait()
+            waiting.cancel_scope.cancel()
 
 
 @main.command("worker")
 @click.option("--type", "job_types", multiple=True, help="Job type for COMMAND (repeatable).")
 @click.option("--channel", "channels", multiple=True, help="Channel (repeatable; default '').")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--grace", default=30.0, show_default=True, help="Seconds running jobs get on stop.")
-@click.option("--heartbeat-interval", default=15.0, show_default=True)
+@click.option(
+    "--grace",
+    type=Seconds(allow_zero=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds running jobs get on stop.",
+)
+@click.option("--heartbeat-interval", type=Seconds(), default=15.0, show_default=True)
 @click.argument("command", nargs=-1, required=True, metavar="TARGET | COMMAND...")
 @click.pass_context
 def worker_command(
@@ -268,9 +561,16 @@ def worker_command(
     TARGET is imported with the current directory on sys.path; its Worker's
     own settings apply. COMMAND gets a job's args as JSON on stdin, and its
     stdout (JSON) is the result; a non-zero exit finishes the job with an
-    error result. SIGTERM or SIGINT stops taking jobs, lets running ones
-    finish within the grace period, then requeues them.
+    error result (with the end of its stderr). Each job's command runs in a
+    process group of its own, so a signal to the worker's group reaches the
+    worker only. SIGTERM or SIGINT stops taking jobs, lets running ones
+    finish within the grace period, then terminates what is left of each
+    (SIGTERM, then SIGKILL) and requeues them.
     """
+    from functools import partial
+
+    import trio
+
     if not job_types:
         from ._load import load_worker, reject_command_options
 
@@ -278,12 +578,19 @@ def worker_command(
         worker = load_worker(command[0])
 
         async def run_target() -> None:
-            async with _queue(ctx) as queue:
-                types = ", ".join(worker.job_types)
-                click.echo(f"actorq worker {command[0]} for {types}", err=True)
-                await worker.run(queue=queue, handle_signals=True)
+            async with _queue(ctx) as queue, trio.open_nursery() as nursery:
+                await nursery.start(partial(worker.run, queue=queue, handle_signals=True))
+                log.info(
+                    "worker %s (%s) for %s (concurrency %d) from %s",
+                    worker.id,
+                    command[0],
+                    ", ".join(worker.job_types),
+                    worker.concurrency,
+                    ctx.obj["url"] or _redact(ctx.obj["store"]),
+                )
 
-        _run(run_target)
+        with _logging(ctx):
+            _run(run_target)
         return
 
     from .._worker._command import command_handler
@@ -302,14 +609,20 @@ def worker_command(
             )
             for job_type in job_types:
                 worker.add_handler(job_type, run_command)
-            click.echo(
-                f"actorq worker for {', '.join(job_types)} on channels "
-                f"{', '.join(repr(c) for c in channels or ('',))}",
-                err=True,
-            )
-            await worker.run(handle_signals=True)
+            async with trio.open_nursery() as nursery:
+                # started: registered, so the banner can name the worker's id
+                await nursery.start(partial(worker.run, handle_signals=True))
+                log.info(
+                    "worker %s for %s on channels %s (concurrency %d) from %s",
+                    worker.id,
+                    ", ".join(job_types),
+                    ", ".join(repr(c) for c in channels or ("",)),
+                    concurrency,
+                    ctx.obj["url"] or _redact(ctx.obj["store"]),
+                )
 
-    _run(run)
+    with _logging(ctx):
+        _run(run)
 
 
 @main.command("enqueue")
@@ -491,3 +804,9 @@ def watch_command(ctx: click.Context, job_id: str | None, interval: float, once:
 
     code = _run(run)
     sys.exit(code)
+
+
+for _command in main.commands.values():
+    _command.params.extend(_global_options())
+for _name in ("serve", "worker"):
+    main.commands[_name].params.extend(_verbosity_options())

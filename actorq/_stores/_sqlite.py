@@ -42,7 +42,14 @@ from ._sqlite_rows import (
     uuid_from_int,
     worker_row,
 )
-from ._sqlite_schema import INSERT_JOB, SCHEMA_VERSION, UPDATE_JOB, UPSERT_WORKER, migrate
+from ._sqlite_schema import (
+    INSERT_JOB,
+    SCHEMA_VERSION,
+    UPDATE_JOB,
+    UPSERT_WORKER,
+    corrupt_error,
+    migrate,
+)
 from ._threads import run_sync
 
 if TYPE_CHECKING:
@@ -63,6 +70,11 @@ __all__ = [
 T = TypeVar("T")
 
 _CACHE_KIB = 16384
+
+# result codes (primary) with which SQLite reports a file it cannot write
+_WRITE_FAILURES = frozenset(
+    {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM}
+)
 
 _first = operator.itemgetter(0)
 _last = operator.itemgetter(-1)
@@ -175,7 +187,9 @@ class SqliteStore:
             conn.execute("PRAGMA locking_mode = EXCLUSIVE")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise StoreError(f"{self._path}: cannot use WAL journaling (got {mode!r})")
+                raise self._unwritable() or StoreError(
+                    f"{self._path}: cannot use WAL journaling (got {mode!r})"
+                )
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             conn.execute("BEGIN EXCLUSIVE")
@@ -208,10 +222,30 @@ class SqliteStore:
         if code == sqlite3.SQLITE_NOTADB:
             return StoreError(f"{self._path} is not a SQLite database (or its header is corrupt)")
         if code == sqlite3.SQLITE_CORRUPT:
-            return StoreError(f"{self._path} is corrupt: {exc}")
-        if code == sqlite3.SQLITE_CANTOPEN:
-            return StoreError(f"{self._path} cannot be opened: {exc}")
+            return corrupt_error(self._path)
+        if code in _WRITE_FAILURES:
+            # SQLite says "disk I/O error" or "attempt to write a readonly
+            # database"; the reason is most often the file's permissions
+            unwritable = self._unwritable()
+            if unwritable is not None:
+                return unwritable
         return StoreError(f"{self._path} cannot be opened: {exc}")
+
+    def _unwritable(self) -> StoreError | None:
+        """The error for a database file (or directory) this process may not write, if so.
+
+        Asked only once SQLite failed: a file that the permissions seem to
+        forbid but SQLite could write is never refused.
+        """
+        if os.path.exists(self._path) and not os.access(self._path, os.W_OK):
+            return StoreError(f"{self._path} is read-only; the queue needs to write to it")
+        directory = os.path.dirname(self._path)
+        if os.path.isdir(directory) and not os.access(directory, os.W_OK | os.X_OK):
+            return StoreError(
+                f"{self._path} is in a read-only directory; the queue needs to create"
+                f" {os.path.basename(self._path)}-wal next to it"
+            )
+        return None
 
     def _load_sync(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
         conn = self._open_sync()
@@ -219,6 +253,8 @@ class SqliteStore:
             workers = read_workers(conn, self._path)
             jobs = read_jobs(conn, self._path)
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_CORRUPT:
+                raise corrupt_error(self._path) from exc
             raise StoreError(f"{self._path} cannot be read: {exc}") from exc
         return jobs, workers
 

@@ -21,6 +21,7 @@ __all__ = [
     "UPDATE_JOB",
     "UPSERT_WORKER",
     "VERSION_TABLE",
+    "corrupt_error",
     "migrate",
 ]
 
@@ -83,6 +84,15 @@ UPSERT_WORKER = (
 )
 
 
+def corrupt_error(path: str) -> StoreError:
+    """The error for a damaged database file.
+
+    One sentence naming the file: what SQLite's checks found is no use to
+    whoever restores the file, and could quote the jobs' data.
+    """
+    return StoreError(f"{path} is corrupt; restore it from a backup")
+
+
 def migrate(conn: sqlite3.Connection, path: str) -> None:
     """Create the schema in an empty database, or migrate an older one to :data:`SCHEMA_VERSION`.
 
@@ -113,9 +123,9 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
     # Structural damage (a torn page, a truncated file) is found here,
     # at open, rather than by a later commit; a full scan of the jobs
     # follows anyway, so this costs one more pass over the file.
-    problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check(1)")]
     if problems != ["ok"]:
-        raise StoreError(f"{path} is corrupt: {'; '.join(map(str, problems))}")
+        raise corrupt_error(path)
     if version == SCHEMA_VERSION:
         return
     try:
