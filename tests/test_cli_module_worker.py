@@ -95,7 +95,7 @@ def test_runs_the_module_worker_on_a_store(app: str, tmp_path: Path) -> None:
     jobs = [enqueue(store, 1), enqueue(store, 2), enqueue(store, 3, last=True)]
     result = invoke("--store", store, "worker", f"{app}:worker")
     assert result.exit_code == 0, result.output
-    assert f"actorq worker {app}:worker for double" in result.output
+    assert f"({app}:worker) for double (concurrency 1)" in result.output
     for job_id, n in zip(jobs, (1, 2, 3), strict=True):
         got = status(store, job_id)
         assert got["state"] == "finished"
@@ -247,7 +247,7 @@ def test_a_worker_process_against_a_server_stops_on_sigterm(
             proc.kill()
             proc.wait()
     text = log.read_text()
-    assert f"actorq worker {app}:worker for double" in text
+    assert f"({app}:worker) for double" in text
     assert "Traceback" not in text
 
 

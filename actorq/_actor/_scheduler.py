@@ -281,6 +281,17 @@ Message: TypeAlias = Call | Park | Withdraw | Release | Subscribe | Settle | Uns
 
 Subscriber: TypeAlias = Callable[[Sequence[Event]], None]
 
+#: Work one batch may take on, in (type, channel) pairs parked or matched: a
+#: dequeue naming thousands of pairs closes its batch, so the actor commits and
+#: answers everyone else between such requests instead of after all of them.
+BATCH_COST = 20_000
+
+
+def _cost(message: Message) -> int:
+    if type(message) is Park:
+        return len(message.job_types) * (1 if message.channels is None else len(message.channels))
+    return 1
+
 
 class Scheduler:
     """Owns a :class:`QueueState` and serves requests for it, one batch at a time."""
@@ -339,11 +350,14 @@ class Scheduler:
         try:
             while True:
                 batch = [await self._receive.receive()]
-                while len(batch) < self.max_batch:
+                cost = _cost(batch[0])
+                while len(batch) < self.max_batch and cost < BATCH_COST:
                     try:
-                        batch.append(self._receive.receive_nowait())
+                        message = self._receive.receive_nowait()
                     except trio.WouldBlock:
                         break
+                    batch.append(message)
+                    cost += _cost(message)
                 self.batches += 1
                 self.messages += len(batch)
                 replies: list[tuple[Target, outcome.Outcome[Any]]] = []

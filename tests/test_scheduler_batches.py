@@ -1,0 +1,37 @@
+"""A scheduler batch takes on bounded work: heavy dequeues close their batch."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+import actorq
+from actorq._actor._scheduler import BATCH_COST, Call, Park, Reply, Withdraw
+
+
+async def test_dequeues_naming_many_pairs_are_spread_over_batches(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    types = tuple(f"t{n}" for n in range(100))
+    channels = tuple(f"c{n}" for n in range(100))  # 10,000 pairs: the most a dequeue may name
+    assert 2 * len(types) * len(channels) == BATCH_COST
+    async with actorq.open_queue(maintenance=None) as queue:
+        scheduler = queue._scheduler
+        await trio.testing.wait_all_tasks_blocked()
+        batches, messages = scheduler.batches, scheduler.messages
+        parked = [Reply() for _ in range(6)]
+        for reply in parked:
+            scheduler.post_nowait(Park(None, types, channels, None, reply))
+        light = Reply()
+        scheduler.post_nowait(Call(lambda state: state.stats(), light))
+        stats = await light.wait()
+        assert stats.waiting_dequeuers == 6
+        # all seven were waiting at once; two heavy ones fill a batch, so the
+        # actor committed and answered three times before the light one
+        assert (scheduler.batches - batches, scheduler.messages - messages) == (4, 7)
+        for reply in parked:
+            reply.abandon()
+            scheduler.post_nowait(Withdraw(reply))
+        done = Reply()
+        scheduler.post_nowait(Call(lambda state: state.waiter_count, done))
+        assert await done.wait() == 0
