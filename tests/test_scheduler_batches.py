@@ -35,3 +35,24 @@ async def test_dequeues_naming_many_pairs_are_spread_over_batches(
         done = Reply()
         scheduler.post_nowait(Call(lambda state: state.waiter_count, done))
         assert await done.wait() == 0
+
+
+async def test_every_waiter_hears_the_queue_closed_on_shutdown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # one outcome shared by every parked reply could be unwrapped only once:
+    # the second waiter got outcome's AlreadyUsedError instead
+    errors: list[BaseException] = []
+
+    async def wait(queue: actorq.LocalQueue) -> None:
+        try:
+            await queue.dequeue(["t"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        async with actorq.open_queue() as queue:
+            for _ in range(3):
+                nursery.start_soon(wait, queue)
+            await trio.testing.wait_all_tasks_blocked()
+    assert [type(e) for e in errors] == [actorq.QueueClosedError] * 3
