@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import trio
 import trio.testing
 
@@ -50,9 +53,76 @@ async def test_every_waiter_hears_the_queue_closed_on_shutdown(
         except BaseException as exc:
             errors.append(exc)
 
-    async with trio.open_nursery() as nursery:
-        async with actorq.open_queue() as queue:
-            for _ in range(3):
-                nursery.start_soon(wait, queue)
-            await trio.testing.wait_all_tasks_blocked()
+    async with trio.open_nursery() as nursery, actorq.open_queue() as queue:
+        for _ in range(3):
+            nursery.start_soon(wait, queue)
+        await trio.testing.wait_all_tasks_blocked()
     assert [type(e) for e in errors] == [actorq.QueueClosedError] * 3
+
+
+class SlowStore(actorq.MemoryStore):
+    """A store whose commits take a second each, and that records them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[float, float, int]] = []  # (start, end, job records)
+
+    async def commit(self, changes: Any) -> None:
+        start = trio.current_time()
+        await trio.sleep(1)
+        await super().commit(changes)
+        self.log.append((start, trio.current_time(), len(changes.jobs)))
+
+
+async def test_the_next_batch_is_applied_while_one_commits_and_answered_after_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = SlowStore()
+    answered: dict[str, float] = {}
+    async with actorq.open_queue(store, maintenance=None) as queue:
+        start = trio.current_time()
+
+        async def enqueue(name: str, delay: float) -> None:
+            await trio.sleep(delay)
+            await queue.enqueue(name)
+            answered[name] = trio.current_time() - start
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(enqueue, "first", 0)
+            nursery.start_soon(enqueue, "second", 0.5)  # arrives while "first" commits
+            nursery.start_soon(enqueue, "third", 0.6)
+        assert [(round(a - start, 1), round(b - start, 1), n) for a, b, n in store.log] == [
+            (0.0, 1.0, 1),
+            (1.0, 2.0, 2),  # applied in memory at 0.5 and 0.6, committed together next
+        ]
+        # no reply before the commit of what it acknowledges
+        assert answered == pytest.approx({"first": 1.0, "second": 2.0, "third": 2.0}, abs=0.01)
+        assert len(await queue.list_jobs()) == 3
+
+
+async def test_a_failed_commit_fails_the_batch_applied_behind_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class FailSecond(SlowStore):
+        async def commit(self, changes: Any) -> None:
+            if self.log:
+                await trio.sleep(1)
+                raise OSError("disk gone")
+            await super().commit(changes)
+
+    errors: list[BaseException] = []
+    with pytest.raises(actorq.JobQueueError):
+        async with actorq.open_queue(FailSecond(), maintenance=None) as queue:
+
+            async def enqueue(delay: float) -> None:
+                await trio.sleep(delay)
+                try:
+                    await queue.enqueue("t")
+                except actorq.QueueClosedError as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for delay in (0, 0.5, 1.2):
+                    nursery.start_soon(enqueue, delay)
+    # the second commit failed: its request and the one applied behind it both fail
+    assert len(errors) == 2

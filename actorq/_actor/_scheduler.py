@@ -8,6 +8,12 @@ mailbox as one batch, applies them all to the
 transaction, and only then sends the replies: group commit, so a store's
 fsync is paid once per batch and never per request.
 
+Commits are pipelined: while one batch's commit runs (in a thread, for the
+durable stores), the actor takes and applies the next batch in memory, and
+holds that batch's replies until its own commit lands. A reply never goes out
+before the commit of what it acknowledges, and the store is busy for as long
+as there is work, instead of idle while the actor waits on it.
+
 The mailbox is unbounded on purpose: a requester that is being cancelled must
 be able to withdraw its wait or hand back a job without blocking
 (:meth:`Scheduler.post_nowait`), and every requester has at most one request
@@ -38,7 +44,7 @@ import trio
 from .._core._errors import JobQueueError, QueueClosedError
 from .._core._events import Committed, Event
 from .._core._operation import Scope, WaitingOperation, check_access, run
-from .._core._records import Assignment
+from .._core._records import Assignment, Changes
 from .._core._state import QueueState
 
 if TYPE_CHECKING:
@@ -293,6 +299,35 @@ def _cost(message: Message) -> int:
     return 1
 
 
+class _Batch:
+    """One batch, applied: what to commit, then what to send once it is committed."""
+
+    __slots__ = (
+        "changes",
+        "committed",
+        "committing",
+        "count",
+        "error",
+        "events",
+        "landed",
+        "pushes",
+        "replies",
+        "seconds",
+    )
+
+    def __init__(self, replies: list[tuple[Target, outcome.Outcome[Any]]], count: int) -> None:
+        self.replies = replies
+        self.count = count  # requests it served (0 for a follow-up round)
+        self.changes: Changes | None = None
+        self.events: list[Event] = []
+        self.pushes: list[tuple[Subscription, list[Assignment], list[tuple[UUID, UUID, bool]]]] = []
+        self.committing = False
+        self.committed = trio.Event()
+        self.error: BaseException | None = None
+        self.seconds: float | None = None
+        self.landed: Callable[[], None] | None = None  # wakes the actor when committed
+
+
 class Scheduler:
     """Owns a :class:`QueueState` and serves requests for it, one batch at a time."""
 
@@ -309,6 +344,8 @@ class Scheduler:
         self._stream_waiters: dict[int, Subscription] = {}  # core waiter id -> stream
         self._streamed: dict[UUID, Subscription] = {}  # token -> stream holding the run
         self._to_push: dict[Subscription, None] = {}  # streams with jobs or news to push
+        self._unlanded: list[_Batch] = []  # applied, replies not yet sent
+        self._building: list[tuple[Target, outcome.Outcome[Any]]] = []  # replies, not closed yet
         state.track_revocations()
         self.batches = 0
         self.messages = 0
@@ -346,29 +383,139 @@ class Scheduler:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Parked and queued requesters are told the queue closed."""
-        task_status.started()
         try:
-            while True:
-                batch = [await self._receive.receive()]
-                cost = _cost(batch[0])
-                while len(batch) < self.max_batch and cost < BATCH_COST:
-                    try:
-                        message = self._receive.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    batch.append(message)
-                    cost += _cost(message)
-                self.batches += 1
-                self.messages += len(batch)
-                replies: list[tuple[Target, outcome.Outcome[Any]]] = []
-                for message in batch:
-                    self._apply(message, replies)
-                    # before the next message: a Withdraw must not find a waiter that
-                    # this message already served
-                    self._collect_assignments(replies)
-                await self._settle(replies, len(batch))
+            async with trio.open_nursery() as committers:
+                task_status.started()
+                await self._serve(committers)
         finally:
             self._shut_down()
+
+    async def _serve(self, committers: trio.Nursery) -> None:
+        receive = self._receive
+        inflight: _Batch | None = None  # applied, its commit running, replies held
+        # applied since the last close: while a commit runs, the next batch
+        # grows here, and it is closed (and committed) when that commit lands
+        count = 0
+        while True:
+            replies = self._building
+            if inflight is None and count:
+                closed = self._close(replies, count)
+                self._building, count = [], 0
+                if closed.changes:
+                    self._start_commit(closed, committers)
+                    inflight = closed
+                else:
+                    await self._land(closed, committers, follow_up=True)
+                continue
+            if inflight is None:
+                first = await receive.receive()
+            else:
+                # Whichever comes first: a message to apply while the commit
+                # runs, or the commit (then its replies go out at once).
+                with trio.CancelScope() as waiting:
+                    inflight.landed = waiting.cancel
+                    if inflight.committed.is_set():
+                        waiting.cancel()
+                    first = await receive.receive()
+                inflight.landed = None
+                if waiting.cancelled_caught:
+                    await self._land(inflight, committers, follow_up=not count)
+                    inflight = None
+                    continue
+            batch = [first]
+            cost = _cost(first)
+            while len(batch) < self.max_batch and cost < BATCH_COST:
+                try:
+                    message = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(message)
+                cost += _cost(message)
+            self.batches += 1
+            self.messages += len(batch)
+            count += len(batch)
+            for message in batch:
+                self._apply(message, replies)
+                # before the next message: a Withdraw must not find a waiter that
+                # this message already served
+                self._collect_assignments(replies)
+
+    def _close(self, replies: list[tuple[Target, outcome.Outcome[Any]]], count: int) -> _Batch:
+        """Everything one batch did, taken out of the state, to commit and then send."""
+        self._collect_assignments(replies)
+        self._collect_revocations()
+        batch = _Batch(replies, count)
+        if self.store is not None:
+            batch.changes = self.state.take_changes()
+        if self._subscribers:
+            batch.events = self.state.take_events()
+        for sub in self._to_push:
+            batch.pushes.append((sub, sub._outbox, sub._revoked))
+            sub._outbox, sub._revoked = [], []
+        self._to_push.clear()
+        self._unlanded.append(batch)
+        return batch
+
+    def _start_commit(self, batch: _Batch, committers: trio.Nursery) -> None:
+        store = self.store
+        assert store is not None
+
+        async def commit() -> None:
+            start = trio.current_time()
+            assert batch.changes is not None
+            try:
+                await store.commit(batch.changes)
+            except BaseException as exc:
+                batch.error = exc
+                if not isinstance(exc, Exception):
+                    raise  # Cancelled and the like: the actor is going away
+            else:
+                batch.seconds = trio.current_time() - start
+            finally:
+                batch.committed.set()
+                if batch.landed is not None:
+                    batch.landed()
+
+        batch.committing = True
+        committers.start_soon(commit)
+
+    async def _land(self, batch: _Batch, committers: trio.Nursery, *, follow_up: bool) -> None:
+        """Wait for ``batch``'s commit, then send its replies and pushes.
+
+        A reply that cannot be delivered because its requester went away gives
+        its job back, which is itself a change to commit and may hand the job
+        to another waiter. With ``follow_up``, rounds run until quiet; without
+        (a later batch is being applied), those changes join that batch.
+        """
+        while True:
+            if batch.committing:
+                await batch.committed.wait()
+                if batch.error is not None:
+                    for pending in self._unlanded:
+                        self._fail_all(pending.replies, batch.error)
+                    self._unlanded.clear()
+                    self._fail_all(self._building, batch.error)  # applied behind it
+                    self._building = []
+                    self.state.take_events()  # not committed: never published
+                    raise batch.error
+                self.commits += 1
+            self._unlanded.remove(batch)
+            if self._subscribers:
+                self._publish(batch.events, batch.count, batch.seconds)
+            for reply, value in batch.replies:
+                self._deliver(reply, value)
+            self._push(batch.pushes)
+            if not follow_up:
+                return
+            after = self._close([], 0)
+            if not (after.replies or after.pushes or after.changes):
+                self._unlanded.remove(after)
+                if after.events and self._subscribers:
+                    self._publish(after.events, 0, None)
+                return
+            batch = after
+            if batch.changes:
+                self._start_commit(batch, committers)
 
     def _apply(self, message: Message, replies: list[tuple[Target, outcome.Outcome[Any]]]) -> None:
         state = self.state
@@ -509,60 +656,32 @@ class Scheduler:
                 sub._revoked.append((job_id, token, canceled))
                 self._to_push[sub] = None
 
-    def _push_streams(self) -> None:
+    def _push(
+        self, pushes: list[tuple[Subscription, list[Assignment], list[tuple[UUID, UUID, bool]]]]
+    ) -> None:
         # After the commit: what each stream was handed, then what it lost.
-        while self._to_push:
-            sub = next(iter(self._to_push))
-            del self._to_push[sub]
-            jobs, sub._outbox = sub._outbox, []
-            revoked, sub._revoked = sub._revoked, []
+        for sub, jobs, revoked in pushes:
+            if sub.closed:
+                for got in jobs:  # it closed meanwhile: nobody takes these
+                    self.state.release(got.id, got.token)
+                continue
             try:
                 ok = not jobs or sub.push(jobs)
             except Exception:
                 log.exception("a stream failed to take its jobs")
                 ok = False
-            if revoked and ok:
+            if not ok:
+                for got in jobs:
+                    self.state.release(got.id, got.token)
+                self._close_stream(sub)
+                continue
+            if revoked:
                 try:
                     sub.revoke(revoked)
                 except Exception:
                     log.exception("a stream failed to hear of ended runs")
-            if not ok:
-                sub._outbox = jobs  # closing gives them back
-                self._close_stream(sub)
 
-    async def _settle(self, replies: list[tuple[Target, outcome.Outcome[Any]]], count: int) -> None:
-        # Commit, then reply. A reply that cannot be delivered because its
-        # requester went away gives its job back, which is itself a change to
-        # commit and may hand the job to another waiter: loop until quiet.
-        while True:
-            self._collect_assignments(replies)
-            self._collect_revocations()
-            seconds: float | None = None
-            if self.store is not None:
-                changes = self.state.take_changes()
-                if changes:
-                    start = trio.current_time()
-                    try:
-                        await self.store.commit(changes)
-                    except BaseException as exc:
-                        self.state.take_events()  # not committed: never published
-                        self._fail_all(replies, exc)
-                        self._to_push.clear()  # not committed: never pushed
-                        raise
-                    self.commits += 1
-                    seconds = trio.current_time() - start
-            if self._subscribers:
-                self._publish(count, seconds)
-            count = 0  # a later round only puts back jobs whose requesters left
-            if not replies and not self._to_push:
-                return
-            for reply, value in replies:
-                self._deliver(reply, value)
-            replies = []
-            self._push_streams()
-
-    def _publish(self, requests: int, seconds: float | None) -> None:
-        events: list[Event] = self.state.take_events()
+    def _publish(self, events: list[Event], requests: int, seconds: float | None) -> None:
         if not (events or requests or seconds is not None):
             return  # a quiet follow-up round
         events.append(Committed(requests, seconds, self.state.waiter_count))
@@ -599,12 +718,19 @@ class Scheduler:
     def _fail_all(
         self, replies: list[tuple[Target, outcome.Outcome[Any]]], exc: BaseException
     ) -> None:
-        error = QueueClosedError(f"the store failed to commit: {exc!r}")
-        for reply, _ in replies:
-            self._deliver(reply, outcome.Error(error))
+        message = f"the store failed to commit: {exc!r}"
+        for reply, _ in replies:  # one exception each: each is raised in its own task
+            self._deliver(reply, outcome.Error(QueueClosedError(message)))
 
     def _shut_down(self) -> None:
         # A fresh outcome for each reply: an outcome can be unwrapped only once.
+        for batch in self._unlanded:  # applied, never committed: nobody hears otherwise
+            for reply, _ in batch.replies:
+                self._deliver(reply, outcome.Error(QueueClosedError()))
+        self._unlanded.clear()
+        for reply, _ in self._building:
+            self._deliver(reply, outcome.Error(QueueClosedError()))
+        self._building = []
         for reply in self._parked:
             self._deliver(reply, outcome.Error(QueueClosedError()))
         self._parked.clear()
