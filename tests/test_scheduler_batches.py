@@ -126,3 +126,20 @@ async def test_a_failed_commit_fails_the_batch_applied_behind_it(
                     nursery.start_soon(enqueue, delay)
     # the second commit failed: its request and the one applied behind it both fail
     assert len(errors) == 2
+
+
+async def test_a_queue_can_take_fewer_pairs_per_dequeue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with pytest.raises(ValueError, match="max_match_keys"):
+        async with actorq.open_queue(max_match_keys=10_001):
+            pass
+    async with actorq.open_queue(max_match_keys=6) as queue:
+        await queue.enqueue("a", channel="x")
+        with pytest.raises(ValueError, match="this queue's 6"):
+            await queue.dequeue(["a", "b", "c", "d"], ["x", "y"], timeout=0)
+        with pytest.raises(ValueError, match="this queue's 6"):
+            async with queue.open_stream(["a", "b", "c", "d"], ["x", "y"]):
+                pass
+        job = await queue.dequeue(["a", "b", "c"], ["x", "y"], timeout=0)
+        assert job.type == "a"

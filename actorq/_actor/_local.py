@@ -15,6 +15,7 @@ import trio
 from .._core import _validate as v
 from .._core._api import QueueAPI
 from .._core._errors import DequeueTimeoutError, JobQueueError, QueueClosedError
+from .._core._operation import MAX_MATCH_KEYS
 from .._core._ops import Dequeue, Operation, Scope, WaitingOperation, check_access, run
 from .._core._records import Assignment
 from .._core._state import QueueState
@@ -63,8 +64,19 @@ class LocalQueue(QueueAPI):
     each call is one message to the actor and one reply.
     """
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, *, max_match_keys: int = MAX_MATCH_KEYS) -> None:
         self._scheduler = scheduler
+        self._max_match_keys = max_match_keys
+
+    def _check_pairs(self, op: WaitingOperation) -> None:
+        # each (type, channel) pair is a key the scheduler looks at and parks a
+        # waiter under; the core refuses more than MAX_MATCH_KEYS anywhere
+        pairs = len(op.job_types) * max(len(op.channels), 1)
+        if pairs > self._max_match_keys:
+            raise ValueError(
+                f"{len(op.job_types)} job types x {len(op.channels)} channels is more than "
+                f"this queue's {self._max_match_keys} (type, channel) pairs"
+            )
 
     # ------------------------------------------------------------ plumbing
 
@@ -107,6 +119,7 @@ class LocalQueue(QueueAPI):
         return await self._call(functools.partial(run, op, scope=scope))
 
     async def _wait_for_job(self, op: WaitingOperation, scope: Scope) -> Assignment:
+        self._check_pairs(op)
         if op.timeout == 0:
             # move_on_after(0) would cancel even a ready reply (trio issue 1626)
             got = await self._call(functools.partial(run, op, scope=scope))
@@ -190,6 +203,7 @@ class LocalQueue(QueueAPI):
         op = Dequeue(
             job_types=types_arg, channels=channels_arg, any_channel=any_channel, worker_id=worker_id
         ).checked()
+        self._check_pairs(op)
         stream = LocalJobStream(
             self._scheduler, op, check_credit(credit), scope, on_revoked, on_refused
         )
@@ -229,8 +243,10 @@ class LocalQueue(QueueAPI):
         hears the core's result, after the commit. Never blocks: for front ends
         that answer without a task per request. Bad arguments raise here."""
         op = op.checked()
-        if isinstance(op, WaitingOperation) and op.timeout != 0:
-            raise TypeError("submit() runs only operations that do not wait")
+        if isinstance(op, WaitingOperation):
+            if op.timeout != 0:
+                raise TypeError("submit() runs only operations that do not wait")
+            self._check_pairs(op)
         self._scheduler.post_nowait(Call(functools.partial(run, op, scope=scope), target))
 
     # ------------------------------------------------------------ extras
@@ -286,6 +302,7 @@ async def open_queue(
     *,
     clock: Callable[[], datetime] | None = None,
     max_batch: int = 1024,
+    max_match_keys: int = MAX_MATCH_KEYS,
     maintenance: Maintenance | None = DEFAULT_MAINTENANCE,
     metrics: QueueMetrics | None = None,
 ) -> AsyncIterator[LocalQueue]:
@@ -297,6 +314,12 @@ async def open_queue(
     current time as an aware datetime, for job timestamps (default: wall
     time in UTC); ages (heartbeats, workers) always use trio's clock, so
     :class:`trio.testing.MockClock` drives them.
+
+    ``max_match_keys`` bounds the (job type, channel) pairs one dequeue or
+    stream may name (a :class:`ValueError` past it, remote callers included):
+    each pair is work for the scheduler and a key a waiting dequeue is kept
+    under. It may be lowered from the default, the most any queue takes,
+    10,000.
 
     ``maintenance`` (a :class:`actorq.Maintenance`) runs the heartbeat
     reaper, stale-worker removal and retention next to the actor. The
@@ -323,6 +346,9 @@ async def open_queue(
     if clock is not None and not callable(clock):
         raise TypeError(f"clock must be callable, not {type(clock).__name__}")
     max_batch = v.check_int(max_batch, "max_batch", minimum=1)
+    max_match_keys = v.check_int(max_match_keys, "max_match_keys", minimum=1)
+    if max_match_keys > MAX_MATCH_KEYS:
+        raise ValueError(f"max_match_keys must be at most {MAX_MATCH_KEYS}, not {max_match_keys}")
     if maintenance is not None and not isinstance(maintenance, Maintenance):
         raise TypeError(f"maintenance must be a Maintenance, not {type(maintenance).__name__}")
     # imported here: prometheus_client is slow to load, and "import actorq" must not pay for it
@@ -352,7 +378,7 @@ async def open_queue(
         )
         del jobs, workers  # the records are in the state now; don't hold them twice
     scheduler = Scheduler(state, resolved, max_batch=max_batch)
-    queue = LocalQueue(scheduler)
+    queue = LocalQueue(scheduler, max_match_keys=max_match_keys)
     unobserve: Callable[[], None] | None = None
     policy = ErrorPolicy("the queue")
     try:
