@@ -1,11 +1,15 @@
-"""The worker runtime, against the in-process queue, under trio's MockClock (autojump)."""
+"""The worker runtime, against the in-process queue, under trio's MockClock (autojump).
+
+Every test runs twice: with the job stream the in-process queue offers, and
+with dequeues, as the worker serves a queue that offers no stream.
+"""
 
 from __future__ import annotations
 
 import signal
 import threading
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import pytest
@@ -20,6 +24,21 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from trio.testing import MockClock
+
+
+@runtime_checkable
+class _NoStreams(Protocol):
+    """A protocol no queue satisfies: the worker then takes jobs by dequeue."""
+
+    def _offers_no_streams(self) -> None: ...
+
+
+@pytest.fixture(autouse=True, params=["stream", "dequeue"])
+def worker_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "dequeue":
+        monkeypatch.setattr("actorq._worker._worker.StreamingQueue", _NoStreams)
+    mode: str = request.param
+    return mode
 
 
 @attrs.frozen
