@@ -62,7 +62,7 @@ async def receive_until(ws: WebSocketConnection, count: int) -> list[dict[str, A
     return out
 
 
-def subscribe(request_id: int, credit: int = 1, **fields: Any) -> dict[str, Any]:
+def subscribe(request_id: int, credit: Any = 1, **fields: Any) -> dict[str, Any]:
     return {"kind": "subscribe", "id": request_id, "job_types": ["t"], "credit": credit, **fields}
 
 
