@@ -334,3 +334,25 @@ async def test_worker_heartbeats_keep_long_jobs_and_learn_of_lost_ones(
         worker.shutdown()
     assert [(await queue.job_status(i)).result for i in ids] == ["ok"] * 3
     assert started == 3
+
+
+async def test_worker_falls_back_to_dequeues_on_a_server_without_streams(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with remote_pair() as (remote, local, _):
+        remote._session.version = 1  # as if the server spoke protocol 1 only
+        with pytest.raises(NotImplementedError):
+            async with remote.open_stream(["t"]):
+                pass
+        worker = actorq.Worker(remote, concurrency=2)
+
+        @worker.handler("t")
+        async def handler(job: actorq.Job) -> int:
+            if job.args == 2:
+                worker.shutdown()
+            return int(job.args) * 10
+
+        ids = [await remote.enqueue("t", n) for n in (1, 2)]
+        with trio.fail_after(10):
+            await worker.run()
+        assert [(await local.job_status(i)).result for i in ids] == [10, 20]

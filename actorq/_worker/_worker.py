@@ -302,9 +302,9 @@ class Worker:
 
     async def _run_jobs(self) -> None:
         async with trio.open_nursery() as jobs:
-            if isinstance(self.queue, StreamingQueue):
-                await self._stream_loop(jobs, self.queue)
-            else:
+            if not isinstance(self.queue, StreamingQueue) or not await self._stream_loop(
+                jobs, self.queue
+            ):
                 await self._dequeue_loop(jobs)
             # shutdown: no more jobs taken; give running handlers their grace period
             jobs.start_soon(self._enforce_grace)
@@ -407,7 +407,9 @@ class Worker:
 
     # ------------------------------------------------------------ dequeuing
 
-    async def _stream_loop(self, jobs: trio.Nursery, queue: StreamingQueue) -> None:
+    async def _stream_loop(self, jobs: trio.Nursery, queue: StreamingQueue) -> bool:
+        """Take jobs from streams until shutdown; False if the queue offers none after all
+        (a server that speaks only protocol 1)."""
         types = list(self._handlers)
         start = jobs.start_soon
         run_job = self._run_job
@@ -440,6 +442,9 @@ class Worker:
                                 start(run_job, got, stream)
                 except WorkerNotExistError:
                     await self._reregister(worker_id)
+                except NotImplementedError:
+                    self._dequeue_scope = None
+                    return False
                 except QueueClosedError:
                     raise
                 except JobQueueError as exc:
@@ -448,6 +453,7 @@ class Worker:
                 finally:
                     self._stream = None
         self._dequeue_scope = None
+        return True
 
     def _revoked(self, job_id: UUID, token: UUID, canceled: bool) -> None:
         # The queue says a run of ours ended: its handler's work is wasted.
