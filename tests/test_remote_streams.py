@@ -178,3 +178,19 @@ async def test_a_cancelled_stream_stops_and_the_client_gives_late_jobs_back(
         await local.enqueue("t")
         await trio.sleep(1)
         assert (await local.stats()).running == 0  # nothing fed to a cancelled stream
+
+
+async def test_a_job_larger_than_the_client_takes_ends_the_stream_and_goes_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with connected([2], max_message_size=1024) as (ws, local):
+        small = await local.enqueue("t", "x")
+        big = await local.enqueue("t", "y" * 2000)
+        await send(ws, subscribe(1, credit=2))
+        messages = await receive_until(ws, 2)
+        assert [m["kind"] for m in messages] == ["jobs", "error"]
+        assert messages[0]["jobs"][0]["id"] == str(small)
+        assert (messages[1]["id"], messages[1]["reason"]) == (1, "oversize")
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await local.job_status(big)).state == actorq.JobState.PENDING
+        assert (await local.stats()).waiting_dequeuers == 0

@@ -380,8 +380,19 @@ class _Stream(Subscription):
     def push(self, jobs: list[Assignment]) -> bool:
         if not self.open or self.request.cancelled:
             return False
-        handed = [dequeued_for_wire(got) for got in jobs]
-        return self.connection._post_jobs(self.request.id, handed)
+        connection = self.connection
+        unsent = connection._post_jobs(self.request.id, [dequeued_for_wire(got) for got in jobs])
+        if len(unsent) == len(jobs):
+            return False  # nothing went: the scheduler gives them all back
+        if unsent:
+            for job in unsent:
+                connection.queue.release(job)
+            if connection._accepting:
+                # a job larger than the client accepts can never reach it: the
+                # stream ends with the reason, rather than take it again and again
+                self.end(w.ProtocolError("a job is larger than the client accepts", "oversize"))
+                connection.queue.unsubscribe(self)
+        return True
 
     def revoke(self, runs: list[tuple[UUID, UUID, bool]]) -> None:
         if self.open:
@@ -515,16 +526,19 @@ class _Connection:
             self._wake.unpark_all()
         return True
 
-    def _post_jobs(self, stream_id: int, jobs: list[DequeuedJob]) -> bool:
-        # A push that is larger than the client accepts is split; a single job
-        # that is too large cannot go at all, and the stream ends.
+    def _post_jobs(self, stream_id: int, jobs: list[DequeuedJob]) -> list[DequeuedJob]:
+        """Queue a push of ``jobs``; return those that could not go.
+
+        A push larger than the client accepts is split; a single job that is
+        too large cannot go at all.
+        """
         text = w.encode(w.Jobs(id=stream_id, jobs=jobs))
         if len(text) <= self.session.peer_max_message_size:
-            return self._post(text, jobs)
+            return [] if self._post(text, list(jobs)) else jobs
         if len(jobs) == 1:
-            return False
+            return jobs
         half = len(jobs) // 2
-        return self._post_jobs(stream_id, jobs[:half]) and self._post_jobs(stream_id, jobs[half:])
+        return self._post_jobs(stream_id, jobs[:half]) + self._post_jobs(stream_id, jobs[half:])
 
     def _answer(self, request: ss.Request, text: str, job: DequeuedJob | None = None) -> bool:
         """Send the reply ``text`` to ``request``. False if a job it carries did not go."""
