@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SUITES = ["core", "sqlite", "remote", "postgres", "import"]
+SUITES = ["core", "sqlite", "remote", "rtt", "postgres", "import"]
 
 
 def median_rate(samples: list[float]) -> float:
