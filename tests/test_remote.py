@@ -759,7 +759,7 @@ async def test_serve_on_loopback_and_close() -> None:
     async with serving() as (local, server):
         assert server.port > 0
         url = f"ws://127.0.0.1:{server.port}"
-        async with actorq.connect(url) as remote:
+        async with actorq.connect(url, reconnect=False) as remote:
             job_id = await remote.enqueue("t", {"x": 1})
             job = await remote.dequeue(["t"], timeout=1)
             assert job.id == job_id
@@ -865,7 +865,7 @@ async def test_server_in_a_child_process() -> None:
     try:
         assert child.stdout is not None
         port = int(await trio.to_thread.run_sync(child.stdout.readline))
-        async with actorq.connect(f"ws://127.0.0.1:{port}") as remote:
+        async with actorq.connect(f"ws://127.0.0.1:{port}", reconnect_timeout=1) as remote:
             job_id = await remote.enqueue("t", {"in": "child"})
             with trio.move_on_after(0.2):
                 await remote.dequeue(["other"])  # cancelled mid-wait, over a real socket

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from functools import partial
@@ -47,10 +49,26 @@ from .._core._errors import (
     JobQueueError,
     NotExistError,
     NotRunningError,
+    ProtocolError,
     QueueClosedError,
 )
 from .._core._models import DequeuedJob
-from .._core._ops import Dequeue, FinishJob, Operation, RefreshHeartbeat, RefreshHeartbeats
+from .._core._ops import (
+    AllRootJobIds,
+    Dequeue,
+    FinishJob,
+    GetHeartbeats,
+    GetJob,
+    GetJobStatus,
+    GetStats,
+    GetWorkers,
+    IdFromToken,
+    ListJobs,
+    Operation,
+    RefreshHeartbeat,
+    RefreshHeartbeats,
+    UpdateWorkerStatus,
+)
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
 from . import _wire as w
@@ -96,6 +114,75 @@ def _frames(texts: list[str], limit: int) -> Iterator[str]:
 
 _SETTLE_BATCH = 1000  # finishes per settle message, well below any frame limit
 
+_MAX_CREDIT = 10_000  # the most credit a server takes in one subscribe
+
+LOST_MESSAGE = "the connection was lost; the request may or may not have taken effect"
+
+# Close codes after which the same server (or the next one) may well take us
+# back: a restart, a shutdown, an overload, an abnormal close. Everything in the
+# protocol's own range (a refused token, a version, a broken message) is final,
+# and so are the codes that say this client sent something wrong.
+_FINAL_CLOSES = frozenset({1002, 1003, 1007, 1009, 1010})
+_RETRY_CLOSES_4XXX = frozenset({ss.CLOSE_HELLO_TIMEOUT})
+
+# Operations that may be sent again after a connection was lost with their
+# reply outstanding: they read, refresh, or wait for a job (a job handed to a
+# lost dequeue goes back when the connection drops, or when its heartbeat
+# lapses). Everything else raises rather than risk applying twice.
+_RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
+    {
+        Dequeue,
+        GetJobStatus,
+        GetJob,
+        AllRootJobIds,
+        ListJobs,
+        GetStats,
+        IdFromToken,
+        GetHeartbeats,
+        RefreshHeartbeat,
+        RefreshHeartbeats,
+        UpdateWorkerStatus,
+        GetWorkers,
+    }
+)
+
+
+class _Lost(QueueClosedError):
+    """The reply a request waiting on a connection gets when that connection
+    drops and the client reconnects: whether it took effect is unknown."""
+
+
+def _retryable_close(code: int | None) -> bool:
+    if code is None:
+        return True
+    if code >= 4000:
+        return code in _RETRY_CLOSES_4XXX
+    return code not in _FINAL_CLOSES
+
+
+class _Link:
+    """One websocket connection of a :class:`RemoteQueue`: a client may go
+    through several, one at a time, when it reconnects."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        stream: trio.abc.Stream,
+        session: ss.ClientSession[_Waiter],
+        name: str,
+    ) -> None:
+        self.ws = ws
+        self.stream = stream
+        self.session = session
+        self.name = name
+        self.pending: list[str] = []  # frames to send, in order
+        self.sending = False  # a task is sending pending now
+        self.wake_writer = trio.lowlevel.ParkingLot()
+        self.slots = trio.Semaphore(1)  # until the server says how many it takes
+        self.error: QueueClosedError | None = None  # why it ended, once it did
+        self.retryable = True  # whether the client may reconnect after it ended
+        self.lost = trio.Event()
+
 
 class RemoteJobStream(JobBuffer):
     """A job stream on the other end of a websocket (:meth:`RemoteQueue.open_stream`).
@@ -105,6 +192,11 @@ class RemoteJobStream(JobBuffer):
     sends them as one ``settle``. While one settle is on its way, the next
     finishes pile up for the one after: at idle a finish leaves at once,
     under load many share a frame.
+
+    A stream outlives a lost connection: its buffer, credit and callbacks
+    stay, and once the client has reconnected it subscribes again with the
+    slots it has free (as soon as it has one), then sends the finishes that
+    were not acknowledged.
     """
 
     def __init__(
@@ -113,18 +205,25 @@ class RemoteJobStream(JobBuffer):
         credit: int,
         on_revoked: Callable[[UUID, UUID, bool], None] | None,
         on_refused: Callable[[UUID, JobQueueError], None] | None,
+        subscribe: Callable[[int, int], w.Message],
     ) -> None:
         super().__init__(credit)
-        self.id = 0  # the subscribe request's id, once sent
+        self.id = 0  # the subscribe request's id on the current connection, once sent
         self._queue = queue
         self._on_revoked = on_revoked
         self._on_refused = on_refused
+        self._subscribe_message = subscribe
+        self._free = credit  # slots free: credit given, less the jobs received
+        self._sub_out = 0  # jobs the current subscription pushed, less credit sent back
         self._finishes: list[FinishJob] = []
         self._credit_due = 0
         self._unsettled: set[UUID] = set()  # tokens pushed, neither settled nor revoked
         self._stopped = False
         self._flushing = False
         self._settling = False  # a settle is on its way
+        self._detached = False  # its connection was lost: subscribe again
+        self._resent: set[UUID] = set()  # tokens of finishes sent again after a loss
+        self._slot: trio.Semaphore | None = None  # the request slot it holds
         self._wake = trio.lowlevel.ParkingLot()
         self._settled = trio.lowlevel.ParkingLot()  # wait_settled() waiters
 
@@ -135,6 +234,8 @@ class RemoteJobStream(JobBuffer):
             for job in jobs:
                 self._queue.release(job)
             return
+        self._free -= len(jobs)
+        self._sub_out += len(jobs)
         self._unsettled.update(job.token for job in jobs)
         self._take(jobs)
 
@@ -145,8 +246,15 @@ class RemoteJobStream(JobBuffer):
                 self._on_revoked(run.job_id, run.token, run.canceled)
 
     def send_nowait(self, value: _Reply) -> None:
-        # The subscribe's only reply: the error that ended the stream.
-        if isinstance(value, QueueClosedError):
+        # The subscribe's only reply: the error that ended the stream, or the
+        # loss of its connection, after which it subscribes again.
+        queue = self._queue
+        queue._streams.pop(self.id, None)
+        self._free_slot()
+        if isinstance(value, _Lost):
+            self._detached = True
+            self._kick()
+        elif isinstance(value, QueueClosedError):
             self._end(QueueClosedError(value.message))
         elif type(value) is w.Error:
             error = w.exception_from_reply(value)
@@ -155,19 +263,25 @@ class RemoteJobStream(JobBuffer):
             self._end(error)
         else:
             self._end(QueueClosedError(f"the server ended the stream with {value.KIND}"))
-        self._queue._streams.pop(self.id, None)
-        self._queue._slots.release()
         self._wake.unpark_all()
+
+    def _free_slot(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
 
     # ------------------------------------------------------------ the consumer's side
 
     def finish(self, job: DequeuedJob, result: Any = None) -> None:
         self._finishes.append(finish_op(job, result))
         self._credit_due += 1
+        self._free += 1
         self._kick()
 
     def give_credit(self, slots: int = 1) -> None:
-        self._credit_due += v.check_int(slots, "slots", minimum=1)
+        slots = v.check_int(slots, "slots", minimum=1)
+        self._credit_due += slots
+        self._free += slots
         self._kick()
 
     def _kick(self) -> None:
@@ -179,35 +293,92 @@ class RemoteJobStream(JobBuffer):
             self._flushing = True
             nursery.start_soon(self._flush)
 
+    def _idle(self) -> bool:
+        if self._finishes:
+            return False
+        if self._detached:
+            return self.ended or self._stopped or self._free < 1
+        return not (self._credit_due and not self.ended)
+
     async def _flush(self) -> None:
+        finishes: list[FinishJob] = []  # taken, not yet acknowledged
         try:
             while True:
-                while not self._finishes and not (self._credit_due and not self.ended):
+                while not finishes and self._idle():
                     if self._stopped and not self._unsettled:
                         return
                     await self._wake.park()
-                finishes = self._finishes[:_SETTLE_BATCH]
-                del self._finishes[:_SETTLE_BATCH]
-                credit, self._credit_due = (0, 0) if self.ended else (self._credit_due, 0)
-                self._settling = True
+                if self._detached and not self.ended and not self._stopped and self._free >= 1:
+                    await self._resubscribe()
+                    continue
+                if not finishes:
+                    finishes = self._finishes[:_SETTLE_BATCH]
+                    del self._finishes[:_SETTLE_BATCH]
+                # The server takes back no more credit than this subscription
+                # was handed jobs: credit freed by jobs of an earlier one (from
+                # before a reconnect) goes into a new subscription instead.
+                due, self._credit_due = self._credit_due, 0
+                credit = 0 if self.ended or self._detached else min(due, self._sub_out)
+                self._sub_out -= credit
+                regrow = not self._detached and due > credit
+                self._settling = True  # until these finishes are acknowledged
                 try:
                     await self._settle(finishes, credit)
+                except _Lost:
+                    # Sent again once reconnected (the credit went into the new
+                    # subscribe); the server refuses any it applied already.
+                    self._resent.update(f.token for f in finishes if f.token is not None)
+                    continue
                 except QueueClosedError:
                     return
-                except JobQueueError as exc:
+                except (JobQueueError, ValueError, TypeError) as exc:
                     log.warning("settling %d finishes failed: %s", len(finishes), exc)
-                finally:
-                    self._settling = False
-                    if not self._finishes:
-                        self._settled.unpark_all()
+                self._settling = False
+                finishes = []
+                if regrow and not self.ended and not self._stopped and not self._detached:
+                    self._regrow()
+                if not self._finishes:
+                    self._settled.unpark_all()
         finally:
             self._flushing = False
+            self._settling = False
             self._settled.unpark_all()
+
+    def _regrow(self) -> None:
+        # Leave the current subscription (jobs it pushes meanwhile go back)
+        # and subscribe again, with every free slot as the credit.
+        queue = self._queue
+        link = queue._link
+        if queue._streams.pop(self.id, None) is not None and link is not None:
+            queue._queue_frame(link, link.session.cancel(self.id))
+        self._free_slot()
+        self._detached = True
+
+    async def _resubscribe(self) -> None:
+        queue = self._queue
+        link = await queue._wait_up()
+        await link.slots.acquire()
+        if link.error is not None or link is not queue._link:
+            link.slots.release()
+            return
+        if self.ended or self._stopped:
+            link.slots.release()
+            return
+        credit = min(self._free, _MAX_CREDIT)
+        self._credit_due = 0
+        self._sub_out = 0
+        request_id, text = link.session.prepare(lambda i: self._subscribe_message(i, credit))
+        self._slot = link.slots
+        self.id = request_id
+        self._detached = False
+        link.session.wait(request_id, self)
+        queue._streams[request_id] = self
+        await queue._send_frame(link, text)
 
     async def _settle(self, finishes: list[FinishJob], credit: int) -> None:
         message = partial(
             _settle_message,
-            stream=self.id,
+            stream=self,
             finishes=[w.Finish(f.job_id, f.token or f.job_id, f.result) for f in finishes],
             credit=credit,
         )
@@ -217,8 +388,20 @@ class RemoteJobStream(JobBuffer):
         for index, finish in enumerate(finishes):
             self._unsettled.discard(finish.token)
             queue._forget(finish.job_id, finish.token)
+            resent = finish.token in self._resent
+            self._resent.discard(finish.token)
             refusal = refused.get(index)
-            if refusal is not None and self._on_refused is not None:
+            if refusal is None:
+                continue
+            if resent:
+                log.info(
+                    "job %s: a finish sent again after a reconnect was refused (%s): "
+                    "it took effect before the connection was lost, or the job was "
+                    "requeued meanwhile",
+                    finish.job_id,
+                    refusal.error,
+                )
+            elif self._on_refused is not None:
                 error = w.exception_from_reply(
                     w.Error(id=0, error=refusal.error, message=refusal.message)
                 )
@@ -235,21 +418,40 @@ class RemoteJobStream(JobBuffer):
         if self._stopped:
             return
         self._stopped = True
+        queue = self._queue
         if not self.ended:
             self._end(QueueClosedError("the stream was closed"))
-            if self._queue._streams.pop(self.id, None) is not None:
-                self._queue._slots.release()
-                self._queue._queue_frame(self._queue._session.cancel(self.id))
+            if not self._detached and queue._streams.pop(self.id, None) is not None:
+                self._free_slot()
+                link = queue._link
+                if link is not None:
+                    queue._queue_frame(link, link.session.cancel(self.id))
         for job in self._take_unreceived():
             self._unsettled.discard(job.token)
-            self._queue.release(job)
+            queue.release(job)
+        queue._all_streams.discard(self)
         self._wake.unpark_all()
 
 
 def _settle_message(
-    request_id: int, *, stream: int, finishes: list[w.Finish], credit: int
+    request_id: int, *, stream: RemoteJobStream, finishes: list[w.Finish], credit: int
 ) -> w.Message:
-    return w.Settle(id=request_id, stream=stream, finishes=finishes, credit=credit)
+    # The stream's id is read when the request is made: after a reconnect it
+    # names the stream's new subscription.
+    return w.Settle(id=request_id, stream=stream.id, finishes=finishes, credit=credit)
+
+
+Dial = Callable[[int], Awaitable[tuple[trio.abc.Stream, str, str]]]
+"""Opens the ``attempt``-th connection: ``(stream, host header, resource)``."""
+
+
+@attrs.frozen
+class _Reconnect:
+    dial: Dial
+    timeout: float | None  # None: forever
+    connect_timeout: float
+    initial_delay: float = 0.1
+    max_delay: float = 5.0
 
 
 class RemoteQueue(QueueAPI):
@@ -258,115 +460,183 @@ class RemoteQueue(QueueAPI):
     Made by :func:`connect`; usable by any number of tasks at once. Bad
     arguments raise :class:`TypeError`/:class:`ValueError` before anything is
     sent; queue errors raised on the server are raised here as the same class.
-    Once the connection is lost every call raises :class:`QueueClosedError`.
+
+    When the connection drops and the queue reconnects (see :func:`connect`
+    and ``docs/protocol.md``, "Reconnects"), a call made meanwhile waits for
+    the new connection; a call whose reply was outstanding is sent again if it
+    is safe to (reads, heartbeat refreshes, dequeues) and raises
+    :class:`QueueClosedError` otherwise. Once the queue gives up (or never
+    reconnects), every call raises :class:`QueueClosedError`.
     """
 
     def __init__(
         self,
-        ws: WebSocketConnection,
         *,
         max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
         send_timeout: float = 10.0,
-        abort: Callable[[], Awaitable[None]] | None = None,
+        token: str | None = None,
+        reconnect: _Reconnect | None = None,
     ) -> None:
-        self._ws = ws
+        self._max_message_size = max_message_size
         self._send_timeout = send_timeout
-        self._abort_stream = abort
-        self._session = ss.ClientSession[_Waiter](max_message_size=max_message_size)
-        self._pending: list[str] = []  # frames to send, in order
-        self._sending = False  # a task is sending _pending now
-        self._wake_writer = trio.lowlevel.ParkingLot()
+        self._token = token
+        self._reconnect = reconnect
+        self._link: _Link | None = None
+        self._changed = trio.lowlevel.ParkingLot()  # woken when a link comes or the queue closes
         self._held: dict[UUID, UUID] = {}  # job id -> token, for jobs this client runs
-        self._streams: dict[int, RemoteJobStream] = {}  # subscribe request id -> stream
-        self._nursery: trio.Nursery | None = None  # the connection's, for stream flushers
+        self._streams: dict[int, RemoteJobStream] = {}  # subscribe id (current link) -> stream
+        self._all_streams: set[RemoteJobStream] = set()  # open streams, attached or not
+        self._deferred: list[tuple[UUID, UUID]] = []  # releases waiting for a connection
+        self._nursery: trio.Nursery | None = None  # the client's, for stream flushers
         # job id -> a token of ours that the server refused for it: token
         # operations on that job keep carrying it (bounded, oldest dropped)
         self._void: dict[UUID, UUID] = {}
-        self._slots = trio.Semaphore(1)  # until the server says how many it takes
         self._closed: QueueClosedError | None = None
+        self.reconnects = 0  #: How many times the connection was re-established.
 
     # ------------------------------------------------------------ plumbing
+
+    def _current(self) -> _Link:
+        link = self._link
+        assert link is not None  # set before the queue is handed out
+        return link
 
     @property
     def version(self) -> int:
         """The protocol version agreed with the server."""
-        return self._session.version
+        return self._current().session.version
 
     @property
     def server_max_message_size(self) -> int:
         """The largest frame the server accepts, in characters."""
-        return self._session.server_max_message_size
+        return self._current().session.server_max_message_size
 
     @property
     def max_in_flight(self) -> int:
         """How many requests the server takes at once on this connection."""
-        return self._session.max_in_flight
+        return self._current().session.max_in_flight
 
     @property
     def closed(self) -> bool:
         return self._closed is not None
 
     @property
+    def connected(self) -> bool:
+        """True while a connection is up (False while reconnecting, and once closed)."""
+        link = self._link
+        return self._closed is None and link is not None and link.error is None
+
+    @property
     def held_jobs(self) -> dict[UUID, UUID]:
         """Jobs this client runs (``{job id: token}``), whose heartbeats it refreshes."""
         return dict(self._held)
+
+    def _lose(self, link: _Link, error: QueueClosedError, *, retryable: bool = True) -> None:
+        # Synchronous and idempotent: the link is over. Its waiting requests
+        # learn it; if the queue will not reconnect, it closes for good.
+        if link.error is None:
+            link.error = error
+            link.retryable = retryable
+            link.pending.clear()
+            link.wake_writer.unpark_all()
+            link.lost.set()
+            if link is self._link:
+                self._streams.clear()
+        will_retry = self._reconnect is not None and link.retryable and self._closed is None
+        if not will_retry:
+            self._shut(link.error)
+            return
+        lost = _Lost(LOST_MESSAGE)
+        for send in link.session.take_waiters():
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                send.send_nowait(lost)
 
     def _shut(self, error: QueueClosedError) -> None:
         # Synchronous and idempotent: fail every waiting request, stop sending.
         if self._closed is None:
             self._closed = error
-        for send in self._session.take_waiters():
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                send.send_nowait(self._closed)
-        self._pending.clear()
-        self._wake_writer.unpark_all()
+        link = self._link
+        if link is not None:
+            if link.error is None:
+                link.error = self._closed
+                link.lost.set()
+            for send in link.session.take_waiters():
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    send.send_nowait(self._closed)
+            link.pending.clear()
+            link.wake_writer.unpark_all()
+        for stream in list(self._all_streams):
+            stream._end(QueueClosedError(self._closed.message))
+            stream._wake.unpark_all()
+        self._deferred.clear()
+        self._changed.unpark_all()
 
-    async def _abort(self) -> None:
-        if self._abort_stream is not None:
-            await self._abort_stream()
-
-    def _queue_frame(self, text: str) -> None:
-        # Cannot block or fail, for the cancellation paths. If the connection is
-        # gone, the server has already cancelled the request and released its job.
-        if self._closed is None:
-            self._pending.append(text)
-            if not self._sending:
-                self._wake_writer.unpark_all()
-
-    async def _request(self, make: Callable[[int], w.Message]) -> w.Message:
-        """Send one request and wait for its reply; raise the error it carries."""
-        if self._closed is not None:
-            raise QueueClosedError(self._closed.message)
-        session = self._session
-        request_id, text = session.prepare(make)  # refuses a frame too large for the server
-        slots = self._slots
-        try:
-            slots.acquire_nowait()  # the common case, without a scheduler pass
-        except trio.WouldBlock:
-            await slots.acquire()
-        try:
+    async def _wait_up(self) -> _Link:
+        """The current connection, once there is one; raises :class:`QueueClosedError`
+        once the queue is closed (the reconnect timeout bounds the wait)."""
+        while True:
             if self._closed is not None:
                 raise QueueClosedError(self._closed.message)
-            send, receive = trio.open_memory_channel[_Reply](1)
-            session.wait(request_id, send)
-            try:
-                # Behind whatever waits to be sent: a request must not overtake a
-                # cancel or release (a cancelled dequeue's job would be handed out
-                # to it before being given back).
-                await self._send_frame(text)
-                reply = await receive.receive()
-            except BaseException:
-                self._abandon(request_id, receive)
-                raise
-        finally:
-            slots.release()
-        if isinstance(reply, QueueClosedError):
-            raise QueueClosedError(reply.message)
-        if type(reply) is w.Error:
-            raise w.exception_from_reply(reply)
-        return reply
+            link = self._link
+            if link is not None and link.error is None:
+                return link
+            await self._changed.park()
 
-    async def _send_frame(self, text: str) -> None:
+    def _queue_frame(self, link: _Link, text: str) -> None:
+        # Cannot block or fail, for the cancellation paths. If the connection is
+        # gone, the server has already cancelled the request and released its job.
+        if link.error is None:
+            link.pending.append(text)
+            if not link.sending:
+                link.wake_writer.unpark_all()
+
+    async def _request(
+        self, make: Callable[[int], w.Message], *, resend: bool = False
+    ) -> w.Message:
+        """Send one request and wait for its reply; raise the error it carries.
+
+        If the connection drops with the reply outstanding, the request is sent
+        again on the next connection when ``resend`` is true; otherwise it
+        raises :class:`QueueClosedError` (:data:`LOST_MESSAGE`).
+        """
+        while True:
+            link = await self._wait_up()
+            session = link.session
+            request_id, text = session.prepare(make)  # refuses a frame too large for the server
+            slots = link.slots
+            try:
+                slots.acquire_nowait()  # the common case, without a scheduler pass
+            except trio.WouldBlock:
+                await slots.acquire()
+            try:
+                if link.error is not None:
+                    if self._closed is not None:
+                        raise QueueClosedError(self._closed.message)
+                    continue  # never sent: safe to send on the next connection
+                send, receive = trio.open_memory_channel[_Reply](1)
+                session.wait(request_id, send)
+                try:
+                    # Behind whatever waits to be sent: a request must not overtake a
+                    # cancel or release (a cancelled dequeue's job would be handed out
+                    # to it before being given back).
+                    await self._send_frame(link, text)
+                    reply = await receive.receive()
+                except BaseException:
+                    self._abandon(link, request_id, receive)
+                    raise
+            finally:
+                slots.release()
+            if isinstance(reply, _Lost):
+                if resend:
+                    continue
+                raise _Lost(reply.message)
+            if isinstance(reply, QueueClosedError):
+                raise QueueClosedError(reply.message)
+            if type(reply) is w.Error:
+                raise w.exception_from_reply(reply)
+            return reply
+
+    async def _send_frame(self, link: _Link, text: str) -> None:
         """Queue ``text`` and, unless another task is sending, send everything queued.
 
         Whoever sends takes every frame that piled up meanwhile (other tasks'
@@ -374,36 +644,38 @@ class RemoteQueue(QueueAPI):
         one batch frame: concurrent requests share frames, and a lone request
         goes out at once from its own task, with no scheduler pass.
         """
-        self._pending.append(text)
-        if not self._sending:
-            await self._drain()
+        link.pending.append(text)
+        if not link.sending:
+            await self._drain(link)
 
-    async def _drain(self) -> None:
+    async def _drain(self, link: _Link) -> None:
         # Shielded, because a cancelled send_message would leave half a frame on
         # the stream (a cancelled caller then abandons its request right after);
         # bounded by send_timeout, past which the server is not reading and the
         # connection is aborted.
-        self._sending = True
-        batching = self._session.version >= w.STREAMS_VERSION
-        limit = self._session.server_max_message_size - 2
+        link.sending = True
+        batching = link.session.version >= w.STREAMS_VERSION
+        limit = link.session.server_max_message_size - 2
         timed_out = False
         try:
             with trio.CancelScope(shield=True) as scope:
-                while self._pending and self._closed is None:
-                    batch, self._pending = self._pending, []
+                while link.pending and link.error is None:
+                    batch, link.pending = link.pending, []
                     for frame in _frames(batch, limit) if batching else batch:
                         scope.deadline = trio.current_time() + self._send_timeout
-                        await self._ws.send_message(frame)
+                        await link.ws.send_message(frame)
             timed_out = scope.cancelled_caught
         except ConnectionClosed:
             pass  # the reader sees the close too and fails what is waiting
         finally:
-            self._sending = False
+            link.sending = False
         if timed_out:
-            self._shut(QueueClosedError("the queue server does not read our requests"))
-            await self._abort()
+            self._lose(link, QueueClosedError("the queue server does not read our requests"))
+            await trio.aclose_forcefully(link.stream)
 
-    def _abandon(self, request_id: int, receive: trio.MemoryReceiveChannel[_Reply]) -> None:
+    def _abandon(
+        self, link: _Link, request_id: int, receive: trio.MemoryReceiveChannel[_Reply]
+    ) -> None:
         # Runs synchronously when a caller stops waiting (cancelled). The reply
         # may already sit in the buffer (trio issue 719): a job in it goes back.
         # If none came yet, the server is told to stop; a job it sends anyway the
@@ -414,19 +686,24 @@ class RemoteQueue(QueueAPI):
             got = None
         receive.close()
         if got is None:
-            self._queue_frame(self._session.cancel(request_id))
+            self._queue_frame(link, link.session.cancel(request_id))
         elif type(got) is w.Dequeued:
             self._release_nowait(got.job.id, got.job.token)
 
     def _release_nowait(self, job_id: UUID, token: UUID) -> None:
-        self._queue_frame(self._session.release(job_id, token))
+        link = self._link
+        if link is not None and link.error is None:
+            self._queue_frame(link, link.session.release(job_id, token))
+        elif self._closed is None and len(self._deferred) < _MAX_VOID:
+            self._deferred.append((job_id, token))  # sent once reconnected
 
-    async def _reader(self) -> None:
-        session = self._session
+    async def _reader(self, link: _Link) -> None:
+        session = link.session
         receive = session.receive_frame
-        get_message = self._ws.get_message
+        get_message = link.ws.get_message
         Reply, Pushed, Dequeued = ss.Reply, ss.Pushed, w.Dequeued  # bound once: per frame
         error: QueueClosedError | None = None
+        retryable = True
         try:
             while True:
                 try:
@@ -437,7 +714,10 @@ class RemoteQueue(QueueAPI):
                         error = session.peer_closed(None, None)
                     else:
                         error = session.peer_closed(why.code, why.reason or why.name)
+                        retryable = _retryable_close(why.code)
                     return
+                if link.error is not None:
+                    return  # given up on already (it stopped reading our requests)
                 for event in receive(frame):
                     if type(event) is Reply:
                         try:
@@ -453,34 +733,39 @@ class RemoteQueue(QueueAPI):
                     elif type(event) is Pushed:
                         self._pushed(event.message)
                     elif type(event) is ss.Send:
-                        self._queue_frame(event.frame)  # releases for a cancelled request
+                        self._queue_frame(link, event.frame)  # releases for a cancelled request
                     elif type(event) is ss.Stray:
                         stray = event.message
                         if type(stray) is w.Error:
                             log.warning("error from server: %s %s", stray.error, stray.message)
                     elif type(event) is ss.Broken:
                         error = event.error
+                        retryable = False
                         log.warning("closing: %s", error)
                         return
         except Exception as exc:  # a bug; the connection ends, the program goes on
             log.exception("remote queue reader failed")
             error = QueueClosedError(f"the connection failed: {exc!r}")
+            retryable = False
         finally:
-            self._shut(error or QueueClosedError("the connection to the queue server was lost"))
+            self._lose(
+                link,
+                error or QueueClosedError("the connection to the queue server was lost"),
+                retryable=retryable,
+            )
 
-    async def _writer(self) -> None:
+    async def _writer(self, link: _Link) -> None:
         # Sends what synchronous paths queue (cancels, releases) when no
         # request task is sending already.
         try:
-            while self._closed is None:
-                if self._pending and not self._sending:
-                    await self._drain()
+            while link.error is None:
+                if link.pending and not link.sending:
+                    await self._drain(link)
                 else:
-                    await self._wake_writer.park()
+                    await link.wake_writer.park()
         except Exception:  # a bug; the connection ends, the program goes on
             log.exception("remote queue writer failed")
-        finally:
-            self._shut(QueueClosedError("the connection to the queue server was lost"))
+            self._lose(link, QueueClosedError("the connection failed"), retryable=False)
 
     def _pushed(self, message: w.Message) -> None:
         stream = self._streams.get(message.id)
@@ -498,7 +783,9 @@ class RemoteQueue(QueueAPI):
             stream._revoked(message.runs)
 
     async def _refresher(self, interval: float) -> None:
-        # Keep the jobs this client runs alive, however long the work takes.
+        # Keep the jobs this client runs alive, however long the work takes,
+        # and through reconnects: their tokens stay valid while the server
+        # keeps the jobs.
         while True:
             await trio.sleep(interval)
             tokens = list(self._held.values())
@@ -506,7 +793,7 @@ class RemoteQueue(QueueAPI):
                 batch = tokens[start : start + _REFRESH_BATCH]
                 try:
                     op = RefreshHeartbeats(tokens=tuple(batch))
-                    reply = await self._request(partial(_request, op=op))
+                    reply = await self._request(partial(_request, op=op), resend=True)
                     gone = set(self._structure(reply, list[UUID]))
                 except QueueClosedError:
                     return
@@ -518,7 +805,7 @@ class RemoteQueue(QueueAPI):
                         if token in gone:
                             del self._held[job_id]
 
-    async def _greet(self, token: str | None, client: str) -> None:
+    async def _greet(self, link: _Link, client: str) -> None:
         """Send the hello and wait for the welcome; the session checks it.
 
         Raises :class:`ProtocolError` if the server refuses the hello (or its
@@ -527,7 +814,7 @@ class RemoteQueue(QueueAPI):
         """
         send, receive = trio.open_memory_channel[_Reply](1)
         try:
-            await self._send_frame(self._session.hello(send, token=token, client=client))
+            await self._send_frame(link, link.session.hello(send, token=self._token, client=client))
             reply = await receive.receive()
         finally:
             receive.close()
@@ -535,7 +822,119 @@ class RemoteQueue(QueueAPI):
             raise QueueClosedError(reply.message)
         if type(reply) is w.Error:
             raise w.exception_from_reply(reply)
-        self._slots = trio.Semaphore(self._session.max_in_flight)
+        link.slots = trio.Semaphore(link.session.max_in_flight)
+
+    async def _open_link(
+        self,
+        nursery: trio.Nursery,
+        stream: trio.abc.Stream,
+        host: str,
+        resource: str,
+        handshake_timeout: float,
+    ) -> _Link:
+        """The websocket handshake and hello over ``stream``; its tasks run in ``nursery``.
+
+        On failure the stream is closed and the error raised:
+        :class:`QueueClosedError` for a failed handshake or a lost connection,
+        :class:`ProtocolError` for a refused hello.
+        """
+        link: _Link | None = None
+        try:
+            with _handshake_errors(), trio.fail_after(handshake_timeout):
+                ws = await wrap_client_stream(
+                    nursery,
+                    stream,  # type: ignore[arg-type]
+                    host,
+                    resource,
+                    message_queue_size=4,
+                    max_message_size=self._max_message_size,
+                    receive_buffer_size=65536,
+                )
+                link = _Link(
+                    ws,
+                    stream,
+                    ss.ClientSession[_Waiter](max_message_size=self._max_message_size),
+                    f"{host}{resource}",
+                )
+                nursery.start_soon(self._reader, link)
+                nursery.start_soon(self._writer, link)
+                await self._greet(link, "actorq-python")
+        except BaseException:
+            if link is not None and link.error is None:
+                link.error = QueueClosedError("the handshake failed")
+                link.lost.set()
+                link.wake_writer.unpark_all()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+            raise
+        return link
+
+    def _attach(self, link: _Link) -> None:
+        """Make ``link`` the current connection: wake every waiting call, have
+        every open stream subscribe again, and send the releases that waited."""
+        self._link = link
+        deferred, self._deferred = self._deferred, []
+        for job_id, token in deferred:
+            self._queue_frame(link, link.session.release(job_id, token))
+        for stream in list(self._all_streams):
+            if stream._detached:
+                stream._kick()
+        self._changed.unpark_all()
+
+    async def _maintain(self, nursery: trio.Nursery, handshake_timeout: float) -> None:
+        # Watches the current connection; once it is lost, reconnects with
+        # jittered exponential backoff until the reconnect timeout, then gives up.
+        policy = self._reconnect
+        assert policy is not None
+        attempt = 0
+        while self._closed is None:
+            link = self._current()
+            await link.lost.wait()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(link.stream)
+            if self._closed is not None or not link.retryable:
+                return
+            error = link.error
+            log.warning("connection to the queue server lost (%s); reconnecting", error)
+            start = trio.current_time()
+            deadline = math.inf if policy.timeout is None else start + policy.timeout
+            delay = policy.initial_delay
+            while True:
+                attempt += 1
+                try:
+                    with trio.fail_after(policy.connect_timeout):
+                        stream, host, resource = await policy.dial(attempt)
+                    new = await self._open_link(nursery, stream, host, resource, handshake_timeout)
+                except ProtocolError as exc:
+                    self._shut(QueueClosedError(f"the server refused the reconnect: {exc}"))
+                    return
+                except (
+                    OSError,
+                    QueueClosedError,
+                    trio.TooSlowError,
+                    trio.BrokenResourceError,
+                ) as exc:
+                    pause = random.uniform(delay / 2, delay)
+                    if trio.current_time() + pause >= deadline:
+                        self._shut(
+                            QueueClosedError(
+                                f"could not reconnect to the queue server within "
+                                f"{policy.timeout:g} s: {exc!r}"
+                            )
+                        )
+                        return
+                    log.debug("reconnect attempt %d failed: %r", attempt, exc)
+                    await trio.sleep(pause)
+                    delay = min(delay * 2, policy.max_delay)
+                    continue
+                break
+            self.reconnects += 1
+            self._attach(new)
+            log.warning(
+                "reconnected to the queue server (%s) after %.1f s",
+                new.name,
+                trio.current_time() - start,
+            )
 
     @staticmethod
     def _structure(reply: w.Message, cls: Any) -> Any:
@@ -557,7 +956,9 @@ class RemoteQueue(QueueAPI):
             op = attrs.evolve(op, token=token)  # type: ignore[call-arg]
         request = op
         try:
-            reply = await self._request(lambda i: w.Request(id=i, op=request))
+            reply = await self._request(
+                lambda i: w.Request(id=i, op=request), resend=type(op) in _RESENDABLE
+            )
         except _TOKEN_GONE as exc:
             if job_id is not None and op.TOKEN:
                 self._forget(job_id, token)
@@ -576,6 +977,8 @@ class RemoteQueue(QueueAPI):
             if job_id is not None and op.SETTLES:
                 self._forget(job_id, token)  # the finish took effect before the dequeue timed out
             raise
+        except _Lost as exc:
+            raise QueueClosedError(exc.message) from None
         # (If the outcome is unknown, say after a cancellation, the token stays
         # held; the next heartbeat refresh drops it if the job settled.)
         if job_id is not None and op.SETTLES:
@@ -621,7 +1024,9 @@ class RemoteQueue(QueueAPI):
         Raises :class:`NotImplementedError` on a server that speaks only
         protocol 1, and :class:`TypeError`/:class:`ValueError` for bad
         arguments; an error the server ends the stream with (an unknown
-        ``worker_id``, say) comes out of :meth:`~JobStream.receive`.
+        ``worker_id``, say) comes out of :meth:`~JobStream.receive`. A lost
+        connection does not end the stream while the queue reconnects: it
+        subscribes again on the new connection (see ``docs/protocol.md``).
         """
         types_arg: Any = job_types
         channels_arg: Any = () if any_channel else channels
@@ -629,27 +1034,35 @@ class RemoteQueue(QueueAPI):
             job_types=types_arg, channels=channels_arg, any_channel=any_channel, worker_id=worker_id
         ).checked()
         credit = check_credit(credit)
-        if self._closed is not None:
-            raise QueueClosedError(self._closed.message)
-        if self._session.version < w.STREAMS_VERSION:
+        link = await self._wait_up()
+        if link.session.version < w.STREAMS_VERSION:
             raise NotImplementedError("the server does not offer job streams (protocol 1)")
-        stream = RemoteJobStream(self, credit, on_revoked, on_refused)
-        request_id, text = self._session.prepare(
-            lambda i: w.Subscribe(
-                id=i,
+
+        def subscribe(request_id: int, credit: int) -> w.Message:
+            return w.Subscribe(
+                id=request_id,
                 job_types=list(op.job_types),
                 channels=list(op.channels),
                 any_channel=op.any_channel,
                 worker_id=op.worker_id,
                 credit=credit,
             )
-        )
-        await self._slots.acquire()
+
+        stream = RemoteJobStream(self, credit, on_revoked, on_refused, subscribe)
+        request_id, text = link.session.prepare(partial(subscribe, credit=credit))
+        await link.slots.acquire()
+        stream._slot = link.slots
         stream.id = request_id
-        self._session.wait(request_id, stream)
-        self._streams[request_id] = stream
+        self._all_streams.add(stream)
+        if link.error is not None:  # lost meanwhile: subscribe on the next connection
+            stream._free_slot()
+            stream._detached = True
+        else:
+            link.session.wait(request_id, stream)
+            self._streams[request_id] = stream
         try:
-            await self._send_frame(text)
+            if not stream._detached:
+                await self._send_frame(link, text)
             yield stream
         finally:
             stream._stop()
@@ -658,8 +1071,9 @@ class RemoteQueue(QueueAPI):
 
     def release(self, job: DequeuedJob) -> None:
         """Give back a job this client will not run: it returns to its place, its
-        token void. Synchronous and non-blocking (safe in ``finally``); if the
-        connection is gone the job comes back when its heartbeat expires."""
+        token void. Synchronous and non-blocking (safe in ``finally``); while
+        reconnecting it is sent once the connection is back, and if the queue
+        is closed the job comes back when its heartbeat expires."""
         self._forget(job.id, job.token)
         self._release_nowait(job.id, job.token)
 
@@ -729,49 +1143,48 @@ async def _open_session(
     max_message_size: int,
     send_timeout: float,
     handshake_timeout: float,
+    reconnect: _Reconnect | None = None,
 ) -> AsyncIterator[RemoteQueue]:
     """The websocket handshake, hello and background tasks over an open stream."""
     policy = ErrorPolicy("the queue connection")
     async with policy, trio.open_nursery() as nursery:
+        queue = RemoteQueue(
+            max_message_size=max_message_size,
+            send_timeout=send_timeout,
+            token=token,
+            reconnect=reconnect,
+        )
         try:
-            with _handshake_errors(), trio.fail_after(handshake_timeout):
-                ws = await wrap_client_stream(
-                    nursery,
-                    stream,  # type: ignore[arg-type]
-                    host,
-                    resource,
-                    message_queue_size=4,
-                    max_message_size=max_message_size,
-                    receive_buffer_size=65536,
-                )
-            queue = RemoteQueue(
-                ws,
-                max_message_size=max_message_size,
-                send_timeout=send_timeout,
-                abort=partial(trio.aclose_forcefully, stream),
-            )
             queue._nursery = nursery
-            nursery.start_soon(queue._reader)
-            nursery.start_soon(queue._writer)
-            with _handshake_errors(), trio.fail_after(handshake_timeout):
-                await queue._greet(token, "actorq-python")
+            queue._link = await queue._open_link(nursery, stream, host, resource, handshake_timeout)
+            if reconnect is not None:
+                nursery.start_soon(queue._maintain, nursery, handshake_timeout)
             if heartbeat_interval is not None:
                 nursery.start_soon(queue._refresher, heartbeat_interval)
             try:
                 with policy.user():
                     yield queue
             finally:
+                link = queue._link
                 queue._shut(QueueClosedError("the queue connection was closed"))
-                with trio.move_on_after(2.0) as scope:
-                    scope.shield = True
-                    await ws.aclose()
+                if link is not None:
+                    with trio.move_on_after(2.0) as scope:
+                        scope.shield = True
+                        await link.ws.aclose()
         finally:
             # Close first, shielded, then cancel: a checkpoint in an already
             # cancelled nursery would raise Cancelled here, replacing (and,
             # once the nursery absorbs it, swallowing) the body's exception.
             with trio.CancelScope(shield=True):
+                last = queue._link
+                if last is not None:
+                    await trio.aclose_forcefully(last.stream)
                 await trio.aclose_forcefully(stream)
             nursery.cancel_scope.cancel()
+
+
+def _check_reconnect_timeout(value: object) -> float | None:
+    return None if value is None else v.check_seconds(value, "reconnect_timeout")
 
 
 @contextlib.asynccontextmanager
@@ -784,23 +1197,35 @@ async def connect(
     connect_timeout: float = 10.0,
     send_timeout: float = 10.0,
     max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
+    reconnect: bool = True,
+    reconnect_timeout: float | None = 60.0,
 ) -> AsyncIterator[RemoteQueue]:
     """Connect to an actorq server; yield a :class:`RemoteQueue` for the block.
 
     ``url`` is ``ws://host:port`` or ``wss://host:port`` (TLS, verified with
     ``ssl_context`` or the system's defaults), or a list of them tried in order
-    until one answers (at connect time; a connection lost later is not
-    re-established). ``token`` is the server's bearer token. Every
+    until one answers. ``token`` is the server's bearer token. Every
     ``heartbeat_interval`` seconds the client refreshes the heartbeats of the
     jobs it holds (``None`` turns that off). A frame the server does not take
     within ``send_timeout`` seconds aborts the connection. ``max_message_size``
     bounds the frames this client accepts.
 
+    With ``reconnect`` (the default), a connection lost later (a server
+    restart or shutdown, close code 1001 or 1012, a reset, a failover) is
+    re-established: to the same URL, then the next of the list and round
+    again, with jittered exponential backoff from 0.1 s doubling to 5 s,
+    for up to ``reconnect_timeout`` seconds (``None``: forever). Calls made
+    meanwhile wait; what is sent again and what raises is stated in
+    ``docs/protocol.md`` ("Reconnects"). A refused token (4001), an
+    unsupported version or a protocol violation is never retried: the queue
+    closes, and every call raises :class:`QueueClosedError`.
+
     Raises :class:`QueueClosedError` if no server answers within
-    ``connect_timeout`` seconds, and :class:`ProtocolError` if the server
-    refuses the connection (``unauthorized``, ``unsupported_version``).
-    Leaving the block closes the connection; running jobs stay running on the
-    server until their heartbeats expire or another client finishes them.
+    ``connect_timeout`` seconds (the first connection is not retried), and
+    :class:`ProtocolError` if the server refuses the connection
+    (``unauthorized``, ``unsupported_version``). Leaving the block closes the
+    connection; running jobs stay running on the server until their
+    heartbeats expire or another client finishes them.
 
     Errors (``docs/errors.md``): an exception raised in the block comes out as
     itself, never in an exception group; a failure of the connection's own
@@ -817,10 +1242,14 @@ async def connect(
         raise ValueError("url must name at least one server")
     for candidate in urls:
         _parse_url(candidate)  # a malformed URL is a bug, not a server that is down
+    if not isinstance(reconnect, bool):
+        raise TypeError(f"reconnect must be a bool, not {type(reconnect).__name__}")
+    retry_for = _check_reconnect_timeout(reconnect_timeout)
     timeout = v.check_seconds(connect_timeout, "connect_timeout")
     send_wait = v.check_seconds(send_timeout, "send_timeout")
     failures: list[str] = []
-    for candidate in urls:
+    index = 0
+    for index, candidate in enumerate(urls):  # noqa: B007 (dial starts from it)
         try:
             with trio.fail_after(timeout):
                 stream, host, resource = await _open_stream(candidate, ssl_context)
@@ -830,6 +1259,12 @@ async def connect(
         break
     else:
         raise QueueClosedError("cannot connect to the queue server: " + "; ".join(failures))
+
+    async def dial(attempt: int) -> tuple[trio.abc.Stream, str, str]:
+        # The first attempt goes back to the server that was lost (a restart),
+        # the next ones go round the list (a failover).
+        return await _open_stream(urls[(index + attempt - 1) % len(urls)], ssl_context)
+
     async with _open_session(
         stream,
         host,
@@ -839,13 +1274,17 @@ async def connect(
         max_message_size=max_message_size,
         send_timeout=send_wait,
         handshake_timeout=timeout,
+        reconnect=_Reconnect(dial, retry_for, timeout) if reconnect else None,
     ) as queue:
         yield queue
 
 
+StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]
+
+
 @contextlib.asynccontextmanager
 async def connect_stream(
-    stream: trio.abc.Stream,
+    stream: trio.abc.Stream | StreamFactory,
     *,
     token: str | None = None,
     host: str = "localhost",
@@ -854,23 +1293,51 @@ async def connect_stream(
     send_timeout: float = 10.0,
     handshake_timeout: float = 10.0,
     max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
+    reconnect_timeout: float | None = 60.0,
 ) -> AsyncIterator[RemoteQueue]:
-    """Like :func:`connect`, over an already open trio stream (tests use
+    """Like :func:`connect`, over a trio stream (tests use
     :func:`trio.testing.memory_stream_pair`). The stream is closed on exit.
-    Errors follow the same policy as :func:`connect`."""
+    Errors follow the same policy as :func:`connect`.
+
+    Given a stream, the queue is single-shot: a lost connection closes it.
+    Given a factory (an async callable returning a new stream each time), the
+    queue reconnects as :func:`connect` does, through a new stream from the
+    factory, for up to ``reconnect_timeout`` seconds (``None``: forever); an
+    exception the factory raises counts as a failed attempt if it is an
+    :class:`OSError`, :class:`trio.BrokenResourceError` or
+    :class:`QueueClosedError`, and ends the queue otherwise."""
     _check_options(heartbeat_interval, max_message_size, token)
-    if not isinstance(stream, trio.abc.Stream):
-        raise TypeError(f"stream must be a trio.abc.Stream, not {type(stream).__name__}")
     host = v.check_str(host, "host")
     resource = v.check_str(resource, "resource")
+    retry_for = _check_reconnect_timeout(reconnect_timeout)
+    shake = v.check_seconds(handshake_timeout, "handshake_timeout")
+    reconnect: _Reconnect | None = None
+    if isinstance(stream, trio.abc.Stream):
+        first = stream
+    elif callable(stream):
+        factory = stream
+
+        async def dial(attempt: int) -> tuple[trio.abc.Stream, str, str]:
+            got = await factory()
+            if not isinstance(got, trio.abc.Stream):
+                raise TypeError(f"the stream factory returned a {type(got).__name__}")
+            return got, host, resource
+
+        first = (await dial(0))[0]
+        reconnect = _Reconnect(dial, retry_for, shake)
+    else:
+        raise TypeError(
+            f"stream must be a trio.abc.Stream or a factory of them, not {type(stream).__name__}"
+        )
     async with _open_session(
-        stream,
+        first,
         host,
         resource,
         token=token,
         heartbeat_interval=heartbeat_interval,
         max_message_size=max_message_size,
         send_timeout=v.check_seconds(send_timeout, "send_timeout"),
-        handshake_timeout=v.check_seconds(handshake_timeout, "handshake_timeout"),
+        handshake_timeout=shake,
+        reconnect=reconnect,
     ) as queue:
         yield queue
