@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -183,3 +184,121 @@ def test_cli_errors_have_no_traceback(server: str) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("actorq: ")
     assert "Traceback" not in done.stderr
+
+
+# A module-level worker for the restart test: async no-op handlers, results that
+# say which job they belong to.
+RESTART_APP = textwrap.dedent(
+    """
+    import actorq
+    import trio
+
+    worker = actorq.Worker(concurrency=8, heartbeat_interval=0.3, status_interval=0.5)
+
+
+    @worker.handler("t")
+    async def handle(job: actorq.Job, args: dict) -> dict:
+        await trio.sleep(0.02)  # at most 800 jobs/s for two workers: the kill lands mid-way
+        return {"n": args["n"]}
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _start_server(db: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as err:
+        return subprocess.Popen(
+            [
+                *(PYTHON, "-m", "actorq", "--store", f"sqlite:///{db}", "serve"),
+                *("--host", "127.0.0.1", "--port", str(port)),
+                *("--job-timeout", "2", "--watch-interval", "0.2"),
+            ],
+            stderr=err,
+        )
+
+
+def _serving(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_workers_survive_a_server_killed_and_restarted(tmp_path: Path) -> None:
+    """``actorq serve`` on SQLite is SIGKILLed and restarted on the same port while
+    two module workers work through 2,000 jobs: both keep running, every job
+    finishes, and every finish that was acknowledged is recorded."""
+    (tmp_path / "restart_app.py").write_text(RESTART_APP)
+    db, port, server_log = tmp_path / "q.db", _free_port(), tmp_path / "server.log"
+    url = f"ws://127.0.0.1:{port}"
+    server = _start_server(db, port, server_log)
+    workers: list[subprocess.Popen[bytes]] = []
+    total = 2000
+
+    async def enqueue_all() -> list[UUID]:
+        async with actorq.connect(url, heartbeat_interval=None) as queue:
+            ids: list[UUID] = []
+            for start in range(0, total, 200):
+                specs = [("t", {"n": n}) for n in range(start, start + 200)]
+                ids.extend(await queue.enqueue_many(specs))
+            return ids
+
+    async def stats() -> actorq.QueueStats:
+        async with actorq.connect(url, heartbeat_interval=None) as queue:
+            return await queue.stats()
+
+    async def results(ids: list[UUID]) -> list[object]:
+        async with actorq.connect(url, heartbeat_interval=None) as queue:
+            return [(await queue.job_status(job_id)).result for job_id in ids]
+
+    try:
+        wait_for(lambda: _serving(port))
+        for name in ("w0", "w1"):
+            with (tmp_path / f"{name}.log").open("wb") as err:
+                workers.append(
+                    subprocess.Popen(
+                        [PYTHON, "-m", "actorq", "--url", url, "worker", "restart_app:worker"],
+                        cwd=tmp_path,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
+                )
+        for name in ("w0", "w1"):
+            wait_for(lambda name=name: "actorq worker" in (tmp_path / f"{name}.log").read_text())
+        ids = trio.run(enqueue_all)
+        wait_for(lambda: trio.run(stats).finished >= 200)
+        assert trio.run(stats).finished < total
+        server.kill()  # no close frame, nothing flushed: a crash
+        server.wait()
+        assert trio.run(_refused, port)
+        server = _start_server(db, port, server_log)
+        wait_for(lambda: _serving(port))
+        wait_for(lambda: trio.run(stats).finished == total, timeout=25)
+        final = trio.run(stats)
+        assert (final.pending, final.running) == (0, 0)
+        assert trio.run(results, ids) == [{"n": n} for n in range(total)]
+        assert [w.poll() for w in workers] == [None, None]  # both kept running
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        assert [w.wait(timeout=20) for w in workers] == [0, 0]
+    finally:
+        for proc in (*workers, server):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("w0", "w1"))
+    assert "Traceback" not in logs
+    assert logs.count("reconnected to the queue server") == 2
+
+
+async def _refused(port: int) -> bool:
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return True
+    await stream.aclose()
+    return False
