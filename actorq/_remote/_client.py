@@ -15,6 +15,11 @@ Cancellation follows :class:`LocalQueue`: a cancelled call raises
 gives back any job that reaches it too late (a ``release`` message), so no job
 is lost. Jobs this client holds (dequeued, not yet finished or requeued) get
 their heartbeats refreshed automatically.
+
+A connection that drops is re-established (:func:`connect`, ``reconnect``):
+each connection is a :class:`_Link` with its own session and tasks, and the
+queue, its held jobs and its streams carry over from one link to the next
+(``docs/protocol.md``, "Reconnects").
 """
 
 from __future__ import annotations

@@ -254,9 +254,13 @@ class Worker:
         registered.
 
         A handler's :class:`Exception` never stops the worker: it becomes the
-        job's error result (:func:`error_result`). If the queue closes (or the
-        connection to it is lost), running handlers are cancelled and ``run``
-        raises :class:`QueueClosedError`.
+        job's error result (:func:`error_result`). A remote queue that
+        reconnects (:func:`actorq.connect`) keeps the worker running through a
+        lost connection: its stream subscribes again, running handlers go on
+        and their finishes are delivered after the reconnect, and a
+        registration the new server does not know is made again. If the queue
+        closes (or gives up reconnecting), running handlers are cancelled and
+        ``run`` raises :class:`QueueClosedError`.
 
         Errors (``docs/errors.md``) never come out in an exception group. The
         user's code here is the handlers: a :class:`BaseException` a handler
