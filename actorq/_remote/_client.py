@@ -547,6 +547,13 @@ class RemoteQueue(QueueAPI):
             link.lost.set()
             if link is self._link:
                 self._streams.clear()
+        if link is not self._link:
+            # A connection still being set up: only its hello waits on it, and
+            # whoever sets it up decides what comes next.
+            for send in link.session.take_waiters():
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    send.send_nowait(QueueClosedError(link.error.message))
+            return
         will_retry = self._reconnect is not None and link.retryable and self._closed is None
         if not will_retry:
             self._shut(link.error)
@@ -864,13 +871,18 @@ class RemoteQueue(QueueAPI):
                 nursery.start_soon(self._reader, link)
                 nursery.start_soon(self._writer, link)
                 await self._greet(link, "actorq-python")
-        except BaseException:
+        except BaseException as exc:
+            refused = link is not None and not link.retryable
             if link is not None and link.error is None:
                 link.error = QueueClosedError("the handshake failed")
                 link.lost.set()
                 link.wake_writer.unpark_all()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+            if refused and isinstance(exc, QueueClosedError):
+                # closed with a code that is not worth retrying (4001, say)
+                # before the hello's error reply came
+                raise ProtocolError(exc.message) from exc
             raise
         return link
 
@@ -906,10 +918,16 @@ class RemoteQueue(QueueAPI):
             delay = policy.initial_delay
             while True:
                 attempt += 1
+                # Each attempt is bounded by the time left, too: giving up
+                # happens on time even if a server accepts and never answers.
+                left = max(0.0, deadline - trio.current_time())
                 try:
-                    with trio.fail_after(policy.connect_timeout):
+                    with trio.fail_after(min(policy.connect_timeout, left)):
                         stream, host, resource = await policy.dial(attempt)
-                    new = await self._open_link(nursery, stream, host, resource, handshake_timeout)
+                    left = max(0.0, deadline - trio.current_time())
+                    new = await self._open_link(
+                        nursery, stream, host, resource, min(handshake_timeout, left)
+                    )
                 except ProtocolError as exc:
                     self._shut(QueueClosedError(f"the server refused the reconnect: {exc}"))
                     return
