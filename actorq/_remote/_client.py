@@ -220,6 +220,7 @@ class RemoteJobStream(JobBuffer):
         self._subscribe_message = subscribe
         self._free = credit  # slots free: credit given, less the jobs received
         self._sub_out = 0  # jobs the current subscription pushed, less credit sent back
+        self._sub_credit = credit  # the credit the current subscription opened with
         self._finishes: list[FinishJob] = []
         self._credit_due = 0
         self._unsettled: set[UUID] = set()  # tokens pushed, neither settled nor revoked
@@ -280,13 +281,14 @@ class RemoteJobStream(JobBuffer):
     def finish(self, job: DequeuedJob, result: Any = None) -> None:
         self._finishes.append(finish_op(job, result))
         self._credit_due += 1
-        self._free += 1
+        self._free = min(self._free + 1, self.credit)
         self._kick()
 
     def give_credit(self, slots: int = 1) -> None:
         slots = v.check_int(slots, "slots", minimum=1)
         self._credit_due += slots
-        self._free += slots
+        # never more slots free than the stream opened with, as the queue counts
+        self._free = min(self._free + slots, self.credit)
         self._kick()
 
     def _kick(self) -> None:
@@ -325,7 +327,9 @@ class RemoteJobStream(JobBuffer):
                 due, self._credit_due = self._credit_due, 0
                 credit = 0 if self.ended or self._detached else min(due, self._sub_out)
                 self._sub_out -= credit
-                regrow = not self._detached and due > credit
+                # fewer slots open on the server than are free here: jobs of
+                # an earlier subscription freed them
+                regrow = not self._detached and self._free > self._sub_credit - self._sub_out
                 self._settling = True  # until these finishes are acknowledged
                 try:
                     await self._settle(finishes, credit)
@@ -372,6 +376,7 @@ class RemoteJobStream(JobBuffer):
         credit = min(self._free, _MAX_CREDIT)
         self._credit_due = 0
         self._sub_out = 0
+        self._sub_credit = credit
         request_id, text = link.session.prepare(lambda i: self._subscribe_message(i, credit))
         self._slot = link.slots
         self.id = request_id
