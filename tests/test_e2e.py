@@ -302,3 +302,83 @@ async def _refused(port: int) -> bool:
         return True
     await stream.aclose()
     return False
+
+
+def test_workers_move_to_the_standby_when_the_postgres_leader_dies(tmp_path: Path) -> None:
+    """Two ``actorq serve`` on one PostgreSQL database, two module workers given
+    both URLs: the leader is SIGKILLed mid-way, the standby takes over, and the
+    workers move to it and finish every job."""
+    import pgserver
+    from _kinds_postgres import new_schema
+    from test_postgres_crash import ServerProcess, lock_sessions
+
+    db = pgserver.require_server()
+    dbname = new_schema()
+    store = db.create_database(dbname)
+    ports = [_free_port(), _free_port()]
+    urls = [f"ws://127.0.0.1:{port}" for port in ports]
+    (tmp_path / "restart_app.py").write_text(RESTART_APP)
+    leader = ServerProcess(store, ports[0])
+    standby: ServerProcess | None = None
+    workers: list[subprocess.Popen[bytes]] = []
+    total = 1000
+
+    async def enqueue_all() -> list[UUID]:
+        async with actorq.connect(urls, heartbeat_interval=None) as queue:
+            ids: list[UUID] = []
+            for start in range(0, total, 200):
+                ids.extend(
+                    await queue.enqueue_many([("t", {"n": n}) for n in range(start, start + 200)])
+                )
+            return ids
+
+    async def stats() -> actorq.QueueStats:
+        async with actorq.connect(urls, heartbeat_interval=None) as queue:
+            return await queue.stats()
+
+    async def results(ids: list[UUID]) -> list[object]:
+        async with actorq.connect(urls, heartbeat_interval=None) as queue:
+            return [(await queue.job_status(job_id)).result for job_id in ids]
+
+    try:
+        leader.wait_serving(30)
+        standby = ServerProcess(store, ports[1])
+        wait_for(lambda: lock_sessions(db, dbname) >= 2)  # the standby is polling
+        assert not standby.serving()
+        for name in ("w0", "w1"):
+            with (tmp_path / f"{name}.log").open("wb") as err:
+                workers.append(
+                    subprocess.Popen(
+                        [
+                            *(PYTHON, "-m", "actorq", "--url", ",".join(urls)),
+                            *("worker", "restart_app:worker"),
+                        ],
+                        cwd=tmp_path,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
+                )
+        for name in ("w0", "w1"):
+            wait_for(lambda name=name: "actorq worker" in (tmp_path / f"{name}.log").read_text())
+        ids = trio.run(enqueue_all)
+        wait_for(lambda: trio.run(stats).finished >= 100)
+        assert trio.run(stats).finished < total
+        leader.kill()
+        standby.wait_serving(30)
+        wait_for(lambda: trio.run(stats).finished == total, timeout=30)
+        assert trio.run(results, ids) == [{"n": n} for n in range(total)]
+        assert [w.poll() for w in workers] == [None, None]  # both moved, neither exited
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        assert [w.wait(timeout=20) for w in workers] == [0, 0]
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        leader.kill()
+        if standby is not None:
+            standby.kill()
+    logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("w0", "w1"))
+    assert "Traceback" not in logs
+    assert logs.count(f"reconnected to the queue server (127.0.0.1:{ports[1]}/)") == 2
