@@ -512,6 +512,11 @@ class RemoteQueue(QueueAPI):
         return link
 
     @property
+    def _session(self) -> ss.ClientSession[_Waiter]:
+        """The current connection's session."""
+        return self._current().session
+
+    @property
     def version(self) -> int:
         """The protocol version agreed with the server."""
         return self._current().session.version
