@@ -6,6 +6,7 @@ in seconds, and every wait is a bounded poll, never a fixed sleep asserted on.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import signal
@@ -49,6 +50,10 @@ COMMAND = textwrap.dedent(
     print(json.dumps({"job": os.environ["ACTORQ_JOB_ID"], "echo": args.get("text")}))
     """
 )
+
+
+def _has_started(log: Path) -> bool:
+    return "actorq worker" in log.read_text()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -268,7 +273,7 @@ def test_workers_survive_a_server_killed_and_restarted(tmp_path: Path) -> None:
                     )
                 )
         for name in ("w0", "w1"):
-            wait_for(lambda name=name: "actorq worker" in (tmp_path / f"{name}.log").read_text())
+            wait_for(functools.partial(_has_started, tmp_path / f"{name}.log"))
         ids = trio.run(enqueue_all)
         wait_for(lambda: trio.run(stats).finished >= 200)
         assert trio.run(stats).finished < total
@@ -359,7 +364,7 @@ def test_workers_move_to_the_standby_when_the_postgres_leader_dies(tmp_path: Pat
                     )
                 )
         for name in ("w0", "w1"):
-            wait_for(lambda name=name: "actorq worker" in (tmp_path / f"{name}.log").read_text())
+            wait_for(functools.partial(_has_started, tmp_path / f"{name}.log"))
         ids = trio.run(enqueue_all)
         wait_for(lambda: trio.run(stats).finished >= 100)
         assert trio.run(stats).finished < total
