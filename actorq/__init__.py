@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     )
     from ._core._protocol import JobQueue
     from ._core._records import Changes, JobRecord, WorkerRecord
+    from ._core._streaming import JobStream, StreamingQueue
     from ._remote._client import RemoteQueue, connect
     from ._remote._server import QueueServer, serve
     from ._stores._base import MemoryStore, Store
@@ -89,6 +90,8 @@ _MODULES: dict[str, str] = {
     "QueueStats": "._core._models",
     "WorkerInfo": "._core._models",
     "JobQueue": "._core._protocol",
+    "JobStream": "._core._streaming",
+    "StreamingQueue": "._core._streaming",
     "Changes": "._core._records",
     "JobRecord": "._core._records",
     "WorkerRecord": "._core._records",
@@ -122,6 +125,7 @@ __all__ = [
     "JobRecord",
     "JobState",
     "JobStatus",
+    "JobStream",
     "JobSummary",
     "LocalQueue",
     "Maintenance",
@@ -140,6 +144,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreError",
+    "StreamingQueue",
     "Worker",
     "WorkerInfo",
     "WorkerNotExistError",
