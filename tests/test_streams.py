@@ -356,3 +356,34 @@ async def test_worker_falls_back_to_dequeues_on_a_server_without_streams(
         with trio.fail_after(10):
             await worker.run()
         assert [(await local.job_status(i)).result for i in ids] == [10, 20]
+
+
+async def test_a_reaped_job_stops_its_handler_at_once_and_runs_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # the reaper requeues a job whose heartbeat lapsed (120 s, checked every
+    # 30 s); the stream hears of it at once, long before the next refresh
+    async with actorq.open_queue(maintenance=actorq.Maintenance()) as queue:
+        worker = actorq.Worker(queue, heartbeat_interval=1_000)
+        runs: list[tuple[str, float]] = []
+
+        @worker.handler("t")
+        async def handler(job: actorq.Job) -> str:
+            if not runs:
+                try:
+                    runs.append(("first", trio.current_time()))
+                    await trio.sleep_forever()
+                finally:
+                    runs.append(("cancelled", trio.current_time()))
+            runs.append(("second", trio.current_time()))
+            worker.shutdown()
+            return "done"
+
+        job_id = await queue.enqueue("t")
+        with trio.fail_after(500):
+            await worker.run()
+        assert [name for name, _ in runs] == ["first", "cancelled", "second"]
+        started, cancelled = runs[0][1], runs[1][1]
+        assert 120 <= cancelled - started <= 151  # at the reaper's pass, not at 1,000 s
+        status = await queue.job_status(job_id)
+        assert (status.result, status.retries) == ("done", 1)
