@@ -54,12 +54,12 @@ class ServerProcess:
     It says ``actorq serving`` only once it leads: a standby waits silently.
     """
 
-    def __init__(self, store_url: str, port: int) -> None:
+    def __init__(self, store_url: str, port: int, *options: str) -> None:
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         self.port = port
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "actorq", "--store", store_url, "serve",
-             "--host", "127.0.0.1", "--port", str(port)],
+             "--host", "127.0.0.1", "--port", str(port), *options],
             stderr=subprocess.PIPE,
             env=env,
             text=True,
