@@ -1281,35 +1281,44 @@ async def connect(
     timeout = v.check_seconds(connect_timeout, "connect_timeout")
     send_wait = v.check_seconds(send_timeout, "send_timeout")
     failures: list[str] = []
-    index = 0
-    for index, candidate in enumerate(urls):  # noqa: B007 (dial starts from it)
+    for index, candidate in enumerate(urls):
         try:
             with trio.fail_after(timeout):
                 stream, host, resource = await _open_stream(candidate, ssl_context)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             failures.append(f"{candidate}: {exc!r}")
             continue
-        break
-    else:
-        raise QueueClosedError("cannot connect to the queue server: " + "; ".join(failures))
 
-    async def dial(attempt: int) -> tuple[trio.abc.Stream, str, str]:
-        # The first attempt goes back to the server that was lost (a restart),
-        # the next ones go round the list (a failover).
-        return await _open_stream(urls[(index + attempt - 1) % len(urls)], ssl_context)
+        async def dial(attempt: int, first: int = index) -> tuple[trio.abc.Stream, str, str]:
+            # The first attempt goes back to the server that was lost (a restart),
+            # the next ones go round the list (a failover).
+            return await _open_stream(urls[(first + attempt - 1) % len(urls)], ssl_context)
 
-    async with _open_session(
-        stream,
-        host,
-        resource,
-        token=token,
-        heartbeat_interval=heartbeat_interval,
-        max_message_size=max_message_size,
-        send_timeout=send_wait,
-        handshake_timeout=timeout,
-        reconnect=_Reconnect(dial, retry_for, timeout) if reconnect else None,
-    ) as queue:
-        yield queue
+        entered = False
+        try:
+            async with _open_session(
+                stream,
+                host,
+                resource,
+                token=token,
+                heartbeat_interval=heartbeat_interval,
+                max_message_size=max_message_size,
+                send_timeout=send_wait,
+                handshake_timeout=timeout,
+                reconnect=_Reconnect(dial, retry_for, timeout) if reconnect else None,
+            ) as queue:
+                entered = True
+                yield queue
+        except QueueClosedError as exc:
+            # A server that takes the TCP connection but never completes the
+            # websocket handshake (paused, or cut off behind a proxy) is passed
+            # over for the next one. Once the block runs, errors are the block's.
+            if entered:
+                raise
+            failures.append(f"{candidate}: {exc.message}")
+            continue
+        return
+    raise QueueClosedError("cannot connect to the queue server: " + "; ".join(failures))
 
 
 StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]
