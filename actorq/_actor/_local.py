@@ -17,7 +17,6 @@ from .._core._api import QueueAPI
 from .._core._errors import DequeueTimeoutError, JobQueueError, QueueClosedError
 from .._core._operation import MAX_MATCH_KEYS
 from .._core._ops import Dequeue, Operation, Scope, WaitingOperation, check_access, run
-from .._core._records import Assignment
 from .._core._state import QueueState
 from .._core._unwrap import ErrorPolicy
 from .._stores._base import Store
@@ -35,7 +34,7 @@ from ._scheduler import (
     Unsubscribe,
     Withdraw,
 )
-from ._stream import LocalJobStream, check_credit
+from ._stream import LocalJobStream, check_credit, handle_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
 
     from .._core._models import DequeuedJob
     from .._core._ops import FinishJob
+    from .._core._records import Assignment
     from ._metrics import QueueMetrics
 
 __all__ = ["LocalQueue", "open_queue", "resolve_store", "utc_now"]
@@ -260,9 +260,8 @@ class LocalQueue(QueueAPI):
         requeued), or lies outside ``scope`` (a tenant's channels), nothing
         happens.
         """
-        got = Assignment(job.id, job.token, tuple(job.dependencies), job.type, "null", job.channel)
         with contextlib.suppress(QueueClosedError):
-            self._scheduler.post_nowait(Release(got, scope))
+            self._scheduler.post_nowait(Release(handle_of(job), scope))
 
 
 #: What :func:`open_queue` runs unless told otherwise: upstream's heartbeat

@@ -305,7 +305,6 @@ class _Batch:
     __slots__ = (
         "changes",
         "committed",
-        "committing",
         "count",
         "error",
         "events",
@@ -321,8 +320,7 @@ class _Batch:
         self.changes: Changes | None = None
         self.events: list[Event] = []
         self.pushes: list[tuple[Subscription, list[Assignment], list[tuple[UUID, UUID, bool]]]] = []
-        self.committing = False
-        self.committed = trio.Event()
+        self.committed: trio.Event | None = None  # set once its commit ends; None: no commit
         self.error: BaseException | None = None
         self.seconds: float | None = None
         self.landed: Callable[[], None] | None = None  # wakes the actor when committed
@@ -412,6 +410,7 @@ class Scheduler:
             else:
                 # Whichever comes first: a message to apply while the commit
                 # runs, or the commit (then its replies go out at once).
+                assert inflight.committed is not None  # only a committing batch is in flight
                 with trio.CancelScope() as waiting:
                     inflight.landed = waiting.cancel
                     if inflight.committed.is_set():
@@ -459,6 +458,7 @@ class Scheduler:
     def _start_commit(self, batch: _Batch, committers: trio.Nursery) -> None:
         store = self.store
         assert store is not None
+        committed = batch.committed = trio.Event()
 
         async def commit() -> None:
             start = trio.current_time()
@@ -472,11 +472,10 @@ class Scheduler:
             else:
                 batch.seconds = trio.current_time() - start
             finally:
-                batch.committed.set()
+                committed.set()
                 if batch.landed is not None:
                     batch.landed()
 
-        batch.committing = True
         committers.start_soon(commit)
 
     async def _land(self, batch: _Batch, committers: trio.Nursery, *, follow_up: bool) -> None:
@@ -488,7 +487,7 @@ class Scheduler:
         (a later batch is being applied), those changes join that batch.
         """
         while True:
-            if batch.committing:
+            if batch.committed is not None:
                 await batch.committed.wait()
                 if batch.error is not None:
                     for pending in self._unlanded:

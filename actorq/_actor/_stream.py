@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .._core._models import DequeuedJob
     from ._scheduler import Scheduler
 
-__all__ = ["JobBuffer", "LocalJobStream", "finish_op"]
+__all__ = ["JobBuffer", "LocalJobStream", "finish_op", "handle_of"]
 
 log = logging.getLogger("actorq.stream")
 
@@ -192,12 +192,13 @@ class LocalJobStream(Subscription, JobBuffer):
         with contextlib.suppress(QueueClosedError):
             self._scheduler.post_nowait(Unsubscribe(self))
             for job in self._take_unreceived():
-                self._scheduler.post_nowait(Release(_assignment(job), self.scope))
+                self._scheduler.post_nowait(Release(handle_of(job), self.scope))
 
 
 def _nothing(state: object) -> None:
     return None
 
 
-def _assignment(job: DequeuedJob) -> Assignment:
+def handle_of(job: DequeuedJob) -> Assignment:
+    """What a :class:`Release` of ``job`` needs (its id and token; its args are not kept)."""
     return Assignment(job.id, job.token, tuple(job.dependencies), job.type, "null", job.channel)

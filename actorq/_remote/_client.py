@@ -61,7 +61,6 @@ from .._core._models import DequeuedJob
 from .._core._ops import (
     AllRootJobIds,
     Dequeue,
-    FinishJob,
     GetHeartbeats,
     GetJob,
     GetJobStatus,
@@ -221,7 +220,7 @@ class RemoteJobStream(JobBuffer):
         self._free = credit  # slots free: credit given, less the jobs received
         self._sub_out = 0  # jobs the current subscription pushed, less credit sent back
         self._sub_credit = credit  # the credit the current subscription opened with
-        self._finishes: list[FinishJob] = []
+        self._finishes: list[w.Finish] = []
         self._credit_due = 0
         self._unsettled: set[UUID] = set()  # tokens pushed, neither settled nor revoked
         self._stopped = False
@@ -279,7 +278,8 @@ class RemoteJobStream(JobBuffer):
     # ------------------------------------------------------------ the consumer's side
 
     def finish(self, job: DequeuedJob, result: Any = None) -> None:
-        self._finishes.append(finish_op(job, result))
+        # checked as JSON now, under the run's token: what travels is the settle's own form
+        self._finishes.append(w.Finish(job.id, job.token, finish_op(job, result).result))
         self._credit_due += 1
         self._free = min(self._free + 1, self.credit)
         self._kick()
@@ -308,7 +308,7 @@ class RemoteJobStream(JobBuffer):
         return not (self._credit_due and not self.ended)
 
     async def _flush(self) -> None:
-        finishes: list[FinishJob] = []  # taken, not yet acknowledged
+        finishes: list[w.Finish] = []  # taken, not yet acknowledged
         try:
             while True:
                 while not finishes and self._idle():
@@ -336,7 +336,7 @@ class RemoteJobStream(JobBuffer):
                 except _Lost:
                     # Sent again once reconnected (the credit went into the new
                     # subscribe); the server refuses any it applied already.
-                    self._resent.update(f.token for f in finishes if f.token is not None)
+                    self._resent.update(f.token for f in finishes)
                     continue
                 except QueueClosedError:
                     return
@@ -385,11 +385,11 @@ class RemoteJobStream(JobBuffer):
         queue._streams[request_id] = self
         await queue._send_frame(link, text)
 
-    async def _settle(self, finishes: list[FinishJob], credit: int) -> None:
+    async def _settle(self, finishes: list[w.Finish], credit: int) -> None:
         message = partial(
             _settle_message,
             stream=self,
-            finishes=[w.Finish(f.job_id, f.token or f.job_id, f.result) for f in finishes],
+            finishes=finishes,
             credit=credit,
         )
         reply = await self._queue._request(message)

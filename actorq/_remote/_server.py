@@ -736,8 +736,8 @@ class _Connection:
             if not isinstance(exc, JobQueueError | TypeError | ValueError):
                 log.exception("request %s failed", op.NAME)
             text = w.encode(w.error_reply(message_id, exc))
-        if not text:  # cancelled by the client before a job came
-            self.session.reply(request, w.encode(w.error_reply(message_id, DequeueTimeoutError())))
+        if not text:  # cancelled by the client before a job came: it expects no reply
+            self.session.reply(request, text)
             return
         if not self._answer(request, text, job) and job is not None:
             self.queue.release(job)
