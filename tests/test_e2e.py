@@ -238,6 +238,56 @@ def _serving(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+class _Producer:
+    """The test's own client: enqueues the jobs, reads progress and results."""
+
+    def __init__(self, url: str | list[str], total: int) -> None:
+        self.url = url
+        self.total = total
+
+    async def _enqueue_all(self) -> list[UUID]:
+        async with actorq.connect(self.url, heartbeat_interval=None) as queue:
+            ids: list[UUID] = []
+            for start in range(0, self.total, 200):
+                specs = [("t", {"n": n}) for n in range(start, start + 200)]
+                ids.extend(await queue.enqueue_many(specs))
+            return ids
+
+    async def _stats(self) -> actorq.QueueStats:
+        async with actorq.connect(self.url, heartbeat_interval=None) as queue:
+            return await queue.stats()
+
+    async def _results(self, ids: list[UUID]) -> list[object]:
+        async with actorq.connect(self.url, heartbeat_interval=None) as queue:
+            return [(await queue.job_status(job_id)).result for job_id in ids]
+
+    def enqueue_all(self) -> list[UUID]:
+        return trio.run(self._enqueue_all)
+
+    def stats(self) -> actorq.QueueStats:
+        return trio.run(self._stats)
+
+    def results(self, ids: list[UUID]) -> list[object]:
+        return trio.run(self._results, ids)
+
+
+def _start_module_workers(url: str, tmp_path: Path, workers: list[subprocess.Popen[bytes]]) -> None:
+    """Start two ``actorq worker restart_app:worker`` processes into ``workers`` (so a
+    failing test still stops them) and wait until both are registered."""
+    for name in ("w0", "w1"):
+        with (tmp_path / f"{name}.log").open("wb") as err:
+            workers.append(
+                subprocess.Popen(
+                    [PYTHON, "-m", "actorq", "--url", url, "worker", "restart_app:worker"],
+                    cwd=tmp_path,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
+            )
+    for name in ("w0", "w1"):
+        wait_for(functools.partial(_has_started, tmp_path / f"{name}.log"))
+
+
 def test_workers_survive_a_server_killed_and_restarted(tmp_path: Path) -> None:
     """``actorq serve`` on SQLite is SIGKILLed and restarted on the same port while
     two module workers work through 2,000 jobs: both keep running, every job
@@ -248,49 +298,22 @@ def test_workers_survive_a_server_killed_and_restarted(tmp_path: Path) -> None:
     server = _start_server(db, port, server_log)
     workers: list[subprocess.Popen[bytes]] = []
     total = 2000
-
-    async def enqueue_all() -> list[UUID]:
-        async with actorq.connect(url, heartbeat_interval=None) as queue:
-            ids: list[UUID] = []
-            for start in range(0, total, 200):
-                specs = [("t", {"n": n}) for n in range(start, start + 200)]
-                ids.extend(await queue.enqueue_many(specs))
-            return ids
-
-    async def stats() -> actorq.QueueStats:
-        async with actorq.connect(url, heartbeat_interval=None) as queue:
-            return await queue.stats()
-
-    async def results(ids: list[UUID]) -> list[object]:
-        async with actorq.connect(url, heartbeat_interval=None) as queue:
-            return [(await queue.job_status(job_id)).result for job_id in ids]
-
+    producer = _Producer(url, total)
     try:
         wait_for(lambda: _serving(port))
-        for name in ("w0", "w1"):
-            with (tmp_path / f"{name}.log").open("wb") as err:
-                workers.append(
-                    subprocess.Popen(
-                        [PYTHON, "-m", "actorq", "--url", url, "worker", "restart_app:worker"],
-                        cwd=tmp_path,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                    )
-                )
-        for name in ("w0", "w1"):
-            wait_for(functools.partial(_has_started, tmp_path / f"{name}.log"))
-        ids = trio.run(enqueue_all)
-        wait_for(lambda: trio.run(stats).finished >= 200)
-        assert trio.run(stats).finished < total
+        _start_module_workers(url, tmp_path, workers)
+        ids = producer.enqueue_all()
+        wait_for(lambda: producer.stats().finished >= 200)
+        assert producer.stats().finished < total
         server.kill()  # no close frame, nothing flushed: a crash
         server.wait()
         assert trio.run(_refused, port)
         server = _start_server(db, port, server_log)
         wait_for(lambda: _serving(port))
-        wait_for(lambda: trio.run(stats).finished == total, timeout=25)
-        final = trio.run(stats)
+        wait_for(lambda: producer.stats().finished == total, timeout=25)
+        final = producer.stats()
         assert (final.pending, final.running) == (0, 0)
-        assert trio.run(results, ids) == [{"n": n} for n in range(total)]
+        assert producer.results(ids) == [{"n": n} for n in range(total)]
         assert [w.poll() for w in workers] == [None, None]  # both kept running
         for w in workers:
             w.send_signal(signal.SIGTERM)
@@ -332,51 +355,21 @@ def test_workers_move_to_the_standby_when_the_postgres_leader_dies(tmp_path: Pat
     standby: ServerProcess | None = None
     workers: list[subprocess.Popen[bytes]] = []
     total = 1000
-
-    async def enqueue_all() -> list[UUID]:
-        async with actorq.connect(urls, heartbeat_interval=None) as queue:
-            ids: list[UUID] = []
-            for start in range(0, total, 200):
-                ids.extend(
-                    await queue.enqueue_many([("t", {"n": n}) for n in range(start, start + 200)])
-                )
-            return ids
-
-    async def stats() -> actorq.QueueStats:
-        async with actorq.connect(urls, heartbeat_interval=None) as queue:
-            return await queue.stats()
-
-    async def results(ids: list[UUID]) -> list[object]:
-        async with actorq.connect(urls, heartbeat_interval=None) as queue:
-            return [(await queue.job_status(job_id)).result for job_id in ids]
+    producer = _Producer(urls, total)
 
     try:
         leader.wait_serving(30)
         standby = ServerProcess(store, ports[1], *REAP_FAST)
         wait_for(lambda: lock_sessions(db, dbname) >= 2)  # the standby is polling
         assert not standby.serving()
-        for name in ("w0", "w1"):
-            with (tmp_path / f"{name}.log").open("wb") as err:
-                workers.append(
-                    subprocess.Popen(
-                        [
-                            *(PYTHON, "-m", "actorq", "--url", ",".join(urls)),
-                            *("worker", "restart_app:worker"),
-                        ],
-                        cwd=tmp_path,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                    )
-                )
-        for name in ("w0", "w1"):
-            wait_for(functools.partial(_has_started, tmp_path / f"{name}.log"))
-        ids = trio.run(enqueue_all)
-        wait_for(lambda: trio.run(stats).finished >= 100)
-        assert trio.run(stats).finished < total
+        _start_module_workers(",".join(urls), tmp_path, workers)
+        ids = producer.enqueue_all()
+        wait_for(lambda: producer.stats().finished >= 100)
+        assert producer.stats().finished < total
         leader.kill()
         standby.wait_serving(30)
-        wait_for(lambda: trio.run(stats).finished == total, timeout=30)
-        assert trio.run(results, ids) == [{"n": n} for n in range(total)]
+        wait_for(lambda: producer.stats().finished == total, timeout=30)
+        assert producer.results(ids) == [{"n": n} for n in range(total)]
         assert [w.poll() for w in workers] == [None, None]  # both moved, neither exited
         for w in workers:
             w.send_signal(signal.SIGTERM)
