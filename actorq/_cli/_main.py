@@ -433,6 +433,7 @@ def serve_command(
     from .._actor._local import open_queue
     from .._actor._maintenance import Maintenance
     from .._remote._server import serve
+    from ._backup import serve_backups, sqlite_store
 
     if ctx.obj["url"]:
         _fail("serve takes --store, not --url")
@@ -458,10 +459,14 @@ def serve_command(
             except OSError as exc:
                 raise _bind_error("serve metrics", "127.0.0.1", metrics_port, exc) from None
         failure: CliError | None = None
-        async with open_queue(store, maintenance=maintenance, metrics=metrics) as queue:
+        # a SQLite store is opened here, so that ``actorq backup`` can ask it for copies
+        sqlite = sqlite_store(store)
+        async with open_queue(sqlite or store, maintenance=maintenance, metrics=metrics) as queue:
             loaded = (await queue.stats()).jobs
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
+                    if sqlite is not None:
+                        await nursery.start(serve_backups, sqlite)
                     done = trio.Event()
 
                     async def run_server(*, task_status: trio.TaskStatus[QueueServer]) -> None:

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._core._records import Changes, JobRecord, WorkerRecord
+    from ._sqlite_backup import BackupResult
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -166,6 +167,30 @@ class SqliteStore:
     async def close(self) -> None:
         """Close the database, releasing its lock. Waits for a write in flight; idempotent."""
         await self._run(self._close_sync)
+
+    async def backup(
+        self, dest: str | os.PathLike[str], *, overwrite: bool = False
+    ) -> BackupResult:
+        """Copy the database to the file ``dest`` while the queue runs; return what it holds.
+
+        The copy goes through SQLite's backup API on this store's own
+        connection, between two commits, so it holds every change committed
+        before it and is consistent; commits wait while it is made (the
+        copy reads the whole file once). ``dest`` is written under a
+        temporary name, checked and renamed into place. Raises
+        :class:`~actorq._stores._sqlite_backup.BackupError` (a
+        :class:`StoreError`) if ``dest`` exists and ``overwrite`` is false,
+        or if the copy cannot be made; ``dest`` is then as it was. Runs to
+        completion on the store's thread even if the caller is cancelled.
+        """
+        return await self._run(self._backup_sync, os.fspath(dest), overwrite)
+
+    def _backup_sync(self, dest: str, overwrite: bool) -> BackupResult:
+        from ._sqlite_backup import backup_connection, backup_file
+
+        if self._conn is None:
+            return backup_file(self._path, dest, overwrite=overwrite)
+        return backup_connection(self._conn, self._path, dest, overwrite=overwrite)
 
     # --------------------------------------------------------------- threads
 
