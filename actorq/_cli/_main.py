@@ -465,8 +465,6 @@ def serve_command(
             loaded = (await queue.stats()).jobs
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
-                    if sqlite is not None:
-                        await nursery.start(serve_backups, sqlite)
                     done = trio.Event()
 
                     async def run_server(*, task_status: trio.TaskStatus[QueueServer]) -> None:
@@ -488,6 +486,8 @@ def serve_command(
                         # raised outside the nursery, so that it is not wrapped in a group
                         failure = _bind_error("listen", host, port, exc)
                     else:
+                        if sqlite is not None:
+                            await nursery.start(serve_backups, sqlite)
                         scheme = "wss" if ssl_context else "ws"
                         log.info(
                             "serving %s (%d jobs loaded) on %s://%s",
