@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import sqlite3
 import sys
 from typing import TYPE_CHECKING
@@ -146,3 +149,58 @@ def test_a_backup_never_overwrites_its_source(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["backup", "--force", str(source), str(source)])
     assert result.output == "actorq: the backup cannot overwrite its own source\n"
     assert write_store(source) == 10  # still the same store, and writable
+
+
+async def test_the_server_side_answers_requests_on_its_socket(tmp_path: Path) -> None:
+    from actorq._cli._backup import control_path, request_backup, serve_backups
+    from actorq._stores._sqlite_backup import BackupError
+
+    store = actorq.SqliteStore(tmp_path / "q.db")
+    dest = tmp_path / "copy.db"
+    async with actorq.open_queue(store, maintenance=None) as queue, trio.open_nursery() as nursery:
+        job_id = await queue.enqueue("t", {"n": 1})
+        path = await nursery.start(serve_backups, store)
+        assert path == control_path(store.path)
+        assert os.stat(path).st_mode & 0o777 == 0o600
+
+        done = await trio.to_thread.run_sync(
+            lambda: request_backup(store.path, str(dest), overwrite=False)
+        )
+        assert done is not None
+        assert (done.path, done.jobs, done.workers) == (str(dest), 1, 0)
+        with pytest.raises(BackupError, match="exists already"):
+            await trio.to_thread.run_sync(
+                lambda: request_backup(store.path, str(dest), overwrite=False)
+            )
+
+        # a malformed request gets one sentence back, and the server goes on
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.connect(path)
+        stream = trio.SocketStream(sock)
+        await stream.send_all(b'{"dest": "relative.db"}\n')
+        reply = json.loads(await stream.receive_some(65536))
+        assert reply == {"error": "a backup request is one JSON line with an absolute dest path"}
+        await stream.aclose()
+
+        await queue.enqueue("t", {"n": 2})
+        done = await trio.to_thread.run_sync(
+            lambda: request_backup(store.path, str(dest), overwrite=True)
+        )
+        assert done is not None
+        assert done.jobs == 2
+        nursery.cancel_scope.cancel()
+    assert not await trio.Path(control_path(store.path)).exists()  # removed as the server stops
+
+    async with actorq.open_queue(f"sqlite:///{dest}", maintenance=None) as restored:
+        assert (await restored.job_status(job_id)).type == "t"
+        assert len(await restored.list_jobs()) == 2
+
+
+async def test_a_store_backs_itself_up_in_process(tmp_path: Path) -> None:
+    store = actorq.SqliteStore(tmp_path / "q.db")
+    async with actorq.open_queue(store, maintenance=None) as queue:
+        ids = [await queue.enqueue("t", {"n": n}) for n in range(3)]
+        done = await store.backup(tmp_path / "copy.db")
+        assert done.jobs == 3
+    async with actorq.open_queue(f"sqlite:///{tmp_path / 'copy.db'}") as restored:
+        assert [j.id for j in await restored.list_jobs()] == ids
