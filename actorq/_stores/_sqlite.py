@@ -175,22 +175,33 @@ class SqliteStore:
 
         The copy goes through SQLite's backup API on this store's own
         connection, between two commits, so it holds every change committed
-        before it and is consistent; commits wait while it is made (the
-        copy reads the whole file once). ``dest`` is written under a
-        temporary name, checked and renamed into place. Raises
+        before it and is consistent; commits wait while SQLite copies the
+        pages (one read of the file), not while the copy is then checked,
+        fsynced and renamed into place. Raises
         :class:`~actorq._stores._sqlite_backup.BackupError` (a
         :class:`StoreError`) if ``dest`` exists and ``overwrite`` is false,
         or if the copy cannot be made; ``dest`` is then as it was. Runs to
         completion on the store's thread even if the caller is cancelled.
         """
-        return await self._run(self._backup_sync, os.fspath(dest), overwrite)
+        from ._sqlite_backup import finish_copy, remove_partial
 
-    def _backup_sync(self, dest: str, overwrite: bool) -> BackupResult:
-        from ._sqlite_backup import backup_connection, backup_file
+        target = os.fspath(dest)
+        temp = await self._run(self._backup_copy_sync, target, overwrite)
+        if not isinstance(temp, str):
+            return temp
+        # checks, fsync and rename need no connection: commits go on meanwhile
+        try:
+            return await run_sync(finish_copy, temp, self._path, target)
+        except BaseException:
+            remove_partial(temp)
+            raise
 
-        if self._conn is None:
+    def _backup_copy_sync(self, dest: str, overwrite: bool) -> str | BackupResult:
+        from ._sqlite_backup import backup_file, copy_to_temp
+
+        if self._conn is None:  # not open: nothing holds the file, copy it whole
             return backup_file(self._path, dest, overwrite=overwrite)
-        return backup_connection(self._conn, self._path, dest, overwrite=overwrite)
+        return copy_to_temp(self._conn, self._path, dest, overwrite=overwrite)
 
     # --------------------------------------------------------------- threads
 

@@ -18,7 +18,15 @@ import attrs
 
 from .._core._errors import StoreError
 
-__all__ = ["BackupError", "BackupResult", "backup_connection", "backup_file"]
+__all__ = [
+    "BackupError",
+    "BackupResult",
+    "backup_connection",
+    "backup_file",
+    "copy_to_temp",
+    "finish_copy",
+    "remove_partial",
+]
 
 
 class BackupError(StoreError):
@@ -75,6 +83,17 @@ def backup_connection(
     Raises :class:`BackupError` if ``dest`` exists (unless ``overwrite``), is
     ``source`` itself or lies in no existing directory, or if the copy fails.
     """
+    return finish_copy(copy_to_temp(conn, source, dest, overwrite=overwrite), source, dest)
+
+
+def copy_to_temp(
+    conn: sqlite3.Connection, source: str, dest: str, *, overwrite: bool = False
+) -> str:
+    """The first half of :func:`backup_connection`, the only one that reads ``conn``.
+
+    Copies the database to a temporary file beside ``dest`` and returns its
+    path; hand it to :func:`finish_copy` (or :func:`remove_partial`).
+    """
     dest = os.path.abspath(dest)
     if os.path.exists(dest):
         if os.path.samefile(source, dest):
@@ -90,22 +109,48 @@ def backup_connection(
         try:
             # pages=-1: the whole database in one step, so one consistent read
             conn.backup(target, pages=-1)
-            target.execute("PRAGMA journal_mode = DELETE")
         finally:
             target.close()
+    except sqlite3.Error as exc:
+        remove_partial(temp)
+        raise BackupError(f"cannot back up {source}: {exc}") from None
+    except BaseException:
+        remove_partial(temp)
+        raise
+    return temp
+
+
+def finish_copy(temp: str, source: str, dest: str) -> BackupResult:
+    """Check the copy ``temp``, make it a single file, fsync it and rename it to ``dest``.
+
+    Needs no connection to the source, so a queue's commits go on meanwhile.
+    Removes ``temp`` if anything fails.
+    """
+    dest = os.path.abspath(dest)
+    try:
+        conn = sqlite3.connect(temp)
+        try:
+            conn.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            conn.close()
         jobs, workers = _verify(temp, source)
         _fsync(temp)
         os.replace(temp, dest)
-        _fsync(directory)
+        _fsync(os.path.dirname(dest))
     except sqlite3.Error as exc:
         raise BackupError(f"cannot back up {source}: {exc}") from None
     except OSError as exc:
         raise BackupError(f"cannot write {dest}: {exc.strerror or exc}") from None
     finally:
-        for leftover in (temp, f"{temp}-journal", f"{temp}-wal", f"{temp}-shm"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+        remove_partial(temp)
     return BackupResult(path=dest, jobs=jobs, workers=workers, size=os.path.getsize(dest))
+
+
+def remove_partial(temp: str) -> None:
+    """Remove a temporary copy and whatever SQLite left beside it; idempotent."""
+    for leftover in (temp, f"{temp}-journal", f"{temp}-wal", f"{temp}-shm"):
+        if os.path.exists(leftover):
+            os.remove(leftover)
 
 
 def _verify(temp: str, source: str) -> tuple[int, int]:
