@@ -15,12 +15,12 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 import click
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from uuid import UUID
 
     from rich.console import RenderableType
 
@@ -128,6 +128,15 @@ async def read_overview(
     return Overview(stats, running, workers, silent, now or datetime.now(UTC))
 
 
+def worker_of(job: JobSummary) -> UUID | None:
+    """The worker a running job was dequeued for, where the queue's listing names it.
+
+    Queues whose job summaries carry no ``worker_id`` (older servers) give ``None``.
+    """
+    found = getattr(job, "worker_id", None)
+    return found if isinstance(found, UUID) else None
+
+
 def _state_counts(stats: QueueStats) -> list[tuple[str, int]]:
     """Each ``JobState``'s count, in the enum's order, for the states ``stats`` counts."""
     from .._core._models import JobState
@@ -186,13 +195,15 @@ def render_overview(view: Overview, *, rows: int = 20) -> RenderableType:
     running_table = Table(
         title=f"running jobs ({stats.running})", title_justify="left", expand=False
     )
-    for header in ("ID", "TYPE", "CHANNEL", "ELAPSED", "RETRIES"):
+    for header in ("ID", "TYPE", "CHANNEL", "WORKER", "ELAPSED", "RETRIES"):
         running_table.add_column(header, justify="right" if header == "RETRIES" else "left")
     for job in shown_running:
+        worker_id = worker_of(job)
         running_table.add_row(
             str(job.id),
             job.type,
             _channel(job.channel),
+            "-" if worker_id is None else str(worker_id),
             elapsed(job.started, view.now),
             str(job.retries),
         )
@@ -203,14 +214,20 @@ def render_overview(view: Overview, *, rows: int = 20) -> RenderableType:
     workers_table = Table(
         title=f"workers ({len(live)} live, {len(silent)} silent)", title_justify="left"
     )
-    for header in ("ID", "CHANNEL", "ARCH", "LAST SEEN", "STATUS"):
-        workers_table.add_column(header)
+    # what each worker runs now, from the running jobs read
+    runs: dict[UUID, int] = {}
+    for job in view.running:
+        if (worker_id := worker_of(job)) is not None:
+            runs[worker_id] = runs.get(worker_id, 0) + 1
+    for header in ("ID", "CHANNEL", "ARCH", "RUNNING", "LAST SEEN", "STATUS"):
+        workers_table.add_column(header, justify="right" if header == "RUNNING" else "left")
     for worker in (*live, *silent):
         is_live = worker.id not in view.silent
         workers_table.add_row(
             str(worker.id),
             _channel(worker.channel),
             worker.arch,
+            str(runs.get(worker.id, 0)),
             f"{_time(worker.updated)} ({elapsed(worker.updated, view.now)} ago)",
             Text("live", style="green") if is_live else Text("silent", style="red"),
         )
