@@ -223,6 +223,9 @@ def backup_command(source: str, dest: str, force: bool) -> None:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot back up {source}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        # a copy the server goes on making still lands, whole, at DEST
+        _fail("interrupted")
     click.echo(
         f"backed up {done.jobs} jobs and {done.workers} workers to {done.path}"
         f" ({done.size} bytes, through {via})"
