@@ -23,6 +23,7 @@ __all__ = [
     "ELECT",
     "FENCE",
     "LOCK_HELD",
+    "ROW_HOLDERS",
     "read_records",
     "write_changes",
 ]
@@ -35,6 +36,15 @@ ELECT = """
     SET epoch = epoch + 1, holder = %s, elected = statement_timestamp(),
         renewed = statement_timestamp()
     RETURNING epoch
+"""
+# The server processes whose open transaction holds the leader row: the
+# transaction that last updated it and has not ended (its xid is the row's
+# xmax while it runs).
+ROW_HOLDERS = """
+    SELECT l.pid FROM {s}.leader r
+    JOIN pg_locks l ON l.locktype = 'transactionid' AND l.transactionid = r.xmax
+                       AND l.mode = 'ExclusiveLock' AND l.granted
+    WHERE l.pid <> pg_backend_pid()
 """
 # New jobs are inserted whole; for known ones only what can change is set.
 UPSERT_JOBS = """
