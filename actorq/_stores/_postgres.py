@@ -268,8 +268,12 @@ class PostgresStore:
                 conn_now is None or conn_now.broken
             )
             what = "its outcome is unknown" if lost else "nothing was written"
-            cause = link.cut_reason if link is not None and link.cut_reason else str(exc)
-            self._fail(f"PostgreSQL commit failed ({what}): {cause}")
+            if link is not None and link.cut_reason:
+                self._fail(f"PostgreSQL commit failed ({what}): {link.cut_reason}")
+            self._fail(
+                f"queue {self.schema!r}: PostgreSQL commit failed ({what}): {exc}; "
+                "this process stops leading"
+            )
 
     def _write(self, cur: psycopg.Cursor[Any], changes: Changes) -> None:
         write_changes(cur, changes, self._sql)
