@@ -409,6 +409,7 @@ class PostgresStore:
         transaction was never acknowledged: its session is ended.
         """
         grace_ms = str(max(1, int(self.leader_poll * 1000)))
+        told: set[int] = set()  # holders already logged
         while True:
             try:
                 with conn.transaction():
@@ -421,17 +422,20 @@ class PostgresStore:
             with conn.transaction():
                 holders = conn.execute(self._sql(ROW_HOLDERS)).fetchall()
             for (pid,) in holders:
-                log.warning(
-                    "queue %r: a deposed leader's transaction (server pid %d) holds the "
-                    "leader row; ending its session",
-                    self.schema,
-                    pid,
-                )
+                if pid not in told:
+                    log.warning(
+                        "queue %r: a deposed leader's transaction (server pid %d) holds the "
+                        "leader row; ending its session",
+                        self.schema,
+                        pid,
+                    )
                 try:
                     with conn.transaction():
-                        conn.execute("SELECT pg_terminate_backend(%s, 1000)", (pid,))
+                        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
                 except psycopg.errors.InsufficientPrivilege as exc:
-                    log.warning("cannot end it (%s); waiting for it", exc)
+                    if pid not in told:
+                        log.warning("cannot end it (%s); waiting for it", exc)
+                told.add(pid)
 
     def _read(self, conn: psycopg.Connection[Any]) -> tuple[list[JobRecord], list[WorkerRecord]]:
         return read_records(conn, self._sql)
