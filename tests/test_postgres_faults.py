@@ -14,6 +14,7 @@ cannot drive; each test is bounded by ``trio.fail_after``.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -26,7 +27,8 @@ from faultproxy import FaultProxy
 
 import actorq
 from actorq import StoreError
-from actorq._core._records import Changes
+from actorq._core._records import Changes, JobRecord
+from actorq._stores import _postgres_sql
 from actorq._stores._postgres import PostgresStore
 
 LEASE = 1.5
@@ -215,3 +217,28 @@ async def test_cluster_idle_timeouts_never_end_a_leaders_sessions(
         await trio.sleep(1.0)  # five idle timeouts
         await queue.enqueue("t", None)
         assert (store.lock_backend_pid, store.data_backend_pid) == (lock_pid, data_pid)
+
+
+async def test_a_load_longer_than_the_lease_keeps_the_lock(
+    pg: pgserver.PgServer, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new leader whose load takes twice the lease (a slow record per job,
+    # one job per fetch), on a database whose idle_session_timeout is far
+    # shorter: its lock is confirmed all through the load, and it leads.
+    pg.execute(f"ALTER DATABASE {database} SET idle_session_timeout = '300ms'")
+    schema = new_schema()
+    async with actorq.open_queue(make_store(url(pg.port, database), schema)) as queue:
+        acked = [await queue.enqueue("t", {"i": i}) for i in range(15)]
+    slow_record = JobRecord
+
+    def record(**fields: Any) -> Any:
+        time.sleep(2 * LEASE / len(acked))
+        return slow_record(**fields)
+
+    monkeypatch.setattr(_postgres_sql, "JobRecord", record)
+    monkeypatch.setattr(_postgres_sql, "LOAD_CHUNK", 1)
+    store = make_store(url(pg.port, database), schema)
+    async with actorq.open_queue(store, maintenance=None) as queue:
+        assert await queue.all_root_job_ids() == acked
+        await queue.enqueue("t", None)  # passes the fence: still the leader
+        assert lock_holders(pg, store) == 1
