@@ -242,3 +242,39 @@ async def test_a_load_longer_than_the_lease_keeps_the_lock(
         assert await queue.all_root_job_ids() == acked
         await queue.enqueue("t", None)  # passes the fence: still the leader
         assert lock_holders(pg, store) == 1
+
+
+async def test_a_database_restart_ends_the_leadership_and_a_standby_leads_after_it() -> None:
+    # A cluster of its own: the restart ends every session on it. The leader
+    # steps down (fail-stop); the standby keeps retrying through the restart
+    # and leads once the server is back, with every acknowledged job.
+    reason = pgserver.missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    own = pgserver.PgServer()
+    await trio.to_thread.run_sync(own.start)
+    try:
+        schema = new_schema()
+        leader, standby = make_store(own.url(), schema), make_store(own.url(), schema)
+        loaded: list[Any] = []
+        ready = trio.Event()
+
+        async def stand_by() -> None:
+            loaded.append(await standby.load())
+            ready.set()
+
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(StoreError, match="stops leading"):
+                async with actorq.open_queue(leader, maintenance=None) as queue:
+                    acked = [await queue.enqueue("t", {"i": i}) for i in range(5)]
+                    nursery.start_soon(stand_by)
+                    await trio.sleep(0.2)
+                    await trio.to_thread.run_sync(own.restart)
+                    with trio.fail_after(FAILOVER_BOUND):
+                        await trio.sleep_forever()
+            with trio.fail_after(30):
+                await ready.wait()
+        await standby.close()
+        assert {job.id for job in loaded[0][0]} == set(acked)
+    finally:
+        await trio.to_thread.run_sync(own.stop)
