@@ -15,12 +15,19 @@ waiting in :meth:`PostgresStore.load`:
   :class:`~actorq.StoreError`. The row lock also orders the two: a new leader
   bumps the epoch only after an in-flight commit of the old one has ended, and
   loads only after that, so it sees every batch the old leader acknowledged.
-* **Watch.** A leader polls its lock connection from a thread of its own;
+* **Watch.** A leader polls its lock connection from a thread of its own,
+  from the moment it wins the lock (through the election and the load);
   when the session is gone, :meth:`PostgresStore.watch` raises and the queue
-  shuts down (``open_queue`` runs ``watch`` beside the scheduler). The server
-  ends an idle lock session after ``lease_timeout`` seconds
-  (``idle_session_timeout``), so a leader that hangs or is cut off also loses
-  the lock in bounded time.
+  shuts down (``open_queue`` runs ``watch`` beside the scheduler).
+* **The lease.** The server ends an idle lock session after
+  ``lease_timeout`` seconds (``idle_session_timeout``), so a leader that
+  hangs or is cut off loses the lock in bounded time; and the leader steps
+  down by itself once ``lease_timeout`` passed since its last confirmed
+  poll was sent, cutting its connections (``_postgres_lease``), so it stops
+  serving no later than a standby can win, whatever TCP does.
+* **Elections** bump the epoch under ``lock_timeout = leader_poll`` and end
+  the session of a deposed leader's transaction that holds the ``leader``
+  row longer than that.
 
 Why sync psycopg on worker threads and not psycopg's async API: that API is
 built on asyncio and does not run under trio without a bridge. A commit is one
