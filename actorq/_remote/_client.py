@@ -37,12 +37,6 @@ from uuid import UUID
 
 import attrs
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    wrap_client_stream,
-)
 
 from .._actor._stream import JobBuffer, check_credit, finish_op
 from .._core import _validate as v
@@ -76,6 +70,13 @@ from .._core._ops import (
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
 from . import _wire as w
+from ._transport import (
+    ABNORMAL_CLOSURE,
+    ConnectionClosed,
+    HandshakeError,
+    WebSocket,
+    open_websocket,
+)
 
 __all__ = ["RemoteQueue", "connect", "connect_stream"]
 
@@ -170,7 +171,7 @@ class _Link:
 
     def __init__(
         self,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         stream: trio.abc.Stream,
         session: ss.ClientSession[_Waiter],
         name: str,
@@ -653,7 +654,7 @@ class RemoteQueue(QueueAPI):
                     continue
                 raise _Lost(reply.message)
             if isinstance(reply, QueueClosedError):
-                raise QueueClosedError(reply.message)
+                raise QueueClosedError(reply.message) from reply.__cause__
             if type(reply) is w.Error:
                 raise w.exception_from_reply(reply)
             return reply
@@ -683,9 +684,9 @@ class RemoteQueue(QueueAPI):
             with trio.CancelScope(shield=True) as scope:
                 while link.pending and link.error is None:
                     batch, link.pending = link.pending, []
-                    for frame in _frames(batch, limit) if batching else batch:
-                        scope.deadline = trio.current_time() + self._send_timeout
-                        await link.ws.send_message(frame)
+                    scope.deadline = trio.current_time() + self._send_timeout
+                    # every frame of the batch in one write to the stream
+                    await link.ws.send_many(list(_frames(batch, limit)) if batching else batch)
             timed_out = scope.cancelled_caught
         except ConnectionClosed:
             pass  # the reader sees the close too and fails what is waiting
@@ -722,7 +723,7 @@ class RemoteQueue(QueueAPI):
     async def _reader(self, link: _Link) -> None:
         session = link.session
         receive = session.receive_frame
-        get_message = link.ws.get_message
+        get_message = link.ws.receive
         Reply, Pushed, Dequeued = ss.Reply, ss.Pushed, w.Dequeued  # bound once: per frame
         error: QueueClosedError | None = None
         retryable = True
@@ -731,12 +732,11 @@ class RemoteQueue(QueueAPI):
                 try:
                     frame = await get_message()
                 except ConnectionClosed as exc:
-                    why = exc.reason
-                    if why is None:
+                    if exc.code == ABNORMAL_CLOSURE:
                         error = session.peer_closed(None, None)
                     else:
-                        error = session.peer_closed(why.code, why.reason or why.name)
-                        retryable = _retryable_close(why.code)
+                        error = session.peer_closed(exc.code, exc.reason or None)
+                        retryable = _retryable_close(exc.code)
                     return
                 if link.error is not None:
                     return  # given up on already (it stopped reading our requests)
@@ -768,6 +768,7 @@ class RemoteQueue(QueueAPI):
         except Exception as exc:  # a bug; the connection ends, the program goes on
             log.exception("remote queue reader failed")
             error = QueueClosedError(f"the connection failed: {exc!r}")
+            error.__cause__ = exc  # what the calls that fail with it name as their cause
             retryable = False
         finally:
             self._lose(
@@ -863,14 +864,8 @@ class RemoteQueue(QueueAPI):
         link: _Link | None = None
         try:
             with _handshake_errors(), trio.fail_after(handshake_timeout):
-                ws = await wrap_client_stream(
-                    nursery,
-                    stream,  # type: ignore[arg-type]
-                    host,
-                    resource,
-                    message_queue_size=4,
-                    max_message_size=self._max_message_size,
-                    receive_buffer_size=65536,
+                ws = await open_websocket(
+                    stream, host, resource, max_message_size=self._max_message_size
                 )
                 link = _Link(
                     ws,
@@ -1115,8 +1110,14 @@ class RemoteQueue(QueueAPI):
 def _handshake_errors() -> Iterator[None]:
     try:
         yield
-    except (HandshakeError, trio.TooSlowError, ConnectionClosed) as exc:
-        raise QueueClosedError(f"the websocket handshake failed: {exc!r}") from exc
+    except HandshakeError as exc:
+        raise QueueClosedError(f"the websocket handshake failed: {exc}") from exc
+    except trio.TooSlowError as exc:
+        raise QueueClosedError(
+            f"the websocket handshake failed: the server did not answer in time ({exc!r})"
+        ) from exc
+    except ConnectionClosed as exc:
+        raise QueueClosedError(f"the websocket handshake failed: {exc}") from exc
 
 
 def _check_options(
