@@ -61,6 +61,7 @@ from .._core._ops import (
     GetStats,
     GetWorkers,
     IdFromToken,
+    InsertWorker,
     ListJobs,
     Operation,
     RefreshHeartbeat,
@@ -136,7 +137,9 @@ _RETRY_CLOSES_4XXX = frozenset({ss.CLOSE_HELLO_TIMEOUT})
 # Operations that may be sent again after a connection was lost with their
 # reply outstanding: they read, refresh, or wait for a job (a job handed to a
 # lost dequeue goes back when the connection drops, or when its heartbeat
-# lapses). Everything else raises rather than risk applying twice.
+# lapses), or register a worker (a registration that did land is never
+# updated, so it goes stale and is removed as any stale worker is). Everything
+# else raises rather than risk applying twice.
 _RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
     {
         Dequeue,
@@ -151,6 +154,7 @@ _RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
         RefreshHeartbeats,
         UpdateWorkerStatus,
         GetWorkers,
+        InsertWorker,
     }
 )
 
