@@ -11,8 +11,12 @@ certificates from trustme.
 
 from __future__ import annotations
 
+import re
+import signal
 import ssl
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 import pytest
@@ -29,7 +33,7 @@ from actorq._remote._server import QueueServer
 from actorq._remote._transport import accept_websocket
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 
@@ -155,6 +159,44 @@ async def test_connect_leaves_a_silent_server_for_the_next_url(
             assert queue.reconnects == 1
         assert silent_connections == 1
         nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``actorq serve`` on the memory store in a process of its own, and its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "actorq", "--store", "memory://", "serve", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        match = re.search(r"on (ws://\S+)", proc.stderr.readline())
+        assert match
+        yield proc, match.group(1)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+async def test_a_sigstopped_server_is_left_for_the_next_url() -> None:
+    # Real processes, real time: the client is connected to A when A is
+    # paused; a call then waits, and is answered by B once the connection to
+    # A has been silent for keepalive_timeout. (Each server has its own
+    # memory store, so which one answered shows in the job counts.)
+    with serve_process() as (a, url_a), serve_process() as (_, url_b):
+        async with actorq.connect(
+            [url_a, url_b], heartbeat_interval=None, keepalive_timeout=1
+        ) as queue:
+            await queue.enqueue("t")
+            assert (await queue.stats()).jobs == 1  # on A
+            a.send_signal(signal.SIGSTOP)
+            with trio.fail_after(30):  # a hang fails the test; the bound is keepalive_timeout
+                stats = await queue.stats()
+            assert stats.jobs == 0  # on B
+            assert queue.reconnects == 1
 
 
 # ------------------------------------------------------------------ TLS
