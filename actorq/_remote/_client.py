@@ -856,16 +856,19 @@ class RemoteQueue(QueueAPI):
             await trio.sleep_until(heard + timeout / 2)
             if ws.last_received != heard or link.error is not None:
                 continue
-            with trio.move_on_after(timeout / 2):  # a paused server's buffers may be full
+            with trio.move_on_after(timeout / 2) as pinging:
                 await ws.ping()
-            await trio.sleep_until(heard + timeout)
-            if ws.last_received != heard or link.error is not None:
-                continue
+            if not pinging.cancelled_caught:  # else the server reads nothing: give up now
+                await trio.sleep_until(heard + timeout)
+                if ws.last_received != heard or link.error is not None:
+                    continue
+            # (a ping cut short may have left half a frame on the stream: it
+            # cannot carry anything more in any case)
             link.unresponsive = True
-            self._lose(
-                link,
-                QueueClosedError(f"the queue server {link.name} sent nothing for {timeout:g} s"),
+            silent = QueueClosedError(
+                f"the queue server {link.name} sent nothing for {timeout:g} s"
             )
+            self._lose(link, silent)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(link.stream)  # ends the reader's wait
             return
