@@ -687,7 +687,7 @@ class RemoteQueue(QueueAPI):
             await self._drain(link)
 
     async def _drain(self, link: _Link) -> None:
-        # Shielded, because a cancelled send_message would leave half a frame on
+        # Shielded, because a cancelled write would leave half a frame on
         # the stream (a cancelled caller then abandons its request right after);
         # bounded by send_timeout, past which the server is not reading and the
         # connection is aborted.
@@ -738,14 +738,14 @@ class RemoteQueue(QueueAPI):
     async def _reader(self, link: _Link) -> None:
         session = link.session
         receive = session.receive_frame
-        get_message = link.ws.receive
+        receive_message = link.ws.receive
         Reply, Pushed, Dequeued = ss.Reply, ss.Pushed, w.Dequeued  # bound once: per frame
         error: QueueClosedError | None = None
         retryable = True
         try:
             while True:
                 try:
-                    frame = await get_message()
+                    frame = await receive_message()
                 except ConnectionClosed as exc:
                     if exc.code == ABNORMAL_CLOSURE:
                         error = session.peer_closed(None, None)

@@ -1,10 +1,13 @@
 """The websocket front end: serve a queue to remote workers and clients.
 
-One task per connection, one task per request, so a blocked ``dequeue`` never
-holds up the rest of its connection. Every reply leaves through one writer task
-per connection; a reply that carries a job and cannot be sent, or whose request
-was cancelled first, gives the job back (:meth:`LocalQueue.release`), so no job
-is lost between the queue and the socket. Nothing that happens on one
+Per connection, one task reads (the websocket transport,
+:mod:`actorq._remote._transport`, is driven from it) and one writes. A
+request that does not wait is answered from the scheduler's callback, with no
+task of its own; a waiting ``dequeue`` gets a task, so it never holds up the
+rest of its connection. Every reply leaves through the connection's writer;
+a reply that carries a job and cannot be sent, or whose request was cancelled
+first, gives the job back (:meth:`LocalQueue.release`), so no job is lost
+between the queue and the socket. Nothing that happens on one
 connection can escape into the server's nursery.
 
 The connection rules (hello, limits, ids, cancel, close codes) are
@@ -640,12 +643,12 @@ class _Connection:
     async def _read_loop(self, requests: trio.Nursery) -> None:
         session = self.session
         receive = session.receive_frame
-        get_message = self.ws.receive
+        receive_message = self.ws.receive
         Request, Cancelled, Send = ss.Request, ss.Cancelled, ss.Send  # bound once: per frame
         Op, Settle_ = w.Request, w.Settle
         while not session.closed:
             try:
-                frame = await get_message()
+                frame = await receive_message()
             except ConnectionClosed:
                 return
             for event in receive(frame):
