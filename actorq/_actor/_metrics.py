@@ -51,7 +51,7 @@ from .._core._events import (
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from uuid import UUID
 
     from .._core._models import QueueStats
@@ -84,6 +84,7 @@ _COMMIT_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 Key = tuple[str, str]  # (job type, channel)
+_PHASES = {phase: index for index, phase in enumerate(Phase)}
 
 
 class QueueMetrics:
@@ -154,6 +155,7 @@ class QueueMetrics:
             registry=r,
         )
         self._attached = False
+        self._subscriber: MetricsSubscriber | None = None
         # Written by the queue's actor, read by scrapes from any thread: a
         # reference to an immutable value, so neither side needs a lock.
         self._snapshot: GaugeSnapshot | None = None
@@ -164,22 +166,44 @@ class QueueMetrics:
         """The gauges after the last published batch; ``None`` while no queue is open."""
         return self._snapshot
 
-    def attach(self, stats: QueueStats) -> MetricsSubscriber:
+    def attach(
+        self, stats: QueueStats, by_key: Mapping[Key, Mapping[Phase, int]] | None = None
+    ) -> MetricsSubscriber:
         """Start counting a queue whose state is ``stats`` now; return its event subscriber.
 
-        Call where nothing can change the queue between taking ``stats`` and
-        subscribing (before its actor starts). Raises :class:`RuntimeError` if
-        these metrics already belong to an open queue.
+        ``by_key`` is the queue's jobs per ``(type, channel)`` and phase now
+        (``QueueState.phase_counts()``), from which :meth:`job_counts` follows;
+        without it those counts start at zero. Call where nothing can change
+        the queue between taking them and subscribing (before its actor
+        starts). Raises :class:`RuntimeError` if these metrics already belong
+        to an open queue.
         """
         if self._attached:
             raise RuntimeError("these QueueMetrics already belong to an open queue")
         self._attached = True
-        return MetricsSubscriber(self, stats)
+        self._subscriber = MetricsSubscriber(self, stats, by_key)
+        return self._subscriber
 
     def detach(self) -> None:
         """The queue closed: drop its gauges. Counters and histograms stay."""
         self._attached = False
         self._snapshot = None
+        self._subscriber = None
+
+    def job_counts(self) -> dict[Key, dict[Phase, int]] | None:
+        """Jobs per ``(type, channel)`` and phase after the last published batch.
+
+        A copy, made on demand (one entry per key with jobs), so the queue pays
+        nothing for it between reads; ``None`` while no queue is open. Call it
+        from the queue's own trio thread: the counts change in its actor.
+        """
+        subscriber = self._subscriber
+        if subscriber is None:
+            return None
+        return {
+            key: {phase: n for phase, n in zip(Phase, row, strict=True) if n}
+            for key, row in subscriber._by_key.items()
+        }
 
 
 class GaugeSnapshot(NamedTuple):
@@ -229,8 +253,18 @@ class MetricsSubscriber:
     changed it.
     """
 
-    def __init__(self, metrics: QueueMetrics, stats: QueueStats) -> None:
+    def __init__(
+        self,
+        metrics: QueueMetrics,
+        stats: QueueStats,
+        by_key: Mapping[Key, Mapping[Phase, int]] | None = None,
+    ) -> None:
         self._m = metrics
+        # jobs per (type, channel), one count per Phase in the enum's order; a
+        # key whose jobs are all deleted goes, so the table follows the live keys
+        self._by_key: dict[Key, list[int]] = {
+            key: [row.get(phase, 0) for phase in Phase] for key, row in (by_key or {}).items()
+        }
         self._enqueued = _Children(metrics.enqueued)
         self._dequeued = _Children(metrics.dequeued)
         self._finished_jobs = _Children(metrics.finished)
@@ -290,6 +324,17 @@ class MetricsSubscriber:
             self._requests,
         )
 
+    def _move(self, key: Key, left: Phase | None, entered: Phase | None) -> None:
+        row = self._by_key.get(key)
+        if row is None:
+            row = self._by_key[key] = [0] * len(_PHASES)
+        if left is not None:
+            row[_PHASES[left]] -= 1
+        if entered is not None:
+            row[_PHASES[entered]] += 1
+        elif not any(row):
+            del self._by_key[key]
+
     def _add_ready(self, key: Key) -> None:
         ready = self._ready
         ready[key] = ready.get(key, 0) + 1
@@ -313,6 +358,7 @@ class MetricsSubscriber:
     def _on_enqueued(self, e: JobEnqueued) -> None:
         key = (e.job_type, e.channel)
         self._enqueued[key].inc()
+        self._move(key, None, Phase.READY if e.ready else Phase.BLOCKED)
         if e.ready:
             self._add_ready(key)
         else:
@@ -320,7 +366,9 @@ class MetricsSubscriber:
 
     def _on_ready(self, e: JobReady) -> None:
         self._blocked -= 1
-        self._add_ready((e.job_type, e.channel))
+        key = (e.job_type, e.channel)
+        self._move(key, Phase.BLOCKED, Phase.READY)
+        self._add_ready(key)
 
     def _on_started(self, e: JobStarted) -> None:
         key = (e.job_type, e.channel)
@@ -329,6 +377,7 @@ class MetricsSubscriber:
         if e.waited is not None:
             self._queue_latency[key].observe(e.waited)
         self._leave(key, Phase.READY)
+        self._move(key, Phase.READY, Phase.RUNNING)
         self._running += 1
 
     def _on_finished(self, e: JobFinished) -> None:
@@ -339,26 +388,33 @@ class MetricsSubscriber:
         if e.ran is not None:
             self._run_time[key].observe(e.ran)
         self._leave(key, e.before)
+        self._move(key, e.before, Phase.FINISHED)
         self._finished += 1
 
     def _on_requeued(self, e: JobRequeued) -> None:
         key = (e.job_type, e.channel)
         self._requeued[key].inc()
         self._running -= 1
+        self._move(key, Phase.RUNNING, Phase.READY)
         self._add_ready(key)
 
     def _on_released(self, e: JobReleased) -> None:
         self._running -= 1
-        self._add_ready((e.job_type, e.channel))
+        key = (e.job_type, e.channel)
+        self._move(key, Phase.RUNNING, Phase.READY)
+        self._add_ready(key)
 
     def _on_canceled(self, e: JobCanceled) -> None:
         key = (e.job_type, e.channel)
         self._canceled_jobs[key].inc()
         self._leave(key, e.before)
+        self._move(key, e.before, Phase.CANCELED)
         self._canceled += 1
 
     def _on_deleted(self, e: JobDeleted) -> None:
-        self._leave((e.job_type, e.channel), e.phase)
+        key = (e.job_type, e.channel)
+        self._leave(key, e.phase)
+        self._move(key, e.phase, None)
 
     def _on_worker_seen(self, e: WorkerSeen) -> None:
         if e.new:
@@ -584,7 +640,7 @@ def observe(
     """
     undo: list[Callable[[], None]] = []
     if metrics is not None:
-        undo.append(scheduler.subscribe(metrics.attach(state.stats())))
+        undo.append(scheduler.subscribe(metrics.attach(state.stats(), state.phase_counts())))
         undo.append(metrics.detach)
     if _logs_listen():
         undo.append(scheduler.subscribe(EventLog()))
