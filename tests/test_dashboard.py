@@ -8,6 +8,9 @@ in-process.
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -417,3 +420,102 @@ async def test_an_open_server_needs_no_token() -> None:
         assert "1 job," in body
         status, _, body = await client.request("GET", "/workers")
         assert "no workers registered" in body
+
+
+class _Recording:
+    """A queue whose ``execute`` notes how many rows each listing returned."""
+
+    def __init__(self, queue: actorq.LocalQueue) -> None:
+        self.queue = queue
+        self.rows: list[tuple[str, int]] = []
+
+    async def execute(self, op: Any, *, scope: Any = None) -> Any:
+        result = await self.queue.execute(op, scope=scope)
+        if isinstance(result, list):
+            self.rows.append((op.NAME, len(result)))
+        return result
+
+
+async def test_no_page_loads_every_job() -> None:
+    metrics = QueueMetrics()
+    async with actorq.open_queue(metrics=metrics, maintenance=None) as queue:
+        for start in range(0, 20_000, 5_000):
+            await queue.enqueue_many([("bulk", n) for n in range(start, start + 5_000)])
+        worker = await queue.insert_worker("", "x86_64")
+        running = await queue.dequeue(["bulk"], timeout=0, worker_id=worker)
+        recording = _Recording(queue)
+        dashboard = Dashboard(
+            recording,  # type: ignore[arg-type]
+            metrics,
+            lambda token: None,
+            history=History(metrics, clock=trio.current_time),
+        )
+        client = Client(dashboard.app)
+        for path in (
+            "/",
+            "/fragment/depth",
+            "/fragment/charts",
+            "/jobs",
+            "/jobs?page=300",
+            "/jobs?state=pending&type=bulk",
+            "/jobs?id=0",
+            "/workers",
+            f"/jobs/{running.id}",
+        ):
+            status, _, body = await client.request("GET", path)
+            assert status == 200, path
+        assert recording.rows
+        assert max(rows for _, rows in recording.rows) <= 51
+        status, _, body = await client.request("GET", "/jobs?state=pending")
+        assert "19999 jobs, page 1 of 400" in body
+        status, _, body = await client.request("GET", "/fragment/depth")
+        assert '<th class="num" data-total="pending">19999</th>' in body
+        status, _, body = await client.request("GET", "/workers")
+        assert str(running.id)[:8] in body
+
+
+# ------------------------------------------------------------ the command line
+
+
+def _serve(tmp_path: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "actorq", "--store", f"sqlite:///{tmp_path / 'q.db'}"),
+            *("serve", "--port", "0", *args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "cannot read the tenants file"),
+        ('{"tok": "red"}', "must map non-empty tokens to lists of channel names"),
+        ('{"": ["red"]}', "must map non-empty tokens to lists of channel names"),
+        ('["tok"]', "must map non-empty tokens to lists of channel names"),
+    ],
+)
+def test_a_bad_tenants_file_is_one_sentence(tmp_path: Any, content: str, message: str) -> None:
+    tenants = tmp_path / "tenants.json"
+    tenants.write_text(content)
+    done = _serve(tmp_path, "--tenants", str(tenants))
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_dashboard_port_in_use_is_one_sentence(tmp_path: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _serve(tmp_path, "--dashboard-port", str(port))
+    assert done.returncode == 1
+    assert f"cannot serve the dashboard on 127.0.0.1:{port}: address already in use" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr

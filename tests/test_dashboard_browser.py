@@ -10,6 +10,7 @@ is a failure. Every wait is a bounded poll (Playwright's own waits included).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -145,14 +146,15 @@ COMMAND = textwrap.dedent(
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _require_browser()
     tmp = tmp_path_factory.mktemp("dashboard")
-    srv = Server(tmp / "full")
+    srv = Server(tmp / "full", "--dashboard-sample-interval", "0.5")
     script = tmp / "command.py"
     script.write_text(COMMAND)
     worker_log = (tmp / "worker.log").open("wb")
     worker = subprocess.Popen(
         [
             *(PYTHON, "-m", "actorq", "--url", srv.url, "--token", "token-red", "worker"),
-            *("--type", "sleep", "--channel", "red", "--grace", "1", "--"),
+            *("--type", "sleep", "--channel", "red", "--concurrency", "4", "--grace", "1"),
+            "--",
             *(PYTHON, str(script)),
         ],
         stdout=subprocess.DEVNULL,
@@ -198,6 +200,10 @@ def _shot(page: Page, name: str) -> None:
     page.screenshot(path=str(IMAGES / f"dashboard-{name}.png"), full_page=True)
 
 
+async def _enqueue_many(queue: actorq.RemoteQueue, jobs: list[actorq.NewJob]) -> list[UUID]:
+    return await queue.enqueue_many(jobs)
+
+
 def _tree(server: Server, channel: str) -> tuple[UUID, UUID, UUID]:
     """A 3-level tree in ``channel``: fetch (finished) <- build (running) <- test (pending)."""
 
@@ -222,8 +228,25 @@ def test_pages_render_and_depth_updates_live(server: Server, browser: Browser) -
     from playwright.sync_api import expect
 
     server.call(lambda q: q.enqueue("sleep", {"sleep": 60}, channel="red"))
+    quick: list[UUID] = []
+    for burst in range(6):  # a few samples' worth of throughput for the charts
+        jobs = [actorq.NewJob("sleep", {"sleep": 0.05 * burst}, (), "red")] * (2 + 2 * burst)
+        quick += server.call(functools.partial(_enqueue_many, jobs=jobs))
+        time.sleep(0.6)
+
+    def all_finished() -> bool:
+        async def check(queue: actorq.RemoteQueue) -> bool:
+            return all([(await queue.job_status(j)).finished is not None for j in quick])
+
+        done: bool = server.call(check)
+        return done
+
+    wait_for(all_finished)
     page = _page(browser)
     page.goto(server.http + "/")
+    throughput = page.locator('svg[data-chart="throughput"]')
+    expect(throughput).not_to_have_attribute("data-points", "0")
+    expect(page.locator("#charts figcaption").first).to_contain_text(f"{len(quick)} finished")
     expect(page.locator("h1")).to_have_text("Queue depth")
     pending = page.locator('#depth-table tfoot [data-total="pending"]')
     before = int(pending.inner_text())
@@ -373,6 +396,7 @@ def test_a_tenant_sees_none_of_another_tenants_jobs(server: Server, browser: Bro
     ids = {shown.nth(i).get_attribute("data-job") for i in range(shown.count())}
     assert str(blue) in ids
     assert not ids & {str(j) for j in red}
+    _shot(page, "tenant")
     # every id the whole listing has is a blue one: ask the queue as the tenant would
     everything: list[actorq.JobSummary] = server.call(lambda q: q.list_jobs(), token="token-blue")
     assert {j.channel for j in everything} == {"blue"}
@@ -395,7 +419,6 @@ def test_a_tenant_sees_none_of_another_tenants_jobs(server: Server, browser: Bro
     assert "does not exist" in answer.text()
     status: actorq.JobStatus = server.call(lambda q: q.job_status(red[2]))
     assert not status.canceled
-    _shot(page, "tenant")
 
 
 def test_actions_need_the_pages_form_token(server: Server, browser: Browser) -> None:

@@ -419,6 +419,13 @@ def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
 @click.option(
     "--dashboard-read-only", is_flag=True, help="The dashboard shows, but cancels nothing."
 )
+@click.option(
+    "--dashboard-sample-interval",
+    type=Seconds(),
+    default=10.0,
+    show_default=True,
+    help="Seconds between the samples of the dashboard's charts (they show the last hour).",
+)
 @click.pass_context
 def serve_command(
     ctx: click.Context,
@@ -435,6 +442,7 @@ def serve_command(
     tenants_file: str | None,
     dashboard_port: int | None,
     dashboard_read_only: bool,
+    dashboard_sample_interval: float,
 ) -> None:
     """Serve the queue in --store to remote workers over websockets.
 
@@ -532,6 +540,7 @@ def serve_command(
                                         read_only=dashboard_read_only,
                                         certfile=tls_cert,
                                         keyfile=tls_key,
+                                        sample_interval=dashboard_sample_interval,
                                     )
                                 )
                             except OSError as exc:

@@ -390,10 +390,11 @@ class Dashboard:
                 errors.append(str(exc))
             more = len(found) > PAGE_SIZE
             found = found[:PAGE_SIZE]
+        counts = self._counts(scope)
         total: int | None = None
         if not prefix and not errors:
             total = 0
-            for (t, c), row in self._counts(scope).items():
+            for (t, c), row in counts.items():
                 if job_type is not None and t != job_type:
                     continue
                 if channel is not None and c != channel:
@@ -417,8 +418,8 @@ class Dashboard:
                 "channel": params.get("channel", ""),
                 "id": prefix,
             },
-            types=sorted({t for t, _ in self._counts(scope)}),
-            channel_names=sorted({c for _, c in self._counts(scope)}),
+            types=sorted({t for t, _ in counts}),
+            channel_names=sorted({c for _, c in counts}),
             page=page,
             pages=pages,
             more=more,

@@ -143,8 +143,11 @@ def chart_svg(
     name: str,
 ) -> str:
     """A line chart of ``values`` (one per point, ``None`` for a gap) over the last
-    ``window`` seconds up to ``now``, as an ``<svg>`` element."""
+    ``window`` seconds up to ``now``, as an ``<svg>`` element. While the points
+    cover less than ``window``, the chart spans what they cover."""
     width, height, left, bottom, top = 640, 170, 52, 22, 10
+    if points:
+        window = min(window, max(now - points[0].end, 1.0) * 1.05)
     plot_w, plot_h = width - left - 10, height - bottom - top
     finite = [v for v in values if v is not None]
     peak = max(finite, default=0.0)
@@ -173,9 +176,9 @@ def chart_svg(
         label = _number(scale * fraction)
         parts.append(f'<text class="axis" x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">')
         parts.append(f"{label}</text>")
-    for minutes in (60, 45, 30, 15, 0):
-        x = left + plot_w * (1 - minutes * 60 / window) if window else left
-        text = "now" if minutes == 0 else f"-{minutes} min"
+    for quarter in (4, 3, 2, 1, 0):
+        x = left + plot_w * (1 - quarter / 4)
+        text = "now" if quarter == 0 else f"-{_duration(window * quarter / 4)}"
         parts.append(
             f'<text class="axis" x="{x:.1f}" y="{height - 6}" text-anchor="middle">{text}</text>'
         )
@@ -188,6 +191,12 @@ def chart_svg(
     parts.append(f'<text class="unit" x="{left + 4}" y="{top + 12}">{unit}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 90:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
 
 
 def _number(value: float) -> str:
