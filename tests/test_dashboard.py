@@ -316,7 +316,9 @@ def _authenticate(token: str | None) -> frozenset[str] | None:
 async def _dashboard(
     *, read_only: bool = False, authenticate: Callable[[str | None], Any] = _authenticate
 ) -> AsyncIterator[tuple[actorq.LocalQueue, Client]]:
-    metrics = QueueMetrics()
+    from actorq._actor._metrics import CountingMetrics
+
+    metrics = CountingMetrics()  # what serve gives a dashboard without --metrics-port
     async with actorq.open_queue(metrics=metrics, maintenance=None) as queue:
         history = History(metrics, clock=trio.current_time)
         dashboard = Dashboard(queue, metrics, authenticate, history=history, read_only=read_only)
@@ -342,8 +344,9 @@ async def test_the_app_asks_for_a_token_and_keeps_it_in_a_cookie() -> None:
         assert headers["location"] == "/"  # never off the site
         assert "httponly" in headers["set-cookie"].lower()
         assert "samesite=strict" in headers["set-cookie"].lower()
-        status, _, body = await client.request("GET", "/jobs")
+        status, headers, body = await client.request("GET", "/jobs")
         assert status == 200
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
         assert str(red) in body
         assert str(blue) not in body
         status, _, body = await client.request("GET", f"/jobs/{blue}")
@@ -519,3 +522,30 @@ def test_a_dashboard_port_in_use_is_one_sentence(tmp_path: Any) -> None:
         done.stderr
     )
     assert "Traceback" not in done.stderr
+
+
+async def test_counting_metrics_keep_the_counts_and_no_prometheus_series() -> None:
+    from actorq._actor._metrics import CountingMetrics
+
+    full, light = QueueMetrics(), CountingMetrics()
+    for metrics in (full, light):
+        async with actorq.open_queue(metrics=metrics, maintenance=None) as queue:
+            await queue.enqueue("t", None, channel="red")
+            failed = await queue.enqueue("t", None, channel="red")
+            await queue.fail_job(failed, {"error": "no"})
+            job = await queue.dequeue(["t"], ["red"], timeout=0)
+            await queue.finish_job(job.id, 1)
+            counts, totals = metrics.job_counts(), metrics.job_totals()
+            assert counts == {("t", "red"): {Phase.FINISHED: 2}}
+            assert totals is not None
+            finished, failures, started, _ = totals["t", "red"]
+            assert (finished, failures, started) == (2, 1, 1)
+            with pytest.raises(RuntimeError, match="already belong"):
+                metrics.attach(await queue.stats())
+            if metrics is light:
+                assert metrics.gauges is None
+                exported = actorq.metrics.exposition(metrics.registry).decode()
+                assert 'actorq_jobs_finished_total{channel="red"' not in exported
+            else:
+                assert metrics.gauges is not None
+        assert metrics.job_totals() is None

@@ -475,18 +475,18 @@ def serve_command(
 
     async def run() -> None:
         metrics = None
-        if dashboard_port is not None:
-            from ..metrics import QueueMetrics
-
-            metrics = QueueMetrics()  # the dashboard's counts and charts follow it
         if metrics_port is not None:
             from ..metrics import QueueMetrics, start_http_server
 
-            metrics = metrics or QueueMetrics()
+            metrics = QueueMetrics()
             try:
                 start_http_server(metrics_port, metrics.registry)
             except OSError as exc:
                 raise _bind_error("serve metrics", "127.0.0.1", metrics_port, exc) from None
+        if metrics is None and dashboard_port is not None:
+            from .._actor._metrics import CountingMetrics
+
+            metrics = CountingMetrics()  # the dashboard's counts and charts, no Prometheus
         failure: CliError | None = None
         async with open_queue(store, maintenance=maintenance, metrics=metrics) as queue:
             loaded = (await queue.stats()).jobs

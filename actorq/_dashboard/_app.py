@@ -226,6 +226,12 @@ class Dashboard:
             request, name, context, status_code=status_code
         )
         response.headers["cache-control"] = "no-store"
+        # only this site's own script and style; no framing (the action buttons)
+        response.headers["content-security-policy"] = (
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        )
+        response.headers["x-content-type-options"] = "nosniff"
+        response.headers["referrer-policy"] = "same-origin"
         return response
 
     def _counts(self, scope: Scope) -> dict[tuple[str, str], dict[JobState, int]]:

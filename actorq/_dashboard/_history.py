@@ -1,11 +1,11 @@
 """The last hour of throughput and queue latency, sampled from the queue's metrics.
 
-:class:`History` reads the cumulative Prometheus counters of a queue
-(:class:`actorq.metrics.QueueMetrics`: jobs finished and failed, and the
-queue-latency histogram's count and sum, each by job type and channel) once
-per ``interval`` and keeps what changed since the previous sample in a ring of
-``window / interval`` entries. The scheduler does no work for it: the counters
-are kept anyway, and a sample costs one read of each counter per (type,
+:class:`History` reads a queue's cumulative totals per job type and channel
+(:meth:`actorq.metrics.QueueMetrics.job_totals`: jobs finished and failed,
+and the count and sum of queue latencies) once per ``interval``, and keeps
+what changed since the previous sample in a ring of ``window / interval``
+entries. The scheduler does no work for it: the totals are kept from its
+events anyway, and a sample costs one copy of them, one entry per (type,
 channel) key, in the dashboard's own task. A tenant's chart adds up only the
 keys of its channels.
 """
@@ -20,8 +20,6 @@ import trio
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-
-    from prometheus_client import Counter, Histogram
 
     from .._actor._metrics import QueueMetrics
 
@@ -39,15 +37,6 @@ class Point(NamedTuple):
     finished: float  # jobs finished in the interval, failed ones included
     failed: float
     latency: float | None  # mean seconds from ready to start of the jobs started, if any
-
-
-def _counter_values(metric: Counter | Histogram, suffix: str) -> dict[Key, float]:
-    out: dict[Key, float] = {}
-    for family in metric.collect():
-        for sample in family.samples:
-            if sample.name.endswith(suffix):
-                out[(sample.labels["type"], sample.labels["channel"])] = sample.value
-    return out
 
 
 class History:
@@ -78,16 +67,8 @@ class History:
         self._last: dict[Key, Totals] | None = None
 
     def _read(self) -> dict[Key, Totals]:
-        m = self.metrics
-        finished = _counter_values(m.finished, "_total")
-        failed = _counter_values(m.failed, "_total")
-        count = _counter_values(m.queue_latency, "_count")
-        total = _counter_values(m.queue_latency, "_sum")
-        keys = finished.keys() | count.keys()
-        return {
-            k: (finished.get(k, 0.0), failed.get(k, 0.0), count.get(k, 0.0), total.get(k, 0.0))
-            for k in keys
-        }
+        totals = self.metrics.job_totals() or {}
+        return {key: (float(a), float(b), float(c), d) for key, (a, b, c, d) in totals.items()}
 
     def sample(self) -> None:
         """Take one sample now: what changed since the previous one enters the ring."""
