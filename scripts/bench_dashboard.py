@@ -2,15 +2,17 @@
 """Dashboard benchmark: what ``--dashboard-port`` costs the queue, and what its pages cost.
 
     python scripts/bench.py --suite dashboard [--quick]
-    python scripts/bench_dashboard.py [--quick]        # this suite alone
+    python scripts/bench_dashboard.py [--quick] [--no-pages]   # this suite alone
 
 Every part runs in its own process, as in ``scripts/bench_remote.py`` (whose
 producer, worker and measuring round this suite reuses): ``actorq --store
 memory:// serve`` (no token: the open dashboard checks none), one ``actorq
-worker bench_worker_app:worker`` and one producer process. Three servers,
+worker bench_worker_app:worker`` and one producer process. Four servers,
 measured in turn in every round:
 
 * ``plain``: ``serve`` without a dashboard: the baseline;
+* ``metrics``: ``serve --metrics-port 0``, no dashboard: the queue records its
+  state-change events for the Prometheus metrics, as it does for a dashboard;
 * ``dashboard``: ``serve --dashboard-port 0``, nobody looking;
 * ``viewed``: the same, with a viewer process fetching what an open overview
   and workers page fetch (``/fragment/depth``, ``/fragment/charts``,
@@ -50,11 +52,18 @@ class DashboardSystem(br.ActorqSystem):
     """An actorq server on the memory store, with or without its dashboard."""
 
     def __init__(
-        self, workdir: Path, notify: br.Notifications, name: str, *, dashboard: bool, viewed: bool
+        self,
+        workdir: Path,
+        notify: br.Notifications,
+        name: str,
+        *,
+        dashboard: bool,
+        viewed: bool,
+        extra: tuple[str, ...] = (),
     ) -> None:
         br.System.__init__(self, workdir, notify)
         self.name = name
-        extra = ["--dashboard-port", "0"] if dashboard else []
+        extra = (*extra, "--dashboard-port", "0") if dashboard else extra
         self.server = br.Process(
             f"{name}-server",
             [
@@ -177,7 +186,7 @@ def run(quick: bool) -> dict[str, Any]:
     sizes = (
         {"drain": 500, "end_to_end": 200, "latency": 20, "chain": 100}
         if quick
-        else {"drain": 3000, "end_to_end": 1000, "latency": 60, "chain": 300}
+        else {"drain": 10000, "end_to_end": 1000, "latency": 60, "chain": 300}
     )
     rounds = 1 if quick else 3
     notify = br.Notifications()
@@ -194,14 +203,17 @@ def run(quick: bool) -> dict[str, Any]:
         workdir = Path(tmp)
         systems = []
         try:
-            for name, dashboard, viewed in (
-                ("plain", False, False),
-                ("dashboard", True, False),
-                ("viewed", True, True),
+            for name, dashboard, viewed, extra in (
+                ("plain", False, False, ()),
+                ("metrics", False, False, ("--metrics-port", "0")),
+                ("dashboard", True, False, ()),
+                ("viewed", True, True, ()),
             ):
                 br.progress(f"starting {name}")
                 systems.append(
-                    DashboardSystem(workdir, notify, name, dashboard=dashboard, viewed=viewed)
+                    DashboardSystem(
+                        workdir, notify, name, dashboard=dashboard, viewed=viewed, extra=extra
+                    )
                 )
             for r in range(rounds):
                 for system in systems:
@@ -232,8 +244,9 @@ def run(quick: bool) -> dict[str, Any]:
                     if per_round:
                         ratios[figure] = statistics.median(per_round)
                 results[name]["vs_plain"] = ratios
-        br.progress("pages over a large queue")
-        results["pages"] = pages(workdir, notify, 20_000 if quick else 200_000)
+        if "--no-pages" not in sys.argv:
+            br.progress("pages over a large queue")
+            results["pages"] = pages(workdir, notify, 20_000 if quick else 200_000)
     notify.close()
     return results
 
