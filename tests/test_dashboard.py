@@ -8,9 +8,14 @@ in-process.
 from __future__ import annotations
 
 import re
+import signal
 import socket
+import ssl
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -549,3 +554,49 @@ async def test_counting_metrics_keep_the_counts_and_no_prometheus_series() -> No
             else:
                 assert metrics.gauges is not None
         assert metrics.job_totals() is None
+
+
+def test_with_tls_the_dashboard_serves_https_and_a_secure_cookie(tmp_path: Any) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "actorq", "--store", "memory://", "serve"),
+                *("--port", "0", "--auth-token", "admin", "--dashboard-port", "0"),
+                *("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")),
+            ],
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := re.search(r"dashboard on (https://\S+?)/?$", log.read_text(), re.M)):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        login = urllib.request.Request(
+            found.group(1) + "/login", data=b"token=admin", method="POST"
+        )
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=context), NoRedirect()
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            opener.open(login, timeout=10)
+        with caught.value as answer:
+            assert answer.code == 303
+            assert "secure" in answer.headers["set-cookie"].lower()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
