@@ -134,9 +134,14 @@ async def _queue(ctx: click.Context) -> AsyncIterator[JobQueue]:
         timeout: float = ctx.obj.get("connect_timeout", CONNECT_TIMEOUT)
         urls = url.split(",")
         connected = False
+        ca_file: str | None = ctx.obj.get("ca_file")
         try:
             async with connect(
-                urls, token=ctx.obj["token"], heartbeat_interval=None, connect_timeout=timeout
+                urls,
+                token=ctx.obj["token"],
+                heartbeat_interval=None,
+                connect_timeout=timeout,
+                ssl_context=_ca_context(ca_file) if ca_file else None,
             ) as q:
                 connected = True
                 yield q
@@ -156,6 +161,16 @@ async def _queue(ctx: click.Context) -> AsyncIterator[JobQueue]:
         # A one-shot command on a store runs no maintenance: it only does what it is told.
         async with open_queue(ctx.obj["store"], maintenance=None) as q:
             yield q
+
+
+def _ca_context(ca_file: str) -> ssl.SSLContext:
+    """A client context that trusts the CA certificates in ``ca_file`` (and no others)."""
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"the CA file {ca_file} cannot be read as PEM certificates: {exc}") from None
 
 
 def _parse_uuid(value: str, what: str = "job id") -> UUID:
@@ -203,6 +218,7 @@ def _status_dict(job_id: UUID, status: JobStatus) -> dict[str, Any]:
 _URL_HELP = "Server URL(s), comma-separated (ws:// or wss://)."
 _STORE_HELP = "Store URL, used when no --url is given."
 _TOKEN_HELP = "Bearer token for the server."
+_CA_HELP = "PEM file of the CA certificates that verify a wss:// server (default: the system's)."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -216,6 +232,7 @@ _TOKEN_HELP = "Bearer token for the server."
     help=_STORE_HELP,
 )
 @click.option("--token", envvar="ACTORQ_TOKEN", show_envvar=True, help=_TOKEN_HELP)
+@click.option("--ca-file", envvar="ACTORQ_CA_FILE", show_envvar=True, help=_CA_HELP)
 @click.option(
     "--connect-timeout",
     envvar="ACTORQ_CONNECT_TIMEOUT",
@@ -228,13 +245,24 @@ _TOKEN_HELP = "Bearer token for the server."
 @click.version_option(package_name="actorq")
 @click.pass_context
 def main(
-    ctx: click.Context, url: str | None, store: str, token: str | None, connect_timeout: float
+    ctx: click.Context,
+    url: str | None,
+    store: str,
+    token: str | None,
+    ca_file: str | None,
+    connect_timeout: float,
 ) -> None:
     """actorq: a durable job queue for trio.
 
-    --url, --store and --token may also follow the command's name.
+    --url, --store, --token and --ca-file may also follow the command's name.
     """
-    ctx.obj = {"url": url, "store": store, "token": token, "connect_timeout": connect_timeout}
+    ctx.obj = {
+        "url": url,
+        "store": store,
+        "token": token,
+        "ca_file": ca_file,
+        "connect_timeout": connect_timeout,
+    }
 
 
 def _set_global(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -244,11 +272,13 @@ def _set_global(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 def _global_options() -> list[click.Parameter]:
-    """--url, --store and --token for a subcommand (no envvar: the group reads those)."""
+    """--url, --store, --token and --ca-file for a subcommand (no envvar: the group
+    reads those)."""
     return [
         click.Option(["--url"], expose_value=False, callback=_set_global, help=_URL_HELP),
         click.Option(["--store"], expose_value=False, callback=_set_global, help=_STORE_HELP),
         click.Option(["--token"], expose_value=False, callback=_set_global, help=_TOKEN_HELP),
+        click.Option(["--ca-file"], expose_value=False, callback=_set_global, help=_CA_HELP),
     ]
 
 
