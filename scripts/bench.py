@@ -6,6 +6,7 @@
     python scripts/bench.py --suite core --quick # smaller, for a smoke run
     python scripts/bench.py --suite import       # start-up: import actorq beside import trio
     python scripts/bench.py --suite remote       # deployed in processes, beside Redis ([bench])
+    python scripts/bench.py --suite dashboard    # what --dashboard-port costs, and its pages
 
 Each suite measures its own baseline in the same run, because these machines
 are noisy: compare ratios and medians, never single times. Suites live in
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SUITES = ["core", "sqlite", "remote", "rtt", "postgres", "import"]
+SUITES = ["core", "sqlite", "remote", "rtt", "postgres", "import", "dashboard"]
 
 
 def median_rate(samples: list[float]) -> float:

@@ -51,7 +51,7 @@ from .._core._events import (
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from uuid import UUID
 
     from .._core._models import QueueStats
@@ -59,8 +59,10 @@ if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
 __all__ = [
+    "CountingMetrics",
     "EventLog",
     "GaugeSnapshot",
+    "JobCounter",
     "MetricsSubscriber",
     "QueueMetrics",
     "exposition",
@@ -84,6 +86,7 @@ _COMMIT_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 Key = tuple[str, str]  # (job type, channel)
+_PHASES = {phase: index for index, phase in enumerate(Phase)}
 
 
 class QueueMetrics:
@@ -154,6 +157,7 @@ class QueueMetrics:
             registry=r,
         )
         self._attached = False
+        self._counter: JobCounter | None = None
         # Written by the queue's actor, read by scrapes from any thread: a
         # reference to an immutable value, so neither side needs a lock.
         self._snapshot: GaugeSnapshot | None = None
@@ -164,22 +168,53 @@ class QueueMetrics:
         """The gauges after the last published batch; ``None`` while no queue is open."""
         return self._snapshot
 
-    def attach(self, stats: QueueStats) -> MetricsSubscriber:
+    def attach(
+        self, stats: QueueStats, by_key: Mapping[Key, Mapping[Phase, int]] | None = None
+    ) -> Callable[[Sequence[Event]], None]:
         """Start counting a queue whose state is ``stats`` now; return its event subscriber.
 
-        Call where nothing can change the queue between taking ``stats`` and
-        subscribing (before its actor starts). Raises :class:`RuntimeError` if
-        these metrics already belong to an open queue.
+        ``by_key`` is the queue's jobs per ``(type, channel)`` and phase now
+        (``QueueState.phase_counts()``), from which :meth:`job_counts` follows;
+        without it those counts start at zero. Call where nothing can change
+        the queue between taking them and subscribing (before its actor
+        starts). Raises :class:`RuntimeError` if these metrics already belong
+        to an open queue.
         """
         if self._attached:
             raise RuntimeError("these QueueMetrics already belong to an open queue")
         self._attached = True
-        return MetricsSubscriber(self, stats)
+        counter = self._counter = JobCounter(by_key or {})
+        gauges = MetricsSubscriber(self, stats)
+
+        def both(events: Sequence[Event]) -> None:
+            gauges(events)
+            counter(events)
+
+        return both
 
     def detach(self) -> None:
-        """The queue closed: drop its gauges. Counters and histograms stay."""
+        """The queue closed: drop its gauges and counts. Counters and histograms stay."""
         self._attached = False
         self._snapshot = None
+        self._counter = None
+
+    def job_counts(self) -> dict[Key, dict[Phase, int]] | None:
+        """Jobs per ``(type, channel)`` and phase after the last published batch.
+
+        A copy, made on demand (one entry per key with jobs), so the queue pays
+        nothing for it between reads; ``None`` while no queue is open. Call it
+        from the queue's own trio thread: the counts change in its actor.
+        """
+        counter = self._counter
+        return None if counter is None else counter.job_counts()
+
+    def job_totals(self) -> dict[Key, tuple[int, int, int, float]] | None:
+        """Per ``(type, channel)`` since the queue opened: jobs finished (failed ones
+        included), jobs failed, jobs started with a known queue latency, and the
+        sum of those latencies in seconds. A copy made on demand; ``None`` while
+        no queue is open. Call it from the queue's own trio thread."""
+        counter = self._counter
+        return None if counter is None else counter.totals()
 
 
 class GaugeSnapshot(NamedTuple):
@@ -375,6 +410,120 @@ class MetricsSubscriber:
         if e.seconds is not None:
             self._m.commit_latency.observe(e.seconds)
             self._m.batch_size.observe(e.requests)
+
+
+class JobCounter:
+    """Jobs per ``(type, channel)`` and phase, and per ``(type, channel)`` totals of
+    finishes, failures and queue latency, kept from a queue's events.
+
+    A :data:`~actorq._actor._scheduler.Subscriber`: a dict lookup and a few
+    additions per event, no locks and no Prometheus series, so it costs the
+    actor next to nothing. A key whose jobs are all deleted goes (its totals
+    stay). Read it only from the queue's trio thread.
+    """
+
+    def __init__(self, by_key: Mapping[Key, Mapping[Phase, int]]) -> None:
+        # one count per Phase, in the enum's order
+        self._by_key: dict[Key, list[int]] = {
+            key: [row.get(phase, 0) for phase in Phase] for key, row in by_key.items()
+        }
+        # finished, failed, started with a known latency, latency seconds
+        self._totals: dict[Key, list[float]] = {}
+        self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            JobEnqueued: self._on_enqueued,
+            JobReady: self._on_ready,
+            JobStarted: self._on_started,
+            JobFinished: self._on_finished,
+            JobRequeued: self._on_back,
+            JobReleased: self._on_back,
+            JobCanceled: self._on_canceled,
+            JobDeleted: self._on_deleted,
+        }
+
+    def __call__(self, events: Sequence[Event]) -> None:
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+
+    def job_counts(self) -> dict[Key, dict[Phase, int]]:
+        """A copy: per key, the phases with jobs and how many."""
+        return {
+            key: {phase: n for phase, n in zip(Phase, row, strict=True) if n}
+            for key, row in self._by_key.items()
+        }
+
+    def totals(self) -> dict[Key, tuple[int, int, int, float]]:
+        """A copy: per key, (finished, failed, started with a latency, latency seconds)."""
+        return {
+            key: (int(row[0]), int(row[1]), int(row[2]), row[3])
+            for key, row in self._totals.items()
+        }
+
+    def _move(self, key: Key, left: Phase | None, entered: Phase | None) -> None:
+        row = self._by_key.get(key)
+        if row is None:
+            row = self._by_key[key] = [0] * len(_PHASES)
+        if left is not None:
+            row[_PHASES[left]] -= 1
+        if entered is not None:
+            row[_PHASES[entered]] += 1
+        elif not any(row):
+            del self._by_key[key]
+
+    def _total(self, key: Key) -> list[float]:
+        row = self._totals.get(key)
+        if row is None:
+            row = self._totals[key] = [0, 0, 0, 0.0]
+        return row
+
+    def _on_enqueued(self, e: JobEnqueued) -> None:
+        self._move((e.job_type, e.channel), None, Phase.READY if e.ready else Phase.BLOCKED)
+
+    def _on_ready(self, e: JobReady) -> None:
+        self._move((e.job_type, e.channel), Phase.BLOCKED, Phase.READY)
+
+    def _on_started(self, e: JobStarted) -> None:
+        key = (e.job_type, e.channel)
+        self._move(key, Phase.READY, Phase.RUNNING)
+        if e.waited is not None:
+            row = self._total(key)
+            row[2] += 1
+            row[3] += e.waited
+
+    def _on_finished(self, e: JobFinished) -> None:
+        key = (e.job_type, e.channel)
+        self._move(key, e.before, Phase.FINISHED)
+        row = self._total(key)
+        row[0] += 1
+        if e.error:
+            row[1] += 1
+
+    def _on_back(self, e: JobRequeued | JobReleased) -> None:
+        self._move((e.job_type, e.channel), Phase.RUNNING, Phase.READY)
+
+    def _on_canceled(self, e: JobCanceled) -> None:
+        self._move((e.job_type, e.channel), e.before, Phase.CANCELED)
+
+    def _on_deleted(self, e: JobDeleted) -> None:
+        self._move((e.job_type, e.channel), e.phase, None)
+
+
+class CountingMetrics(QueueMetrics):
+    """:class:`QueueMetrics` that keep only :meth:`~QueueMetrics.job_counts` and
+    :meth:`~QueueMetrics.job_totals`: no Prometheus series is updated (its
+    registry stays empty of values) and :attr:`~QueueMetrics.gauges` stays
+    ``None``. For the web dashboard of a server that exports no metrics."""
+
+    def attach(
+        self, stats: QueueStats, by_key: Mapping[Key, Mapping[Phase, int]] | None = None
+    ) -> Callable[[Sequence[Event]], None]:
+        if self._attached:
+            raise RuntimeError("these QueueMetrics already belong to an open queue")
+        self._attached = True
+        counter = self._counter = JobCounter(by_key or {})
+        return counter
 
 
 class _GaugeCollector:
@@ -584,7 +733,7 @@ def observe(
     """
     undo: list[Callable[[], None]] = []
     if metrics is not None:
-        undo.append(scheduler.subscribe(metrics.attach(state.stats())))
+        undo.append(scheduler.subscribe(metrics.attach(state.stats(), state.phase_counts())))
         undo.append(metrics.detach)
     if _logs_listen():
         undo.append(scheduler.subscribe(EventLog()))

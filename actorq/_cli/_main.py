@@ -13,6 +13,7 @@ for ``--url``, no Prometheus client without ``--metrics-port``), and
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -437,6 +438,27 @@ def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
 @click.option(
     "--retention", type=Seconds(), help="Delete settled job trees older than this (seconds)."
 )
+@click.option(
+    "--tenants",
+    "tenants_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help='JSON file of tenant tokens and their channels: {"TOKEN": ["channel", ...]}.',
+)
+@click.option(
+    "--dashboard-port",
+    type=PORT,
+    help="Serve the web dashboard on this port (needs the dashboard extra).",
+)
+@click.option(
+    "--dashboard-read-only", is_flag=True, help="The dashboard shows, but cancels nothing."
+)
+@click.option(
+    "--dashboard-sample-interval",
+    type=Seconds(),
+    default=10.0,
+    show_default=True,
+    help="Seconds between the samples of the dashboard's charts (they show the last hour).",
+)
 @click.pass_context
 def serve_command(
     ctx: click.Context,
@@ -450,6 +472,10 @@ def serve_command(
     max_retries: int,
     watch_interval: float,
     retention: float | None,
+    tenants_file: str | None,
+    dashboard_port: int | None,
+    dashboard_read_only: bool,
+    dashboard_sample_interval: float,
 ) -> None:
     """Serve the queue in --store to remote workers over websockets.
 
@@ -477,6 +503,9 @@ def serve_command(
         retention=retention,
     )
     store: str = ctx.obj["store"]
+    tenants = _read_tenants(tenants_file) if tenants_file else None
+    if dashboard_port is not None:
+        _check_dashboard_extra()
 
     async def run() -> None:
         metrics = None
@@ -488,6 +517,10 @@ def serve_command(
                 start_http_server(metrics_port, metrics.registry)
             except OSError as exc:
                 raise _bind_error("serve metrics", "127.0.0.1", metrics_port, exc) from None
+        if metrics is None and dashboard_port is not None:
+            from .._actor._metrics import CountingMetrics
+
+            metrics = CountingMetrics()  # the dashboard's counts and charts, no Prometheus
         failure: CliError | None = None
         # a SQLite store is opened here, so that ``actorq backup`` can ask it for copies
         sqlite = sqlite_store(store)
@@ -505,6 +538,7 @@ def serve_command(
                                 port,
                                 ssl_context=ssl_context,
                                 auth=auth_token,
+                                tenants=tenants,
                                 task_status=task_status,
                             )
                         finally:
@@ -529,6 +563,30 @@ def serve_command(
                         if metrics_port is not None:
                             where = _where("127.0.0.1", metrics_port)
                             log.info("metrics on http://%s/metrics", where)
+                        if dashboard_port is not None and metrics is not None:
+                            from .._dashboard._app import serve_dashboard
+
+                            try:
+                                binds = await nursery.start(
+                                    functools.partial(
+                                        serve_dashboard,
+                                        queue,
+                                        metrics,
+                                        server.authenticate,
+                                        host,
+                                        dashboard_port,
+                                        read_only=dashboard_read_only,
+                                        certfile=tls_cert,
+                                        keyfile=tls_key,
+                                        sample_interval=dashboard_sample_interval,
+                                    )
+                                )
+                            except OSError as exc:
+                                server.close()
+                                raise _bind_error(
+                                    "serve the dashboard", host, dashboard_port, exc
+                                ) from None
+                            log.info("dashboard on %s/", binds[0])
                         await _serve_until_stopped(server, done, signals)
                         nursery.cancel_scope.cancel()
         if failure is not None:
@@ -536,6 +594,36 @@ def serve_command(
 
     with _logging(ctx):
         _run(run)
+
+
+def _read_tenants(path: str) -> dict[str, list[str]]:
+    """The ``--tenants`` file: a JSON object of tokens, each to a list of channel names."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            tenants = json.load(file)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read the tenants file {path}: {exc}")
+    if not isinstance(tenants, dict) or not all(
+        isinstance(token, str)
+        and token
+        and isinstance(channels, list)
+        and all(isinstance(c, str) for c in channels)
+        for token, channels in tenants.items()
+    ):
+        _fail(f"the tenants file {path} must map non-empty tokens to lists of channel names")
+    return tenants
+
+
+def _check_dashboard_extra() -> None:
+    import importlib.util
+
+    missing = [
+        name
+        for name in ("starlette", "jinja2", "hypercorn", "python_multipart")
+        if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        _fail(f"--dashboard-port needs {', '.join(missing)}: pip install 'actorq[dashboard]'")
 
 
 async def _serve_until_stopped(

@@ -211,9 +211,21 @@ class QueueAPI:
         job_type: str | None = None,
         channel: str | None = None,
         limit: int | None = None,
+        *,
+        offset: int = 0,
+        id_prefix: str = "",
+        newest_first: bool = False,
     ) -> list[JobSummary]:
         return await self._run(
-            o.ListJobs(state=state, job_type=job_type, channel=channel, limit=limit)
+            o.ListJobs(
+                state=state,
+                job_type=job_type,
+                channel=channel,
+                limit=limit,
+                offset=offset,
+                id_prefix=id_prefix,
+                newest_first=newest_first,
+            )
         )
 
     async def stats(self) -> QueueStats:

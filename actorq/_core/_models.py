@@ -80,7 +80,8 @@ class WorkerInfo:
 
 @attrs.frozen
 class JobSummary:
-    """One line of a job listing."""
+    """One line of a job listing; ``worker_id`` names the worker of a running job
+    that was dequeued for one (else ``None``)."""
 
     id: UUID
     type: str
@@ -91,6 +92,7 @@ class JobSummary:
     finished: datetime | None
     retries: int
     dependencies: list[UUID]
+    worker_id: UUID | None = None
 
 
 @attrs.frozen

@@ -433,7 +433,9 @@ class AllRootJobIds(Operation[list[UUID], list[UUID]]):
 
 @attrs.frozen(kw_only=True)
 class ListJobs(Operation[list[JobSummary], list[JobSummary]]):
-    """Jobs in enqueue order, filtered by state, type and channel; at most ``limit``."""
+    """Jobs in enqueue order (``newest_first``: newest first), filtered by state,
+    type, channel and the start of the id (``id_prefix``, hex digits and dashes,
+    any case); the first ``offset`` matches skipped, at most ``limit`` returned."""
 
     NAME = "list_jobs"
     RESULT = list[JobSummary]
@@ -442,6 +444,9 @@ class ListJobs(Operation[list[JobSummary], list[JobSummary]]):
     job_type: str | None = None
     channel: str | None = None
     limit: int | None = None
+    offset: int = 0
+    id_prefix: str = ""
+    newest_first: bool = False
 
     def checked(self) -> ListJobs:
         return ListJobs(
@@ -449,16 +454,25 @@ class ListJobs(Operation[list[JobSummary], list[JobSummary]]):
             job_type=None if self.job_type is None else v.check_str(self.job_type, "job_type"),
             channel=None if self.channel is None else v.check_channel(self.channel),
             limit=v.check_limit(self.limit),
+            offset=v.check_int(self.offset, "offset", minimum=0),
+            id_prefix=v.check_id_prefix(self.id_prefix),
+            newest_first=v.check_bool(self.newest_first, "newest_first"),
         )
 
     def access(self) -> Access:
         return NOTHING if self.channel is None else Access(channels=(self.channel,))
 
     def apply(self, state: QueueState, scope: Scope) -> list[JobSummary]:
-        if scope is None or self.channel is not None:
-            return state.list_jobs(self.state, self.job_type, self.channel, self.limit)
-        found = [j for j in state.list_jobs(self.state, self.job_type) if j.channel in scope]
-        return found if self.limit is None else found[: self.limit]
+        return state.list_jobs(
+            self.state,
+            self.job_type,
+            self.channel,
+            self.limit,
+            offset=self.offset,
+            id_prefix=self.id_prefix,
+            newest_first=self.newest_first,
+            channels=None if self.channel is not None else scope,
+        )
 
 
 @attrs.frozen(kw_only=True)

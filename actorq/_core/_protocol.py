@@ -147,8 +147,18 @@ class JobQueue(Protocol):
         job_type: str | None = None,
         channel: str | None = None,
         limit: int | None = None,
+        *,
+        offset: int = 0,
+        id_prefix: str = "",
+        newest_first: bool = False,
     ) -> list[JobSummary]:
-        """Jobs in enqueue order, filtered by state, type and channel; at most ``limit``."""
+        """Jobs in enqueue order, filtered by state, type and channel; at most ``limit``.
+
+        ``newest_first`` lists from the newest job back, ``offset`` skips that
+        many matches first (for paging), and ``id_prefix`` keeps the jobs whose
+        id's text starts with it (hex digits and dashes, any case). The queue
+        builds a summary only for the jobs it returns.
+        """
         ...
 
     async def stats(self) -> QueueStats:

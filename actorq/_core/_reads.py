@@ -15,16 +15,21 @@ from ._entities import (
     state_of,
 )
 from ._errors import CanceledError, NotExistError, NotRunningError, WorkerNotExistError
+from ._events import Phase
 from ._models import JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator
+    from collections.abc import Collection, Iterable, Iterator
     from datetime import datetime
     from uuid import UUID
 
     from ._records import JobRecord, WorkerRecord
 
 __all__ = ["StateReads"]
+
+
+def _seq(job: JobEntry) -> int:
+    return job.seq
 
 
 class StateReads(StateAttributes):
@@ -127,16 +132,40 @@ class StateReads(StateAttributes):
         job_type: str | None = None,
         channel: str | None = None,
         limit: int | None = None,
+        *,
+        offset: int = 0,
+        id_prefix: str = "",
+        newest_first: bool = False,
+        channels: Collection[str] | None = None,
     ) -> list[JobSummary]:
-        """Jobs in enqueue order, filtered by state, type and channel, at most ``limit``."""
+        """Jobs in enqueue order (``newest_first``: the reverse), filtered by state,
+        type, channel, the start of the id's text (``id_prefix``, lower case) and
+        ``channels`` (a tenant's scope); the first ``offset`` matches are skipped,
+        at most ``limit`` are returned. Only returned jobs cost a summary."""
         out: list[JobSummary] = []
-        for job in self._jobs.values():
+        if limit == 0:
+            return out
+        jobs: Iterable[JobEntry]
+        if state is JobState.RUNNING:
+            # the running jobs have an index of their own: no pass over every job
+            jobs = sorted(self._running.values(), key=_seq, reverse=newest_first)
+        else:
+            jobs = reversed(self._jobs.values()) if newest_first else self._jobs.values()
+        skip = offset
+        for job in jobs:
             if job_type is not None and job.type != job_type:
                 continue
             if channel is not None and job.channel != channel:
                 continue
+            if channels is not None and job.channel not in channels:
+                continue
             job_state = state_of(job)
             if state is not None and job_state is not state:
+                continue
+            if id_prefix and not str(job.id).startswith(id_prefix):
+                continue
+            if skip:
+                skip -= 1
                 continue
             out.append(
                 JobSummary(
@@ -149,11 +178,37 @@ class StateReads(StateAttributes):
                     finished=job.finished,
                     retries=job.retries,
                     dependencies=list(job.dependencies),
+                    worker_id=job.worker_id if job_state is JobState.RUNNING else None,
                 )
             )
             if limit is not None and len(out) >= limit:
                 break
         return out
+
+    def phase_counts(self) -> dict[tuple[str, str], dict[Phase, int]]:
+        """How many jobs of each ``(type, channel)`` are in each :class:`Phase`.
+
+        One pass over every job: for observers that then follow the counts
+        from events (the queue's metrics), taken once as the queue opens.
+        """
+        counts: dict[tuple[str, str], dict[Phase, int]] = {}
+        for job in self._jobs.values():
+            if job.canceled:
+                phase = Phase.CANCELED
+            elif job.finished is not None:
+                phase = Phase.FINISHED
+            elif job.started is not None:
+                phase = Phase.RUNNING
+            elif job.ready_key:
+                phase = Phase.READY
+            else:
+                phase = Phase.BLOCKED
+            key = (job.type, job.channel)
+            row = counts.get(key)
+            if row is None:
+                row = counts[key] = {}
+            row[phase] = row.get(phase, 0) + 1
+        return counts
 
     def stats(self) -> QueueStats:
         ready: dict[tuple[str, str], int] = {}

@@ -162,6 +162,25 @@ def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
     return value
 
 
+def check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
+_ID_CHARS = frozenset("0123456789abcdef-")
+
+
+def check_id_prefix(value: object) -> str:
+    """The start of a job id's text: up to 36 hex digits and dashes, folded to lower case."""
+    if not isinstance(value, str):
+        raise TypeError(f"id_prefix must be a str, not {type(value).__name__}")
+    folded = value.lower()
+    if len(folded) > 36 or not _ID_CHARS.issuperset(folded):
+        raise ValueError(f"id_prefix must be hex digits and dashes (at most 36), not {value!r}")
+    return folded
+
+
 def check_optional_str(value: object, name: str) -> str | None:
     return None if value is None else check_str(value, name)
 
