@@ -2,9 +2,11 @@
 driven by Playwright against real ``actorq serve --dashboard-port`` processes with
 jobs and a worker.
 
-The tests also write the screenshots that ``docs/dashboard.md`` shows
-(``docs/images/dashboard-*.png``). Without Playwright's Python package or the
-browser they are skipped with the reason, except under ``CI=true``, where that
+The tests also take the screenshots that ``docs/dashboard.md`` shows: with
+``ACTORQ_SCREENSHOTS=docs/images`` they replace ``docs/images/dashboard-*.png``;
+otherwise they go to a temporary folder, so a test run leaves the tree as it
+was. Without Playwright's Python package or the browser they are skipped with
+the reason, except under ``CI=true``, where that
 is a failure. Every wait is a bounded poll (Playwright's own waits included).
 """
 
@@ -17,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.error
@@ -50,7 +53,10 @@ CHROMIUM_ARGS = [
 ]
 ADMIN = "admin-secret"
 TENANTS = {"token-red": ["red"], "token-blue": ["blue"]}
-IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+IMAGES = Path(
+    os.environ.get("ACTORQ_SCREENSHOTS")
+    or Path(tempfile.gettempdir()) / "actorq-dashboard-screenshots"
+)
 WAIT_MS = 15_000
 
 

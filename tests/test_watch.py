@@ -14,7 +14,6 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import attrs
 import pytest
 import trio
 from click.testing import CliRunner
@@ -57,13 +56,9 @@ def row(text: str, *cells: str) -> bool:
     return False
 
 
-#: whether this queue's job listings name the worker of a running job
-LISTINGS_NAME_WORKERS = "worker_id" in attrs.fields_dict(actorq.JobSummary)
-
-
 def shown(worker_id: UUID) -> str:
     """The WORKER cell of a running job dequeued for ``worker_id``."""
-    return str(worker_id) if LISTINGS_NAME_WORKERS else "-"
+    return str(worker_id)
 
 
 def cells(line: str) -> list[str]:
@@ -108,7 +103,7 @@ async def test_the_overview_shows_depth_running_jobs_and_worker_liveness(
     assert row(text, str(first.id), "fetch", "red", shown(gone), "4m25s", "0")
     assert row(text, str(second.id), "build", "blue", shown(alive), "1m05s", "0")
     # the worker that stopped reporting is silent, the other live
-    runs = "1" if LISTINGS_NAME_WORKERS else "0"
+    runs = "1"
     assert any(
         line.split("│")[1:5] == [f" {alive} ", " blue    ", " aarch64 ", f"       {runs} "]
         and "live" in line

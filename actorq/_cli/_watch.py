@@ -15,12 +15,12 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
-from uuid import UUID
 
 import click
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from uuid import UUID
 
     from rich.console import RenderableType
 
@@ -129,12 +129,8 @@ async def read_overview(
 
 
 def worker_of(job: JobSummary) -> UUID | None:
-    """The worker a running job was dequeued for, where the queue's listing names it.
-
-    Queues whose job summaries carry no ``worker_id`` (older servers) give ``None``.
-    """
-    found = getattr(job, "worker_id", None)
-    return found if isinstance(found, UUID) else None
+    """The worker a running job was dequeued for (``None`` for a job that is not running)."""
+    return job.worker_id
 
 
 def _state_counts(stats: QueueStats) -> list[tuple[str, int]]:
