@@ -38,7 +38,7 @@ __all__ = ["main"]
 
 DEFAULT_STORE = "sqlite:///actorq.db"
 #: the values of actorq.JobState, spelled out so that defining the options imports nothing
-JOB_STATES = ("pending", "running", "finished", "canceled")
+JOB_STATES = ("pending", "running", "finished", "failed", "canceled")
 #: how long ``serve`` waits, after a stop signal, for its connections to close (1001)
 SHUTDOWN_TIMEOUT = 5.0
 #: how long a command waits for a server to answer (``--connect-timeout``)
@@ -780,13 +780,13 @@ def watch_command(ctx: click.Context, job_id: str | None, interval: float, once:
                     settled = [
                         s
                         for s in tree.values()
-                        if s.state in (JobState.FINISHED, JobState.CANCELED)
+                        if s.state in (JobState.FINISHED, JobState.FAILED, JobState.CANCELED)
                     ]
                     lines = [f"job {root}: {tree[root].state.value}", _bar(len(settled), len(tree))]
                     for dep_id, status in tree.items():
                         lines.append(f"  {status.state.value:<9} {status.type:<16} {dep_id}")
                     show("\n".join(lines))
-                    if tree[root].state in (JobState.FINISHED, JobState.CANCELED):
+                    if tree[root].state in (JobState.FINISHED, JobState.FAILED, JobState.CANCELED):
                         return 0 if tree[root].state is JobState.FINISHED else 2
                 else:
                     stats = await queue.stats()
@@ -794,7 +794,7 @@ def watch_command(ctx: click.Context, job_id: str | None, interval: float, once:
                     show(
                         f"jobs {stats.jobs}  pending {stats.pending} (blocked {stats.blocked})  "
                         f"running {stats.running}  finished {stats.finished}  "
-                        f"canceled {stats.canceled}\n"
+                        f"failed {stats.failed}  canceled {stats.canceled}\n"
                         f"workers {stats.workers}  waiting dequeuers {stats.waiting_dequeuers}\n\n"
                         + _table(["TYPE", "CHANNEL", "READY"], rows)
                     )

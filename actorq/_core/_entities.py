@@ -59,6 +59,9 @@ class JobEntry:
     worker_id: UUID | None = None
     waiting_on: int = 0
     heartbeat: float = 0.0
+    failed: bool = False  # settled as a failure (finished is set too)
+    cancel_on_failed_dependency: bool = False
+    failed_dependency: UUID | None = None  # canceled because this dependency failed
     ready_key: int = 0  # nonzero while the job sits in the ready index
     since: float = math.nan  # monotonic time it became ready or started; kept for events only
 
@@ -86,6 +89,9 @@ class JobEntry:
             retries=self.retries,
             token=self.token,
             worker_id=self.worker_id,
+            failed=self.failed,
+            cancel_on_failed_dependency=self.cancel_on_failed_dependency,
+            failed_dependency=self.failed_dependency,
         )
 
 
@@ -149,7 +155,7 @@ def state_of(job: JobEntry) -> JobState:
     if job.canceled:
         return JobState.CANCELED
     if job.finished is not None:
-        return JobState.FINISHED
+        return JobState.FAILED if job.failed else JobState.FINISHED
     if job.started is not None:
         return JobState.RUNNING
     return JobState.PENDING

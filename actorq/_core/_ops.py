@@ -44,6 +44,7 @@ from ._operation import (
     NOTHING,
     NULL,
     REGISTRY,
+    SINCE_3,
     Access,
     JsonText,
     Operation,
@@ -98,18 +99,26 @@ class Enqueue(Operation[UUID, UUID]):
     args: JsonText = NULL
     dependencies: tuple[UUID, ...] = ()
     channel: str = ""
+    cancel_on_failed_dependency: bool = attrs.field(default=False, metadata=SINCE_3)
 
     def checked(self) -> Enqueue:
         job_type, deps, channel = _args(self.job_type, self.dependencies, self.channel)
+        v.check_bool(self.cancel_on_failed_dependency, "cancel_on_failed_dependency")
         if job_type is self.job_type and deps is self.dependencies and channel is self.channel:
             return self
-        return Enqueue(job_type=job_type, args=self.args, dependencies=deps, channel=channel)
+        return attrs.evolve(self, job_type=job_type, dependencies=deps, channel=channel)
 
     def access(self) -> Access:
         return Access(jobs=self.dependencies, channels=(self.channel,))
 
     def apply(self, state: QueueState, scope: Scope) -> UUID:
-        return state.enqueue(self.job_type, self.args, self.dependencies, self.channel)
+        return state.enqueue(
+            self.job_type,
+            self.args,
+            self.dependencies,
+            self.channel,
+            cancel_on_failed_dependency=self.cancel_on_failed_dependency,
+        )
 
 
 @attrs.frozen
@@ -124,6 +133,7 @@ class JobSpec:
     args: JsonText = NULL
     dependencies: tuple[UUID | int, ...] = ()
     channel: str = ""
+    cancel_on_failed_dependency: bool = attrs.field(default=False, metadata=SINCE_3)
 
 
 def _dependency_ref_hook(_: Any, conv: cattrs.Converter) -> Callable[[object, object], UUID | int]:
@@ -174,6 +184,7 @@ class EnqueueMany(Operation[list[UUID], list[UUID]]):
                     spec.args,
                     v.check_dependency_refs(spec.dependencies, index),
                     v.check_channel(spec.channel),
+                    v.check_bool(spec.cancel_on_failed_dependency, "cancel_on_failed_dependency"),
                 )
             )
         return EnqueueMany(jobs=tuple(specs))
@@ -190,7 +201,10 @@ class EnqueueMany(Operation[list[UUID], list[UUID]]):
 
     def apply(self, state: QueueState, scope: Scope) -> list[UUID]:
         return state.enqueue_many(
-            [(s.job_type, s.args, s.dependencies, s.channel) for s in self.jobs]
+            [
+                (s.job_type, s.args, s.dependencies, s.channel, s.cancel_on_failed_dependency)
+                for s in self.jobs
+            ]
         )
 
 
@@ -229,6 +243,7 @@ class FinishAndDequeue(WaitingOperation):
     job_id: UUID
     token: UUID | None = None
     result: JsonText = NULL
+    failed: bool = attrs.field(default=False, metadata=SINCE_3)
 
     def checked(self) -> FinishAndDequeue:
         types, channels, any_channel, timeout, worker_id = self._checked_wait()
@@ -236,6 +251,7 @@ class FinishAndDequeue(WaitingOperation):
             job_id=v.check_uuid(self.job_id, "job_id"),
             token=v.check_optional_uuid(self.token, "token"),
             result=self.result,
+            failed=v.check_bool(self.failed, "failed"),
             job_types=types,
             channels=channels,
             any_channel=any_channel,
@@ -248,7 +264,7 @@ class FinishAndDequeue(WaitingOperation):
 
     def prelude(self, state: QueueState) -> None:
         state.check_token(self.job_id, self.token)
-        state.finish_job(self.job_id, self.result)
+        state.finish_job(self.job_id, self.result, failed=self.failed)
 
 
 @attrs.frozen(kw_only=True)
@@ -310,21 +326,23 @@ class _TokenOperation(_JobOperation[R, P]):
 
 @attrs.frozen(kw_only=True)
 class FinishJob(_TokenOperation[None, None]):
-    """Finish a running job with ``result``."""
+    """Finish a running job with ``result``; ``failed`` settles it as a failure."""
 
     NAME = "finish_job"
     SETTLES = True
 
     result: JsonText = NULL
+    failed: bool = attrs.field(default=False, metadata=SINCE_3)
 
     def checked(self) -> FinishJob:
         v.check_uuid(self.job_id, "job_id")
         v.check_optional_uuid(self.token, "token")
+        v.check_bool(self.failed, "failed")
         return self
 
     def apply(self, state: QueueState, scope: Scope) -> None:
         state.check_token(self.job_id, self.token)
-        state.finish_job(self.job_id, self.result)
+        state.finish_job(self.job_id, self.result, failed=self.failed)
 
 
 @attrs.frozen(kw_only=True)
@@ -335,6 +353,7 @@ class RequeueOrFinishJob(_TokenOperation[bool, bool]):
 
     max_retries: int
     result: JsonText = NULL
+    failed: bool = attrs.field(default=False, metadata=SINCE_3)
 
     def checked(self) -> RequeueOrFinishJob:
         return RequeueOrFinishJob(
@@ -342,11 +361,14 @@ class RequeueOrFinishJob(_TokenOperation[bool, bool]):
             token=v.check_optional_uuid(self.token, "token"),
             max_retries=v.check_max_retries(self.max_retries),
             result=self.result,
+            failed=v.check_bool(self.failed, "failed"),
         )
 
     def apply(self, state: QueueState, scope: Scope) -> bool:
         state.check_token(self.job_id, self.token)
-        return state.requeue_or_finish_job(self.job_id, self.max_retries, self.result)
+        return state.requeue_or_finish_job(
+            self.job_id, self.max_retries, self.result, failed=self.failed
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -444,7 +466,7 @@ class ListJobs(Operation[list[JobSummary], list[JobSummary]]):
     limit: int | None = None
 
     def checked(self) -> ListJobs:
-        return ListJobs(
+        return type(self)(
             state=v.check_state(self.state),
             job_type=None if self.job_type is None else v.check_str(self.job_type, "job_type"),
             channel=None if self.channel is None else v.check_channel(self.channel),
@@ -454,11 +476,28 @@ class ListJobs(Operation[list[JobSummary], list[JobSummary]]):
     def access(self) -> Access:
         return NOTHING if self.channel is None else Access(channels=(self.channel,))
 
+    def _states(self) -> JobState | frozenset[JobState] | None:
+        return self.state
+
     def apply(self, state: QueueState, scope: Scope) -> list[JobSummary]:
+        states = self._states()
         if scope is None or self.channel is not None:
-            return state.list_jobs(self.state, self.job_type, self.channel, self.limit)
-        found = [j for j in state.list_jobs(self.state, self.job_type) if j.channel in scope]
+            return state.list_jobs(states, self.job_type, self.channel, self.limit)
+        found = [j for j in state.list_jobs(states, self.job_type) if j.channel in scope]
         return found if self.limit is None else found[: self.limit]
+
+
+_FINISHED_OR_FAILED = frozenset((JobState.FINISHED, JobState.FAILED))
+
+
+@attrs.frozen(kw_only=True)
+class ListJobsBefore3(ListJobs):
+    """``list_jobs`` as a client of protocol 1 or 2 sends it. Such a client knows no
+    failed state, and a failed job reads as finished to it: its ``finished``
+    filter lists failed jobs too. Not an operation of its own (no ``NAME``)."""
+
+    def _states(self) -> JobState | frozenset[JobState] | None:
+        return _FINISHED_OR_FAILED if self.state is JobState.FINISHED else self.state
 
 
 @attrs.frozen(kw_only=True)

@@ -39,9 +39,16 @@ class JobQueue(Protocol):
         args: Any = None,
         dependencies: Iterable[UUID] = (),
         channel: str = "",
+        *,
+        cancel_on_failed_dependency: bool = False,
     ) -> UUID:
-        """Add a job. It is handed out once every dependency has finished.
+        """Add a job. It is handed out once every dependency has settled (finished
+        or failed: a dependent can read its dependency's error result).
 
+        With ``cancel_on_failed_dependency``, a dependency that settles as a
+        failure cancels the job (and its pending dependents) instead, and
+        :attr:`JobStatus.failed_dependency` names that dependency; a job
+        enqueued after a dependency already failed is enqueued canceled.
         Raises :class:`NotExistError` (and enqueues nothing) if a dependency
         does not exist.
         """
@@ -94,15 +101,19 @@ class JobQueue(Protocol):
         """Take one particular job now. :class:`NotPendingError` unless it is ready."""
         ...
 
-    async def finish_job(self, job_id: UUID, result: Any = None) -> None:
-        """Finish a running job with ``result``."""
+    async def finish_job(self, job_id: UUID, result: Any = None, *, failed: bool = False) -> None:
+        """Finish a running job with ``result``.
+
+        ``failed=True`` settles it as a failure (:attr:`JobState.FAILED`); the
+        state is never guessed from the result's shape.
+        """
         ...
 
     async def requeue_or_finish_job(
-        self, job_id: UUID, max_retries: int, result: Any = None
+        self, job_id: UUID, max_retries: int, result: Any = None, *, failed: bool = False
     ) -> bool:
         """Put a running job back (True) unless it has been retried ``max_retries`` times,
-        in which case finish it with ``result`` (False)."""
+        in which case finish it with ``result`` (False), as a failure if ``failed``."""
         ...
 
     async def update_job_result(self, job_id: UUID, result: Any) -> None:
@@ -110,7 +121,13 @@ class JobQueue(Protocol):
         ...
 
     async def fail_job(self, job_id: UUID, result: Any) -> None:
-        """Finish a job that never started, with ``result``."""
+        """Settle a job that never started as a failure, with ``result``.
+
+        It is then :attr:`JobState.FAILED`, with ``started`` and ``finished``
+        set. :class:`RunningError` for a running job (its worker fails it with
+        ``finish_job(..., failed=True)``), :class:`FinishedError` for a settled
+        one, :class:`CanceledError` for a canceled one.
+        """
         ...
 
     async def cancel_job(self, job_id: UUID) -> None:

@@ -43,6 +43,8 @@ class StateReads(StateAttributes):
             dependencies=list(job.dependencies),
             dependents=list(job.dependents),
             retries=job.retries,
+            failed=job.failed,
+            failed_dependency=job.failed_dependency,
         )
 
     def job(self, job_id: UUID) -> JobInfo:
@@ -123,12 +125,14 @@ class StateReads(StateAttributes):
 
     def list_jobs(
         self,
-        state: JobState | None = None,
+        state: JobState | frozenset[JobState] | None = None,
         job_type: str | None = None,
         channel: str | None = None,
         limit: int | None = None,
     ) -> list[JobSummary]:
-        """Jobs in enqueue order, filtered by state, type and channel, at most ``limit``."""
+        """Jobs in enqueue order, filtered by state (one, or any of a set), type and
+        channel, at most ``limit``."""
+        states = state if isinstance(state, frozenset) else None if state is None else {state}
         out: list[JobSummary] = []
         for job in self._jobs.values():
             if job_type is not None and job.type != job_type:
@@ -136,7 +140,7 @@ class StateReads(StateAttributes):
             if channel is not None and job.channel != channel:
                 continue
             job_state = state_of(job)
-            if state is not None and job_state is not state:
+            if states is not None and job_state not in states:
                 continue
             out.append(
                 JobSummary(
@@ -177,6 +181,7 @@ class StateReads(StateAttributes):
             canceled=counts[JobState.CANCELED],
             waiting_dequeuers=len(self._waiters_by_id),
             workers=len(self._workers),
+            failed=counts[JobState.FAILED],
         )
 
     def job_ids(self) -> Iterator[UUID]:

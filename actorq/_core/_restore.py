@@ -54,6 +54,8 @@ class StateRestore(StateAttributes):
             finished = rec.finished
             canceled = rec.canceled
             token = rec.token
+            if rec.failed and finished is None:
+                raise ValueError(f"job {job_id} failed but never finished")
             waiting_on = 0
             for dep_id in dependencies:
                 dep = all_jobs.get(dep_id)
@@ -78,6 +80,9 @@ class StateRestore(StateAttributes):
             job.retries = rec.retries
             job.token = token
             job.worker_id = rec.worker_id
+            job.failed = rec.failed
+            job.cancel_on_failed_dependency = rec.cancel_on_failed_dependency
+            job.failed_dependency = rec.failed_dependency
             job.waiting_on = waiting_on
             job.heartbeat = now
             job.ready_key = 0

@@ -61,11 +61,10 @@ from ._events import (
     Phase,
     WorkerDeleted,
     WorkerSeen,
-    is_error_result,
 )
 from ._index import ReadyIndex
 from ._reads import StateReads
-from ._records import Assignment, Changes, JobRecord, WorkerRecord, new_uuid4
+from ._records import Assignment, Changes, JobRecord, JobTuple, WorkerRecord, new_uuid4
 from ._restore import StateRestore
 
 if TYPE_CHECKING:
@@ -123,11 +122,20 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
     # ------------------------------------------------------------------ jobs
 
     def enqueue(
-        self, job_type: str, args: str, dependencies: Iterable[UUID] = (), channel: str = ""
+        self,
+        job_type: str,
+        args: str,
+        dependencies: Iterable[UUID] = (),
+        channel: str = "",
+        *,
+        cancel_on_failed_dependency: bool = False,
     ) -> UUID:
         """Add a job; ``args`` is JSON text.
 
         Raises :class:`NotExistError`, and adds nothing, for an unknown dependency.
+        With ``cancel_on_failed_dependency``, the job is canceled (rather than
+        run) once any dependency settles as a failure; if one already has, it
+        is enqueued canceled. Either way ``failed_dependency`` names it.
         """
         deps = tuple(dict.fromkeys(dependencies))
         for dep_id in deps:
@@ -142,14 +150,26 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             dependencies=deps,
             queued=self._wall(),
         )
+        job.cancel_on_failed_dependency = cancel_on_failed_dependency
         self._next_seq += 1
         self._jobs[job.id] = job
+        failed_dependency: UUID | None = None
         for dep_id in deps:
             dep = self._jobs[dep_id]
             add_dependent(dep, job.id)
             if dep.finished is None:
                 job.waiting_on += 1
+            elif dep.failed and cancel_on_failed_dependency and failed_dependency is None:
+                failed_dependency = dep_id
         self._touch(job)
+        if failed_dependency is not None:
+            # it could never run: it is born canceled, and says why
+            if (events := self._events) is not None:
+                events.append(JobEnqueued(job.id, job_type, channel, False))
+                events.append(JobCanceled(job.id, job_type, channel, None, Phase.BLOCKED))
+            job.canceled = True
+            job.failed_dependency = failed_dependency
+            return job.id
         if (events := self._events) is not None:
             self._readied(events, job, JobEnqueued(job.id, job_type, channel, job.waiting_on == 0))
         if job.waiting_on == 0:
@@ -157,28 +177,35 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         return job.id
 
     def enqueue_many(
-        self, jobs: Sequence[tuple[str, str, Sequence[UUID | int], str]]
+        self, jobs: Sequence[tuple[str, str, Sequence[UUID | int], str] | JobTuple]
     ) -> list[UUID]:
         """Add several jobs, all or none; return their ids in order.
 
-        Each job is ``(type, args JSON text, dependencies, channel)``, and each
-        dependency a job id or the index of an earlier job in ``jobs``. Every
-        dependency is checked before any job is added: an unknown id raises
-        :class:`NotExistError`, an index that is not earlier :class:`ValueError`,
-        and nothing changes. One pass, linear in jobs and dependencies.
+        Each job is ``(type, args JSON text, dependencies, channel)``, or that
+        and ``cancel_on_failed_dependency``, and each dependency a job id or
+        the index of an earlier job in ``jobs``. Every dependency is checked
+        before any job is added: an unknown id raises :class:`NotExistError`,
+        an index that is not earlier :class:`ValueError`, and nothing changes.
+        One pass, linear in jobs and dependencies.
         """
         known = self._jobs
-        for index, (_, _, deps, _) in enumerate(jobs):
-            for dep in deps:
+        for index, spec in enumerate(jobs):
+            for dep in spec[2]:
                 if isinstance(dep, int):
                     if not 0 <= dep < index:
                         raise ValueError(f"dependencies of job {index}: {dep} is not earlier")
                 elif dep not in known:
                     raise NotExistError(f"dependency {dep} does not exist")
         ids: list[UUID] = []
-        for job_type, args, deps, channel in jobs:
+        for spec in jobs:
+            job_type, args, deps, channel = spec[0], spec[1], spec[2], spec[3]
+            cancel_on_failed = len(spec) > 4 and bool(spec[4])
             resolved = [ids[dep] if isinstance(dep, int) else dep for dep in deps]
-            ids.append(self.enqueue(job_type, args, resolved, channel))
+            ids.append(
+                self.enqueue(
+                    job_type, args, resolved, channel, cancel_on_failed_dependency=cancel_on_failed
+                )
+            )
         return ids
 
     def dequeue(
@@ -287,14 +314,19 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._make_ready(job)
         return True
 
-    def finish_job(self, job_id: UUID, result: str) -> None:
+    def finish_job(self, job_id: UUID, result: str, *, failed: bool = False) -> None:
+        """Finish a running job with ``result``; ``failed`` settles it as a failure."""
         job = self._get_running(job_id)
-        self._finish(job, result)
+        self._finish(job, result, failed)
 
-    def requeue_or_finish_job(self, job_id: UUID, max_retries: int, result: str) -> bool:
+    def requeue_or_finish_job(
+        self, job_id: UUID, max_retries: int, result: str, *, failed: bool = False
+    ) -> bool:
+        """Requeue a running job (True), or finish it once retried ``max_retries`` times
+        (False); ``failed`` makes that finish a failure."""
         job = self._get_running(job_id)
         if job.retries >= max_retries:
-            self._finish(job, result)
+            self._finish(job, result, failed)
             return False
         if (events := self._events) is not None:
             event = JobRequeued(job.id, job.type, job.channel, job.worker_id, job.retries + 1)
@@ -313,7 +345,8 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._touch(job)
 
     def fail_job(self, job_id: UUID, result: str) -> None:
-        """Finish a job that never started with ``result`` (its dependencies may be unfinished)."""
+        """Settle a job that never started as a failure with ``result`` (its dependencies
+        may be unfinished)."""
         job = self._get(job_id)
         if job.canceled:
             raise CanceledError()
@@ -329,6 +362,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         job.started = now
         job.finished = now
         job.result = result
+        job.failed = True
         self._touch(job)
         self._release_dependents(job)
 
@@ -341,6 +375,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         job = self._get(job_id)
         if job.finished is not None:
             raise NotRunningError("job has already finished")
+        self._cancel_tree(job, None)
+
+    def _cancel_tree(self, job: JobEntry, failed_dependency: UUID | None) -> None:
+        # the job and, transitively, its pending dependents: they could never run
         stack = [job]
         while stack:
             job = stack.pop()
@@ -354,6 +392,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             else:
                 self._unready(job)
             job.canceled = True
+            job.failed_dependency = failed_dependency
             self._touch(job)
             stack.extend(self._jobs[d] for d in job.dependents)
 
@@ -529,19 +568,25 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         if self._track:
             self._changed_workers.add(worker.id)
 
-    def _finish(self, job: JobEntry, result: str) -> None:
+    def _finish(self, job: JobEntry, result: str, failed: bool = False) -> None:
         if (events := self._events) is not None:
-            events.append(self._finished(job, result))
+            events.append(self._finished(job, failed))
         self._stop_running(job)
         job.finished = self._wall()
         job.result = result
+        job.failed = failed
         self._touch(job)
         self._release_dependents(job)
 
     def _release_dependents(self, job: JobEntry) -> None:
+        failed = job.failed
         for dep_id in job.dependents:
             dependent = self._jobs[dep_id]
             dependent.waiting_on -= 1
+            if failed and dependent.cancel_on_failed_dependency:
+                # it asked not to run after a failed dependency: cancel it instead
+                self._cancel_tree(dependent, job.id)
+                continue
             if dependent.waiting_on == 0 and dependent.pending:
                 if (events := self._events) is not None:
                     event = JobReady(dep_id, dependent.type, dependent.channel)
@@ -616,18 +661,17 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         dequeue_wait = 0.0 if parked is None else now - parked
         return JobStarted(job.id, job.type, job.channel, worker_id, waited, dequeue_wait)
 
-    def _finished(self, job: JobEntry, result: str) -> JobFinished:
+    def _finished(self, job: JobEntry, failed: bool) -> JobFinished:
         since = job.since
         ran = None if math.isnan(since) else self._monotonic() - since
-        error = is_error_result(result)
-        return JobFinished(job.id, job.type, job.channel, job.worker_id, Phase.RUNNING, error, ran)
+        return JobFinished(job.id, job.type, job.channel, job.worker_id, Phase.RUNNING, failed, ran)
 
 
 def _phase(job: JobEntry) -> Phase:
     if job.canceled:
         return Phase.CANCELED
     if job.finished is not None:
-        return Phase.FINISHED
+        return Phase.FAILED if job.failed else Phase.FINISHED
     if job.started is not None:
         return Phase.RUNNING
     return Phase.READY if job.ready_key else Phase.BLOCKED

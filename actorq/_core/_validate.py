@@ -190,3 +190,9 @@ def check_dependency_refs(values: object, index: int) -> tuple[UUID | int, ...]:
                 f"each of {name} must be a uuid.UUID or an int index, not {type(value).__name__}"
             )
     return tuple(out)
+
+
+def check_bool(value: object, name: str) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return value

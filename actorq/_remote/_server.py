@@ -459,6 +459,7 @@ class _Connection:
             max_in_flight=server.max_in_flight,
         )
         self.batching = False  # protocol 2: several messages per frame
+        self.version = 0  # the protocol version agreed in the handshake
         self._pending: list[_Outgoing] = []
         self._accepting = True  # False once the connection is ending: posts fail
         self._wake = trio.lowlevel.ParkingLot()
@@ -642,6 +643,7 @@ class _Connection:
         if isinstance(event, ss.Greeted):
             self.allowed = event.grant.channels
             self.batching = event.version >= w.STREAMS_VERSION
+            self.version = event.version
             self._post(event.frame)
             return True
         if isinstance(event, ss.Close) and event.frame is not None:
@@ -705,7 +707,8 @@ class _Connection:
                     job = value
                     text = w.encode(w.Dequeued(id=request_id, job=job))
                 else:
-                    text = w.encode(w.Ok(id=request_id, value=w.unstructure_value(value)))
+                    value = w.unstructure_value(value, self.version)
+                    text = w.encode(w.Ok(id=request_id, value=value))
             except Exception as exc:
                 if not isinstance(exc, JobQueueError | TypeError | ValueError):
                     log.exception("request %s failed", op.NAME)
@@ -787,7 +790,8 @@ class _Connection:
             stream = self._open_stream(message.stream)
             credit = v.check_int(message.credit, "credit", minimum=0)
             finishes = [
-                FinishJob(job_id=f.job_id, token=f.token, result=f.result) for f in message.finishes
+                FinishJob(job_id=f.job_id, token=f.token, result=f.result, failed=f.failed)
+                for f in message.finishes
             ]
         except Exception as exc:
             self._answer(request, w.encode(w.error_reply(request_id, exc)))

@@ -65,6 +65,7 @@ class _Run:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     result: Any = None
     has_result: bool = False
+    failed: bool = False  # the handler raised: the finish settles a failure
     # why the handler was cancelled: "canceled" (job canceled), "lost" (token
     # void), "shutdown" (grace period over); None while it runs on
     reason: str | None = None
@@ -564,6 +565,7 @@ class Worker:
                 run.result = await self._handlers[run.job.type](run.job, self._threads)
             except Exception as exc:
                 run.result = error_result(exc)
+                run.failed = True
                 log.warning(
                     "job %s (%s) failed: %s: %s",
                     run.job.id,
@@ -641,7 +643,7 @@ class Worker:
                 extra=self._job_extra(job, "lost"),
             )
         elif run.has_result:
-            await self._finish(job, run.result, run)
+            await self._finish(job, run.result, run, failed=run.failed)
         else:
             await self._requeue(job)
         run.settled = True
@@ -653,7 +655,9 @@ class Worker:
             # the slot is free again, for whichever stream is open now
             current.give_credit()
 
-    async def _finish(self, job: Job, result: Any, run: _Run | None = None) -> None:
+    async def _finish(
+        self, job: Job, result: Any, run: _Run | None = None, *, failed: bool = False
+    ) -> None:
         stream = None if run is None else run.stream
         if stream is not None:
             assert run is not None
@@ -661,9 +665,9 @@ class Worker:
                 # a finish returns the slot to its own stream; one from an
                 # earlier stream leaves run.credited False, for the open one
                 try:
-                    stream.finish(run.got, result)
+                    stream.finish(run.got, result, failed=failed)
                 except TypeError as exc:  # the result is not JSON
-                    stream.finish(run.got, error_result(exc))
+                    stream.finish(run.got, error_result(exc), failed=True)
                 run.credited = stream is self._stream
             except JobQueueError as exc:
                 log.warning("job %s (%s): could not finish: %s", job.id, job.type, exc)
@@ -678,9 +682,9 @@ class Worker:
             # worker) means the job is no longer ours to finish
             await self.queue.id_from_token(job.token)
             try:
-                await self.queue.finish_job(job.id, result)
+                await self.queue.finish_job(job.id, result, failed=failed)
             except TypeError as exc:  # the result is not JSON
-                await self.queue.finish_job(job.id, error_result(exc))
+                await self.queue.finish_job(job.id, error_result(exc), failed=True)
         except JobQueueError as exc:
             log.warning(
                 "job %s (%s): could not finish: %s",
@@ -695,7 +699,7 @@ class Worker:
     async def _requeue(self, job: Job) -> None:
         try:
             requeued = await self.queue.requeue_or_finish_job(
-                job.id, self.max_retries, shutdown_result(self.max_retries)
+                job.id, self.max_retries, shutdown_result(self.max_retries), failed=True
             )
         except JobQueueError as exc:
             log.warning(
