@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -47,6 +47,10 @@ class MJob:
     dependents: list[uuid.UUID] = attrs.field(factory=list)
     cancel_on_failed: bool = False
     failed_dependency: uuid.UUID | None = None
+    priority: int = 0
+    due: float = 0.0  # when its delay is over (the machine's clock)
+    released: bool = True  # its delay is over and the core was told (release_due)
+    unique_key: str | None = None
 
 
 @attrs.define
@@ -67,7 +71,10 @@ class Model:
         self.handed: list[tuple[int, uuid.UUID]] = []
 
     def is_ready(self, job: MJob) -> bool:
-        return job.state == "pending" and all(self.jobs[d].state in SETTLED for d in job.deps)
+        return job.state == "pending" and job.released and self.deps_settled(job)
+
+    def deps_settled(self, job: MJob) -> bool:
+        return all(self.jobs[d].state in SETTLED for d in job.deps)
 
     def cancel_tree(self, job: MJob, failed_dependency: uuid.UUID | None) -> None:
         stack = [job]
@@ -83,11 +90,41 @@ class Model:
     def matches(job: MJob, types: tuple[str, ...], channels: tuple[str, ...] | None) -> bool:
         return job.type in types and (channels is None or job.channel in channels)
 
-    def oldest_ready(self, types: tuple[str, ...], channels: tuple[str, ...] | None) -> MJob | None:
+    def oldest_ready(
+        self, types: tuple[str, ...], channels: tuple[str, ...] | None, now: float | None = None
+    ) -> MJob | None:
         ready = [
-            j for j in self.jobs.values() if self.is_ready(j) and self.matches(j, types, channels)
+            j
+            for j in self.jobs.values()
+            if (
+                self.is_ready(j)
+                or (
+                    now is not None
+                    and j.state == "pending"
+                    and j.due <= now
+                    and self.deps_settled(j)
+                )
+            )
+            and self.matches(j, types, channels)
         ]
-        return min(ready, key=lambda j: j.seq, default=None)
+        return min(ready, key=lambda j: (-j.priority, j.seq), default=None)
+
+    def settled_dependency(self, job: MJob, now: float) -> None:
+        # a dependent whose last dependency settled after its time came is ready at once
+        for d in job.dependents:
+            dependent = self.jobs[d]
+            if not dependent.released and dependent.due <= now and self.deps_settled(dependent):
+                dependent.released = True
+
+    def release_due(self, now: float) -> None:
+        due = [
+            j
+            for j in self.jobs.values()
+            if not j.released and j.state == "pending" and j.due <= now and self.deps_settled(j)
+        ]
+        for job in sorted(due, key=lambda j: (j.due, j.seq)):
+            job.released = True
+            self.wake()
 
     def wake(self) -> None:
         for job in sorted(self.jobs.values(), key=lambda j: j.seq):
@@ -114,7 +151,7 @@ class QueueMachine(RuleBasedStateMachine):
         # own data generation flaky.
         ids = itertools.count(1)
         self.core = QueueState(
-            wall=fixed_wall,
+            wall=self.wall,
             monotonic=lambda: self.now,
             track_changes=True,
             new_id=lambda: uuid.UUID(int=next(ids)),
@@ -124,6 +161,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.parked: set[int] = set()
 
     # -------------------------------------------------------------- helpers
+
+    def wall(self) -> datetime:
+        # the wall clock moves with the machine's monotonic one, as a real one would
+        return fixed_wall() + timedelta(seconds=self.now)
 
     def both(self, core_call: Any, model_call: Any) -> Any:
         """Run the same operation on both; they must agree on success or error class."""
@@ -184,8 +225,23 @@ class QueueMachine(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------- rules
 
-    @rule(data=st.data(), job_type=st.sampled_from(TYPES), channel=st.sampled_from(CHANNELS))
-    def enqueue(self, data: st.DataObject, job_type: str, channel: str) -> None:
+    @rule(
+        data=st.data(),
+        job_type=st.sampled_from(TYPES),
+        channel=st.sampled_from(CHANNELS),
+        priority=st.sampled_from([0, 0, 1, -1, 5]),
+        delay=st.sampled_from([None, None, 0.0, 5.0, 50.0]),
+        unique_key=st.sampled_from([None, None, "k", "n"]),
+    )
+    def enqueue(
+        self,
+        data: st.DataObject,
+        job_type: str,
+        channel: str,
+        priority: int,
+        delay: float | None,
+        unique_key: str | None,
+    ) -> None:
         deps = data.draw(
             st.lists(st.sampled_from(list(self.model.jobs) or [uuid.uuid4()]), max_size=3)
         )
@@ -193,13 +249,38 @@ class QueueMachine(RuleBasedStateMachine):
         cancel_on_failed = data.draw(st.booleans())
         try:
             job_id = self.core.enqueue(
-                job_type, "null", deps, channel, cancel_on_failed_dependency=cancel_on_failed
+                job_type,
+                "null",
+                deps,
+                channel,
+                cancel_on_failed_dependency=cancel_on_failed,
+                priority=priority,
+                delay=delay,
+                unique_key=unique_key,
             )
         except JobQueueError:
             assert not known
             return
         assert known
+        if unique_key is not None:
+            holder = [
+                j
+                for j in self.model.jobs.values()
+                if j.unique_key == unique_key
+                and j.channel == channel
+                and j.state in ("pending", "running")
+            ]
+            if holder:
+                assert job_id == holder[0].id  # nothing changes
+                self.absorb_handouts()
+                return
         self.add_model_job(job_id, job_type, channel, tuple(dict.fromkeys(deps)), cancel_on_failed)
+        job = self.model.jobs[job_id]
+        job.priority = priority
+        job.unique_key = unique_key
+        if delay:
+            job.due = self.now + delay
+            job.released = False
         self.model.wake()
         self.absorb_handouts()
 
@@ -295,6 +376,7 @@ class QueueMachine(RuleBasedStateMachine):
     def _finish_model(self, job: MJob, failed: bool = False) -> None:
         job.state = "failed" if failed else "finished"
         job.token = None
+        self.model.settled_dependency(job, self.now)
         if failed:
             for d in job.dependents:
                 dependent = self.model.jobs[d]
@@ -422,6 +504,20 @@ class QueueMachine(RuleBasedStateMachine):
     def tick(self, seconds: float) -> None:
         self.now += seconds
 
+    @rule()
+    def release_due(self) -> None:
+        # what the scheduler does when the first delayed job falls due
+        self.core.release_due()
+        self.model.release_due(self.now)
+        self.absorb_handouts()
+        due = self.core.next_due()
+        waiting = [
+            j.due
+            for j in self.model.jobs.values()
+            if not j.released and j.state == "pending" and self.model.deps_settled(j)
+        ]
+        assert due == (min(waiting) if waiting else None)
+
     # ----------------------------------------------------------- invariants
 
     @invariant()
@@ -439,11 +535,12 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def restore_is_exact(self) -> None:
         jobs, workers = self.core.records()
-        copy = QueueState.restore(jobs, workers, wall=fixed_wall, monotonic=lambda: self.now)
+        copy = QueueState.restore(jobs, workers, wall=self.wall, monotonic=lambda: self.now)
         assert copy.records() == (jobs, workers)
         for types in (TYPES,):
             assert [j.id for j in copy.list_jobs()] == [j.id for j in self.core.list_jobs()]
-            ready_core = self.model.oldest_ready(types, None)
+            # reopened, a job whose time has come is ready at once
+            ready_core = self.model.oldest_ready(types, None, self.now)
             ready_copy = copy.dequeue(types, None)
             assert (ready_copy.id if ready_copy else None) == (
                 ready_core.id if ready_core else None

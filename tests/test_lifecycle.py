@@ -8,9 +8,12 @@ reopened stores, PostgreSQL, remote).
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 import actorq
 from actorq import CanceledError, JobState, NotRunningError
@@ -198,3 +201,167 @@ async def test_an_unknown_failed_dependency_is_none(queue: Q) -> None:
     status = await queue.job_status(job_id)
     assert (status.state, status.failed_dependency) == (JobState.CANCELED, None)
     assert isinstance(job_id, uuid.UUID)
+
+
+# ------------------------------------------------------------- priorities
+
+
+async def test_the_highest_priority_goes_first_fifo_within_a_priority(queue: Q) -> None:
+    low = await queue.enqueue("t", "low", priority=-1)
+    first = await queue.enqueue("t", "first")
+    high = await queue.enqueue("t", "high", priority=5)
+    second = await queue.enqueue("t", "second")
+    other = await queue.enqueue("u", "other", priority=9)  # a type the dequeue does not take
+    order = [(await run_one(queue, "t")).id for _ in range(4)]
+    assert order == [high, first, second, low]
+    assert (await queue.job_status(high)).priority == 5
+    assert (await queue.job_status(other)).state is JobState.PENDING
+
+
+async def test_a_requeued_job_keeps_its_priority_and_place(queue: Q) -> None:
+    old = await queue.enqueue("t", None, priority=1)
+    await queue.enqueue("t", None, priority=1)
+    await queue.enqueue("t", None, priority=0)
+    job = await run_one(queue, "t")
+    assert job.id == old
+    assert await queue.requeue_or_finish_job(job.id, 1) is True
+    assert (await run_one(queue, "t")).id == old
+
+
+async def test_priority_orders_across_the_channels_of_one_dequeue(queue: Q) -> None:
+    a = await queue.enqueue("t", None, (), "a")
+    b = await queue.enqueue("t", None, (), "b", priority=3)
+    job = await queue.dequeue(["t"], ["a", "b"], timeout=0)
+    assert job.id == b
+    assert (await queue.dequeue_any_channel(["t"], timeout=0)).id == a
+
+
+# ----------------------------------------------------------------- delays
+
+
+async def test_a_delayed_job_is_not_ready_before_its_time(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
+    start = trio.current_time()
+    later = await queue.enqueue("t", "later", delay=30)
+    now = await queue.enqueue("t", "now")
+    assert (await run_one(queue, "t")).id == now
+    with pytest.raises(actorq.DequeueTimeoutError):
+        await queue.dequeue(["t"], timeout=0)
+    stats = await queue.stats()
+    assert (stats.delayed, stats.blocked, stats.pending) == (1, 1, 1)
+    status = await queue.job_status(later)
+    assert status.state is JobState.PENDING
+    assert status.not_before is not None
+    # a waiting dequeuer gets it when it falls due: no poll, no lag (a reopened
+    # queue counts what is left of the delay from the wall clock's not_before,
+    # which moved on by the real time the reopen took)
+    job = await queue.dequeue(["t"])
+    assert job.id == later
+    assert trio.current_time() - start == pytest.approx(30, abs=1)
+
+
+async def test_not_before_is_a_wall_clock_time(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
+    past = await queue.enqueue("t", "past", not_before=datetime.now(UTC) - timedelta(hours=1))
+    assert (await run_one(queue, "t")).id == past
+    soon = datetime.now(UTC) + timedelta(seconds=20)
+    future = await queue.enqueue("t", "future", not_before=soon)
+    assert (await queue.job_status(future)).not_before == soon
+    with pytest.raises(actorq.DequeueTimeoutError):
+        await queue.dequeue(["t"], timeout=5)
+    assert (await queue.dequeue(["t"], timeout=60)).id == future
+
+
+async def test_a_delayed_dependent_waits_for_both(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
+    dep = await queue.enqueue("build")
+    dependent = await queue.enqueue("test", None, [dep], delay=10)
+    await trio.sleep(20)  # its time has come, but its dependency has not finished
+    with pytest.raises(actorq.DequeueTimeoutError):
+        await queue.dequeue(["test"], timeout=0)
+    await queue.finish_job((await run_one(queue, "build")).id, None)
+    # (a reopened queue counts the delay from the wall clock, which a MockClock
+    # does not move: there it is still a few seconds off)
+    assert (await queue.dequeue(["test"], timeout=11)).id == dependent
+    # and the other way round: settled dependency, time still to come
+    dep = await queue.enqueue("build")
+    dependent = await queue.enqueue("test", None, [dep], delay=10)
+    await queue.finish_job((await run_one(queue, "build")).id, None)
+    with pytest.raises(actorq.DequeueTimeoutError):
+        await queue.dequeue(["test"], timeout=0)
+    assert (await queue.dequeue(["test"], timeout=11)).id == dependent
+
+
+async def test_a_delayed_job_can_be_canceled_or_failed_before_its_time(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
+    canceled = await queue.enqueue("t", None, delay=10)
+    failed = await queue.enqueue("t", None, delay=10)
+    await queue.cancel_job(canceled)
+    await queue.fail_job(failed, ERROR)
+    with pytest.raises(actorq.DequeueTimeoutError):
+        await queue.dequeue(["t"], timeout=30)
+    with pytest.raises(actorq.NotPendingError):
+        await queue.dequeue_by_id(canceled)
+
+
+async def test_bad_delays_and_priorities_raise_and_change_nothing(queue: Q) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        await queue.enqueue("t", delay=1, not_before=datetime.now(UTC))
+    with pytest.raises(ValueError, match="delay must be >= 0"):
+        await queue.enqueue("t", delay=-1)
+    with pytest.raises(ValueError, match="finite"):
+        await queue.enqueue("t", delay=float("inf"))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await queue.enqueue("t", not_before=datetime(2030, 1, 1))
+    with pytest.raises(TypeError, match="not_before"):
+        await queue.enqueue("t", not_before="2030-01-01")
+    with pytest.raises(TypeError, match="priority"):
+        await queue.enqueue("t", priority=1.5)
+    with pytest.raises(ValueError, match="32-bit"):
+        await queue.enqueue("t", priority=2**31)
+    with pytest.raises(ValueError, match="unique_key"):
+        await queue.enqueue("t", unique_key="")
+    with pytest.raises(TypeError, match="unique_key"):
+        await queue.enqueue("t", unique_key=7)
+    assert await queue.list_jobs() == []
+
+
+# ------------------------------------------------------------ unique keys
+
+
+async def test_a_unique_key_holds_while_pending_or_running(queue: Q) -> None:
+    first = await queue.enqueue("t", 1, unique_key="nightly")
+    assert await queue.enqueue("t", 2, unique_key="nightly") == first
+    # another channel has keys of its own
+    other = await queue.enqueue("t", 3, (), "red", unique_key="nightly")
+    assert other != first
+    job = await run_one(queue, "t")
+    assert job.id == first
+    assert await queue.enqueue("t", 4, unique_key="nightly") == first  # running
+    assert await queue.requeue_or_finish_job(job.id, 1) is True  # requeued: still pending
+    assert await queue.enqueue("t", 5, unique_key="nightly") == first
+    job = await run_one(queue, "t")
+    await queue.finish_job(job.id, None)
+    # settled: the key is free again
+    fresh = await queue.enqueue("t", 6, unique_key="nightly")
+    assert fresh != first
+    assert (await queue.job(fresh)).args == 6
+    assert (await queue.job_status(fresh)).unique_key == "nightly"
+    assert len(await queue.list_jobs()) == 3
+
+
+async def test_a_unique_key_is_freed_by_cancel_fail_and_delete(queue: Q) -> None:
+    for settle in ("cancel", "fail", "delete"):
+        job_id = await queue.enqueue("t", None, unique_key="k")
+        if settle == "cancel":
+            await queue.cancel_job(job_id)
+        elif settle == "fail":
+            await queue.fail_job(job_id, ERROR)
+        else:
+            await queue.delete_job(job_id)
+        assert await queue.enqueue("t", None, unique_key="k") != job_id
+        await queue.cancel_job(await queue.enqueue("t", None, unique_key="k"))

@@ -293,6 +293,10 @@ Subscriber: TypeAlias = Callable[[Sequence[Event]], None]
 BATCH_COST = 20_000
 
 
+#: Stands for "the first delayed job fell due" among the mailbox's messages.
+_DUE: Any = object()
+
+
 def _cost(message: Message) -> int:
     if type(message) is Park:
         return len(message.job_types) * (1 if message.channels is None else len(message.channels))
@@ -388,6 +392,19 @@ class Scheduler:
         finally:
             self._shut_down()
 
+    async def _next_message(self) -> Any:
+        """The next message, or :data:`_DUE` when the first delayed job falls due first.
+
+        The state's timer heap says when that is: the actor sleeps exactly
+        until then (trio's clock, so a MockClock drives it), never polling.
+        """
+        due = self.state.next_due()
+        if due is None:
+            return await self._receive.receive()
+        with trio.move_on_at(due):
+            return await self._receive.receive()
+        return _DUE
+
     async def _serve(self, committers: trio.Nursery) -> None:
         receive = self._receive
         inflight: _Batch | None = None  # applied, its commit running, replies held
@@ -406,7 +423,7 @@ class Scheduler:
                     await self._land(closed, committers, follow_up=True)
                 continue
             if inflight is None:
-                first = await receive.receive()
+                first = await self._next_message()
             else:
                 # Whichever comes first: a message to apply while the commit
                 # runs, or the commit (then its replies go out at once).
@@ -415,7 +432,7 @@ class Scheduler:
                     inflight.landed = waiting.cancel
                     if inflight.committed.is_set():
                         waiting.cancel()
-                    first = await receive.receive()
+                    first = await self._next_message()
                 inflight.landed = None
                 if waiting.cancelled_caught:
                     await self._land(inflight, committers, follow_up=not count)
@@ -518,6 +535,9 @@ class Scheduler:
 
     def _apply(self, message: Message, replies: list[tuple[Target, outcome.Outcome[Any]]]) -> None:
         state = self.state
+        if message is _DUE:
+            state.release_due()
+            return
         if isinstance(message, (Call, Park)):
             if message.reply.abandoned:
                 return  # its requester was cancelled before we got to it: do nothing

@@ -18,6 +18,7 @@ from ._models import NewJob
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+    from datetime import datetime
     from uuid import UUID
 
     from ._models import (
@@ -56,6 +57,10 @@ class QueueAPI:
         channel: str = "",
         *,
         cancel_on_failed_dependency: bool = False,
+        priority: int = 0,
+        delay: float | None = None,
+        not_before: datetime | None = None,
+        unique_key: str | None = None,
     ) -> UUID:
         deps: Any = dependencies
         op = o.Enqueue(
@@ -64,6 +69,10 @@ class QueueAPI:
             dependencies=deps,
             channel=channel,
             cancel_on_failed_dependency=cancel_on_failed_dependency,
+            priority=priority,
+            delay=delay,
+            not_before=not_before,
+            unique_key=unique_key,
         )
         return await self._run(op)
 

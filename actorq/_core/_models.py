@@ -54,6 +54,12 @@ class JobStatus:
     #: For a job canceled because a dependency failed (it was enqueued with
     #: ``cancel_on_failed_dependency=True``): that dependency. Protocol 3 and later.
     failed_dependency: UUID | None = attrs.field(default=None, metadata={"since": 3})
+    #: Its priority: higher goes first among ready jobs. Protocol 3 and later.
+    priority: int = attrs.field(default=0, metadata={"since": 3})
+    #: Not ready before then (``delay`` or ``not_before``). Protocol 3 and later.
+    not_before: datetime | None = attrs.field(default=None, metadata={"since": 3})
+    #: Its unique key in its channel, if it was given one. Protocol 3 and later.
+    unique_key: str | None = attrs.field(default=None, metadata={"since": 3})
 
     @property
     def state(self) -> JobState:
@@ -121,6 +127,9 @@ class QueueStats:
     workers: int
     #: Jobs settled as failures; ``finished`` counts only the others. Protocol 3 and later.
     failed: int = attrs.field(default=0, metadata={"since": 3})
+    #: Pending jobs whose dependencies have settled but whose ``not_before`` has
+    #: not come yet (counted in ``blocked`` too). Protocol 3 and later.
+    delayed: int = attrs.field(default=0, metadata={"since": 3})
 
 
 @attrs.frozen

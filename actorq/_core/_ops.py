@@ -31,6 +31,7 @@ Nothing here does I/O or knows about trio: the in-process queue
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -100,13 +101,30 @@ class Enqueue(Operation[UUID, UUID]):
     dependencies: tuple[UUID, ...] = ()
     channel: str = ""
     cancel_on_failed_dependency: bool = attrs.field(default=False, metadata=SINCE_3)
+    priority: int = attrs.field(default=0, metadata=SINCE_3)
+    delay: float | None = attrs.field(default=None, metadata=SINCE_3)
+    not_before: datetime | None = attrs.field(default=None, metadata=SINCE_3)
+    unique_key: str | None = attrs.field(default=None, metadata=SINCE_3)
 
     def checked(self) -> Enqueue:
         job_type, deps, channel = _args(self.job_type, self.dependencies, self.channel)
         v.check_bool(self.cancel_on_failed_dependency, "cancel_on_failed_dependency")
-        if job_type is self.job_type and deps is self.dependencies and channel is self.channel:
+        v.check_priority(self.priority)
+        delay = v.check_delay(self.delay)
+        v.check_not_before(self.not_before)
+        v.check_unique_key(self.unique_key)
+        if delay is not None and self.not_before is not None:
+            raise ValueError("give delay or not_before, not both")
+        if (
+            job_type is self.job_type
+            and deps is self.dependencies
+            and channel is self.channel
+            and delay is self.delay
+        ):
             return self
-        return attrs.evolve(self, job_type=job_type, dependencies=deps, channel=channel)
+        return attrs.evolve(
+            self, job_type=job_type, dependencies=deps, channel=channel, delay=delay
+        )
 
     def access(self) -> Access:
         return Access(jobs=self.dependencies, channels=(self.channel,))
@@ -118,6 +136,10 @@ class Enqueue(Operation[UUID, UUID]):
             self.dependencies,
             self.channel,
             cancel_on_failed_dependency=self.cancel_on_failed_dependency,
+            priority=self.priority,
+            delay=self.delay,
+            not_before=self.not_before,
+            unique_key=self.unique_key,
         )
 
 

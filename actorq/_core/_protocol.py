@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+    from datetime import datetime
     from uuid import UUID
 
     from ._models import (
@@ -41,9 +42,21 @@ class JobQueue(Protocol):
         channel: str = "",
         *,
         cancel_on_failed_dependency: bool = False,
+        priority: int = 0,
+        delay: float | None = None,
+        not_before: datetime | None = None,
+        unique_key: str | None = None,
     ) -> UUID:
         """Add a job. It is handed out once every dependency has settled (finished
         or failed: a dependent can read its dependency's error result).
+
+        Among the ready jobs a dequeue can take, the highest ``priority`` goes
+        first, oldest first within a priority (a requeued job keeps both). The
+        job is not ready before ``delay`` seconds (the queue's monotonic
+        clock, trio's) or before ``not_before`` (an aware datetime, the
+        queue's wall clock) have passed; giving both is a :class:`ValueError`.
+        With ``unique_key``, while a job of the same channel and key is
+        pending or running, that job's id is returned and nothing changes.
 
         With ``cancel_on_failed_dependency``, a dependency that settles as a
         failure cancels the job (and its pending dependents) instead, and

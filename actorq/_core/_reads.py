@@ -45,6 +45,9 @@ class StateReads(StateAttributes):
             retries=job.retries,
             failed=job.failed,
             failed_dependency=job.failed_dependency,
+            priority=job.priority,
+            not_before=job.not_before,
+            unique_key=job.unique_key,
         )
 
     def job(self, job_id: UUID) -> JobInfo:
@@ -162,7 +165,7 @@ class StateReads(StateAttributes):
     def stats(self) -> QueueStats:
         ready: dict[tuple[str, str], int] = {}
         counts = dict.fromkeys(JobState, 0)
-        blocked = 0
+        blocked = delayed = 0
         for job in self._jobs.values():
             job_state = state_of(job)
             counts[job_state] += 1
@@ -171,6 +174,8 @@ class StateReads(StateAttributes):
                 ready[key] = ready.get(key, 0) + 1
             elif job_state is JobState.PENDING:
                 blocked += 1
+                if job.due and not job.waiting_on:
+                    delayed += 1
         return QueueStats(
             jobs=len(self._jobs),
             pending=counts[JobState.PENDING],
@@ -182,6 +187,7 @@ class StateReads(StateAttributes):
             waiting_dequeuers=len(self._waiters_by_id),
             workers=len(self._workers),
             failed=counts[JobState.FAILED],
+            delayed=delayed,
         )
 
     def job_ids(self) -> Iterator[UUID]:

@@ -71,6 +71,9 @@ class JobRecord:
     failed: bool = False
     cancel_on_failed_dependency: bool = False
     failed_dependency: UUID | None = None
+    priority: int = 0
+    not_before: datetime | None = None
+    unique_key: str | None = None
 
 
 @attrs.frozen

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import heapq
 import math
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ._entities import (
@@ -110,6 +111,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._next_seq = 1
         self._next_ready_key = 1
         self._next_waiter_id = 1
+        # jobs whose dependencies have settled, waiting for their time:
+        # (due on the monotonic clock, seq, id), deleted lazily
+        self._timers: list[tuple[float, int, UUID]] = []
+        self._unique: dict[tuple[str, str], UUID] = {}  # (channel, key) -> pending or running job
         self._assignments: list[tuple[int, Assignment | WorkerNotExistError]] = []
         self._track = track_changes
         self._changed_jobs: set[UUID] = set()
@@ -129,10 +134,19 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         channel: str = "",
         *,
         cancel_on_failed_dependency: bool = False,
+        priority: int = 0,
+        delay: float | None = None,
+        not_before: datetime | None = None,
+        unique_key: str | None = None,
     ) -> UUID:
         """Add a job; ``args`` is JSON text.
 
         Raises :class:`NotExistError`, and adds nothing, for an unknown dependency.
+        ``priority`` orders it among ready jobs (highest first, then oldest).
+        It is not ready before ``delay`` seconds (monotonic clock) or
+        ``not_before`` (wall clock) have passed. With ``unique_key``, while a
+        job of the same channel and key is pending or running, its id is
+        returned and nothing changes.
         With ``cancel_on_failed_dependency``, the job is canceled (rather than
         run) once any dependency settles as a failure; if one already has, it
         is enqueued canceled. Either way ``failed_dependency`` names it.
@@ -141,6 +155,18 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         for dep_id in deps:
             if dep_id not in self._jobs:
                 raise NotExistError(f"dependency {dep_id} does not exist")
+        if unique_key is not None:
+            holder = self._unique.get((channel, unique_key))
+            if holder is not None:
+                return holder
+        due = 0.0
+        if delay is not None and delay > 0:
+            due = self._monotonic() + delay
+            not_before = self._wall() + timedelta(seconds=delay)
+        elif not_before is not None:
+            wait = (not_before - self._wall()).total_seconds()
+            if wait > 0:
+                due = self._monotonic() + wait
         job = JobEntry(
             id=self._new_id(),
             seq=self._next_seq,
@@ -151,6 +177,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             queued=self._wall(),
         )
         job.cancel_on_failed_dependency = cancel_on_failed_dependency
+        job.priority = priority
+        job.not_before = not_before
+        job.unique_key = unique_key
+        job.due = due
         self._next_seq += 1
         self._jobs[job.id] = job
         failed_dependency: UUID | None = None
@@ -170,10 +200,15 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             job.canceled = True
             job.failed_dependency = failed_dependency
             return job.id
+        if unique_key is not None:
+            self._unique[(channel, unique_key)] = job.id
+        ready = job.waiting_on == 0 and not due
         if (events := self._events) is not None:
-            self._readied(events, job, JobEnqueued(job.id, job_type, channel, job.waiting_on == 0))
-        if job.waiting_on == 0:
+            self._readied(events, job, JobEnqueued(job.id, job_type, channel, ready))
+        if ready:
             self._make_ready(job)
+        elif job.waiting_on == 0:
+            heapq.heappush(self._timers, (due, job.seq, job.id))
         return job.id
 
     def enqueue_many(
@@ -363,6 +398,8 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         job.finished = now
         job.result = result
         job.failed = True
+        job.due = 0.0
+        self._forget_unique(job)
         self._touch(job)
         self._release_dependents(job)
 
@@ -393,6 +430,8 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                 self._unready(job)
             job.canceled = True
             job.failed_dependency = failed_dependency
+            job.due = 0.0
+            self._forget_unique(job)
             self._touch(job)
             stack.extend(self._jobs[d] for d in job.dependents)
 
@@ -415,6 +454,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             if (events := self._events) is not None:
                 events.append(JobDeleted(job.id, job.type, job.channel, _phase(job)))
             self._unready(job)
+            self._forget_unique(job)
             if job.token is not None:
                 self._tokens.pop(job.token, None)
             del self._jobs[job.id]
@@ -568,6 +608,42 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         if self._track:
             self._changed_workers.add(worker.id)
 
+    def _forget_unique(self, job: JobEntry) -> None:
+        # a settled job frees its key for the next enqueue
+        if job.unique_key is not None:
+            key = (job.channel, job.unique_key)
+            if self._unique.get(key) == job.id:
+                del self._unique[key]
+
+    def next_due(self) -> float | None:
+        """When (monotonic clock) the first delayed job falls due, or ``None``."""
+        timers = self._timers
+        while timers:
+            due, _, job_id = timers[0]
+            job = self._jobs.get(job_id)
+            if job is not None and job.due == due and job.pending and not job.waiting_on:
+                return due
+            heapq.heappop(timers)  # settled, deleted or made ready since
+        return None
+
+    def release_due(self) -> int:
+        """Make every delayed job whose time has come ready (handing it to a waiter
+        if one matches); return how many."""
+        timers = self._timers
+        now = self._monotonic()
+        released = 0
+        while timers and timers[0][0] <= now:
+            due, _, job_id = heapq.heappop(timers)
+            job = self._jobs.get(job_id)
+            if job is None or job.due != due or not job.pending or job.waiting_on:
+                continue
+            job.due = 0.0
+            if (events := self._events) is not None:
+                self._readied(events, job, JobReady(job.id, job.type, job.channel))
+            self._make_ready(job)
+            released += 1
+        return released
+
     def _finish(self, job: JobEntry, result: str, failed: bool = False) -> None:
         if (events := self._events) is not None:
             events.append(self._finished(job, failed))
@@ -575,6 +651,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         job.finished = self._wall()
         job.result = result
         job.failed = failed
+        self._forget_unique(job)
         self._touch(job)
         self._release_dependents(job)
 
@@ -587,6 +664,11 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                 # it asked not to run after a failed dependency: cancel it instead
                 self._cancel_tree(dependent, job.id)
                 continue
+            if dependent.waiting_on == 0 and dependent.pending and dependent.due:
+                if dependent.due > self._monotonic():
+                    heapq.heappush(self._timers, (dependent.due, dependent.seq, dep_id))
+                    continue
+                dependent.due = 0.0
             if dependent.waiting_on == 0 and dependent.pending:
                 if (events := self._events) is not None:
                     event = JobReady(dep_id, dependent.type, dependent.channel)
@@ -639,7 +721,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         key = self._next_ready_key
         self._next_ready_key += 1
         job.ready_key = key
-        entry = (job.seq, key, job.id)
+        entry = (-job.priority, job.seq, key, job.id)
         for heap_key in ((job.type, job.channel), (job.type, ANY_CHANNEL)):
             heap = self._ready.get(heap_key)
             if heap is None:

@@ -679,11 +679,18 @@ def for_version(value: Any, version: int) -> Any:
     if isinstance(value, list):
         return [for_version(item, version) for item in value]
     if isinstance(value, JobStatus):
-        return attrs.evolve(value, failed=False, failed_dependency=None)
+        return attrs.evolve(
+            value,
+            failed=False,
+            failed_dependency=None,
+            priority=0,
+            not_before=None,
+            unique_key=None,
+        )
     if isinstance(value, JobSummary) and value.state is JobState.FAILED:
         return attrs.evolve(value, state=JobState.FINISHED)
     if isinstance(value, QueueStats):
-        return attrs.evolve(value, finished=value.finished + value.failed, failed=0)
+        return attrs.evolve(value, finished=value.finished + value.failed, failed=0, delayed=0)
     return value
 
 

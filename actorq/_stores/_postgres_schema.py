@@ -5,7 +5,8 @@ Tables (schema version 1): ``leader`` (the fencing row), ``workers``,
 transitions no job may make) and ``job_dependencies``, plus
 ``actorq_schema`` with the version. See ``docs/ha.md``. Version 2 adds the
 job lifecycle's columns (``failed``, ``cancel_on_failed_dependency``,
-``failed_dependency``) and checks them in the transition trigger.
+``failed_dependency``) and checks them in the transition trigger; version 3
+``priority``, ``not_before`` and ``unique_key``.
 """
 
 from __future__ import annotations
@@ -195,6 +196,19 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             RETURN NEW;
         END
         $$
+        """,
+    ),
+    (
+        """
+        ALTER TABLE {s}.jobs
+            ADD COLUMN priority integer NOT NULL DEFAULT 0,
+            ADD COLUMN not_before timestamptz,
+            ADD COLUMN unique_key text
+        """,
+        # one pending or running job per channel and unique key
+        """
+        CREATE UNIQUE INDEX jobs_unique_key ON {s}.jobs (channel, unique_key)
+            WHERE unique_key IS NOT NULL AND finished IS NULL AND NOT canceled
         """,
     ),
 )
