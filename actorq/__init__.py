@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         QueueClosedError,
         RunningError,
         StoreError,
+        WaitTimeoutError,
         WorkerNotExistError,
     )
     from ._core._json import JSON, converter, structure
@@ -68,6 +69,7 @@ _MODULES: dict[str, str] = {
     "ActiveJobsError": "._core._errors",
     "CanceledError": "._core._errors",
     "DequeueTimeoutError": "._core._errors",
+    "WaitTimeoutError": "._core._errors",
     "FinishedError": "._core._errors",
     "HasDependentsError": "._core._errors",
     "JobQueueError": "._core._errors",
@@ -145,6 +147,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StreamingQueue",
+    "WaitTimeoutError",
     "Worker",
     "WorkerInfo",
     "WorkerNotExistError",

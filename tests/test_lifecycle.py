@@ -365,3 +365,86 @@ async def test_a_unique_key_is_freed_by_cancel_fail_and_delete(queue: Q) -> None
             await queue.delete_job(job_id)
         assert await queue.enqueue("t", None, unique_key="k") != job_id
         await queue.cancel_job(await queue.enqueue("t", None, unique_key="k"))
+
+
+# ------------------------------------------------------------------- wait
+
+
+async def test_wait_returns_once_the_job_settles(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
+    job_id = await queue.enqueue("t")
+    seen: list[actorq.JobStatus] = []
+
+    async def waiter() -> None:
+        seen.append(await queue.wait(job_id))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(5)
+        assert seen == []
+        job = await run_one(queue, "t")
+        await trio.sleep(5)
+        assert seen == []  # running is not settled
+        await queue.finish_job(job.id, {"ok": 1})
+    assert [(s.state, s.result) for s in seen] == [(JobState.FINISHED, {"ok": 1})]
+    # a settled job: at once, also with timeout 0
+    assert (await queue.wait(job_id)).state is JobState.FINISHED
+    assert (await queue.wait(job_id, timeout=0)).result == {"ok": 1}
+
+
+async def test_wait_sees_failures_and_cancels(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
+    failed = await queue.enqueue("t")
+    canceled = await queue.enqueue("t")
+    async with trio.open_nursery() as nursery:
+
+        async def settle() -> None:
+            await trio.sleep(3)
+            await queue.fail_job(failed, ERROR)
+            await queue.cancel_job(canceled)
+
+        nursery.start_soon(settle)
+        assert (await queue.wait(failed)).state is JobState.FAILED
+        assert (await queue.wait(canceled, timeout=10)).state is JobState.CANCELED
+
+
+async def test_wait_times_out_and_leaves_nothing_behind(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
+    job_id = await queue.enqueue("t")
+    start = trio.current_time()
+    with pytest.raises(actorq.WaitTimeoutError) as caught:
+        await queue.wait(job_id, timeout=7)
+    assert isinstance(caught.value, TimeoutError)
+    assert isinstance(caught.value, actorq.JobQueueError)
+    assert trio.current_time() - start == pytest.approx(7)
+    with pytest.raises(actorq.WaitTimeoutError):
+        await queue.wait(job_id, timeout=0)
+    with trio.move_on_after(3):
+        await queue.wait(job_id)  # cancelled by the caller
+    # the job goes on as before, and a later wait still works
+    await queue.fail_job(job_id, ERROR)
+    assert (await queue.wait(job_id, timeout=1)).state is JobState.FAILED
+
+
+async def test_wait_for_an_unknown_or_deleted_job(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
+    with pytest.raises(actorq.NotExistError):
+        await queue.wait(uuid.uuid4())
+    with pytest.raises(TypeError):
+        await queue.wait(str(uuid.uuid4()))
+    with pytest.raises(ValueError, match="timeout"):
+        await queue.wait(uuid.uuid4(), timeout=-1)
+    job_id = await queue.enqueue("t")
+
+    async def delete_later() -> None:
+        await trio.sleep(2)
+        await queue.delete_job(job_id)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(delete_later)
+        with pytest.raises(actorq.NotExistError):
+            await queue.wait(job_id)

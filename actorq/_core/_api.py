@@ -197,6 +197,9 @@ class QueueAPI:
     async def job_status(self, job_id: UUID) -> JobStatus:
         return await self._run(o.GetJobStatus(job_id=job_id))
 
+    async def wait(self, job_id: UUID, *, timeout: float | None = None) -> JobStatus:
+        return await self._run(o.WaitForJob(job_id=job_id, timeout=timeout))
+
     async def job(self, job_id: UUID) -> JobInfo:
         return await self._run(o.GetJob(job_id=job_id))
 

@@ -39,6 +39,7 @@ import attrs
 import orjson
 
 from . import _validate as v
+from ._errors import WaitTimeoutError
 from ._json import converter, loads
 from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 from ._operation import (
@@ -446,6 +447,30 @@ class GetJobStatus(_JobOperation[JobStatus, JobStatus]):
 
     def to_wire(self, raw: JobStatus) -> JobStatus:
         return attrs.evolve(raw, result=None if raw.result is None else orjson.Fragment(raw.result))
+
+
+@attrs.frozen(kw_only=True)
+class WaitForJob(GetJobStatus):
+    """The status of ``job_id`` once it has settled (finished, failed or canceled).
+
+    In the actor, :meth:`apply` answers at once for a settled job and raises
+    :class:`WaitTimeoutError` otherwise; the front ends (``LocalQueue``, the
+    server) then park the caller until the job settles or ``timeout`` passes.
+    """
+
+    NAME = "wait"
+
+    timeout: float | None = None
+
+    def checked(self) -> WaitForJob:
+        return WaitForJob(
+            job_id=v.check_uuid(self.job_id, "job_id"), timeout=v.check_timeout(self.timeout)
+        )
+
+    def apply(self, state: QueueState, scope: Scope) -> JobStatus:
+        if not state.is_settled(self.job_id):
+            raise WaitTimeoutError()
+        return state.job_status(self.job_id)
 
 
 @attrs.frozen(kw_only=True)

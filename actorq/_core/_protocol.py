@@ -149,6 +149,19 @@ class JobQueue(Protocol):
 
     async def job_status(self, job_id: UUID) -> JobStatus: ...
 
+    async def wait(self, job_id: UUID, *, timeout: float | None = None) -> JobStatus:
+        """The job's status once it has settled (finished, failed or canceled).
+
+        Returns at once for a settled job. Waits without polling: the queue
+        answers when the job settles (from a server, as a push of the
+        reply). ``timeout`` seconds without that raise
+        :class:`WaitTimeoutError` (``timeout=0``: only a job settled now);
+        an unknown job, or one deleted meanwhile, :class:`NotExistError`. A
+        cancelled caller gets :class:`trio.Cancelled` and leaves nothing
+        behind in the queue or on the server.
+        """
+        ...
+
     async def job(self, job_id: UUID) -> JobInfo: ...
 
     async def id_from_token(self, token: UUID) -> UUID: ...

@@ -56,6 +56,12 @@ class StateReads(StateAttributes):
             type=job.type, args=job.args, dependencies=list(job.dependencies), channel=job.channel
         )
 
+    def is_settled(self, job_id: UUID) -> bool:
+        """Whether the job has finished, failed or been canceled; :class:`NotExistError`
+        for an unknown one."""
+        job = self._get(job_id)
+        return job.canceled or job.finished is not None
+
     def job_state(self, job_id: UUID) -> JobState:
         return state_of(self._get(job_id))
 

@@ -123,6 +123,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._deleted_workers: set[UUID] = set()
         self._events: list[Event] | None = [] if track_events else None
         self._revoked: list[tuple[UUID, UUID, bool]] | None = None
+        self._settled: list[UUID] | None = None
 
     # ------------------------------------------------------------------ jobs
 
@@ -309,6 +310,20 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         """Start recording tokens that stop naming a running job (see :meth:`take_revocations`)."""
         if self._revoked is None:
             self._revoked = []
+
+    def track_settles(self) -> None:
+        """Start recording jobs that settle or are deleted (see :meth:`take_settled`)."""
+        if self._settled is None:
+            self._settled = []
+
+    def take_settled(self) -> list[UUID]:
+        """Jobs that settled (finished, failed, canceled) or were deleted since the
+        last call. Empty unless :meth:`track_settles` was called."""
+        out = self._settled
+        if not out:
+            return []
+        self._settled = []
+        return out
 
     def take_revocations(self) -> list[tuple[UUID, UUID, bool]]:
         """Runs that ended since the last call, as ``(job id, token, canceled)``.
@@ -609,7 +624,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             self._changed_workers.add(worker.id)
 
     def _forget_unique(self, job: JobEntry) -> None:
-        # a settled job frees its key for the next enqueue
+        # a settled (or deleted) job frees its key for the next enqueue, and
+        # whoever waits for it to settle hears of it
+        if self._settled is not None:
+            self._settled.append(job.id)
         if job.unique_key is not None:
             key = (job.channel, job.unique_key)
             if self._unique.get(key) == job.id:

@@ -32,7 +32,7 @@ from .._core import _validate as v
 from .._core._errors import DequeueTimeoutError, JobQueueError
 from .._core._models import DequeuedJob
 from .._core._operation import WaitingOperation, dequeued_for_wire
-from .._core._ops import Dequeue, FinishJob
+from .._core._ops import Dequeue, FinishJob, WaitForJob
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
 from . import _wire as w
@@ -670,6 +670,9 @@ class _Connection:
                         if isinstance(op, WaitingOperation) and op.timeout != 0:
                             event.context = trio.CancelScope()
                             requests.start_soon(self._serve_waiting, event, op)
+                        elif type(op) is WaitForJob and op.timeout != 0:
+                            event.context = trio.CancelScope()
+                            requests.start_soon(self._serve_wait, event, op)
                         else:
                             self._submit(event, op)
                     elif type(message) is Settle_:
@@ -744,6 +747,24 @@ class _Connection:
             return
         if not self._answer(request, text, job) and job is not None:
             self.queue.release(job)
+
+    async def _serve_wait(self, request: ss.Request, op: WaitForJob) -> None:
+        # One task per wait: the client's cancel, or the connection ending,
+        # cancels it, and the queue then forgets the wait (nothing stays behind).
+        text = ""
+        try:
+            with request.context:
+                raw = await self.queue.execute(op, scope=self.allowed)
+                value = w.unstructure_value(op.to_wire(raw), self.version)
+                text = w.encode(w.Ok(id=request.id, value=value))
+        except Exception as exc:
+            if not isinstance(exc, JobQueueError | TypeError | ValueError):
+                log.exception("request %s failed", op.NAME)
+            text = w.encode(w.error_reply(request.id, exc))
+        if not text:  # cancelled by the client: it expects no reply
+            self.session.reply(request, text)
+            return
+        self._answer(request, text)
 
     def _subscribe(self, request: ss.Request, message: w.Message) -> None:
         assert isinstance(message, w.Subscribe)
