@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from ._stores._base import MemoryStore, Store
     from ._stores._postgres import PostgresStore
     from ._stores._sqlite import SqliteStore
+    from ._worker._backoff import Backoff
     from ._worker._job import Job, error_result
     from ._worker._worker import Worker
 
@@ -66,6 +67,7 @@ _MODULES: dict[str, str] = {
     "LocalQueue": "._actor._local",
     "open_queue": "._actor._local",
     "Maintenance": "._actor._maintenance",
+    "Backoff": "._worker._backoff",
     "ActiveJobsError": "._core._errors",
     "CanceledError": "._core._errors",
     "DequeueTimeoutError": "._core._errors",
@@ -114,6 +116,7 @@ _MODULES: dict[str, str] = {
 __all__ = [
     "JSON",
     "ActiveJobsError",
+    "Backoff",
     "CanceledError",
     "Changes",
     "DequeueTimeoutError",

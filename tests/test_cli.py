@@ -204,8 +204,8 @@ def last_line(result: Result) -> str:
             "Error: Invalid value for '--metrics-port': -1 is not in the range 0<=x<=65535.",
         ),
         (
-            ["serve", "--job-timeout", "-1"],
-            "Error: Invalid value for '--job-timeout': -1 is not a number of seconds > 0",
+            ["serve", "--heartbeat-timeout", "-1"],
+            "Error: Invalid value for '--heartbeat-timeout': -1 is not a number of seconds > 0",
         ),
         (
             ["serve", "--retention", "0"],

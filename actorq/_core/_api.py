@@ -174,7 +174,13 @@ class QueueAPI:
         return await self._run(op)
 
     async def requeue_or_finish_job(
-        self, job_id: UUID, max_retries: int, result: Any = None, *, failed: bool = False
+        self,
+        job_id: UUID,
+        max_retries: int,
+        result: Any = None,
+        *,
+        failed: bool = False,
+        delay: float | None = None,
     ) -> bool:
         return await self._run(
             o.RequeueOrFinishJob(
@@ -182,6 +188,7 @@ class QueueAPI:
                 max_retries=max_retries,
                 result=_json(result, "result"),
                 failed=failed,
+                delay=delay,
             )
         )
 

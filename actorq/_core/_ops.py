@@ -377,6 +377,7 @@ class RequeueOrFinishJob(_TokenOperation[bool, bool]):
     max_retries: int
     result: JsonText = NULL
     failed: bool = attrs.field(default=False, metadata=SINCE_3)
+    delay: float | None = attrs.field(default=None, metadata=SINCE_3)
 
     def checked(self) -> RequeueOrFinishJob:
         return RequeueOrFinishJob(
@@ -385,12 +386,13 @@ class RequeueOrFinishJob(_TokenOperation[bool, bool]):
             max_retries=v.check_max_retries(self.max_retries),
             result=self.result,
             failed=v.check_bool(self.failed, "failed"),
+            delay=v.check_delay(self.delay),
         )
 
     def apply(self, state: QueueState, scope: Scope) -> bool:
         state.check_token(self.job_id, self.token)
         return state.requeue_or_finish_job(
-            self.job_id, self.max_retries, self.result, failed=self.failed
+            self.job_id, self.max_retries, self.result, failed=self.failed, delay=self.delay
         )
 
 

@@ -123,10 +123,20 @@ class JobQueue(Protocol):
         ...
 
     async def requeue_or_finish_job(
-        self, job_id: UUID, max_retries: int, result: Any = None, *, failed: bool = False
+        self,
+        job_id: UUID,
+        max_retries: int,
+        result: Any = None,
+        *,
+        failed: bool = False,
+        delay: float | None = None,
     ) -> bool:
         """Put a running job back (True) unless it has been retried ``max_retries`` times,
-        in which case finish it with ``result`` (False), as a failure if ``failed``."""
+        in which case finish it with ``result`` (False), as a failure if ``failed``.
+
+        Requeued, it keeps its place and priority; with ``delay`` it is not
+        ready again for that many seconds (a retry's backoff).
+        """
         ...
 
     async def update_job_result(self, job_id: UUID, result: Any) -> None:

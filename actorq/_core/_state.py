@@ -370,10 +370,18 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._finish(job, result, failed)
 
     def requeue_or_finish_job(
-        self, job_id: UUID, max_retries: int, result: str, *, failed: bool = False
+        self,
+        job_id: UUID,
+        max_retries: int,
+        result: str,
+        *,
+        failed: bool = False,
+        delay: float | None = None,
     ) -> bool:
         """Requeue a running job (True), or finish it once retried ``max_retries`` times
-        (False); ``failed`` makes that finish a failure."""
+        (False); ``failed`` makes that finish a failure. A requeued job keeps its
+        place and priority; with ``delay`` it is not ready again for that many
+        seconds (a retry's backoff)."""
         job = self._get_running(job_id)
         if job.retries >= max_retries:
             self._finish(job, result, failed)
@@ -386,7 +394,12 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         job.started = None
         job.result = None
         self._touch(job)
-        self._make_ready(job)
+        if delay:
+            job.due = self._monotonic() + delay
+            job.not_before = self._wall() + timedelta(seconds=delay)
+            heapq.heappush(self._timers, (job.due, job.seq, job.id))
+        else:
+            self._make_ready(job)
         return True
 
     def update_job_result(self, job_id: UUID, result: str) -> None:
