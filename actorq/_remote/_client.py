@@ -72,6 +72,7 @@ from .._core._ops import (
     RefreshHeartbeat,
     RefreshHeartbeats,
     UpdateWorkerStatus,
+    WaitForJob,
 )
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
@@ -137,6 +138,7 @@ _RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
     {
         Dequeue,
         GetJobStatus,
+        WaitForJob,
         GetJob,
         AllRootJobIds,
         ListJobs,
