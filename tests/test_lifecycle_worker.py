@@ -131,8 +131,10 @@ async def test_bad_handler_options_are_refused() -> None:
         async def handle(job: actorq.Job) -> None:
             pass
 
-        with pytest.raises(ValueError, match="max_retries"):
+        with pytest.raises(ValueError, match="retries must be >= 0"):
             worker.add_handler("t", handle, retries=-1)
+        with pytest.raises(TypeError, match="retries"):
+            worker.add_handler("t", handle, retries=True)
         with pytest.raises(TypeError, match="backoff"):
             worker.add_handler("t", handle, backoff=3)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="timeout"):

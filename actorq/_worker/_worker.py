@@ -226,7 +226,7 @@ class Worker:
         is empty or taken or an option is out of range, and
         :class:`RuntimeError` once the worker has started.
         """
-        retries = v.check_max_retries(retries)
+        retries = v.check_int(retries, "retries", minimum=0)
         if backoff is not None and not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be an actorq.Backoff, not {type(backoff).__name__}")
         limit = None if timeout is None else v.check_positive_seconds(timeout, "timeout")
