@@ -448,3 +448,20 @@ async def test_wait_for_an_unknown_or_deleted_job(
         nursery.start_soon(delete_later)
         with pytest.raises(actorq.NotExistError):
             await queue.wait(job_id)
+
+
+async def test_a_unique_key_is_reused_within_one_batch(queue: Q) -> None:
+    # the holder deleted and its successor enqueued in one step, so in one commit
+    if not isinstance(queue, actorq.LocalQueue):
+        pytest.skip("a step of the actor is staged in-process")
+    holder = await queue.enqueue("t", None, unique_key="k")
+
+    def replace(state: Any) -> uuid.UUID:
+        state.delete_job(holder)
+        new_id: uuid.UUID = state.enqueue("t", "null", (), "", unique_key="k")
+        return new_id
+
+    successor = await queue._call(replace)
+    assert [j.id for j in await queue.list_jobs()] == [successor]
+    assert (await queue.job_status(successor)).unique_key == "k"
+    assert await queue.enqueue("t", None, unique_key="k") == successor

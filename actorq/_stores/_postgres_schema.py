@@ -199,16 +199,14 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
     ),
     (
+        # No unique index on (channel, unique_key): the scheduler enforces the
+        # rule, and one commit may delete a key's holder (deletions go last)
+        # and insert its successor.
         """
         ALTER TABLE {s}.jobs
             ADD COLUMN priority integer NOT NULL DEFAULT 0,
             ADD COLUMN not_before timestamptz,
             ADD COLUMN unique_key text
-        """,
-        # one pending or running job per channel and unique key
-        """
-        CREATE UNIQUE INDEX jobs_unique_key ON {s}.jobs (channel, unique_key)
-            WHERE unique_key IS NOT NULL AND finished IS NULL AND NOT canceled
         """,
     ),
 )
