@@ -172,6 +172,16 @@ class PgServer:
             start_new_session=True,  # not killed along with the test run's process group
         )
 
+    def restart(self) -> None:
+        """Restart the server (fast shutdown: sessions are ended), on the same port."""
+        assert self.dir is not None
+        done = self._run(
+            "pg_ctl", "-D", str(self.datadir), "-l", str(self.dir / "server.log"),
+            "-m", "fast", "-w", "-t", "60", "restart",
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl restart failed:\n{done.stdout}\n{done.stderr}")
+
     def stop(self) -> None:
         """Stop the server at once and delete its directory. Idempotent."""
         if self.dir is None:

@@ -59,27 +59,6 @@ def test_enqueue_status_jobs_cancel_delete(store: str) -> None:
     assert run(store, "jobs").output.strip().splitlines()[1:] == []
 
 
-def test_watch_once_shows_depth(store: str) -> None:
-    run(store, "enqueue", "build", "--channel", "red")
-    run(store, "enqueue", "build", "--channel", "red")
-    out = run(store, "watch", "--once").output
-    assert "jobs 2" in out
-    assert any(line.split() == ["build", "red", "2"] for line in out.splitlines())
-
-
-def test_watch_job_follows_a_tree(store: str) -> None:
-    dep = run(store, "enqueue", "a").output.strip()
-    root = run(store, "enqueue", "b", "--after", dep).output.strip()
-    out = run(store, "watch", "--job", root, "--once").output
-    assert f"job {root}: pending" in out
-    assert "0/2" in out
-
-
-def test_workers_lists_nothing_on_a_fresh_store(store: str) -> None:
-    out = run(store, "workers").output.splitlines()
-    assert out == ["ID  CHANNEL  ARCH  LAST SEEN"]
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -62,12 +62,26 @@ def terminate(pg: pgserver.PgServer, pid: int | None) -> None:
 
 
 def test_store_from_url_splits_off_the_schema() -> None:
-    url, schema = split_url("postgresql://u@h:5/db?actorq_schema=jobs&sslmode=disable")
-    assert schema == "jobs"
+    url, options = split_url("postgresql://u@h:5/db?actorq_schema=jobs&sslmode=disable")
+    assert options == {"schema": "jobs"}
     assert url == "postgresql://u@h:5/db?sslmode=disable"
     store = store_from_url("postgresql://u@h/db")
     assert store.schema == "actorq"
+    assert store.lease_timeout == 10.0
     assert store_from_url("postgres://u@h/db?actorq_schema=x").schema == "x"
+
+
+def test_store_from_url_takes_the_timings() -> None:
+    store = store_from_url(
+        "postgresql://u@h/db?actorq_lease_timeout=4&actorq_leader_poll=0.5&actorq_standby_poll=0.2"
+    )
+    assert (store.lease_timeout, store.leader_poll, store.standby_poll) == (4.0, 0.5, 0.2)
+    with pytest.raises(ValueError, match="actorq_lease_timeout must be a number"):
+        store_from_url("postgresql://u@h/db?actorq_lease_timeout=soon")
+    with pytest.raises(ValueError, match="unknown URL parameter 'actorq_lease'"):
+        store_from_url("postgresql://u@h/db?actorq_lease=4")
+    with pytest.raises(ValueError, match="leader_poll must be positive and shorter"):
+        store_from_url("postgresql://u@h/db?actorq_lease_timeout=1&actorq_leader_poll=2")
 
 
 async def test_open_queue_takes_a_postgres_url(pg: pgserver.PgServer, schema: str) -> None:
@@ -458,46 +472,100 @@ async def test_a_deposed_leader_cannot_commit(pg: pgserver.PgServer, schema: str
     assert [j.args for j in jobs] == ['"before"']
 
 
-async def test_a_commit_in_flight_finishes_before_a_new_leader_loads(
-    pg: pgserver.PgServer, schema: str, leader: PostgresStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The old leader has passed its fencing check and is still writing when
-    # it loses the lock. The new leader's election waits for that transaction,
-    # so it loads the batch the old leader is about to acknowledge.
+@pytest.fixture
+def pending_record() -> JobRecord:
     now = datetime.now(UTC)
-    record = JobRecord(
+    return JobRecord(
         id=uuid.uuid4(), seq=1, type="t", channel="", args="1", dependencies=(), queued=now,
         started=None, finished=None, canceled=False, result=None, retries=0, token=None,
         worker_id=None,
     )  # fmt: skip
+
+
+def hold_after_fence(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
+    """Make ``store``'s next commit stop after its fence until ``resume`` is set."""
     fenced, resume = threading.Event(), threading.Event()
-    write = leader._write
+    write = store._write
 
     def slow_write(cur: Any, changes: Changes) -> None:
+        cur.connection.pgconn.flush()  # the fence reaches the server now
         fenced.set()
-        resume.wait(10)
+        resume.wait(30)
         write(cur, changes)
 
-    monkeypatch.setattr(leader, "_write", slow_write)
-    new = make_store(pg, schema)
+    monkeypatch.setattr(store, "_write", slow_write)
+    return fenced, resume
+
+
+async def test_a_commit_in_flight_finishes_before_a_new_leader_loads(
+    pg: pgserver.PgServer, schema: str, pending_record: JobRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The old leader has passed its fencing check and is still writing when
+    # it loses the lock, and does not know it yet (a slow watch). The new
+    # leader's election waits for that transaction (up to its leader_poll),
+    # so it loads the batch the old leader is about to acknowledge.
+    old = make_store(pg, schema, leader_poll=30.0, lease_timeout=60.0)
+    await old.load()
+    fenced, resume = hold_after_fence(old, monkeypatch)
+    new = make_store(pg, schema, leader_poll=10.0, lease_timeout=20.0)
     loaded: list[Any] = []
 
     async def take_over() -> None:
         loaded.append(await new.load())
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(leader.commit, Changes([record], [], [], []))
-        await trio.to_thread.run_sync(fenced.wait, 10)
-        terminate(pg, leader.lock_backend_pid)
-        nursery.start_soon(take_over)
-        await trio.sleep(0.5)
-        assert loaded == []  # the election waits behind the commit in flight
-        resume.set()
     try:
-        assert [j.id for j in loaded[0][0]] == [record.id]
-        assert new.epoch == (leader.epoch or 0) + 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(old.commit, Changes([pending_record], [], [], []))
+            await trio.to_thread.run_sync(fenced.wait, 10)
+            terminate(pg, old.lock_backend_pid)
+            nursery.start_soon(take_over)
+            await trio.sleep(0.5)
+            assert loaded == []  # the election waits behind the commit in flight
+            resume.set()
+        assert [j.id for j in loaded[0][0]] == [pending_record.id]
+        assert new.epoch == (old.epoch or 0) + 1
     finally:
         await new.close()
+        await old.close()
+
+
+async def test_an_election_ends_a_deposed_leaders_transaction_that_holds_the_row(
+    pg: pgserver.PgServer, schema: str, pending_record: JobRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The old leader stopped between two statements of a commit (paused, or
+    # cut off mid-pipeline): its transaction holds the leader row and no
+    # server timeout ends it. The new leader, holding the lock, ends that
+    # session after its grace, and loads without the unacknowledged batch.
+    old = make_store(pg, schema, leader_poll=30.0, lease_timeout=60.0)
+    await old.load()
+    fenced, resume = hold_after_fence(old, monkeypatch)
+    new = make_store(pg, schema, leader_poll=0.2)
+    failed: list[BaseException] = []
+
+    async def commit() -> None:
+        try:
+            await old.commit(Changes([pending_record], [], [], []))
+        except StoreError as exc:
+            failed.append(exc)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(commit)
+            await trio.to_thread.run_sync(fenced.wait, 10)
+            terminate(pg, old.lock_backend_pid)
+            with trio.fail_after(20):
+                jobs, _ = await new.load()
+            resume.set()
+        assert jobs == []
+        assert new.epoch == (old.epoch or 0) + 1
+        assert len(failed) == 1
+        assert "outcome is unknown" in str(failed[0])
+    finally:
+        resume.set()
+        await new.close()
+        await old.close()
 
 
 async def test_cancelling_a_standby_releases_its_connections(

@@ -8,14 +8,16 @@ checks that every acknowledged operation is there and nothing is half
 applied. Several kill points run on the same schema, so recovery also runs on
 recovered data.
 
-The failover test runs two ``actorq serve`` processes on one database, with
-workers that know both URLs, and SIGKILLs the leader mid-load.
+The failover tests run two ``actorq serve`` processes on one database, with
+workers that know both URLs, and hit the leader mid-load: SIGKILL, SIGSTOP,
+or a fault proxy between it and PostgreSQL that blackholes or resets.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import trio
 
 import actorq
@@ -105,22 +108,48 @@ def lock_sessions(db: Any, dbname: str) -> int:
     return int(row[0]) if row else 0
 
 
-def test_failover_between_two_servers_loses_no_acknowledged_operation() -> None:
-    """Two ``actorq serve`` on one database; SIGKILL the leader mid-load; the standby carries on.
+#: Timings of the failover tests' servers, through the store URL: a lease of 2 s.
+LEASE = 2.0
+TIMINGS = f"actorq_lease_timeout={LEASE}&actorq_leader_poll=0.2&actorq_standby_poll=0.1"
+REAP_FAST = ("--job-timeout", "2", "--watch-interval", "0.2")
+#: docs/ha.md, "Time to failover": from the fault to the standby serving, at
+#: most standby_poll + its load for a crash or a reset, and lease_timeout +
+#: standby_poll + leader_poll (the election's grace) + its load for a pause or
+#: a blackhole. The slack is for a loaded 2-core machine.
+FAILOVER_BOUND = {
+    "kill": 0.1 + 5.0,
+    "reset": 0.1 + 5.0,
+    "pause": LEASE + 0.1 + 0.2 + 5.0,
+    "blackhole": LEASE + 0.1 + 0.2 + 5.0,
+}
 
-    Workers connect with both URLs and reconnect on any connection loss. No
-    acknowledged enqueue, dequeue or finish is lost, no job is held by two
-    workers at once, and jobs keep flowing through the new leader.
+
+@pytest.mark.parametrize("fault", ["kill", "pause", "blackhole", "reset"])
+def test_failover_between_two_servers_loses_no_acknowledged_operation(fault: str) -> None:
+    """Two ``actorq serve`` on one database; a fault hits the leader mid-load; the standby leads.
+
+    The leader reaches PostgreSQL through a fault proxy. ``kill``: SIGKILL;
+    ``pause``: SIGSTOP, then SIGCONT once the standby serves; ``blackhole``:
+    the proxy keeps the leader's connections up but passes nothing, then heals;
+    ``reset``: the proxy resets them. The standby serves within the bound of
+    docs/ha.md; a leader that lived through the fault steps down and exits,
+    and exactly one process holds the lock afterwards. Workers connect with
+    both URLs and reconnect on any connection loss: no acknowledged enqueue,
+    dequeue or finish is lost, no job is held by two workers at once, and
+    jobs keep flowing through the new leader.
     """
     import pgserver
     from _kinds_postgres import new_schema
+    from faultproxy import FaultProxy
 
     db = pgserver.require_server()
     dbname = new_schema()  # a database of its own, to count its sessions
     url = db.create_database(dbname)
     ports = [pgserver._free_port(), pgserver._free_port()]
     urls = [f"ws://127.0.0.1:{port}" for port in ports]
-    first = ServerProcess(url, ports[0])
+    proxy = FaultProxy(db.port).__enter__()
+    via_proxy = f"postgresql://postgres@127.0.0.1:{proxy.port}/{dbname}?{TIMINGS}"
+    first = ServerProcess(via_proxy, ports[0], *REAP_FAST)
     second: ServerProcess | None = None
     enqueued: set[uuid.UUID] = set()
     tokens: dict[uuid.UUID, uuid.UUID] = {}  # job -> last token a worker was handed
@@ -184,14 +213,31 @@ def test_failover_between_two_servers_loses_no_acknowledged_operation() -> None:
 
         await session(body)
 
+    def inject() -> None:
+        if fault == "kill":
+            first.kill()
+        elif fault == "pause":
+            first.proc.send_signal(signal.SIGSTOP)
+        elif fault == "blackhole":
+            proxy.blackhole()
+        else:
+            proxy.reset()
+
+    def heal() -> None:
+        if fault == "pause":
+            first.proc.send_signal(signal.SIGCONT)
+        else:
+            proxy.passing()
+
     try:
         first.wait_serving(30)
-        second = ServerProcess(url, ports[1])
+        second = ServerProcess(url + "?" + TIMINGS, ports[1], *REAP_FAST)
         deadline = time.monotonic() + 30
         while lock_sessions(db, dbname) < 2:  # the standby is connected and polling
             assert time.monotonic() < deadline, "the standby never connected"
             time.sleep(0.05)
         assert not second.serving()
+        standby = second
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
@@ -199,18 +245,32 @@ def test_failover_between_two_servers_loses_no_acknowledged_operation() -> None:
                 for n in range(4):
                     nursery.start_soon(worker, n)
                 await warmed_up.wait()
-                first.kill()  # SIGKILL, mid-load
+                inject()
                 killed.set()
+                with trio.fail_after(FAILOVER_BOUND[fault]):
+                    await trio.to_thread.run_sync(standby.wait_serving, 30)
+                heal()
                 with trio.fail_after(30):
-                    await trio.to_thread.run_sync(second.wait_serving, 30)
                     await carried_on.wait()
                 nursery.cancel_scope.cancel()
 
         trio.run(main)
+        if fault != "kill":
+            # the old leader stepped down by itself: it exits, and says why
+            assert first.proc.wait(30) != 0
+            first.reader.join(5)
+            assert any("stops leading" in line for line in first.lines), first.lines
+        assert second.proc.poll() is None  # the new leader still serves
+        # and only it has a lock session, once the server has seen the old ones go
+        deadline = time.monotonic() + 10
+        while lock_sessions(db, dbname) != 1:
+            assert time.monotonic() < deadline, "more than one process holds a lock session"
+            time.sleep(0.05)
     finally:
         first.kill()
         if second is not None:
             second.kill()
+        proxy.__exit__(None, None, None)
 
     async def load() -> list[JobRecord]:
         store = PostgresStore(url)

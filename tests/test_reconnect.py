@@ -463,3 +463,18 @@ async def test_a_worker_registers_again_with_a_fresh_server(
             assert worker.id != first_id
             assert [w.id for w in await fresh.workers()] == [worker.id]
             worker.shutdown()
+
+
+async def test_a_worker_registration_lost_in_flight_is_sent_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with actorq.open_queue() as local, trio.open_nursery() as nursery:
+        servers = Servers(nursery, QueueServer(local))
+        servers.handler = hello_then_drop  # takes the insert_worker and dies unanswered
+        async with connect_stream(servers, heartbeat_interval=None) as remote:
+            worker_id = await remote.insert_worker("", "x86_64")
+            assert remote.reconnects == 1
+            # registered on the server that answered, and usable there
+            await remote.update_worker_status(worker_id)
+            assert worker_id in {w.id for w in await local.workers(0)}
+        nursery.cancel_scope.cancel()

@@ -59,8 +59,8 @@ def test_an_in_process_program_loads_no_heavy_library(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "library"),
     [
-        ("connect", "trio_websocket"),
-        ("serve", "trio_websocket"),
+        ("connect", "wsproto"),
+        ("serve", "wsproto"),
         ("SqliteStore", "sqlite3"),
         ("PostgresStore", "psycopg"),
     ],

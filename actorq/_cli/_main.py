@@ -24,6 +24,9 @@ from uuid import UUID
 
 import click
 
+from ._backup import backup_command
+from ._watch import watch_command
+
 if TYPE_CHECKING:
     import ssl
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -133,9 +136,14 @@ async def _queue(ctx: click.Context) -> AsyncIterator[JobQueue]:
         timeout: float = ctx.obj.get("connect_timeout", CONNECT_TIMEOUT)
         urls = url.split(",")
         connected = False
+        ca_file: str | None = ctx.obj.get("ca_file")
         try:
             async with connect(
-                urls, token=ctx.obj["token"], heartbeat_interval=None, connect_timeout=timeout
+                urls,
+                token=ctx.obj["token"],
+                heartbeat_interval=None,
+                connect_timeout=timeout,
+                ssl_context=_ca_context(ca_file) if ca_file else None,
             ) as q:
                 connected = True
                 yield q
@@ -155,6 +163,16 @@ async def _queue(ctx: click.Context) -> AsyncIterator[JobQueue]:
         # A one-shot command on a store runs no maintenance: it only does what it is told.
         async with open_queue(ctx.obj["store"], maintenance=None) as q:
             yield q
+
+
+def _ca_context(ca_file: str) -> ssl.SSLContext:
+    """A client context that trusts the CA certificates in ``ca_file`` (and no others)."""
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"the CA file {ca_file} cannot be read as PEM certificates: {exc}") from None
 
 
 def _parse_uuid(value: str, what: str = "job id") -> UUID:
@@ -202,6 +220,7 @@ def _status_dict(job_id: UUID, status: JobStatus) -> dict[str, Any]:
 _URL_HELP = "Server URL(s), comma-separated (ws:// or wss://)."
 _STORE_HELP = "Store URL, used when no --url is given."
 _TOKEN_HELP = "Bearer token for the server."
+_CA_HELP = "PEM file of the CA certificates that verify a wss:// server (default: the system's)."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -215,6 +234,7 @@ _TOKEN_HELP = "Bearer token for the server."
     help=_STORE_HELP,
 )
 @click.option("--token", envvar="ACTORQ_TOKEN", show_envvar=True, help=_TOKEN_HELP)
+@click.option("--ca-file", envvar="ACTORQ_CA_FILE", show_envvar=True, help=_CA_HELP)
 @click.option(
     "--connect-timeout",
     envvar="ACTORQ_CONNECT_TIMEOUT",
@@ -227,13 +247,24 @@ _TOKEN_HELP = "Bearer token for the server."
 @click.version_option(package_name="actorq")
 @click.pass_context
 def main(
-    ctx: click.Context, url: str | None, store: str, token: str | None, connect_timeout: float
+    ctx: click.Context,
+    url: str | None,
+    store: str,
+    token: str | None,
+    ca_file: str | None,
+    connect_timeout: float,
 ) -> None:
     """actorq: a durable job queue for trio.
 
-    --url, --store and --token may also follow the command's name.
+    --url, --store, --token and --ca-file may also follow the command's name.
     """
-    ctx.obj = {"url": url, "store": store, "token": token, "connect_timeout": connect_timeout}
+    ctx.obj = {
+        "url": url,
+        "store": store,
+        "token": token,
+        "ca_file": ca_file,
+        "connect_timeout": connect_timeout,
+    }
 
 
 def _set_global(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -243,11 +274,13 @@ def _set_global(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 def _global_options() -> list[click.Parameter]:
-    """--url, --store and --token for a subcommand (no envvar: the group reads those)."""
+    """--url, --store, --token and --ca-file for a subcommand (no envvar: the group
+    reads those)."""
     return [
         click.Option(["--url"], expose_value=False, callback=_set_global, help=_URL_HELP),
         click.Option(["--store"], expose_value=False, callback=_set_global, help=_STORE_HELP),
         click.Option(["--token"], expose_value=False, callback=_set_global, help=_TOKEN_HELP),
+        click.Option(["--ca-file"], expose_value=False, callback=_set_global, help=_CA_HELP),
     ]
 
 
@@ -439,6 +472,7 @@ def serve_command(
     from .._actor._local import open_queue
     from .._actor._maintenance import Maintenance
     from .._remote._server import serve
+    from ._backup import serve_backups, sqlite_store
 
     if ctx.obj["url"]:
         _fail("serve takes --store, not --url")
@@ -472,7 +506,9 @@ def serve_command(
             except OSError as exc:
                 raise _bind_error("serve metrics", "127.0.0.1", metrics_port, exc) from None
         failure: CliError | None = None
-        async with open_queue(store, maintenance=maintenance, metrics=metrics) as queue:
+        # a SQLite store is opened here, so that ``actorq backup`` can ask it for copies
+        sqlite = sqlite_store(store)
+        async with open_queue(sqlite or store, maintenance=maintenance, metrics=metrics) as queue:
             loaded = (await queue.stats()).jobs
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
@@ -497,6 +533,8 @@ def serve_command(
                         # raised outside the nursery, so that it is not wrapped in a group
                         failure = _bind_error("listen", host, port, exc)
                     else:
+                        if sqlite is not None:
+                            await nursery.start(serve_backups, sqlite)
                         scheme = "wss" if ssl_context else "ws"
                         log.info(
                             "serving %s (%d jobs loaded) on %s://%s",
@@ -731,123 +769,67 @@ def delete_command(ctx: click.Context, job_id: str) -> None:
 @click.option("--state", type=click.Choice(JOB_STATES))
 @click.option("--type", "job_type", help="Only jobs of this type.")
 @click.option("--channel", help="Only jobs of this channel.")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Jobs shown at most (0: all).",
+)
 @click.pass_context
 def jobs_command(
     ctx: click.Context, state: str | None, job_type: str | None, channel: str | None, limit: int
 ) -> None:
-    """List jobs in enqueue order."""
-    from .._core._models import JobState
+    """List jobs in enqueue order, and how many more match than are shown."""
+    from ._listings import count_more, job_rows
 
-    async def run() -> list[Any]:
+    async def run() -> tuple[list[Any], int | None]:
         async with _queue(ctx) as queue:
-            return await queue.list_jobs(
-                JobState(state) if state else None, job_type, channel, limit
-            )
+            return await count_more(queue, state, job_type, channel, limit or None)
 
-    rows = [
-        [
-            str(j.id),
-            j.type,
-            j.channel or "''",
-            j.state.value,
-            _time(j.queued),
-            _time(j.started),
-            _time(j.finished),
-            str(j.retries),
-            str(len(j.dependencies)),
-        ]
-        for j in _run(run)
-    ]
+    jobs, more = _run(run)
     headers = ["ID", "TYPE", "CHANNEL", "STATE", "QUEUED", "STARTED", "FINISHED", "RETRIES", "DEPS"]
-    click.echo(_table(headers, rows))
+    click.echo(_table(headers, job_rows(jobs)))
+    if more:
+        click.echo(f"... {more} more (--limit 0 lists all)")
 
 
 @main.command("workers")
+@click.option(
+    "--silent-after",
+    type=Seconds(),
+    default=150.0,
+    show_default=True,
+    help="Seconds without a status after which a worker counts as silent.",
+)
 @click.pass_context
-def workers_command(ctx: click.Context) -> None:
-    """List registered workers."""
+def workers_command(ctx: click.Context, silent_after: float) -> None:
+    """List registered workers: live ones first, then silent ones.
 
-    async def run() -> list[Any]:
+    A worker reports its status every 60 s by default; one silent for
+    --silent-after is likely gone (killed, or cut off) and is removed by the
+    server once silent for its worker timeout (an hour by default).
+    """
+    from ._listings import split_workers, worker_rows
+
+    async def run() -> tuple[list[Any], list[Any]]:
         async with _queue(ctx) as queue:
-            return await queue.workers(0)
+            return await split_workers(queue, silent_after)
 
-    rows = [[str(w.id), w.channel or "''", w.arch, _time(w.updated)] for w in _run(run)]
-    click.echo(_table(["ID", "CHANNEL", "ARCH", "LAST SEEN"], rows))
-
-
-def _bar(done: int, total: int, width: int = 30) -> str:
-    filled = 0 if total == 0 else math.floor(width * done / total)
-    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
-
-
-async def _tree(queue: JobQueue, root: UUID) -> dict[UUID, JobStatus]:
-    seen: dict[UUID, JobStatus] = {}
-    stack = [root]
-    while stack:
-        job_id = stack.pop()
-        if job_id in seen:
-            continue
-        status = await queue.job_status(job_id)
-        seen[job_id] = status
-        stack.extend(status.dependencies)
-    return seen
+    live, silent = _run(run)
+    headers = ["ID", "CHANNEL", "ARCH", "LAST SEEN"]
+    click.echo(f"live workers: {len(live)}")
+    click.echo(_table(headers, worker_rows(live)))
+    click.echo(f"\nsilent workers (no status for {silent_after:g} s): {len(silent)}")
+    click.echo(_table(headers, worker_rows(silent)))
 
 
-@main.command("watch")
-@click.option("--job", "job_id", help="Follow this job and its dependencies until done.")
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
-@click.option("--once", is_flag=True, help="Print one view and exit.")
-@click.pass_context
-def watch_command(ctx: click.Context, job_id: str | None, interval: float, once: bool) -> None:
-    """A live view of queue depth, running jobs and workers (or of one job tree)."""
-    import trio
-
-    from .._core._models import JobState
-
-    root = _parse_uuid(job_id) if job_id else None
-    clear = sys.stdout.isatty() and not once
-
-    def show(text: str) -> None:
-        if clear:
-            click.echo("\x1b[2J\x1b[H", nl=False)
-        click.echo(text)
-
-    async def run() -> int:
-        async with _queue(ctx) as queue:
-            while True:
-                if root is not None:
-                    tree = await _tree(queue, root)
-                    settled = [
-                        s
-                        for s in tree.values()
-                        if s.state in (JobState.FINISHED, JobState.FAILED, JobState.CANCELED)
-                    ]
-                    lines = [f"job {root}: {tree[root].state.value}", _bar(len(settled), len(tree))]
-                    for dep_id, status in tree.items():
-                        lines.append(f"  {status.state.value:<9} {status.type:<16} {dep_id}")
-                    show("\n".join(lines))
-                    if tree[root].state in (JobState.FINISHED, JobState.FAILED, JobState.CANCELED):
-                        return 0 if tree[root].state is JobState.FINISHED else 2
-                else:
-                    stats = await queue.stats()
-                    rows = [[t, c or "''", str(n)] for t, c, n in sorted(stats.ready)]
-                    show(
-                        f"jobs {stats.jobs}  pending {stats.pending} (blocked {stats.blocked})  "
-                        f"running {stats.running}  finished {stats.finished}  "
-                        f"failed {stats.failed}  canceled {stats.canceled}\n"
-                        f"workers {stats.workers}  waiting dequeuers {stats.waiting_dequeuers}\n\n"
-                        + _table(["TYPE", "CHANNEL", "READY"], rows)
-                    )
-                if once:
-                    return 0
-                await trio.sleep(interval)
-
-    code = _run(run)
-    sys.exit(code)
-
+# commands of their own modules (they import their libraries when they run)
+main.add_command(watch_command)
+main.add_command(backup_command)
 
 for _command in main.commands.values():
-    _command.params.extend(_global_options())
+    if _command is not backup_command:  # backup names its source itself
+        _command.params.extend(_global_options())
 for _name in ("serve", "worker"):
     main.commands[_name].params.extend(_verbosity_options())

@@ -37,12 +37,6 @@ from uuid import UUID
 
 import attrs
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    wrap_client_stream,
-)
 
 from .._actor._stream import JobBuffer, check_credit, finish_op
 from .._core import _validate as v
@@ -67,6 +61,7 @@ from .._core._ops import (
     GetStats,
     GetWorkers,
     IdFromToken,
+    InsertWorker,
     ListJobs,
     Operation,
     RefreshHeartbeat,
@@ -77,6 +72,13 @@ from .._core._ops import (
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
 from . import _wire as w
+from ._transport import (
+    ABNORMAL_CLOSURE,
+    ConnectionClosed,
+    HandshakeError,
+    WebSocket,
+    open_websocket,
+)
 
 __all__ = ["RemoteQueue", "connect", "connect_stream"]
 
@@ -121,6 +123,9 @@ _SETTLE_BATCH = 1000  # finishes per settle message, well below any frame limit
 
 _MAX_CREDIT = 10_000  # the most credit a server takes in one subscribe
 
+#: Seconds of silence after which a connection is given up on (``connect(keepalive_timeout=...)``).
+DEFAULT_KEEPALIVE_TIMEOUT = 10.0
+
 LOST_MESSAGE = "the connection was lost; the request may or may not have taken effect"
 
 # Close codes after which the same server (or the next one) may well take us
@@ -133,7 +138,9 @@ _RETRY_CLOSES_4XXX = frozenset({ss.CLOSE_HELLO_TIMEOUT})
 # Operations that may be sent again after a connection was lost with their
 # reply outstanding: they read, refresh, or wait for a job (a job handed to a
 # lost dequeue goes back when the connection drops, or when its heartbeat
-# lapses). Everything else raises rather than risk applying twice.
+# lapses), or register a worker (a registration that did land is never
+# updated, so it goes stale and is removed as any stale worker is). Everything
+# else raises rather than risk applying twice.
 _RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
     {
         Dequeue,
@@ -149,6 +156,7 @@ _RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
         RefreshHeartbeats,
         UpdateWorkerStatus,
         GetWorkers,
+        InsertWorker,
     }
 )
 
@@ -172,7 +180,7 @@ class _Link:
 
     def __init__(
         self,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         stream: trio.abc.Stream,
         session: ss.ClientSession[_Waiter],
         name: str,
@@ -187,6 +195,9 @@ class _Link:
         self.slots = trio.Semaphore(1)  # until the server says how many it takes
         self.error: QueueClosedError | None = None  # why it ended, once it did
         self.retryable = True  # whether the client may reconnect after it ended
+        #: the server stopped answering (silent past the keepalive timeout):
+        #: reconnecting tries the next URL first, not this one again
+        self.unresponsive = False
         self.lost = trio.Event()
 
 
@@ -455,7 +466,8 @@ def _settle_message(
 
 
 Dial = Callable[[int], Awaitable[tuple[trio.abc.Stream, str, str]]]
-"""Opens the ``attempt``-th connection: ``(stream, host header, resource)``."""
+"""Opens a connection to the ``index``-th URL (modulo the list's length):
+``(stream, host header, resource)``."""
 
 
 @attrs.frozen
@@ -489,8 +501,12 @@ class RemoteQueue(QueueAPI):
         send_timeout: float = 10.0,
         token: str | None = None,
         reconnect: _Reconnect | None = None,
+        keepalive_timeout: float | None = None,
+        url_index: int = 0,
     ) -> None:
         self._max_message_size = max_message_size
+        self._keepalive_timeout = keepalive_timeout
+        self._url_index = url_index  # the URL of the current connection (reconnects start there)
         self._send_timeout = send_timeout
         self._token = token
         self._reconnect = reconnect
@@ -656,7 +672,7 @@ class RemoteQueue(QueueAPI):
                     continue
                 raise _Lost(reply.message)
             if isinstance(reply, QueueClosedError):
-                raise QueueClosedError(reply.message)
+                raise QueueClosedError(reply.message) from reply.__cause__
             if type(reply) is w.Error:
                 raise w.exception_from_reply(reply)
             return reply
@@ -674,7 +690,7 @@ class RemoteQueue(QueueAPI):
             await self._drain(link)
 
     async def _drain(self, link: _Link) -> None:
-        # Shielded, because a cancelled send_message would leave half a frame on
+        # Shielded, because a cancelled write would leave half a frame on
         # the stream (a cancelled caller then abandons its request right after);
         # bounded by send_timeout, past which the server is not reading and the
         # connection is aborted.
@@ -686,9 +702,9 @@ class RemoteQueue(QueueAPI):
             with trio.CancelScope(shield=True) as scope:
                 while link.pending and link.error is None:
                     batch, link.pending = link.pending, []
-                    for frame in _frames(batch, limit) if batching else batch:
-                        scope.deadline = trio.current_time() + self._send_timeout
-                        await link.ws.send_message(frame)
+                    scope.deadline = trio.current_time() + self._send_timeout
+                    # every frame of the batch in one write to the stream
+                    await link.ws.send_many(list(_frames(batch, limit)) if batching else batch)
             timed_out = scope.cancelled_caught
         except ConnectionClosed:
             pass  # the reader sees the close too and fails what is waiting
@@ -725,21 +741,20 @@ class RemoteQueue(QueueAPI):
     async def _reader(self, link: _Link) -> None:
         session = link.session
         receive = session.receive_frame
-        get_message = link.ws.get_message
+        receive_message = link.ws.receive
         Reply, Pushed, Dequeued = ss.Reply, ss.Pushed, w.Dequeued  # bound once: per frame
         error: QueueClosedError | None = None
         retryable = True
         try:
             while True:
                 try:
-                    frame = await get_message()
+                    frame = await receive_message()
                 except ConnectionClosed as exc:
-                    why = exc.reason
-                    if why is None:
+                    if exc.code == ABNORMAL_CLOSURE:
                         error = session.peer_closed(None, None)
                     else:
-                        error = session.peer_closed(why.code, why.reason or why.name)
-                        retryable = _retryable_close(why.code)
+                        error = session.peer_closed(exc.code, exc.reason or None)
+                        retryable = _retryable_close(exc.code)
                     return
                 if link.error is not None:
                     return  # given up on already (it stopped reading our requests)
@@ -771,6 +786,7 @@ class RemoteQueue(QueueAPI):
         except Exception as exc:  # a bug; the connection ends, the program goes on
             log.exception("remote queue reader failed")
             error = QueueClosedError(f"the connection failed: {exc!r}")
+            error.__cause__ = exc  # what the calls that fail with it name as their cause
             retryable = False
         finally:
             self._lose(
@@ -830,6 +846,36 @@ class RemoteQueue(QueueAPI):
                         if token in gone:
                             del self._held[job_id]
 
+    async def _keepalive(self, link: _Link, timeout: float) -> None:
+        # A server that is paused, or cut off behind a proxy or a blackholed
+        # network, keeps the TCP connection up and sends nothing. After half
+        # the timeout of silence a ping goes out (any websocket server answers
+        # it from its reader, whatever its queue is doing); after the whole
+        # timeout without a byte, the connection is given up on and the queue
+        # reconnects, to the next URL first.
+        ws = link.ws
+        while link.error is None:
+            heard = ws.last_received
+            await trio.sleep_until(heard + timeout / 2)
+            if ws.last_received != heard or link.error is not None:
+                continue
+            with trio.move_on_after(timeout / 2) as pinging:
+                await ws.ping()
+            if not pinging.cancelled_caught:  # else the server reads nothing: give up now
+                await trio.sleep_until(heard + timeout)
+                if ws.last_received != heard or link.error is not None:
+                    continue
+            # (a ping cut short may have left half a frame on the stream: it
+            # cannot carry anything more in any case)
+            link.unresponsive = True
+            silent = QueueClosedError(
+                f"the queue server {link.name} sent nothing for {timeout:g} s"
+            )
+            self._lose(link, silent)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(link.stream)  # ends the reader's wait
+            return
+
     async def _greet(self, link: _Link, client: str) -> None:
         """Send the hello and wait for the welcome; the session checks it.
 
@@ -866,14 +912,8 @@ class RemoteQueue(QueueAPI):
         link: _Link | None = None
         try:
             with _handshake_errors(), trio.fail_after(handshake_timeout):
-                ws = await wrap_client_stream(
-                    nursery,
-                    stream,  # type: ignore[arg-type]
-                    host,
-                    resource,
-                    message_queue_size=4,
-                    max_message_size=self._max_message_size,
-                    receive_buffer_size=65536,
+                ws = await open_websocket(
+                    stream, host, resource, max_message_size=self._max_message_size
                 )
                 link = _Link(
                     ws,
@@ -884,6 +924,8 @@ class RemoteQueue(QueueAPI):
                 nursery.start_soon(self._reader, link)
                 nursery.start_soon(self._writer, link)
                 await self._greet(link, "actorq-python")
+                if self._keepalive_timeout is not None:
+                    nursery.start_soon(self._keepalive, link, self._keepalive_timeout)
         except BaseException as exc:
             refused = link is not None and not link.retryable
             if link is not None and link.error is None:
@@ -929,6 +971,9 @@ class RemoteQueue(QueueAPI):
             start = trio.current_time()
             deadline = math.inf if policy.timeout is None else start + policy.timeout
             delay = policy.initial_delay
+            # a restart: the same URL first, then round the list; a server
+            # that stopped answering: the next URL first
+            index = self._url_index + (1 if link.unresponsive else 0)
             while True:
                 attempt += 1
                 # Each attempt is bounded by the time left, too: giving up
@@ -936,7 +981,7 @@ class RemoteQueue(QueueAPI):
                 left = max(0.0, deadline - trio.current_time())
                 try:
                     with trio.fail_after(min(policy.connect_timeout, left)):
-                        stream, host, resource = await policy.dial(attempt)
+                        stream, host, resource = await policy.dial(index)
                     left = max(0.0, deadline - trio.current_time())
                     new = await self._open_link(
                         nursery, stream, host, resource, min(handshake_timeout, left)
@@ -962,8 +1007,10 @@ class RemoteQueue(QueueAPI):
                     log.debug("reconnect attempt %d failed: %r", attempt, exc)
                     await trio.sleep(pause)
                     delay = min(delay * 2, policy.max_delay)
+                    index += 1
                     continue
                 break
+            self._url_index = index
             self.reconnects += 1
             self._attach(new)
             log.warning(
@@ -1118,8 +1165,14 @@ class RemoteQueue(QueueAPI):
 def _handshake_errors() -> Iterator[None]:
     try:
         yield
-    except (HandshakeError, trio.TooSlowError, ConnectionClosed) as exc:
-        raise QueueClosedError(f"the websocket handshake failed: {exc!r}") from exc
+    except HandshakeError as exc:
+        raise QueueClosedError(f"the websocket handshake failed: {exc}") from exc
+    except trio.TooSlowError as exc:
+        raise QueueClosedError(
+            f"the websocket handshake failed: the server did not answer in time ({exc!r})"
+        ) from exc
+    except ConnectionClosed as exc:
+        raise QueueClosedError(f"the websocket handshake failed: {exc}") from exc
 
 
 def _check_options(
@@ -1160,12 +1213,47 @@ async def _open_stream(
         tls_stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
         try:
             await tls_stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(stream)
+            raise QueueClosedError(_tls_failure(exc.__cause__)) from exc
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
         stream = tls_stream
     header_host = host if (port == (443 if tls else 80)) else f"{host}:{port}"
     return stream, header_host, resource
+
+
+def _tls_failure(cause: BaseException | None) -> str:
+    """One sentence for a failed TLS handshake, from the error under it."""
+    if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in (62, 64):
+        # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+        return (
+            "the TLS handshake failed: the server's certificate is not valid for the"
+            f" host in the URL ({cause.verify_message})"
+        )
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            "the TLS handshake failed: the server's certificate did not verify against"
+            f" the trusted CA certificates ({cause.verify_message}); give the CA that"
+            " signed it (connect(ssl_context=...), actorq --ca-file)"
+        )
+    if isinstance(cause, ssl.SSLEOFError) or cause is None:
+        return (
+            "the TLS handshake failed: the server closed the connection"
+            " (if it serves plain websockets, use a ws:// URL)"
+        )
+    if isinstance(cause, ssl.SSLError) and cause.reason in (
+        "WRONG_VERSION_NUMBER",
+        "PACKET_LENGTH_TOO_LONG",
+        "RECORD_LAYER_FAILURE",
+        "HTTP_REQUEST",
+    ):
+        return (
+            "the TLS handshake failed: the server does not answer in TLS"
+            " (if it serves plain websockets, use a ws:// URL)"
+        )
+    return f"the TLS handshake failed: {cause}"
 
 
 @contextlib.asynccontextmanager
@@ -1179,7 +1267,9 @@ async def _open_session(
     max_message_size: int,
     send_timeout: float,
     handshake_timeout: float,
+    keepalive_timeout: float | None,
     reconnect: _Reconnect | None = None,
+    url_index: int = 0,
 ) -> AsyncIterator[RemoteQueue]:
     """The websocket handshake, hello and background tasks over an open stream."""
     policy = ErrorPolicy("the queue connection")
@@ -1189,6 +1279,8 @@ async def _open_session(
             send_timeout=send_timeout,
             token=token,
             reconnect=reconnect,
+            keepalive_timeout=keepalive_timeout,
+            url_index=url_index,
         )
         try:
             queue._nursery = nursery
@@ -1223,6 +1315,15 @@ def _check_reconnect_timeout(value: object) -> float | None:
     return None if value is None else v.check_seconds(value, "reconnect_timeout")
 
 
+def _check_keepalive(value: object) -> float | None:
+    if value is None:
+        return None
+    seconds = v.check_seconds(value, "keepalive_timeout")
+    if seconds == 0:
+        raise ValueError("keepalive_timeout must be > 0 (or None to turn the check off)")
+    return seconds
+
+
 @contextlib.asynccontextmanager
 async def connect(
     url: str | Sequence[str],
@@ -1235,6 +1336,7 @@ async def connect(
     max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
     reconnect: bool = True,
     reconnect_timeout: float | None = 60.0,
+    keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
 ) -> AsyncIterator[RemoteQueue]:
     """Connect to an actorq server; yield a :class:`RemoteQueue` for the block.
 
@@ -1245,6 +1347,13 @@ async def connect(
     jobs it holds (``None`` turns that off). A frame the server does not take
     within ``send_timeout`` seconds aborts the connection. ``max_message_size``
     bounds the frames this client accepts.
+
+    A connection on which nothing arrives for ``keepalive_timeout`` seconds
+    (10 by default; ``None`` turns the check off) is given up on: the client
+    pings the server after half of it, and any websocket server answers a
+    ping at once, so only a server that is paused, hung or cut off stays
+    silent that long. It is then treated as lost, and reconnecting starts
+    with the next URL.
 
     With ``reconnect`` (the default), a connection lost later (a server
     restart or shutdown, close code 1001 or 1012, a reset, a failover) is
@@ -1283,19 +1392,25 @@ async def connect(
     retry_for = _check_reconnect_timeout(reconnect_timeout)
     timeout = v.check_seconds(connect_timeout, "connect_timeout")
     send_wait = v.check_seconds(send_timeout, "send_timeout")
+    keepalive = _check_keepalive(keepalive_timeout)
     failures: list[str] = []
+
+    async def dial(index: int) -> tuple[trio.abc.Stream, str, str]:
+        return await _open_stream(urls[index % len(urls)], ssl_context)
+
     for index, candidate in enumerate(urls):
         try:
             with trio.fail_after(timeout):
                 stream, host, resource = await _open_stream(candidate, ssl_context)
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        except trio.TooSlowError:
+            failures.append(f"{candidate}: no answer within {timeout:g} s (TooSlowError())")
+            continue
+        except (OSError, trio.BrokenResourceError) as exc:
             failures.append(f"{candidate}: {exc!r}")
             continue
-
-        async def dial(attempt: int, first: int = index) -> tuple[trio.abc.Stream, str, str]:
-            # The first attempt goes back to the server that was lost (a restart),
-            # the next ones go round the list (a failover).
-            return await _open_stream(urls[(first + attempt - 1) % len(urls)], ssl_context)
+        except QueueClosedError as exc:  # a TLS handshake that failed, said in one sentence
+            failures.append(f"{candidate}: {exc.message}")
+            continue
 
         entered = False
         try:
@@ -1308,7 +1423,9 @@ async def connect(
                 max_message_size=max_message_size,
                 send_timeout=send_wait,
                 handshake_timeout=timeout,
+                keepalive_timeout=keepalive,
                 reconnect=_Reconnect(dial, retry_for, timeout) if reconnect else None,
+                url_index=index,
             ) as queue:
                 entered = True
                 yield queue
@@ -1339,6 +1456,7 @@ async def connect_stream(
     handshake_timeout: float = 10.0,
     max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
     reconnect_timeout: float | None = 60.0,
+    keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
 ) -> AsyncIterator[RemoteQueue]:
     """Like :func:`connect`, over a trio stream (tests use
     :func:`trio.testing.memory_stream_pair`). The stream is closed on exit.
@@ -1356,13 +1474,14 @@ async def connect_stream(
     resource = v.check_str(resource, "resource")
     retry_for = _check_reconnect_timeout(reconnect_timeout)
     shake = v.check_seconds(handshake_timeout, "handshake_timeout")
+    keepalive = _check_keepalive(keepalive_timeout)
     reconnect: _Reconnect | None = None
     if isinstance(stream, trio.abc.Stream):
         first = stream
     elif callable(stream):
         factory = stream
 
-        async def dial(attempt: int) -> tuple[trio.abc.Stream, str, str]:
+        async def dial(index: int) -> tuple[trio.abc.Stream, str, str]:
             got = await factory()
             if not isinstance(got, trio.abc.Stream):
                 raise TypeError(f"the stream factory returned a {type(got).__name__}")
@@ -1383,6 +1502,7 @@ async def connect_stream(
         max_message_size=max_message_size,
         send_timeout=v.check_seconds(send_timeout, "send_timeout"),
         handshake_timeout=shake,
+        keepalive_timeout=keepalive,
         reconnect=reconnect,
     ) as queue:
         yield queue

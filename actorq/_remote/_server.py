@@ -1,10 +1,13 @@
 """The websocket front end: serve a queue to remote workers and clients.
 
-One task per connection, one task per request, so a blocked ``dequeue`` never
-holds up the rest of its connection. Every reply leaves through one writer task
-per connection; a reply that carries a job and cannot be sent, or whose request
-was cancelled first, gives the job back (:meth:`LocalQueue.release`), so no job
-is lost between the queue and the socket. Nothing that happens on one
+Per connection, one task reads (the websocket transport,
+:mod:`actorq._remote._transport`, is driven from it) and one writes. A
+request that does not wait is answered from the scheduler's callback, with no
+task of its own; a waiting ``dequeue`` gets a task, so it never holds up the
+rest of its connection. Every reply leaves through the connection's writer;
+a reply that carries a job and cannot be sent, or whose request was cancelled
+first, gives the job back (:meth:`LocalQueue.release`), so no job is lost
+between the queue and the socket. Nothing that happens on one
 connection can escape into the server's nursery.
 
 The connection rules (hello, limits, ids, cancel, close codes) are
@@ -25,7 +28,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 import attrs
 import outcome
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 from .._actor._scheduler import Callback, Subscription
 from .._core import _validate as v
@@ -36,6 +38,7 @@ from .._core._ops import Dequeue, FinishJob, WaitForJob
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
 from . import _wire as w
+from ._transport import ConnectionClosed, WebSocket, accept_websocket
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -218,33 +221,24 @@ class QueueServer:
         this connection is logged and ends this connection only.
         """
         try:
-            async with trio.open_nursery() as nursery:
-                ws: WebSocketConnection | None = None
-                with trio.move_on_after(self.handshake_timeout) as handshake:
-                    if self.closed:
-                        handshake.cancel()
-                    self._handshakes.add(handshake)
-                    try:
-                        request = await wrap_server_stream(
-                            nursery,
-                            stream,
-                            message_queue_size=4,
-                            max_message_size=self.max_message_size,
-                            receive_buffer_size=65536,
-                        )
-                        ws = await request.accept()
-                    finally:
-                        self._handshakes.discard(handshake)
-                if ws is not None:
-                    self.connections += 1
-                    try:
-                        await _Connection(self, ws, stream).run()
-                    finally:
-                        self.connections -= 1
-                nursery.cancel_scope.cancel()
+            ws: WebSocket | None = None
+            with trio.move_on_after(self.handshake_timeout) as handshake:
+                if self.closed:
+                    handshake.cancel()
+                self._handshakes.add(handshake)
+                try:
+                    ws = await accept_websocket(stream, max_message_size=self.max_message_size)
+                finally:
+                    self._handshakes.discard(handshake)
+            if ws is not None:
+                self.connections += 1
+                try:
+                    await _Connection(self, ws, stream).run()
+                finally:
+                    self.connections -= 1
         except* Exception as group:
             # Anything at all: a broken stream, a TLS error, a bug. It ends this
-            # connection and nothing else (trio-websocket issues 96 and 134).
+            # connection and nothing else.
             log.debug("connection ended with an error", exc_info=group)
         finally:
             await trio.aclose_forcefully(stream)
@@ -441,9 +435,7 @@ class _Connection:
     ready together travel together. A job that is not sent goes back.
     """
 
-    def __init__(
-        self, server: QueueServer, ws: WebSocketConnection, stream: trio.abc.Stream
-    ) -> None:
+    def __init__(self, server: QueueServer, ws: WebSocket, stream: trio.abc.Stream) -> None:
         self.server = server
         self.queue = server.queue
         self.ws = ws
@@ -485,8 +477,8 @@ class _Connection:
                     self._wake.unpark_all()
                     nursery.cancel_scope.deadline = trio.current_time() + self.server.close_timeout
         except BaseException:
-            # Cancelled from outside: the websocket's own reader is cancelled too,
-            # so no close handshake can complete; the stream is simply closed.
+            # Cancelled from outside: no task is left to read the peer's close
+            # frame, so no close handshake can complete; the stream is simply closed.
             graceful = False
             raise
         finally:
@@ -495,7 +487,7 @@ class _Connection:
             if graceful:
                 with trio.move_on_after(self.server.close_timeout) as scope:
                     scope.shield = True
-                    await self.ws.aclose(self.session.close_code, self.session.close_reason)
+                    await self.ws.aclose(self.session.close_code, self.session.close_reason or "")
 
     async def _close_when_server_closes(self) -> None:
         await self.server._closing.wait()
@@ -561,15 +553,15 @@ class _Connection:
                         return
                     await self._wake.park()
                 batch, self._pending = self._pending, []
-                for frame, items in self._frames(batch):
-                    if not await self._send(frame):
-                        for _, lost in batch:
-                            self._release(lost)
-                        self._accepting = False
-                        return
-                    for _, sent in items:
-                        if sent is not None:
-                            sent.clear()  # delivered: a later failure must not give these back
+                # every frame of the batch in one write to the stream
+                if not await self._send([frame for frame, _ in self._frames(batch)]):
+                    for _, lost in batch:
+                        self._release(lost)
+                    self._accepting = False
+                    return
+                for _, sent in batch:
+                    if sent is not None:
+                        sent.clear()  # delivered: a later failure must not give these back
         finally:
             self._accepting = False
             self._release_pending()
@@ -593,17 +585,17 @@ class _Connection:
         frames.append((w.encode_batch(texts), items))
         return frames
 
-    async def _send(self, frame: str) -> bool:
-        """Send one frame; False if it did not go (the connection is over).
+    async def _send(self, frames: list[str]) -> bool:
+        """Send ``frames`` in one write; False if they did not go (the connection is over).
 
-        Shielded, because a cancelled send_message would leave half a frame on
-        the stream; bounded by the server's send timeout, past which the peer
-        is not reading and the connection is aborted.
+        Shielded, because a cancelled write would leave half a frame on the
+        stream; bounded by the server's send timeout, past which the peer is
+        not reading and the connection is aborted.
         """
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.server.send_timeout
             try:
-                await self.ws.send_message(frame)
+                await self.ws.send_many(frames)
             except ConnectionClosed:
                 return False
             except Exception:  # a bug below us: the reply is lost, its jobs must not be
@@ -633,7 +625,7 @@ class _Connection:
         frame: str | bytes | None = None
         with trio.move_on_after(self.server.handshake_timeout):
             try:
-                frame = await self.ws.get_message()
+                frame = await self.ws.receive()
             except ConnectionClosed:
                 return False
         if frame is None:
@@ -653,12 +645,12 @@ class _Connection:
     async def _read_loop(self, requests: trio.Nursery) -> None:
         session = self.session
         receive = session.receive_frame
-        get_message = self.ws.get_message
+        receive_message = self.ws.receive
         Request, Cancelled, Send = ss.Request, ss.Cancelled, ss.Send  # bound once: per frame
         Op, Settle_ = w.Request, w.Settle
         while not session.closed:
             try:
-                frame = await get_message()
+                frame = await receive_message()
             except ConnectionClosed:
                 return
             for event in receive(frame):

@@ -74,7 +74,7 @@ SUPPORTED_VERSIONS: Final = (1, 2, 3)
 """Every protocol version this actorq speaks, oldest first."""
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
-"""Largest message accepted by default, in characters (as trio-websocket counts)."""
+"""Largest message accepted by default, in characters of a text message."""
 
 MAX_ID: Final = 2**53 - 1  # request ids stay exact in every JSON implementation
 

@@ -15,12 +15,19 @@ waiting in :meth:`PostgresStore.load`:
   :class:`~actorq.StoreError`. The row lock also orders the two: a new leader
   bumps the epoch only after an in-flight commit of the old one has ended, and
   loads only after that, so it sees every batch the old leader acknowledged.
-* **Watch.** A leader polls its lock connection from a thread of its own;
+* **Watch.** A leader polls its lock connection from a thread of its own,
+  from the moment it wins the lock (through the election and the load);
   when the session is gone, :meth:`PostgresStore.watch` raises and the queue
-  shuts down (``open_queue`` runs ``watch`` beside the scheduler). The server
-  ends an idle lock session after ``lease_timeout`` seconds
-  (``idle_session_timeout``), so a leader that hangs or is cut off also loses
-  the lock in bounded time.
+  shuts down (``open_queue`` runs ``watch`` beside the scheduler).
+* **The lease.** The server ends an idle lock session after
+  ``lease_timeout`` seconds (``idle_session_timeout``), so a leader that
+  hangs or is cut off loses the lock in bounded time; and the leader steps
+  down by itself once ``lease_timeout`` passed since its last confirmed
+  poll was sent, cutting its connections (``_postgres_lease``), so it stops
+  serving no later than a standby can win, whatever TCP does.
+* **Elections** bump the epoch under ``lock_timeout = leader_poll`` and end
+  the session of a deposed leader's transaction that holds the ``leader``
+  row longer than that.
 
 Why sync psycopg on worker threads and not psycopg's async API: that API is
 built on asyncio and does not run under trio without a bridge. A commit is one
@@ -40,6 +47,7 @@ import os
 import select
 import socket
 import threading
+import time
 import zlib
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -50,8 +58,17 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from .._core._errors import StoreError
+from ._postgres_lease import Link, Watchdog
 from ._postgres_schema import SCHEMA_VERSION, check_version, q
-from ._postgres_sql import DEPOSED, ELECT, FENCE, LOCK_HELD, read_records, write_changes
+from ._postgres_sql import (
+    DEPOSED,
+    ELECT,
+    FENCE,
+    LOCK_HELD,
+    ROW_HOLDERS,
+    read_records,
+    write_changes,
+)
 from ._threads import run_sync
 
 if TYPE_CHECKING:
@@ -79,24 +96,30 @@ class PostgresStore:
     in seconds of real time:
 
     * ``standby_poll``: how often a standby tries to take the leadership;
-    * ``leader_poll``: how often the leader checks that it still holds it;
-    * ``lease_timeout``: how long the server keeps the lock of a leader that
-      stopped polling (hung, partitioned) before ending its session.
+    * ``leader_poll``: how often the leader confirms that it still holds it;
+    * ``lease_timeout``: how long a leader may go without confirming its lock
+      before it steps down, and how long the server keeps the lock of a
+      leader that stopped polling (hung, partitioned) before ending its
+      session. The same span on both sides: the leader stops serving no
+      later than the server frees the lock for a standby.
 
     Contract, on top of :class:`~actorq.Store`'s:
 
     * :meth:`load` returns only once this process is the leader; until then
       it waits (a hot standby). It raises :class:`~actorq.StoreError` at once
       if the database cannot be reached or holds a schema newer than
-      :data:`SCHEMA_VERSION` (or one that is not actorq's), and releases
-      everything it opened if it fails or is cancelled.
+      :data:`SCHEMA_VERSION` (or one that is not actorq's), if the lease
+      runs out while it loads, and releases everything it opened if it fails
+      or is cancelled.
     * :meth:`commit` writes one batch in one transaction, or raises
-      :class:`~actorq.StoreError` with nothing written: on any database error,
-      and when another process has become leader since this one loaded
-      (fencing). After a failed commit the store refuses further commits.
+      :class:`~actorq.StoreError`: on any database error, when another
+      process has become leader since this one loaded (fencing), when the
+      commit takes longer than ``lease_timeout`` and when the lease runs out
+      meanwhile (its outcome is then unknown). After a failed commit the
+      store refuses further commits.
     * :meth:`watch` raises :class:`~actorq.StoreError` as soon as the
-      leadership is lost; ``open_queue`` runs it next to the scheduler, so the
-      queue stops serving.
+      leadership is lost or can no longer be confirmed; ``open_queue`` runs
+      it next to the scheduler, so the queue stops serving.
     * :meth:`close` releases the leadership; a standby takes over at once.
     """
 
@@ -127,12 +150,14 @@ class PostgresStore:
         #: This process's epoch once it leads; ``None`` before.
         self.epoch: int | None = None
         self.holder = f"{socket.gethostname()} pid {os.getpid()}"
-        self._lock_conn: psycopg.Connection[Any] | None = None
-        self._data_conn: psycopg.Connection[Any] | None = None
+        self._lock_link: Link | None = None
+        self._data_link: Link | None = None
+        self._links = threading.Lock()  # guards the two links against cut-while-replaced
         self._limiter = trio.CapacityLimiter(1)
         self._failed: str | None = None  # why commits are refused, once they are
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._watchdog: Watchdog | None = None
         self._lost: trio.Event | None = None
         self._lost_reason = ""
         self._trio_token: trio.lowlevel.TrioToken | None = None
@@ -141,24 +166,25 @@ class PostgresStore:
     @property
     def lock_backend_pid(self) -> int | None:
         """The server process of the lock connection (for monitoring), if connected."""
-        conn = self._lock_conn
-        return None if conn is None or conn.closed else conn.info.backend_pid
+        return _backend_pid(self._lock_link)
 
     @property
     def data_backend_pid(self) -> int | None:
         """The server process of the data connection (for monitoring), if connected."""
-        conn = self._data_conn
-        return None if conn is None or conn.closed else conn.info.backend_pid
+        return _backend_pid(self._data_link)
 
     # ------------------------------------------------------------ the protocol
 
     async def load(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
         """Wait for the leadership, migrate the schema, and return every record.
 
-        A store that was closed can be loaded again (it stands for election
-        anew); loading one that is open raises :class:`RuntimeError`.
+        From the moment the lock is won, the lock is confirmed every
+        ``leader_poll`` seconds, through the election and the load, so a load
+        that takes minutes keeps it. A store that was closed can be loaded
+        again (it stands for election anew); loading one that is open raises
+        :class:`RuntimeError`.
         """
-        if self._lock_conn is not None or self._data_conn is not None:
+        if self._lock_link is not None or self._data_link is not None:
             raise RuntimeError("this PostgresStore is open; close it before loading it again")
         self._trio_token = trio.lowlevel.current_trio_token()
         self._lost = trio.Event()
@@ -167,6 +193,9 @@ class PostgresStore:
         self._failed = None
         self.epoch = None
         try:
+            self._watchdog = Watchdog(
+                f"actorq lease {self.schema}", self.lease_timeout, self._step_down
+            )
             await self._run(self._open_lock_connection)
             waiting = False
             while not await self._run(self._try_lock):
@@ -202,34 +231,56 @@ class PostgresStore:
             raise StoreError(self._failed)
         if self.epoch is None:
             raise StoreError("the store has not been loaded (it is not the leader)")
-        conn = self._data_conn
+        watchdog = self._watchdog
+        assert watchdog is not None
+        if watchdog.remaining() == 0.0:
+            # paused past the lease (SIGSTOP, a VM freeze): a standby may lead by now
+            self._fail(self._failed or "the leadership lease ran out")
+        link = self._data_link
         try:
-            if conn is None or conn.closed or not _idle_and_alive(conn):
+            if link is None or link.conn.closed or not _idle_and_alive(link.conn):
                 # Dropped while idle (a restart, an idle timeout, an admin):
                 # nothing of this batch was sent, so a new connection is safe.
-                if conn is not None:
+                if link is not None:
                     log.warning("queue %r: the data connection was lost; reconnecting", self.schema)
-                    conn.close()
-                conn = self._data_conn = None
-                conn = self._data_conn = self._connect("data")
+                self._replace_link("data", None)
+                link = Link(self._connect("data"))
+                self._replace_link("data", link)
+            conn = link.conn
+            reason = (
+                f"queue {self.schema!r}: a commit took longer than lease_timeout "
+                f"({self.lease_timeout:g} s); this process stops leading"
+            )
             # One round trip: the fence, every write and the COMMIT go out as
             # one pipeline. If the fence fails, the server skips the rest and
             # the COMMIT rolls back.
-            with conn.pipeline(), conn.cursor() as cur:
+            with (
+                watchdog.deadline(link, self.lease_timeout, reason),
+                conn.pipeline(),
+                conn.cursor() as cur,
+            ):
                 cur.execute(self._sql(FENCE), (self.epoch,))
                 self._write(cur, changes)
                 conn.commit()
         except psycopg.Error as exc:
-            self._rollback(conn)
+            conn_now = None if link is None else link.conn
+            self._rollback(conn_now)
             if exc.sqlstate == DEPOSED:
                 self._fail(
                     f"queue {self.schema!r}: another process has become leader since "
                     f"this one was elected (epoch {self.epoch}); this one stops"
                 )
             # A connection lost while the pipeline was out may have committed.
-            lost = isinstance(exc, psycopg.OperationalError) and (conn is None or conn.broken)
+            lost = isinstance(exc, psycopg.OperationalError) and (
+                conn_now is None or conn_now.broken
+            )
             what = "its outcome is unknown" if lost else "nothing was written"
-            self._fail(f"PostgreSQL commit failed ({what}): {exc}")
+            if link is not None and link.cut_reason:
+                self._fail(f"PostgreSQL commit failed ({what}): {link.cut_reason}")
+            self._fail(
+                f"queue {self.schema!r}: PostgreSQL commit failed ({what}): {exc}; "
+                "this process stops leading"
+            )
 
     def _write(self, cur: psycopg.Cursor[Any], changes: Changes) -> None:
         write_changes(cur, changes, self._sql)
@@ -249,6 +300,7 @@ class PostgresStore:
         }
         extra = {key: value for key, value in defaults.items() if key not in params}
         conn = psycopg.connect(self.conninfo, autocommit=role == "lock", **extra)
+        lease_ms = str(int(self.lease_timeout * 1000))
         try:
             # Loaded timestamps come back in UTC, like the core's clock.
             conn.execute("SET TIME ZONE 'UTC'")
@@ -258,11 +310,19 @@ class PostgresStore:
             if row is not None and row[0] == "off":
                 conn.execute("SET synchronous_commit = on")
             if role == "lock":
-                self._set_idle_timeout(conn, int(self.lease_timeout * 1000))
+                # The lease on the server's side: a lock session that stops
+                # polling (a hung or cut-off leader) ends after lease_timeout.
+                self._set_timeout(conn, "idle_session_timeout", lease_ms)
             else:
                 # A leader may stay idle for long: a cluster-wide idle
-                # timeout must not cut its data connection.
-                self._set_idle_timeout(conn, 0)
+                # timeout must not cut its data connection. A transaction
+                # it left open (it died between statements) must not hold
+                # the leader row for long: that would block the election.
+                self._set_timeout(conn, "idle_session_timeout", "0")
+                self._set_timeout(conn, "idle_in_transaction_session_timeout", lease_ms)
+            # No statement of the store is cut by a cluster-wide timeout: a
+            # load may take minutes; commits have a deadline of their own.
+            self._set_timeout(conn, "statement_timeout", "0")
             if not conn.autocommit:
                 conn.commit()
         except BaseException:
@@ -271,62 +331,118 @@ class PostgresStore:
         return conn
 
     @staticmethod
-    def _set_idle_timeout(conn: psycopg.Connection[Any], ms: int) -> None:
+    def _set_timeout(conn: psycopg.Connection[Any], name: str, ms: str) -> None:
         try:
             with conn.transaction():
-                conn.execute("SELECT set_config('idle_session_timeout', %s, false)", (str(ms),))
+                conn.execute("SELECT set_config(%s, %s, false)", (name, ms))
         except psycopg.errors.UndefinedObject:
             # PostgreSQL < 14 has no idle_session_timeout: a hung leader then
             # keeps the lock until TCP gives up on it (keepalives).
-            log.warning("this PostgreSQL has no idle_session_timeout; failover may be slower")
+            log.warning("this PostgreSQL has no %s; failover may be slower", name)
 
     def _open_lock_connection(self) -> None:
         try:
-            self._lock_conn = self._connect("lock")
-            check_version(self._lock_conn, self.schema, migrate=False)
+            link = Link(self._connect("lock"))
+            self._replace_link("lock", link)
+            check_version(link.conn, self.schema, migrate=False)
         except psycopg.Error as exc:
             raise StoreError(f"cannot open the PostgreSQL store: {exc}") from exc
 
     def _try_lock(self) -> bool:
-        conn = self._lock_conn
+        link = self._lock_link
+        watchdog = self._watchdog
+        assert watchdog is not None
         try:
-            if conn is None or conn.closed:
-                conn = self._lock_conn = self._connect("lock")
-            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self.lock_key).fetchone()
+            if link is None or link.conn.closed:
+                link = Link(self._connect("lock"))
+                self._replace_link("lock", link)
+            asked = time.monotonic()
+            # a standby cut off from the server must not wait on it forever
+            reason = f"standby: queue {self.schema!r}: the database did not answer"
+            with watchdog.deadline(link, self.lease_timeout, reason):
+                row = link.conn.execute(
+                    "SELECT pg_try_advisory_lock(%s, %s)", self.lock_key
+                ).fetchone()
         except psycopg.OperationalError as exc:
             # The database may be restarting: a standby keeps waiting.
             log.warning("standby: lost the database connection (%s); retrying", exc)
-            if conn is not None:
-                conn.close()
-            self._lock_conn = None
+            self._replace_link("lock", None)
             return False
-        return bool(row and row[0])
+        if not (row and row[0]):
+            return False
+        # Won. From now on the lock is confirmed every leader_poll seconds,
+        # through the election and the load: the lock session never idles.
+        watchdog.renew(asked)
+        self._watcher = threading.Thread(
+            target=self._watch_lock, name=f"actorq leader watch {self.schema}", daemon=True
+        )
+        self._watcher.start()
+        return True
 
     def _lead_and_load(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
         try:
-            conn = self._data_conn = self._connect("data")
+            link = Link(self._connect("data"))
+            self._replace_link("data", link)
+            conn = link.conn
             with conn.transaction():
                 check_version(conn, self.schema, migrate=True)
-            with conn.transaction():
-                row = conn.execute(self._sql(ELECT), (self.holder,)).fetchone()
-            assert row is not None
-            self.epoch = int(row[0])
+            self.epoch = self._elect(conn)
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             try:
                 with conn.transaction():
                     records = self._read(conn)
             finally:
-                conn.isolation_level = None
-                conn.read_only = None
+                if not conn.broken:
+                    conn.isolation_level = None
+                    conn.read_only = None
         except psycopg.Error as exc:
+            if self._lost_reason:
+                raise StoreError(f"cannot load the PostgreSQL store: {self._lost_reason}") from exc
             raise StoreError(f"cannot load the PostgreSQL store: {exc}") from exc
+        if self._lost_reason:
+            raise StoreError(f"cannot load the PostgreSQL store: {self._lost_reason}")
         log.info("queue %r: leader with epoch %d (%s)", self.schema, self.epoch, self.holder)
-        self._watcher = threading.Thread(
-            target=self._watch_lock, name=f"actorq leader watch {self.schema}", daemon=True
-        )
-        self._watcher.start()
         return records
+
+    def _elect(self, conn: psycopg.Connection[Any]) -> int:
+        """Bump the epoch; end a deposed leader's transaction that holds the row past a grace.
+
+        A commit in flight when the old leader lost its lock finishes within
+        ``leader_poll`` and is waited for (its batch is then loaded). One that
+        holds the row longer belongs to a leader that died, hangs or was cut
+        off between two statements of a commit (no server timeout covers
+        that); this process holds the lock, so that leader is deposed and its
+        transaction was never acknowledged: its session is ended.
+        """
+        grace_ms = str(max(1, int(self.leader_poll * 1000)))
+        told: set[int] = set()  # holders already logged
+        while True:
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT set_config('lock_timeout', %s, true)", (grace_ms,))
+                    row = conn.execute(self._sql(ELECT), (self.holder,)).fetchone()
+                assert row is not None
+                return int(row[0])
+            except psycopg.errors.LockNotAvailable:
+                pass
+            with conn.transaction():
+                holders = conn.execute(self._sql(ROW_HOLDERS)).fetchall()
+            for (pid,) in holders:
+                if pid not in told:
+                    log.warning(
+                        "queue %r: a deposed leader's transaction (server pid %d) holds the "
+                        "leader row; ending its session",
+                        self.schema,
+                        pid,
+                    )
+                try:
+                    with conn.transaction():
+                        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    if pid not in told:
+                        log.warning("cannot end it (%s); waiting for it", exc)
+                told.add(pid)
 
     def _read(self, conn: psycopg.Connection[Any]) -> tuple[list[JobRecord], list[WorkerRecord]]:
         return read_records(conn, self._sql)
@@ -334,44 +450,78 @@ class PostgresStore:
     def _watch_lock(self) -> None:
         # A thread of its own, in real time: trio timers would not do, since
         # tests drive trio's clock by hand. Only this thread uses the lock
-        # connection while the store leads.
-        conn = self._lock_conn
+        # connection while the store leads; the watchdog cuts it if a probe
+        # hangs past the lease.
+        link = self._lock_link
+        watchdog = self._watchdog
+        assert link is not None
+        assert watchdog is not None
         reason = ""
         while not self._stopping.wait(self.leader_poll):
+            asked = time.monotonic()
             try:
-                assert conn is not None
-                row = conn.execute(LOCK_HELD, self.lock_key).fetchone()
+                row = link.conn.execute(LOCK_HELD, self.lock_key).fetchone()
                 if row is not None and row[0] == 1:
+                    watchdog.renew(asked)
                     continue
                 reason = "the leadership lock is no longer held"
             except psycopg.Error as exc:
                 if self._stopping.is_set():
                     return
-                reason = f"the leadership lock connection was lost: {exc}"
+                reason = link.cut_reason or f"the leadership lock connection was lost: {exc}"
             break
         else:
             return
+        self._step_down(reason)
+
+    def _step_down(self, reason: str) -> None:
+        """Stop leading, from any thread: refuse commits, cut both connections, wake watch()."""
+        if self._lost_reason or self._stopping.is_set():
+            return
         message = f"queue {self.schema!r}: {reason}; this process stops leading"
+        self._lost_reason = message
         log.error("%s", message)
         self._fail(message, raise_=False)
-        self._lost_reason = message
-        if self._lost is not None and self._trio_token is not None:
+        # whatever was blocked on the database (a commit, the load, a probe)
+        # fails now instead of whenever TCP gives up
+        with self._links:
+            for link in (self._data_link, self._lock_link):
+                if link is not None:
+                    link.cut(message)
+        lost, token = self._lost, self._trio_token
+        if lost is not None and token is not None:
             with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(self._lost.set, trio_token=self._trio_token)
+                token.run_sync_soon(lost.set)
 
     def _close_sync(self) -> None:
         self._stopping.set()
         if self._watcher is not None:
-            self._watcher.join()
+            self._watcher.join(min(1.0, self.lease_timeout))
+            if self._watcher.is_alive():  # stuck on a silent network
+                with self._links:
+                    if self._lock_link is not None:
+                        self._lock_link.cut("the store is closing")
+                self._watcher.join()
             self._watcher = None
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if self._failed is None:
             self._failed = "the store is closed"
-        for conn in (self._data_conn, self._lock_conn):
-            if conn is not None:
-                conn.close()
-        self._data_conn = self._lock_conn = None
+        self._replace_link("data", None)
+        self._replace_link("lock", None)
 
     # -------------------------------------------------------------- helpers
+
+    def _replace_link(self, role: str, link: Link | None) -> None:
+        """Put ``link`` in place of the ``role`` connection ("lock" or "data"), closing the old."""
+        with self._links:
+            if role == "lock":
+                old, self._lock_link = self._lock_link, link
+            else:
+                old, self._data_link = self._data_link, link
+        if old is not None:
+            old.close()
 
     def _fail(self, message: str, *, raise_: bool = True) -> None:
         if self._failed is None:
@@ -398,6 +548,12 @@ class PostgresStore:
         return await run_sync(fn, limiter=self._limiter)
 
 
+def _backend_pid(link: Link | None) -> int | None:
+    if link is None or link.conn.closed:
+        return None
+    return link.conn.info.backend_pid
+
+
 def _idle_and_alive(conn: psycopg.Connection[Any]) -> bool:
     """Whether an idle connection is still usable, without a round trip.
 
@@ -422,28 +578,60 @@ def _idle_and_alive(conn: psycopg.Connection[Any]) -> bool:
     return True
 
 
-def split_url(url: str) -> tuple[str, str | None]:
-    """Split off actorq's own URL parameter (``actorq_schema``) from a PostgreSQL URL.
+#: actorq's own URL parameters: the schema and the timing knobs of :class:`PostgresStore`.
+URL_OPTIONS: Final = {
+    "actorq_schema": "schema",
+    "actorq_standby_poll": "standby_poll",
+    "actorq_leader_poll": "leader_poll",
+    "actorq_lease_timeout": "lease_timeout",
+}
 
-    Returns the URL as libpq should see it and the schema (``None`` if unset).
+
+def split_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split off actorq's own URL parameters (``actorq_*``) from a PostgreSQL URL.
+
+    Returns the URL as libpq should see it and the options found, by
+    :class:`PostgresStore` argument name.
     """
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = None
+    options: dict[str, str] = {}
     kept = []
     for key, value in query:
-        if key == "actorq_schema":
-            schema = value
+        if key in URL_OPTIONS:
+            options[URL_OPTIONS[key]] = value
+        elif key.startswith("actorq_"):
+            known = ", ".join(URL_OPTIONS)
+            raise ValueError(f"unknown URL parameter {key!r}; actorq's own are {known}")
         else:
             kept.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(kept))), schema
+    return urlunsplit(parts._replace(query=urlencode(kept))), options
 
 
 def store_from_url(url: str) -> PostgresStore:
     """Make a store from ``postgresql://user@host:port/db?actorq_schema=NAME``.
 
-    Every other query parameter goes to libpq as it is (``host=/run/postgresql``
-    for a unix socket, ``sslmode=...``). The schema defaults to ``actorq``.
+    ``actorq_standby_poll``, ``actorq_leader_poll`` and ``actorq_lease_timeout``
+    (seconds) set the timings; a value that is not a number raises
+    :class:`ValueError`. Every other query parameter goes to libpq as it is
+    (``host=/run/postgresql`` for a unix socket, ``sslmode=...``). The schema
+    defaults to ``actorq``.
     """
-    conninfo, schema = split_url(url)
-    return PostgresStore(conninfo, schema=schema or "actorq")
+    conninfo, options = split_url(url)
+
+    def seconds(name: str, default: float) -> float:
+        value = options.get(name)
+        if value is None:
+            return default
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"actorq_{name} must be a number of seconds, not {value!r}") from None
+
+    return PostgresStore(
+        conninfo,
+        schema=options.get("schema") or "actorq",
+        standby_poll=seconds("standby_poll", 0.5),
+        leader_poll=seconds("leader_poll", 1.0),
+        lease_timeout=seconds("lease_timeout", 10.0),
+    )

@@ -23,6 +23,7 @@ __all__ = [
     "ELECT",
     "FENCE",
     "LOCK_HELD",
+    "ROW_HOLDERS",
     "read_records",
     "write_changes",
 ]
@@ -35,6 +36,15 @@ ELECT = """
     SET epoch = epoch + 1, holder = %s, elected = statement_timestamp(),
         renewed = statement_timestamp()
     RETURNING epoch
+"""
+# The server processes whose open transaction holds the leader row: the
+# transaction that last updated it and has not ended (its xid is the row's
+# xmax while it runs).
+ROW_HOLDERS = """
+    SELECT l.pid FROM {s}.leader r
+    JOIN pg_locks l ON l.locktype = 'transactionid' AND l.transactionid = r.xmax
+                       AND l.mode = 'ExclusiveLock' AND l.granted
+    WHERE l.pid <> pg_backend_pid()
 """
 # New jobs are inserted whole; for known ones only what can change is set.
 UPSERT_JOBS = """
@@ -127,48 +137,41 @@ def write_changes(
         cur.execute(sql(DELETE_WORKERS), (list(changes.deleted_workers),))
 
 
+#: Rows per fetch of a load: big enough that round trips do not count, small
+#: enough that the session is never idle in its transaction for long.
+LOAD_CHUNK: Final = 20_000
+
+
 def read_records(
     conn: psycopg.Connection[Any], sql: Callable[[str], Composed]
 ) -> tuple[list[JobRecord], list[WorkerRecord]]:
-    """Every worker (insertion order) and job (seq order), in the caller's transaction."""
+    """Every worker (insertion order) and job (seq order), in the caller's transaction.
+
+    Jobs come through a server-side cursor, ``LOAD_CHUNK`` rows per fetch:
+    memory stays at one chunk of rows beside the records, and the session
+    goes back to the server every few milliseconds, so an
+    ``idle_in_transaction_session_timeout`` never ends a long load.
+    """
     with conn.cursor(binary=True) as cur:
         cur.execute(sql(LOAD_WORKERS))
-        workers = [WorkerRecord(*row) for row in cur]
+        workers = [WorkerRecord(*row) for row in cur.fetchall()]
         cur.execute(sql(LOAD_DEPENDENCIES))
         deps: dict[UUID, list[UUID]] = {}
-        for job_id, dep_id in cur:
+        for job_id, dep_id in cur.fetchall():
             deps.setdefault(job_id, []).append(dep_id)
+    jobs: list[JobRecord] = []
+    none = ()
+    with conn.cursor(name="actorq_load_jobs", binary=True) as cur:
         cur.execute(sql(LOAD_JOBS))
-        jobs: list[JobRecord] = []
-        for (
-            job_id,
-            seq,
-            job_type,
-            channel,
-            args,
-            queued,
-            started,
-            finished,
-            canceled,
-            result,
-            retries,
-            token,
-            worker_id,
-            failed,
-            cancel_on_failed_dependency,
-            failed_dependency,
-            priority,
-            not_before,
-            unique_key,
-        ) in cur:
-            jobs.append(
+        while rows := cur.fetchmany(LOAD_CHUNK):
+            jobs.extend(
                 JobRecord(
                     id=job_id,
                     seq=seq,
                     type=job_type,
                     channel=channel,
                     args=args,
-                    dependencies=tuple(deps.get(job_id, ())),
+                    dependencies=tuple(deps[job_id]) if job_id in deps else none,
                     queued=queued,
                     started=started,
                     finished=finished,
@@ -184,6 +187,27 @@ def read_records(
                     not_before=not_before,
                     unique_key=unique_key,
                 )
+                for (
+                    job_id,
+                    seq,
+                    job_type,
+                    channel,
+                    args,
+                    queued,
+                    started,
+                    finished,
+                    canceled,
+                    result,
+                    retries,
+                    token,
+                    worker_id,
+                    failed,
+                    cancel_on_failed_dependency,
+                    failed_dependency,
+                    priority,
+                    not_before,
+                    unique_key,
+                ) in rows
             )
     return jobs, workers
 

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._core._records import Changes, JobRecord, WorkerRecord
+    from ._sqlite_backup import BackupResult
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -166,6 +167,41 @@ class SqliteStore:
     async def close(self) -> None:
         """Close the database, releasing its lock. Waits for a write in flight; idempotent."""
         await self._run(self._close_sync)
+
+    async def backup(
+        self, dest: str | os.PathLike[str], *, overwrite: bool = False
+    ) -> BackupResult:
+        """Copy the database to the file ``dest`` while the queue runs; return what it holds.
+
+        The copy goes through SQLite's backup API on this store's own
+        connection, between two commits, so it holds every change committed
+        before it and is consistent; commits wait while SQLite copies the
+        pages (one read of the file), not while the copy is then checked,
+        fsynced and renamed into place. Raises
+        :class:`~actorq._stores._sqlite_backup.BackupError` (a
+        :class:`StoreError`) if ``dest`` exists and ``overwrite`` is false,
+        or if the copy cannot be made; ``dest`` is then as it was. Runs to
+        completion on the store's thread even if the caller is cancelled.
+        """
+        from ._sqlite_backup import finish_copy, remove_partial
+
+        target = os.fspath(dest)
+        temp = await self._run(self._backup_copy_sync, target, overwrite)
+        if not isinstance(temp, str):
+            return temp
+        # checks, fsync and rename need no connection: commits go on meanwhile
+        try:
+            return await run_sync(finish_copy, temp, self._path, target)
+        except BaseException:
+            remove_partial(temp)
+            raise
+
+    def _backup_copy_sync(self, dest: str, overwrite: bool) -> str | BackupResult:
+        from ._sqlite_backup import backup_file, copy_to_temp
+
+        if self._conn is None:  # not open: nothing holds the file, copy it whole
+            return backup_file(self._path, dest, overwrite=overwrite)
+        return copy_to_temp(self._conn, self._path, dest, overwrite=overwrite)
 
     # --------------------------------------------------------------- threads
 

@@ -1,0 +1,227 @@
+"""The websocket transport (actorq/_remote/_transport.py), over memory streams.
+
+Both ends are checked against trio-websocket, an independent implementation,
+and against raw wsproto and raw bytes where a peer must do something
+trio-websocket does not (fragments, a bare HTTP request, a refusal).
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import ConnectionClosed as OtherClosed
+from trio_websocket import wrap_client_stream, wrap_server_stream
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
+
+from actorq._remote._transport import (
+    ConnectionClosed,
+    HandshakeError,
+    accept_websocket,
+    open_websocket,
+)
+
+
+async def test_our_server_with_another_client() -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        closed: list[ConnectionClosed] = []
+
+        async def server() -> None:
+            ws = await accept_websocket(server_end, max_message_size=1000)
+            assert ws is not None
+            assert ws.path == "/queue?x=1"
+            try:
+                while True:
+                    message = await ws.receive()
+                    await ws.send_many([message, message])
+            except ConnectionClosed as exc:
+                closed.append(exc)
+            await ws.aclose()
+
+        nursery.start_soon(server)
+        other = await wrap_client_stream(
+            nursery,
+            client_end,  # type: ignore[arg-type]
+            "localhost",
+            "/queue?x=1",
+        )
+        await other.send_message("text")
+        assert [await other.get_message(), await other.get_message()] == ["text", "text"]
+        await other.send_message(b"\x00bytes")
+        assert await other.get_message() == b"\x00bytes"
+        await other.ping(b"are you there")  # returns once the pong came
+        await other.aclose(4321, "done here")
+    assert closed[0].code == 4321
+    assert closed[0].reason == "done here"
+
+
+async def test_our_client_with_another_server() -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def server() -> None:
+            request = await wrap_server_stream(nursery, server_end)
+            other = await request.accept()
+            message = await other.get_message()
+            await other.send_message(message * 2)
+            await other.ping(b"ping")  # answered by our receive, while it waits
+            await other.aclose(1001, "going away")
+
+        nursery.start_soon(server)
+        ws = await open_websocket(client_end, "localhost", "/", max_message_size=1000)
+        await ws.send("ab")
+        assert await ws.receive() == "abab"
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.receive()
+        assert (info.value.code, info.value.reason) == (1001, "going away")
+        # closed stays closed: every call raises the same
+        with pytest.raises(ConnectionClosed):
+            await ws.send("more")
+        with pytest.raises(ConnectionClosed):
+            await ws.receive()
+        await ws.aclose()  # never raises once closed
+
+
+async def test_a_message_too_large_closes_with_1009_on_both_sides() -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        seen: list[ConnectionClosed] = []
+
+        async def server() -> None:
+            ws = await accept_websocket(server_end, max_message_size=100)
+            assert ws is not None
+            try:
+                await ws.receive()
+            except ConnectionClosed as exc:
+                seen.append(exc)
+            await ws.aclose()
+
+        nursery.start_soon(server)
+        other = await wrap_client_stream(nursery, client_end, "localhost", "/")  # type: ignore[arg-type]
+        await other.send_message("x" * 101)
+        with pytest.raises(OtherClosed) as info:
+            await other.get_message()
+        assert info.value.reason is not None
+        assert info.value.reason.code == 1009
+    assert seen[0].code == 1009
+
+
+async def test_fragments_are_joined_and_pings_between_them_answered() -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        got: list[str | bytes] = []
+
+        async def server() -> None:
+            ws = await accept_websocket(server_end, max_message_size=1000)
+            assert ws is not None
+            got.append(await ws.receive())
+
+        nursery.start_soon(server)
+        raw = WSConnection(ConnectionType.CLIENT)
+        await client_end.send_all(raw.send(Request(host="localhost", target="/")))
+        while True:
+            raw.receive_data(bytes(await client_end.receive_some()))
+            if any(isinstance(e, AcceptConnection) for e in raw.events()):
+                break
+        data = raw.send(TextMessage(data="hel", message_finished=False))
+        data += raw.send(Ping(b"p"))
+        data += raw.send(TextMessage(data="lo", message_finished=True))
+        await client_end.send_all(data)
+        await trio.testing.wait_all_tasks_blocked()
+        raw.receive_data(bytes(await client_end.receive_some()))
+        assert [e for e in raw.events() if isinstance(e, Pong)] == [Pong(payload=b"p")]
+    assert got == ["hello"]
+
+
+async def test_a_request_that_is_not_an_upgrade_gets_an_http_error() -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    await client_end.send_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    with trio.fail_after(5):
+        assert await accept_websocket(server_end, max_message_size=1000) is None
+    answer = await client_end.receive_some()
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 426"))
+
+
+async def test_a_tls_hello_on_a_plain_port_is_dropped_at_once() -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    await client_end.send_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    with trio.fail_after(5):
+        assert await accept_websocket(server_end, max_message_size=1000) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "sentence"),
+    [
+        (
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno",
+            "the server refused the websocket upgrade with HTTP status 403",
+        ),
+        (b"\x15\x03\x03\x00\x02\x02\x46", "the server answered in TLS: use a wss:// URL"),
+        (b"", "the server closed the connection during the websocket handshake"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "the server's answer is not a websocket handshake"),
+    ],
+)
+async def test_a_failed_client_handshake_says_why(answer: bytes, sentence: str) -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+
+    async def server() -> None:
+        await server_end.receive_some()
+        if answer:
+            await server_end.send_all(answer)
+        await server_end.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        with pytest.raises(HandshakeError) as info:
+            await open_websocket(client_end, "localhost", "/", max_message_size=1000)
+    assert str(info.value).startswith(sentence)
+
+
+async def test_a_dropped_stream_is_1006() -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def server() -> None:
+            ws = await accept_websocket(server_end, max_message_size=1000)
+            assert ws is not None
+            await trio.aclose_forcefully(server_end)  # no close frame
+
+        nursery.start_soon(server)
+        ws = await open_websocket(client_end, "localhost", "/", max_message_size=1000)
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.receive()
+        assert info.value.code == 1006
+
+
+async def test_a_pong_waits_for_the_write_in_progress() -> None:
+    # One writer at a time without a lock: a pong due while a send is under
+    # way goes out right after it, whole, and the peer reads both intact.
+    client_end, server_end = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def server() -> None:
+            ws = await accept_websocket(server_end, max_message_size=1 << 20)
+            assert ws is not None
+            nursery.start_soon(ws.receive)  # answers pings while the send below blocks
+            await ws.send("x" * 100_000)  # blocks: the client does not read yet
+
+        nursery.start_soon(server)
+        raw = WSConnection(ConnectionType.CLIENT)
+        await client_end.send_all(raw.send(Request(host="localhost", target="/")))
+        events: list[object] = []
+        while not any(isinstance(e, AcceptConnection) for e in events):
+            raw.receive_data(bytes(await client_end.receive_some()))
+            events.extend(raw.events())
+        await trio.testing.wait_all_tasks_blocked()
+        await client_end.send_all(raw.send(Ping(b"mid-send")))
+        await trio.testing.wait_all_tasks_blocked()
+        received: list[object] = []
+        while not any(isinstance(e, Pong) for e in received):
+            raw.receive_data(bytes(await client_end.receive_some()))
+            received.extend(raw.events())
+        texts = "".join(e.data for e in received if isinstance(e, TextMessage))
+        assert texts == "x" * 100_000
+        assert received[-1] == Pong(payload=b"mid-send")
+        nursery.cancel_scope.cancel()
