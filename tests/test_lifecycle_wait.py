@@ -62,3 +62,22 @@ async def test_a_remote_wait_is_answered_when_the_job_settles_and_forgotten_on_c
         assert isinstance(caught.value, TimeoutError)
         await local._call(lambda state: None)
         assert settle_waiters(local) == 0
+
+
+async def test_the_scheduler_sleeps_until_the_first_delayed_job_falls_due(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with actorq.open_queue(maintenance=None) as queue:
+        scheduler = queue._scheduler
+        late = await queue.enqueue("t", "late", delay=1000)
+        early = await queue.enqueue("t", "early", delay=10)
+        batches = scheduler.batches
+        await trio.sleep(9)
+        assert scheduler.batches == batches  # nothing due: no wake-up, no poll
+        assert (await queue.dequeue(["t"], timeout=5)).id == early
+        batches = scheduler.batches
+        await trio.sleep(900)
+        assert scheduler.batches == batches
+        start = trio.current_time()
+        assert (await queue.dequeue(["t"])).id == late
+        assert trio.current_time() - start == pytest.approx(1000 - 9 - 900 - 1, abs=1)
