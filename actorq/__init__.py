@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         QueueClosedError,
         RunningError,
         StoreError,
+        WaitTimeoutError,
         WorkerNotExistError,
     )
     from ._core._json import JSON, converter, structure
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from ._stores._base import MemoryStore, Store
     from ._stores._postgres import PostgresStore
     from ._stores._sqlite import SqliteStore
+    from ._worker._backoff import Backoff
     from ._worker._job import Job, error_result
     from ._worker._worker import Worker
 
@@ -65,9 +67,11 @@ _MODULES: dict[str, str] = {
     "LocalQueue": "._actor._local",
     "open_queue": "._actor._local",
     "Maintenance": "._actor._maintenance",
+    "Backoff": "._worker._backoff",
     "ActiveJobsError": "._core._errors",
     "CanceledError": "._core._errors",
     "DequeueTimeoutError": "._core._errors",
+    "WaitTimeoutError": "._core._errors",
     "FinishedError": "._core._errors",
     "HasDependentsError": "._core._errors",
     "JobQueueError": "._core._errors",
@@ -112,6 +116,7 @@ _MODULES: dict[str, str] = {
 __all__ = [
     "JSON",
     "ActiveJobsError",
+    "Backoff",
     "CanceledError",
     "Changes",
     "DequeueTimeoutError",
@@ -145,6 +150,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StreamingQueue",
+    "WaitTimeoutError",
     "Worker",
     "WorkerInfo",
     "WorkerNotExistError",

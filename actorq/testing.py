@@ -118,7 +118,7 @@ class Harness:
     async def wait(
         self, job_id: UUID, *, timeout: float = 24 * 3600.0, poll: float = 0.5
     ) -> JobStatus:
-        """Wait until the job has finished or was canceled; return its status.
+        """Wait until the job has settled (finished, failed or canceled); return its status.
 
         Checks every ``poll`` seconds of mock time. Raises
         :class:`trio.TooSlowError` after ``timeout`` seconds.
@@ -126,7 +126,7 @@ class Harness:
         with trio.fail_after(timeout):
             while True:
                 status = await self.queue.job_status(job_id)
-                if status.state in (JobState.FINISHED, JobState.CANCELED):
+                if status.state in (JobState.FINISHED, JobState.FAILED, JobState.CANCELED):
                     return status
                 await trio.sleep(poll)
 

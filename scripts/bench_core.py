@@ -8,6 +8,10 @@
 - ``dequeue_cost``: a dequeue (plus the requeue that puts the job back, so
   the pending count stays fixed) with 10, 10k and 1M pending jobs spread over
   100 types x 100 channels. It must stay flat as pending jobs grow.
+- ``dequeue_cost_lifecycle``: the same dequeue (and requeue) with the
+  largest pending count of ``dequeue_cost`` made of prioritized jobs (seven
+  priorities, ready) plus as many delayed jobs (not due), beside the plain
+  figure of the same run: the ratio must stay within 1.5.
 - ``batch_at_limits``: the scheduler actor's time for one batch at the
   limits of one request: dequeues naming the most (type, channel) pairs one
   may (``MAX_MATCH_KEYS``, 100 types x 100 channels), parked (no job is
@@ -72,9 +76,21 @@ def _fill(state: QueueState, pending: int) -> None:
         state.enqueue(f"type{i % 100}", "null", (), f"chan{(i // 100) % 100}")
 
 
-async def _dequeue_cost(pending: int, ops: int, repeats: int) -> dict[str, Any]:
+def _fill_lifecycle(state: QueueState, pending: int) -> None:
+    # as many prioritized ready jobs as _fill makes, spread the same way, and as
+    # many delayed ones that never fall due while the benchmark runs
+    for i in range(pending):
+        job_type, channel = f"type{i % 100}", f"chan{(i // 100) % 100}"
+        state.enqueue(job_type, "null", (), channel, priority=i % 7)
+        state.enqueue(job_type, "null", (), channel, delay=1e9)
+
+
+async def _dequeue_cost(
+    pending: int, ops: int, repeats: int, *, lifecycle: bool = False
+) -> dict[str, Any]:
     async with actorq.open_queue() as queue:
-        await queue._call(lambda s: _fill(s, pending))
+        fill = _fill_lifecycle if lifecycle else _fill
+        await queue._call(lambda s: fill(s, pending))
         types = ["type7", "type42"]
         channels = ["chan0", "chan3"]  # type7 on chan0 exists even with 10 pending
 
@@ -98,6 +114,7 @@ async def _dequeue_cost(pending: int, ops: int, repeats: int) -> dict[str, Any]:
             core_samples.append((trio.current_time() - start) / ops)
         return {
             "pending": pending,
+            "delayed": pending if lifecycle else 0,
             "queue_dequeue_plus_requeue": summarize(queue_samples),
             "core_dequeue_plus_release": summarize(core_samples),
         }
@@ -153,6 +170,12 @@ async def _main(quick: bool) -> dict[str, Any]:
     flat = costs[-1]["queue_dequeue_plus_requeue"]["median_us"] / max(
         costs[0]["queue_dequeue_plus_requeue"]["median_us"], 1e-9
     )
+    lifecycle = await _dequeue_cost(sizes[-1], ops // 4, repeats, lifecycle=True)
+
+    def lifecycle_ratio(key: str) -> float:
+        plain: float = costs[-1][key]["median_us"]
+        return float(lifecycle[key]["median_us"]) / max(plain, 1e-9)
+
     return {
         "round_trip": summarize(baseline),
         "cycle": summarize(cycle),
@@ -161,6 +184,12 @@ async def _main(quick: bool) -> dict[str, Any]:
         "cycle_goal_round_trips": 4,
         "dequeue_cost": costs,
         "dequeue_cost_ratio_largest_to_smallest": flat,
+        "dequeue_cost_lifecycle": lifecycle,
+        "dequeue_cost_lifecycle_ratio_to_plain": {
+            "queue": lifecycle_ratio("queue_dequeue_plus_requeue"),
+            "core": lifecycle_ratio("core_dequeue_plus_release"),
+            "bound": 1.5,
+        },
         "batch_at_limits": [
             await _batch_at_limits(1, repeats),
             await _batch_at_limits(1024, 1 if quick else 3),

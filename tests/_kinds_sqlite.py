@@ -169,6 +169,9 @@ class ReopeningQueue:
     async def job(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call("job", *args, **kwargs)
 
+    async def wait(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("wait", *args, **kwargs)
+
     async def id_from_token(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call("id_from_token", *args, **kwargs)
 

@@ -91,6 +91,23 @@ def test_unsupported_store_url() -> None:
     assert "unsupported store URL" in result.output
 
 
+def test_failed_jobs_are_listed_by_state(store: str) -> None:
+    failed = UUID(run(store, "enqueue", "build").output.strip())
+    kept = UUID(run(store, "enqueue", "build").output.strip())
+
+    async def fail_one() -> None:
+        async with actorq.open_queue(store) as queue:
+            await queue.fail_job(failed, {"error": "no disk"})
+
+    trio.run(fail_one)
+    listing = run(store, "jobs", "--state", "failed").output.splitlines()
+    assert [line.split()[0] for line in listing[1:]] == [str(failed)]
+    assert listing[1].split()[3] == "failed"
+    assert json.loads(run(store, "status", str(failed)).output)["state"] == "failed"
+    pending = run(store, "jobs", "--state", "pending").output.splitlines()
+    assert [line.split()[0] for line in pending[1:]] == [str(kept)]
+
+
 def test_the_state_choices_are_the_job_states() -> None:
     from actorq import JobState
     from actorq._cli._main import JOB_STATES
@@ -166,8 +183,8 @@ def last_line(result: Result) -> str:
             "Error: Invalid value for '--metrics-port': -1 is not in the range 0<=x<=65535.",
         ),
         (
-            ["serve", "--job-timeout", "-1"],
-            "Error: Invalid value for '--job-timeout': -1 is not a number of seconds > 0",
+            ["serve", "--heartbeat-timeout", "-1"],
+            "Error: Invalid value for '--heartbeat-timeout': -1 is not a number of seconds > 0",
         ),
         (
             ["serve", "--retention", "0"],

@@ -162,6 +162,8 @@ def test_an_import_failing_inside_the_module_keeps_its_traceback(app: str, tmp_p
         (["--concurrency", "4"], "--concurrency applies only with --type"),
         (["--channel", "red", "--grace", "1"], "--channel, --grace apply only with --type"),
         (["--heartbeat-interval", "3"], "--heartbeat-interval applies only with --type"),
+        (["--retries", "2", "--timeout", "9"], "--retries, --timeout apply only with --type"),
+        (["--backoff-max", "9"], "--backoff-max applies only with --type"),
     ],
 )
 def test_command_options_are_refused_with_a_target(

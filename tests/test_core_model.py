@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -40,11 +40,17 @@ class MJob:
     type: str
     channel: str
     deps: tuple[uuid.UUID, ...]
-    state: str = "pending"  # pending | running | finished | canceled
+    state: str = "pending"  # pending | running | finished | failed | canceled
     token: uuid.UUID | None = None
     retries: int = 0
     result: str | None = None
     dependents: list[uuid.UUID] = attrs.field(factory=list)
+    cancel_on_failed: bool = False
+    failed_dependency: uuid.UUID | None = None
+    priority: int = 0
+    due: float = 0.0  # when its delay is over (the machine's clock)
+    released: bool = True  # its delay is over and the core was told (release_due)
+    unique_key: str | None = None
 
 
 @attrs.define
@@ -52,6 +58,9 @@ class MWaiter:
     id: int
     types: tuple[str, ...]
     channels: tuple[str, ...] | None
+
+
+SETTLED = ("finished", "failed")
 
 
 class Model:
@@ -62,17 +71,60 @@ class Model:
         self.handed: list[tuple[int, uuid.UUID]] = []
 
     def is_ready(self, job: MJob) -> bool:
-        return job.state == "pending" and all(self.jobs[d].state == "finished" for d in job.deps)
+        return job.state == "pending" and job.released and self.deps_settled(job)
+
+    def deps_settled(self, job: MJob) -> bool:
+        return all(self.jobs[d].state in SETTLED for d in job.deps)
+
+    def cancel_tree(self, job: MJob, failed_dependency: uuid.UUID | None) -> None:
+        stack = [job]
+        while stack:
+            j = stack.pop()
+            if j.state in ("canceled", *SETTLED):
+                continue
+            j.state = "canceled"
+            j.failed_dependency = failed_dependency
+            stack.extend(self.jobs[d] for d in j.dependents)
 
     @staticmethod
     def matches(job: MJob, types: tuple[str, ...], channels: tuple[str, ...] | None) -> bool:
         return job.type in types and (channels is None or job.channel in channels)
 
-    def oldest_ready(self, types: tuple[str, ...], channels: tuple[str, ...] | None) -> MJob | None:
+    def oldest_ready(
+        self, types: tuple[str, ...], channels: tuple[str, ...] | None, now: float | None = None
+    ) -> MJob | None:
         ready = [
-            j for j in self.jobs.values() if self.is_ready(j) and self.matches(j, types, channels)
+            j
+            for j in self.jobs.values()
+            if (
+                self.is_ready(j)
+                or (
+                    now is not None
+                    and j.state == "pending"
+                    and j.due <= now
+                    and self.deps_settled(j)
+                )
+            )
+            and self.matches(j, types, channels)
         ]
-        return min(ready, key=lambda j: j.seq, default=None)
+        return min(ready, key=lambda j: (-j.priority, j.seq), default=None)
+
+    def settled_dependency(self, job: MJob, now: float) -> None:
+        # a dependent whose last dependency settled after its time came is ready at once
+        for d in job.dependents:
+            dependent = self.jobs[d]
+            if not dependent.released and dependent.due <= now and self.deps_settled(dependent):
+                dependent.released = True
+
+    def release_due(self, now: float) -> None:
+        due = [
+            j
+            for j in self.jobs.values()
+            if not j.released and j.state == "pending" and j.due <= now and self.deps_settled(j)
+        ]
+        for job in sorted(due, key=lambda j: (j.due, j.seq)):
+            job.released = True
+            self.wake()
 
     def wake(self) -> None:
         for job in sorted(self.jobs.values(), key=lambda j: j.seq):
@@ -99,7 +151,7 @@ class QueueMachine(RuleBasedStateMachine):
         # own data generation flaky.
         ids = itertools.count(1)
         self.core = QueueState(
-            wall=fixed_wall,
+            wall=self.wall,
             monotonic=lambda: self.now,
             track_changes=True,
             new_id=lambda: uuid.UUID(int=next(ids)),
@@ -109,6 +161,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.parked: set[int] = set()
 
     # -------------------------------------------------------------- helpers
+
+    def wall(self) -> datetime:
+        # the wall clock moves with the machine's monotonic one, as a real one would
+        return fixed_wall() + timedelta(seconds=self.now)
 
     def both(self, core_call: Any, model_call: Any) -> Any:
         """Run the same operation on both; they must agree on success or error class."""
@@ -149,30 +205,88 @@ class QueueMachine(RuleBasedStateMachine):
         assert got == self.model.handed
         self.model.handed = []
 
+    def add_model_job(
+        self,
+        job_id: uuid.UUID,
+        job_type: str,
+        channel: str,
+        deps: tuple[uuid.UUID, ...],
+        cancel_on_failed: bool,
+    ) -> None:
+        job = MJob(job_id, next(self.model.seq), job_type, channel, deps)
+        job.cancel_on_failed = cancel_on_failed
+        self.model.jobs[job_id] = job
+        for d in deps:
+            self.model.jobs[d].dependents.append(job_id)
+        failed = [d for d in deps if self.model.jobs[d].state == "failed"]
+        if cancel_on_failed and failed:
+            job.state = "canceled"
+            job.failed_dependency = failed[0]
+
     # ---------------------------------------------------------------- rules
 
-    @rule(data=st.data(), job_type=st.sampled_from(TYPES), channel=st.sampled_from(CHANNELS))
-    def enqueue(self, data: st.DataObject, job_type: str, channel: str) -> None:
+    @rule(
+        data=st.data(),
+        job_type=st.sampled_from(TYPES),
+        channel=st.sampled_from(CHANNELS),
+        priority=st.sampled_from([0, 0, 1, -1, 5]),
+        delay=st.sampled_from([None, None, 0.0, 5.0, 50.0]),
+        unique_key=st.sampled_from([None, None, "k", "n"]),
+    )
+    def enqueue(
+        self,
+        data: st.DataObject,
+        job_type: str,
+        channel: str,
+        priority: int,
+        delay: float | None,
+        unique_key: str | None,
+    ) -> None:
         deps = data.draw(
             st.lists(st.sampled_from(list(self.model.jobs) or [uuid.uuid4()]), max_size=3)
         )
         known = all(d in self.model.jobs for d in deps)
+        cancel_on_failed = data.draw(st.booleans())
         try:
-            job_id = self.core.enqueue(job_type, "null", deps, channel)
+            job_id = self.core.enqueue(
+                job_type,
+                "null",
+                deps,
+                channel,
+                cancel_on_failed_dependency=cancel_on_failed,
+                priority=priority,
+                delay=delay,
+                unique_key=unique_key,
+            )
         except JobQueueError:
             assert not known
             return
         assert known
-        deps_t = tuple(dict.fromkeys(deps))
-        self.model.jobs[job_id] = MJob(job_id, next(self.model.seq), job_type, channel, deps_t)
-        for d in deps_t:
-            self.model.jobs[d].dependents.append(job_id)
+        if unique_key is not None:
+            holder = [
+                j
+                for j in self.model.jobs.values()
+                if j.unique_key == unique_key
+                and j.channel == channel
+                and j.state in ("pending", "running")
+            ]
+            if holder:
+                assert job_id == holder[0].id  # nothing changes
+                self.absorb_handouts()
+                return
+        self.add_model_job(job_id, job_type, channel, tuple(dict.fromkeys(deps)), cancel_on_failed)
+        job = self.model.jobs[job_id]
+        job.priority = priority
+        job.unique_key = unique_key
+        if delay:
+            job.due = self.now + delay
+            job.released = False
         self.model.wake()
         self.absorb_handouts()
 
     @rule(data=st.data(), size=st.integers(0, 4))
     def enqueue_many(self, data: st.DataObject, size: int) -> None:
-        specs: list[tuple[str, str, list[uuid.UUID | int], str]] = []
+        specs: list[tuple[str, str, list[uuid.UUID | int], str, bool]] = []
         for index in range(size):
             existing = list(self.model.jobs) or [uuid.uuid4()]
             ref: st.SearchStrategy[uuid.UUID | int] = st.sampled_from(existing)
@@ -180,7 +294,8 @@ class QueueMachine(RuleBasedStateMachine):
                 ref = ref | st.integers(0, index - 1)
             deps: list[uuid.UUID | int] = data.draw(st.lists(ref, max_size=3))
             job_type = data.draw(st.sampled_from(TYPES))
-            specs.append((job_type, "null", deps, data.draw(st.sampled_from(CHANNELS))))
+            channel = data.draw(st.sampled_from(CHANNELS))
+            specs.append((job_type, "null", deps, channel, data.draw(st.booleans())))
         known = all(isinstance(d, int) or d in self.model.jobs for spec in specs for d in spec[2])
         before = len(self.core._jobs)
         try:
@@ -192,12 +307,9 @@ class QueueMachine(RuleBasedStateMachine):
             return
         assert known
         assert len(ids) == size
-        for job_id, (job_type, _, deps, channel) in zip(ids, specs, strict=True):
+        for job_id, (job_type, _, deps, channel, flag) in zip(ids, specs, strict=True):
             resolved = tuple(dict.fromkeys(ids[d] if isinstance(d, int) else d for d in deps))
-            job = MJob(job_id, next(self.model.seq), job_type, channel, resolved)
-            self.model.jobs[job_id] = job
-            for d in resolved:
-                self.model.jobs[d].dependents.append(job_id)
+            self.add_model_job(job_id, job_type, channel, resolved, flag)
         self.model.wake()
         self.absorb_handouts()
 
@@ -261,27 +373,33 @@ class QueueMachine(RuleBasedStateMachine):
             return NotRunning
         return job
 
-    def _finish_model(self, job: MJob) -> None:
-        job.state = "finished"
+    def _finish_model(self, job: MJob, failed: bool = False) -> None:
+        job.state = "failed" if failed else "finished"
         job.token = None
+        self.model.settled_dependency(job, self.now)
+        if failed:
+            for d in job.dependents:
+                dependent = self.model.jobs[d]
+                if dependent.cancel_on_failed:
+                    self.model.cancel_tree(dependent, job.id)
         self.model.wake()
 
-    @rule(data=st.data())
-    def finish(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), failed=st.booleans())
+    def finish(self, data: st.DataObject, failed: bool) -> None:
         job_id = self.pick(data)
 
         def model() -> Any:
             job = self._running_op(job_id)
             if isinstance(job, type):
                 return job
-            self._finish_model(job)
+            self._finish_model(job, failed)
             return None
 
-        self.both(lambda: self.core.finish_job(job_id, '"done"'), model)
+        self.both(lambda: self.core.finish_job(job_id, '"done"', failed=failed), model)
         self.absorb_handouts()
 
-    @rule(data=st.data(), max_retries=st.integers(0, 2))
-    def requeue(self, data: st.DataObject, max_retries: int) -> None:
+    @rule(data=st.data(), max_retries=st.integers(0, 2), failed=st.booleans())
+    def requeue(self, data: st.DataObject, max_retries: int, failed: bool) -> None:
         job_id = self.pick(data)
 
         def model() -> Any:
@@ -289,7 +407,7 @@ class QueueMachine(RuleBasedStateMachine):
             if isinstance(job, type):
                 return job
             if job.retries >= max_retries:
-                self._finish_model(job)
+                self._finish_model(job, failed)
                 return False
             job.retries += 1
             job.state = "pending"
@@ -297,7 +415,10 @@ class QueueMachine(RuleBasedStateMachine):
             self.model.wake()
             return True
 
-        self.both(lambda: self.core.requeue_or_finish_job(job_id, max_retries, "1"), model)
+        self.both(
+            lambda: self.core.requeue_or_finish_job(job_id, max_retries, "1", failed=failed),
+            model,
+        )
         self.absorb_handouts()
 
     @rule(data=st.data())
@@ -326,11 +447,11 @@ class QueueMachine(RuleBasedStateMachine):
                 return NotExist
             if job.state == "canceled":
                 return Canceled
-            if job.state == "finished":
+            if job.state in SETTLED:
                 return Finished
             if job.state == "running":
                 return Running
-            self._finish_model(job)
+            self._finish_model(job, failed=True)
             return None
 
         self.both(lambda: self.core.fail_job(job_id, "{}"), model)
@@ -344,15 +465,9 @@ class QueueMachine(RuleBasedStateMachine):
             job = self.model.jobs.get(job_id)
             if job is None:
                 return NotExist
-            if job.state == "finished":
+            if job.state in SETTLED:
                 return NotRunning
-            stack = [job]
-            while stack:
-                j = stack.pop()
-                if j.state in ("canceled", "finished"):
-                    continue
-                j.state = "canceled"
-                stack.extend(self.model.jobs[d] for d in j.dependents)
+            self.model.cancel_tree(job, None)
             return None
 
         self.both(lambda: self.core.cancel_job(job_id), model)
@@ -389,13 +504,29 @@ class QueueMachine(RuleBasedStateMachine):
     def tick(self, seconds: float) -> None:
         self.now += seconds
 
+    @rule()
+    def release_due(self) -> None:
+        # what the scheduler does when the first delayed job falls due
+        self.core.release_due()
+        self.model.release_due(self.now)
+        self.absorb_handouts()
+        due = self.core.next_due()
+        waiting = [
+            j.due
+            for j in self.model.jobs.values()
+            if not j.released and j.state == "pending" and self.model.deps_settled(j)
+        ]
+        assert due == (min(waiting) if waiting else None)
+
     # ----------------------------------------------------------- invariants
 
     @invariant()
     def states_agree(self) -> None:
         for job_id, job in self.model.jobs.items():
             assert self.core.job_state(job_id).value == job.state
-            assert self.core.job_status(job_id).retries == job.retries
+            status = self.core.job_status(job_id)
+            assert status.retries == job.retries
+            assert status.failed_dependency == job.failed_dependency
         assert sorted(self.core.job_ids()) == sorted(self.model.jobs)
         running = {j.token for j in self.model.jobs.values() if j.state == "running"}
         assert set(self.core.heartbeats(0)) == running
@@ -404,11 +535,12 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def restore_is_exact(self) -> None:
         jobs, workers = self.core.records()
-        copy = QueueState.restore(jobs, workers, wall=fixed_wall, monotonic=lambda: self.now)
+        copy = QueueState.restore(jobs, workers, wall=self.wall, monotonic=lambda: self.now)
         assert copy.records() == (jobs, workers)
         for types in (TYPES,):
             assert [j.id for j in copy.list_jobs()] == [j.id for j in self.core.list_jobs()]
-            ready_core = self.model.oldest_ready(types, None)
+            # reopened, a job whose time has come is ready at once
+            ready_core = self.model.oldest_ready(types, None, self.now)
             ready_copy = copy.dequeue(types, None)
             assert (ready_copy.id if ready_copy else None) == (
                 ready_core.id if ready_core else None

@@ -25,7 +25,7 @@ async def test_a_silent_job_is_requeued_then_failed_by_default(
             if attempt < 2:
                 assert status.state is actorq.JobState.PENDING
                 assert status.retries == attempt + 1
-        assert status.state is actorq.JobState.FINISHED
+        assert status.state is actorq.JobState.FAILED
         assert status.retries == 2
         assert "heartbeat" in str(status.result)
 

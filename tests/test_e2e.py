@@ -54,7 +54,7 @@ COMMAND = textwrap.dedent(
 
 # Jobs handed out but never received when a server dies come back through the
 # reaper: a short job timeout brings them back within the test's time.
-REAP_FAST = ("--job-timeout", "2", "--watch-interval", "0.2")
+REAP_FAST = ("--heartbeat-timeout", "2", "--watch-interval", "0.2")
 
 
 def _has_started(log: Path) -> bool:
@@ -74,7 +74,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [
             *(PYTHON, "-m", "actorq", "--store", f"sqlite:///{tmp_path / 'q.db'}", "serve"),
-            *("--port", "0", "--job-timeout", "1", "--watch-interval", "0.2"),
+            *("--port", "0", "--heartbeat-timeout", "1", "--watch-interval", "0.2"),
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -145,7 +145,7 @@ def test_serve_workers_dependencies_kill_and_drain(server: str, tmp_path: Path) 
         for job_id, text in ((a, "a"), (b, "b"), (c, "c")):
             got = status(url, job_id)
             assert got["result"] == {"job": job_id, "echo": text}
-        wait_for(lambda: status(url, failing)["state"] == "finished")
+        wait_for(lambda: status(url, failing)["state"] == "failed")  # a non-zero exit is a failure
         error = status(url, failing)["result"]
         assert isinstance(error, dict)
         assert "exited with status 3" in json.dumps(error)
@@ -227,7 +227,7 @@ def _start_server(db: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
             [
                 *(PYTHON, "-m", "actorq", "--store", f"sqlite:///{db}", "serve"),
                 *("--host", "127.0.0.1", "--port", str(port)),
-                *("--job-timeout", "2", "--watch-interval", "0.2"),
+                *("--heartbeat-timeout", "2", "--watch-interval", "0.2"),
             ],
             stderr=err,
         )
@@ -385,3 +385,28 @@ def test_workers_move_to_the_standby_when_the_postgres_leader_dies(tmp_path: Pat
     logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("w0", "w1"))
     assert "Traceback" not in logs
     assert logs.count(f"reconnected to the queue server (127.0.0.1:{ports[1]}/)") == 2
+
+
+def test_serve_job_timeout_is_a_deprecated_alias(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            *(PYTHON, "-m", "actorq", "--store", f"sqlite:///{tmp_path / 'q.db'}", "serve"),
+            *("--port", "0", "--job-timeout", "7"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        warning = proc.stderr.readline()
+        assert "--job-timeout is deprecated" in warning
+        assert "--heartbeat-timeout" in warning
+        assert "on ws://" in proc.stderr.readline()  # and it serves
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()

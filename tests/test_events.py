@@ -148,7 +148,7 @@ SCENARIO: list[Step] = [
      lambda c: c.later(5).state.dequeue_by_id(c.b),
      lambda c: [JobStarted(c.b, "test", "", None, 5.0, 0.0)]),
     ("out of retries 2 s later: finished, failed",
-     lambda c: c.later(2).state.requeue_or_finish_job(c.b, 1, '{"error":"boom"}'),
+     lambda c: c.later(2).state.requeue_or_finish_job(c.b, 1, '{"error":"boom"}', failed=True),
      lambda c: [JobFinished(c.b, "test", "", None, Phase.RUNNING, True, 2.0)]),
     ("park a dequeuer: not a change",
      lambda c: c.state.add_waiter(("deploy",), ("",)),
@@ -189,7 +189,7 @@ SCENARIO: list[Step] = [
      lambda c: [JobFinished(c.i, "deploy", "", None, Phase.READY, True, None)]),
     ("delete a tree: the root, then each dependency nothing else needs",
      lambda c: c.state.delete_job(c.b),
-     lambda c: [JobDeleted(c.b, "test", "", Phase.FINISHED),
+     lambda c: [JobDeleted(c.b, "test", "", Phase.FAILED),  # it failed, out of retries
                 JobDeleted(c.a, "build", "c", Phase.FINISHED)]),
     ("delete a pending job",
      lambda c: c.enqueue("j", "build").clear().state.delete_job(c.j),

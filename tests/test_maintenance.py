@@ -118,7 +118,7 @@ async def test_silent_job_is_requeued_then_finished_with_an_error(
             assert again.id == job_id
             assert again.args == {"n": 1}
             await trio.sleep(150)
-            expected = JobState.PENDING if retries < 2 else JobState.FINISHED
+            expected = JobState.PENDING if retries < 2 else JobState.FAILED
             assert await state_at(q, job_id) == (expected, retries + (retries < 2))
         status = await q.job_status(job_id)
         assert status.result["error"]["type"] == "MissingHeartbeat"
@@ -144,7 +144,7 @@ async def test_reaper_settings_are_used(autojump_clock: trio.testing.MockClock) 
         await sleep_until(start + 4.5)
         assert await state_at(q, job_id) == (JobState.RUNNING, 0)
         await sleep_until(start + 5.5)
-        assert await state_at(q, job_id) == (JobState.FINISHED, 0)
+        assert await state_at(q, job_id) == (JobState.FAILED, 0)
 
 
 async def test_canceled_running_job_is_left_alone(

@@ -34,12 +34,18 @@ async def test_job_counters(autojump_clock: MockClock) -> None:
     async with actorq.open_queue(metrics=m) as q:
         await q.enqueue("build", None, (), "c")
         await q.enqueue("build", None, (), "c")
+        await q.enqueue("build", None, (), "c")
         job = await q.dequeue(["build"], ["c"], timeout=0)
         await q.finish_job(job.id, {"artifact": "x", "error": None})
         job = await q.dequeue(["build"], ["c"], timeout=0)
         assert await q.requeue_or_finish_job(job.id, 1, None) is True
         job = await q.dequeue(["build"], ["c"], timeout=0)
-        await q.finish_job(job.id, {"error": {"type": "E", "message": "m", "traceback": None}})
+        await q.finish_job(
+            job.id, {"error": {"type": "E", "message": "m", "traceback": None}}, failed=True
+        )
+        # an error-shaped result is not a failure unless the finish says so
+        job = await q.dequeue(["build"], ["c"], timeout=0)
+        await q.finish_job(job.id, {"error": "shaped like one"})
 
         root = await q.enqueue("test")
         await q.enqueue("deploy", None, [root])
@@ -50,10 +56,10 @@ async def test_job_counters(autojump_clock: MockClock) -> None:
         await q.fail_job(never, {"error": "dependency failed"})
 
     labels = by_type("build", "c")
-    assert value(m, "actorq_jobs_enqueued_total", **labels) == 2
-    assert value(m, "actorq_jobs_dequeued_total", **labels) == 3
+    assert value(m, "actorq_jobs_enqueued_total", **labels) == 3
+    assert value(m, "actorq_jobs_dequeued_total", **labels) == 4
     assert value(m, "actorq_jobs_requeued_total", **labels) == 1
-    assert value(m, "actorq_jobs_finished_total", **labels) == 2
+    assert value(m, "actorq_jobs_finished_total", **labels) == 3
     assert value(m, "actorq_jobs_failed_total", **labels) == 1
     assert value(m, "actorq_jobs_canceled_total", **by_type("test")) == 1
     assert value(m, "actorq_jobs_canceled_total", **by_type("deploy")) == 1
@@ -323,7 +329,7 @@ async def test_state_changes_are_logged_with_fields(
             good = await q.enqueue("build", "fine", (), "c")
             bad = await q.enqueue("build", "fail", (), "c")
             await trio.sleep(10)
-            assert (await q.job_status(bad)).state is JobState.FINISHED
+            assert (await q.job_status(bad)).state is JobState.FAILED
             worker.shutdown()
 
     records = [fields(r) for r in caplog.records if r.name == "actorq.jobs"]

@@ -176,6 +176,25 @@ async def test_a_waiting_dequeue_is_sent_again(autojump_clock: trio.testing.Mock
         assert remote.held_jobs == {job_id: got[0].token}
 
 
+async def test_a_wait_is_sent_again(autojump_clock: trio.testing.MockClock) -> None:
+    async with reconnecting() as (local, servers, remote):
+        job_id = await local.enqueue("t")
+        got: list[actorq.JobStatus] = []
+
+        async def wait() -> None:
+            got.append(await remote.wait(job_id))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await settle()
+            await servers.drop()
+            await settle()
+            assert remote.connected
+            await local.fail_job(job_id, {"error": "x"})
+        assert [s.state for s in got] == [actorq.JobState.FAILED]
+        assert local._scheduler._settle_waiters == {}  # the lost connection's wait went too
+
+
 async def test_held_tokens_keep_working_and_are_refreshed_after_a_reconnect(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

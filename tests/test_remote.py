@@ -113,7 +113,7 @@ async def test_exports() -> None:
 
 async def test_welcome_tells_limits() -> None:
     async with remote_pair(max_in_flight=7, max_message_size=50_000) as (remote, _, _):
-        assert remote.version == w.PROTOCOL_VERSION == 2
+        assert remote.version == w.PROTOCOL_VERSION == 3
         assert remote.max_in_flight == 7
         assert remote.server_max_message_size == 50_000
 

@@ -92,8 +92,8 @@ def test_hello_and_welcome_agree_on_version_and_limits() -> None:
     client, _, greeted = connected(server, max_message_size=2048)
     assert seen == ["tok"]
     assert greeted.grant == "grant for tok"
-    assert greeted.version == 2
-    assert (client.version, client.max_in_flight, client.server_max_message_size) == (2, 7, 50_000)
+    assert greeted.version == w.PROTOCOL_VERSION == 3
+    assert (client.version, client.max_in_flight, client.server_max_message_size) == (3, 7, 50_000)
     assert client.greeted
     assert server.greeted
     assert server.peer_max_message_size == 2048

@@ -67,6 +67,18 @@ SAMPLES: list[w.Message] = [
     R(9, ops.FailJob(job_id=U1, result=J("boom"))),
     R(10, ops.CancelJob(job_id=U1)),
     R(11, ops.GetJobStatus(job_id=U1)),
+    R(11, ops.WaitForJob(job_id=U1, timeout=2.5)),
+    R(
+        11,
+        ops.Enqueue(
+            job_type="t",
+            priority=-3,
+            delay=1.5,
+            unique_key="k",
+            cancel_on_failed_dependency=True,
+        ),
+    ),
+    R(11, ops.FinishJob(job_id=U1, token=U2, result=J({"e": 1}), failed=True)),
     R(12, ops.GetJob(job_id=U1)),
     R(13, ops.IdFromToken(token=U2)),
     R(14, ops.GetHeartbeats(older_than=30.0)),

@@ -70,7 +70,7 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
 async def wait_done(q: actorq.JobQueue, job_id: uuid.UUID) -> JobStatus:
     while True:
         status = await q.job_status(job_id)
-        if status.state in (JobState.FINISHED, JobState.CANCELED):
+        if status.state in (JobState.FINISHED, JobState.FAILED, JobState.CANCELED):
             return status
         await trio.sleep(0.5)
 
@@ -463,7 +463,7 @@ async def test_shutdown_past_max_retries_finishes_with_an_error(autojump_clock: 
             await trio.sleep(1)
             worker.shutdown(grace=0)
         status = await q.job_status(job_id)
-        assert status.state is JobState.FINISHED
+        assert status.state is JobState.FAILED  # out of retries: a failure
         assert status.result["error"]["type"] == "WorkerShutdown"
 
 

@@ -22,6 +22,7 @@ import pytest
 import trio
 
 import actorq
+from actorq import JobState
 from actorq._worker._command import STDERR_TAIL, CommandFailed, command_handler
 from actorq._worker._job import Job
 
@@ -295,3 +296,30 @@ async def test_canceling_a_running_job_kills_its_group(
     finally:
         clean_up(worker, tmp_path)
     assert (await queue.job_status(job_id)).state is actorq.JobState.CANCELED
+
+
+async def test_a_failing_command_is_retried_after_its_backoff_and_limited_in_time(
+    tmp_path: Path,
+) -> None:
+    # real time: the command is a real process; the backoff and limit are short
+    counter = tmp_path / "count"
+    script = (
+        "import sys, pathlib, time; p = pathlib.Path(sys.argv[1]); "
+        "n = int(p.read_text()) if p.exists() else 0; p.write_text(str(n + 1)); "
+        "sys.exit(3) if n == 0 else (time.sleep(30) if n == 1 else print('{\"ok\": true}'))"
+    )
+    async with actorq.open_queue() as q:
+        worker = actorq.Worker(q, heartbeat_interval=1)
+        handler = command_handler([sys.executable, "-c", script, str(counter)])
+        worker.add_handler(
+            "t", handler, retries=2, backoff=actorq.Backoff(initial=0.1, jitter=0), timeout=2
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            job_id = await q.enqueue("t")
+            with trio.fail_after(60):
+                status = await q.wait(job_id)
+            worker.shutdown(grace=0)
+    # exit 3, then past the time limit, then the result
+    assert counter.read_text() == "3"
+    assert (status.state, status.result, status.retries) == (JobState.FINISHED, {"ok": True}, 2)

@@ -14,20 +14,35 @@ import trio
 
 from .._core import _validate as v
 from .._core._api import QueueAPI
-from .._core._errors import DequeueTimeoutError, JobQueueError, QueueClosedError
+from .._core._errors import (
+    DequeueTimeoutError,
+    JobQueueError,
+    QueueClosedError,
+    WaitTimeoutError,
+)
 from .._core._operation import MAX_MATCH_KEYS
-from .._core._ops import Dequeue, Operation, Scope, WaitingOperation, check_access, run
+from .._core._ops import (
+    Dequeue,
+    Operation,
+    Scope,
+    WaitForJob,
+    WaitingOperation,
+    check_access,
+    run,
+)
 from .._core._state import QueueState
 from .._core._unwrap import ErrorPolicy
 from .._stores._base import Store
 from ._maintenance import Maintainer, Maintenance
 from ._scheduler import (
+    AwaitSettle,
     Call,
     Park,
     Release,
     Reply,
     Scheduler,
     Settle,
+    StopAwaiting,
     Subscribe,
     Subscription,
     Target,
@@ -40,7 +55,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
     from uuid import UUID
 
-    from .._core._models import DequeuedJob
+    from .._core._models import DequeuedJob, JobStatus
     from .._core._ops import FinishJob
     from .._core._records import Assignment
     from ._metrics import QueueMetrics
@@ -99,6 +114,8 @@ class LocalQueue(QueueAPI):
         op = op.checked()
         if isinstance(op, WaitingOperation):
             return op.present(await self._wait_for_job(op, None))  # type: ignore[return-value]
+        if type(op) is WaitForJob:
+            return op.present(await self._wait_for_settle(op, None))  # type: ignore[return-value]
         return op.present(await self._call(op.apply_unscoped))
 
     async def execute(self, op: Operation[R, Any], *, scope: Scope = None) -> R:
@@ -116,7 +133,31 @@ class LocalQueue(QueueAPI):
         if isinstance(op, WaitingOperation):
             got: R = await self._wait_for_job(op, scope)  # type: ignore[assignment]
             return got
+        if type(op) is WaitForJob:
+            status: R = await self._wait_for_settle(op, scope)  # type: ignore[assignment]
+            return status
         return await self._call(functools.partial(run, op, scope=scope))
+
+    async def _wait_for_settle(self, op: WaitForJob, scope: Scope) -> JobStatus:
+        # No poll: the actor answers when the job settles (after that commit).
+        answer = functools.partial(run, op, scope=scope)
+        if op.timeout == 0:
+            # move_on_after(0) would cancel even a ready reply (trio issue 1626)
+            status: JobStatus = await self._call(answer)
+            return status
+        await trio.lowlevel.checkpoint_if_cancelled()
+        reply = Reply()
+        self._scheduler.post_nowait(AwaitSettle(op.job_id, answer, reply))
+        try:
+            with trio.move_on_after(math.inf if op.timeout is None else op.timeout):
+                settled: JobStatus = await reply.wait()
+                return settled
+        finally:
+            if reply.abandoned:
+                # timed out or cancelled: nothing of the wait stays in the actor
+                with contextlib.suppress(QueueClosedError):
+                    self._scheduler.post_nowait(StopAwaiting(op.job_id, reply))
+        raise WaitTimeoutError()
 
     async def _wait_for_job(self, op: WaitingOperation, scope: Scope) -> Assignment:
         self._check_pairs(op)

@@ -158,7 +158,9 @@ class Maintainer:
                 try:
                     job_id = state.id_from_token(token)
                     status = state.job_status(job_id)
-                    requeued = state.requeue_or_finish_job(job_id, config.max_retries, text)
+                    requeued = state.requeue_or_finish_job(
+                        job_id, config.max_retries, text, failed=True
+                    )
                 except JobQueueError:  # moved on since heartbeats() listed it
                     continue
                 out.append(ReapedJob(job_id, status.type, status.channel, requeued, status.retries))

@@ -99,8 +99,9 @@ class QueueMetrics:
     Counters, by job ``type`` and ``channel`` (``_total`` appended on export):
     ``actorq_jobs_enqueued``, ``actorq_jobs_dequeued``,
     ``actorq_jobs_finished`` (every finish, failed ones included),
-    ``actorq_jobs_failed`` (finished with an error result, or failed before
-    starting), ``actorq_jobs_canceled``, ``actorq_jobs_requeued``.
+    ``actorq_jobs_failed`` (settled as a failure: ``fail_job``, or a finish
+    that said ``failed=True``, as the worker's and the reaper's last attempts
+    do; never guessed from the result), ``actorq_jobs_canceled``, ``actorq_jobs_requeued``.
     Histograms, by type and channel: ``actorq_dequeue_wait_seconds`` (how
     long a dequeuer waited for the job it got, 0 when one was ready),
     ``actorq_queue_latency_seconds`` (from a job becoming ready, that is
@@ -109,7 +110,7 @@ class QueueMetrics:
     was restored from its store are not counted) and ``actorq_job_run_seconds``
     (dequeue to finish); and ``actorq_store_commit_seconds`` and
     ``actorq_store_commit_requests`` (requests per committed batch). Gauges,
-    while the queue is open: ``actorq_jobs{state}``,
+    while the queue is open: ``actorq_jobs{state}`` (``failed`` among them),
     ``actorq_jobs_ready{type,channel}`` (queue depth), ``actorq_jobs_blocked``,
     ``actorq_dequeuers_waiting``, ``actorq_workers``; counters
     ``actorq_scheduler_batches`` and ``actorq_scheduler_requests``.
@@ -132,7 +133,7 @@ class QueueMetrics:
         self.enqueued = counter("jobs_enqueued", "Jobs enqueued.")
         self.dequeued = counter("jobs_dequeued", "Jobs handed to a dequeuer.")
         self.finished = counter("jobs_finished", "Jobs finished, with any result.")
-        self.failed = counter("jobs_failed", "Jobs finished with an error result.")
+        self.failed = counter("jobs_failed", "Jobs settled as failures.")
         self.canceled = counter("jobs_canceled", "Jobs canceled, pending or running.")
         self.requeued = counter("jobs_requeued", "Running jobs put back in the queue.")
         self.dequeue_wait = timer(
@@ -235,6 +236,7 @@ class GaugeSnapshot(NamedTuple):
     workers: int
     batches: int
     requests: int
+    failed: int = 0
 
 
 class _Children(dict[Key, Any]):
@@ -278,6 +280,7 @@ class MetricsSubscriber:
         self._blocked = stats.blocked
         self._running = stats.running
         self._finished = stats.finished
+        self._failed_count = stats.failed
         self._canceled = stats.canceled
         self._ready: dict[Key, int] = {(t, c): n for t, c, n in stats.ready}
         self._ready_count = stats.pending - stats.blocked
@@ -323,6 +326,7 @@ class MetricsSubscriber:
             self._workers,
             self._batches,
             self._requests,
+            self._failed_count,
         )
 
     def _add_ready(self, key: Key) -> None:
@@ -342,6 +346,8 @@ class MetricsSubscriber:
             self._blocked -= 1
         elif phase is Phase.FINISHED:
             self._finished -= 1
+        elif phase is Phase.FAILED:
+            self._failed_count -= 1
         else:
             self._canceled -= 1
 
@@ -374,7 +380,10 @@ class MetricsSubscriber:
         if e.ran is not None:
             self._run_time[key].observe(e.ran)
         self._leave(key, e.before)
-        self._finished += 1
+        if e.error:
+            self._failed_count += 1
+        else:
+            self._finished += 1
 
     def _on_requeued(self, e: JobRequeued) -> None:
         key = (e.job_type, e.channel)
@@ -544,6 +553,7 @@ class _GaugeCollector:
             ("pending", snap.pending),
             ("running", snap.running),
             ("finished", snap.finished),
+            ("failed", snap.failed),
             ("canceled", snap.canceled),
         ):
             jobs.add_metric([state], count)

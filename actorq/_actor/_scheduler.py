@@ -36,20 +36,19 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from uuid import UUID
 
 import attrs
 import outcome
 import trio
 
-from .._core._errors import JobQueueError, QueueClosedError
+from .._core._errors import JobQueueError, QueueClosedError, WaitTimeoutError
 from .._core._events import Committed, Event
 from .._core._operation import Scope, WaitingOperation, check_access, run
 from .._core._records import Assignment, Changes
 from .._core._state import QueueState
 
 if TYPE_CHECKING:
-    from uuid import UUID
-
     from .._core._ops import FinishJob  # noqa: TC004 (attrs reads annotations lazily)
     from .._stores._base import Store
 
@@ -243,6 +242,27 @@ class Withdraw:
 
 
 @attrs.define(slots=True, eq=False)
+class AwaitSettle:
+    """Reply with ``fn``'s value (a job's status) once ``job_id`` has settled.
+
+    ``fn`` raises :class:`WaitTimeoutError` while the job has not settled; any
+    other queue error is the reply at once.
+    """
+
+    job_id: UUID
+    fn: Callable[[QueueState], object]
+    reply: Reply
+
+
+@attrs.define(slots=True, eq=False)
+class StopAwaiting:
+    """Stop waiting on behalf of the :class:`AwaitSettle` that carried ``reply``."""
+
+    job_id: UUID
+    reply: Reply
+
+
+@attrs.define(slots=True, eq=False)
 class Release:
     """Put back a job whose assignment never reached its requester.
 
@@ -283,7 +303,9 @@ class Unsubscribe:
     subscription: Subscription
 
 
-Message: TypeAlias = Call | Park | Withdraw | Release | Subscribe | Settle | Unsubscribe
+Message: TypeAlias = (
+    Call | Park | Withdraw | Release | Subscribe | Settle | Unsubscribe | AwaitSettle | StopAwaiting
+)
 
 Subscriber: TypeAlias = Callable[[Sequence[Event]], None]
 
@@ -291,6 +313,10 @@ Subscriber: TypeAlias = Callable[[Sequence[Event]], None]
 #: dequeue naming thousands of pairs closes its batch, so the actor commits and
 #: answers everyone else between such requests instead of after all of them.
 BATCH_COST = 20_000
+
+
+#: Stands for "the first delayed job fell due" among the mailbox's messages.
+_DUE: Any = object()
 
 
 def _cost(message: Message) -> int:
@@ -344,7 +370,10 @@ class Scheduler:
         self._to_push: dict[Subscription, None] = {}  # streams with jobs or news to push
         self._unlanded: list[_Batch] = []  # applied, replies not yet sent
         self._building: list[tuple[Target, outcome.Outcome[Any]]] = []  # replies, not closed yet
+        # callers of wait(), by the job they wait for: the reply, and what answers it
+        self._settle_waiters: dict[UUID, dict[Reply, Callable[[QueueState], object]]] = {}
         state.track_revocations()
+        state.track_settles()
         self.batches = 0
         self.messages = 0
         self.commits = 0
@@ -388,6 +417,19 @@ class Scheduler:
         finally:
             self._shut_down()
 
+    async def _next_message(self) -> Any:
+        """The next message, or :data:`_DUE` when the first delayed job falls due first.
+
+        The state's timer heap says when that is: the actor sleeps exactly
+        until then (trio's clock, so a MockClock drives it), never polling.
+        """
+        due = self.state.next_due()
+        if due is None:
+            return await self._receive.receive()
+        with trio.move_on_at(due):
+            return await self._receive.receive()
+        return _DUE
+
     async def _serve(self, committers: trio.Nursery) -> None:
         receive = self._receive
         inflight: _Batch | None = None  # applied, its commit running, replies held
@@ -406,7 +448,7 @@ class Scheduler:
                     await self._land(closed, committers, follow_up=True)
                 continue
             if inflight is None:
-                first = await receive.receive()
+                first = await self._next_message()
             else:
                 # Whichever comes first: a message to apply while the commit
                 # runs, or the commit (then its replies go out at once).
@@ -415,7 +457,7 @@ class Scheduler:
                     inflight.landed = waiting.cancel
                     if inflight.committed.is_set():
                         waiting.cancel()
-                    first = await receive.receive()
+                    first = await self._next_message()
                 inflight.landed = None
                 if waiting.cancelled_caught:
                     await self._land(inflight, committers, follow_up=not count)
@@ -443,6 +485,7 @@ class Scheduler:
         """Everything one batch did, taken out of the state, to commit and then send."""
         self._collect_assignments(replies)
         self._collect_revocations()
+        self._collect_settled(replies)
         batch = _Batch(replies, count)
         if self.store is not None:
             batch.changes = self.state.take_changes()
@@ -518,6 +561,9 @@ class Scheduler:
 
     def _apply(self, message: Message, replies: list[tuple[Target, outcome.Outcome[Any]]]) -> None:
         state = self.state
+        if message is _DUE:
+            state.release_due()
+            return
         if isinstance(message, (Call, Park)):
             if message.reply.abandoned:
                 return  # its requester was cancelled before we got to it: do nothing
@@ -549,6 +595,22 @@ class Scheduler:
             job_id, scope = message.assignment.id, message.scope
             if scope is None or state.has_job_in(job_id, scope):
                 state.release(job_id, message.assignment.token)
+        elif type(message) is AwaitSettle:
+            if message.reply.abandoned:
+                return
+            try:
+                replies.append((message.reply, outcome.Value(message.fn(state))))
+            except WaitTimeoutError:  # not settled yet: answered when it is
+                waiting = self._settle_waiters.setdefault(message.job_id, {})
+                waiting[message.reply] = message.fn
+            except JobQueueError as exc:
+                replies.append((message.reply, outcome.Error(exc)))
+        elif type(message) is StopAwaiting:
+            others = self._settle_waiters.get(message.job_id)
+            if others is not None:
+                others.pop(message.reply, None)
+                if not others:
+                    del self._settle_waiters[message.job_id]
         elif type(message) is Settle:
             self._settle_stream(message, replies)
         elif type(message) is Subscribe:
@@ -690,6 +752,22 @@ class Scheduler:
             except Exception:
                 log.exception("an event subscriber failed; the queue carries on")
 
+    def _collect_settled(self, replies: list[tuple[Target, outcome.Outcome[Any]]]) -> None:
+        # answered with the batch that settled the job: after its commit
+        settled = self.state.take_settled()
+        waiters = self._settle_waiters
+        if not waiters:
+            return
+        for job_id in settled:
+            waiting = waiters.pop(job_id, None)
+            if waiting is None:
+                continue
+            for reply, fn in waiting.items():
+                try:
+                    replies.append((reply, outcome.Value(fn(self.state))))
+                except JobQueueError as exc:  # deleted
+                    replies.append((reply, outcome.Error(exc)))
+
     def _collect_assignments(self, replies: list[tuple[Target, outcome.Outcome[Any]]]) -> None:
         for waiter_id, got in self.state.take_assignments():
             reply = self._parked_by_waiter.pop(waiter_id, None)
@@ -734,6 +812,10 @@ class Scheduler:
             self._deliver(reply, outcome.Error(QueueClosedError()))
         self._parked.clear()
         self._parked_by_waiter.clear()
+        for waiting in self._settle_waiters.values():
+            for reply in waiting:
+                self._deliver(reply, outcome.Error(QueueClosedError()))
+        self._settle_waiters.clear()
         for sub in list(self._subscriptions):
             sub._outbox.clear()  # not committed: the store never saw them handed out
             self._end_stream(sub, QueueClosedError())
@@ -744,7 +826,9 @@ class Scheduler:
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
             target = (
-                message.reply if isinstance(message, Call | Park | Subscribe | Settle) else None
+                message.reply
+                if isinstance(message, Call | Park | Subscribe | Settle | AwaitSettle)
+                else None
             )
             if target is not None:
                 self._deliver(target, outcome.Error(QueueClosedError()))

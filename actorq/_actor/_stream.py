@@ -38,10 +38,13 @@ __all__ = ["JobBuffer", "LocalJobStream", "finish_op", "handle_of"]
 log = logging.getLogger("actorq.stream")
 
 
-def finish_op(job: DequeuedJob, result: Any) -> FinishJob:
+def finish_op(job: DequeuedJob, result: Any, failed: bool = False) -> FinishJob:
     """The finish of ``job``'s run, under its token; :class:`TypeError` for a non-JSON result."""
     return FinishJob(
-        job_id=job.id, token=job.token, result=JsonText(to_json_text(result, "result"))
+        job_id=job.id,
+        token=job.token,
+        result=JsonText(to_json_text(result, "result")),
+        failed=v.check_bool(failed, "failed"),
     )
 
 
@@ -145,8 +148,8 @@ class LocalJobStream(Subscription, JobBuffer):
 
     # ------------------------------------------------------------ consumer side
 
-    def finish(self, job: DequeuedJob, result: Any = None) -> None:
-        op = finish_op(job, result)
+    def finish(self, job: DequeuedJob, result: Any = None, *, failed: bool = False) -> None:
+        op = finish_op(job, result, failed)
         self._settle((op,), 1)
 
     def give_credit(self, slots: int = 1) -> None:

@@ -26,6 +26,12 @@ _COMMAND_OPTIONS = {
     "concurrency": "--concurrency",
     "grace": "--grace",
     "heartbeat_interval": "--heartbeat-interval",
+    "retries": "--retries",
+    "backoff_initial": "--backoff-initial",
+    "backoff_factor": "--backoff-factor",
+    "backoff_max": "--backoff-max",
+    "backoff_jitter": "--backoff-jitter",
+    "timeout": "--timeout",
 }
 
 

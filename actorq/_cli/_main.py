@@ -42,7 +42,7 @@ __all__ = ["main"]
 
 DEFAULT_STORE = "sqlite:///actorq.db"
 #: the values of actorq.JobState, spelled out so that defining the options imports nothing
-JOB_STATES = ("pending", "running", "finished", "canceled")
+JOB_STATES = ("pending", "running", "finished", "failed", "canceled")
 #: how long ``serve`` waits, after a stop signal, for its connections to close (1001)
 SHUTDOWN_TIMEOUT = 5.0
 #: how long a command waits for a server to answer (``--connect-timeout``)
@@ -415,11 +415,19 @@ def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="TLS private key.")
 @click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on this port.")
 @click.option(
-    "--job-timeout",
+    "--heartbeat-timeout",
+    "job_timeout",
     type=Seconds(),
     default=120.0,
     show_default=True,
-    help="Requeue jobs silent this long.",
+    help="Requeue jobs whose heartbeat is silent this long (not a time limit on jobs).",
+)
+@click.option(
+    "--job-timeout",
+    "deprecated_job_timeout",
+    type=Seconds(),
+    hidden=True,
+    help="Deprecated: the old name of --heartbeat-timeout.",
 )
 @click.option(
     "--max-retries",
@@ -469,6 +477,7 @@ def serve_command(
     tls_key: str | None,
     metrics_port: int | None,
     job_timeout: float,
+    deprecated_job_timeout: float | None,
     max_retries: int,
     watch_interval: float,
     retention: float | None,
@@ -496,6 +505,14 @@ def serve_command(
     if (tls_cert is None) != (tls_key is None):
         _fail("--tls-cert and --tls-key go together")
     ssl_context = _ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    if deprecated_job_timeout is not None:
+        click.echo(
+            "actorq serve: --job-timeout is deprecated and will be removed: it is the"
+            " heartbeat timeout, now spelled --heartbeat-timeout (it never limited how"
+            " long a job may run; see actorq worker --timeout)",
+            err=True,
+        )
+        job_timeout = deprecated_job_timeout
     maintenance = Maintenance(
         job_timeout=job_timeout,
         max_retries=max_retries,
@@ -667,6 +684,20 @@ async def _serve_until_stopped(
     help="Seconds running jobs get on stop.",
 )
 @click.option("--heartbeat-interval", type=Seconds(), default=15.0, show_default=True)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Retries of a failed attempt (non-zero exit or --timeout).",
+)
+@click.option("--backoff-initial", type=Seconds(allow_zero=True), default=1.0, show_default=True)
+@click.option("--backoff-factor", type=click.FloatRange(min=1), default=2.0, show_default=True)
+@click.option("--backoff-max", type=Seconds(allow_zero=True), default=300.0, show_default=True)
+@click.option(
+    "--backoff-jitter", type=click.FloatRange(min=0, max=1), default=0.2, show_default=True
+)
+@click.option("--timeout", type=Seconds(), help="Time limit of one attempt, seconds.")
 @click.argument("command", nargs=-1, required=True, metavar="TARGET | COMMAND...")
 @click.pass_context
 def worker_command(
@@ -676,6 +707,12 @@ def worker_command(
     concurrency: int,
     grace: float,
     heartbeat_interval: float,
+    retries: int,
+    backoff_initial: float,
+    backoff_factor: float,
+    backoff_max: float,
+    backoff_jitter: float,
+    timeout: float | None,
     command: tuple[str, ...],
 ) -> None:
     """Run the actorq.Worker TARGET (module:attribute), or COMMAND for each job of --type.
@@ -719,6 +756,7 @@ def worker_command(
             _run(run_target)
         return
 
+    from .._worker._backoff import Backoff
     from .._worker._command import command_handler
     from .._worker._worker import Worker
 
@@ -733,8 +771,11 @@ def worker_command(
                 grace=grace,
                 heartbeat_interval=heartbeat_interval,
             )
+            backoff = Backoff(backoff_initial, backoff_factor, backoff_max, backoff_jitter)
             for job_type in job_types:
-                worker.add_handler(job_type, run_command)
+                worker.add_handler(
+                    job_type, run_command, retries=retries, backoff=backoff, timeout=timeout
+                )
             async with trio.open_nursery() as nursery:
                 # started: registered, so the banner can name the worker's id
                 await nursery.start(partial(worker.run, handle_signals=True))

@@ -18,6 +18,7 @@ from ._models import NewJob
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+    from datetime import datetime
     from uuid import UUID
 
     from ._models import (
@@ -54,10 +55,24 @@ class QueueAPI:
         args: Any = None,
         dependencies: Iterable[UUID] = (),
         channel: str = "",
+        *,
+        cancel_on_failed_dependency: bool = False,
+        priority: int = 0,
+        delay: float | None = None,
+        not_before: datetime | None = None,
+        unique_key: str | None = None,
     ) -> UUID:
         deps: Any = dependencies
         op = o.Enqueue(
-            job_type=job_type, args=_json(args, "args"), dependencies=deps, channel=channel
+            job_type=job_type,
+            args=_json(args, "args"),
+            dependencies=deps,
+            channel=channel,
+            cancel_on_failed_dependency=cancel_on_failed_dependency,
+            priority=priority,
+            delay=delay,
+            not_before=not_before,
+            unique_key=unique_key,
         )
         return await self._run(op)
 
@@ -73,7 +88,13 @@ class QueueAPI:
         for index, job in enumerate(jobs):
             if isinstance(job, NewJob):
                 deps: Any = job.dependencies
-                spec = o.JobSpec(job.job_type, _json(job.args, "args"), deps, job.channel)
+                spec = o.JobSpec(
+                    job.job_type,
+                    _json(job.args, "args"),
+                    deps,
+                    job.channel,
+                    job.cancel_on_failed_dependency,
+                )
             elif isinstance(job, tuple) and len(job) == 2:
                 spec = o.JobSpec(job[0], _json(job[1], "args"), (), channel)
             else:
@@ -115,8 +136,8 @@ class QueueAPI:
     async def dequeue_by_id(self, job_id: UUID, *, worker_id: UUID | None = None) -> DequeuedJob:
         return await self._run(o.DequeueById(job_id=job_id, worker_id=worker_id))
 
-    async def finish_job(self, job_id: UUID, result: Any = None) -> None:
-        await self._run(o.FinishJob(job_id=job_id, result=_json(result, "result")))
+    async def finish_job(self, job_id: UUID, result: Any = None, *, failed: bool = False) -> None:
+        await self._run(o.FinishJob(job_id=job_id, result=_json(result, "result"), failed=failed))
 
     async def finish_and_dequeue(
         self,
@@ -128,8 +149,10 @@ class QueueAPI:
         any_channel: bool = False,
         timeout: float | None = None,
         worker_id: UUID | None = None,
+        failed: bool = False,
     ) -> DequeuedJob:
-        """Finish ``job_id`` with ``result``, then dequeue the next job in the same step.
+        """Finish ``job_id`` with ``result`` (``failed``: as a failure), then dequeue
+        the next job in the same step.
 
         If the finish fails its error is raised and nothing is dequeued. Any
         other outcome (a job, :class:`DequeueTimeoutError`, an error about the
@@ -141,6 +164,7 @@ class QueueAPI:
         op = o.FinishAndDequeue(
             job_id=job_id,
             result=_json(result, "result"),
+            failed=failed,
             job_types=types,
             channels=chans,
             any_channel=any_channel,
@@ -150,11 +174,21 @@ class QueueAPI:
         return await self._run(op)
 
     async def requeue_or_finish_job(
-        self, job_id: UUID, max_retries: int, result: Any = None
+        self,
+        job_id: UUID,
+        max_retries: int,
+        result: Any = None,
+        *,
+        failed: bool = False,
+        delay: float | None = None,
     ) -> bool:
         return await self._run(
             o.RequeueOrFinishJob(
-                job_id=job_id, max_retries=max_retries, result=_json(result, "result")
+                job_id=job_id,
+                max_retries=max_retries,
+                result=_json(result, "result"),
+                failed=failed,
+                delay=delay,
             )
         )
 
@@ -169,6 +203,9 @@ class QueueAPI:
 
     async def job_status(self, job_id: UUID) -> JobStatus:
         return await self._run(o.GetJobStatus(job_id=job_id))
+
+    async def wait(self, job_id: UUID, *, timeout: float | None = None) -> JobStatus:
+        return await self._run(o.WaitForJob(job_id=job_id, timeout=timeout))
 
     async def job(self, job_id: UUID) -> JobInfo:
         return await self._run(o.GetJob(job_id=job_id))

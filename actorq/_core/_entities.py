@@ -59,6 +59,13 @@ class JobEntry:
     worker_id: UUID | None = None
     waiting_on: int = 0
     heartbeat: float = 0.0
+    failed: bool = False  # settled as a failure (finished is set too)
+    cancel_on_failed_dependency: bool = False
+    failed_dependency: UUID | None = None  # canceled because this dependency failed
+    priority: int = 0
+    not_before: datetime | None = None
+    unique_key: str | None = None
+    due: float = 0.0  # monotonic time it may become ready; 0.0 once it may
     ready_key: int = 0  # nonzero while the job sits in the ready index
     since: float = math.nan  # monotonic time it became ready or started; kept for events only
 
@@ -86,6 +93,12 @@ class JobEntry:
             retries=self.retries,
             token=self.token,
             worker_id=self.worker_id,
+            failed=self.failed,
+            cancel_on_failed_dependency=self.cancel_on_failed_dependency,
+            failed_dependency=self.failed_dependency,
+            priority=self.priority,
+            not_before=self.not_before,
+            unique_key=self.unique_key,
         )
 
 
@@ -118,7 +131,8 @@ class ReadyHeap:
     __slots__ = ("entries", "live")
 
     def __init__(self) -> None:
-        self.entries: list[tuple[int, int, UUID]] = []  # (seq, ready_key, job id)
+        # (-priority, seq, ready_key, job id): highest priority first, then oldest
+        self.entries: list[tuple[int, int, int, UUID]] = []
         self.live = 0
 
 
@@ -149,7 +163,7 @@ def state_of(job: JobEntry) -> JobState:
     if job.canceled:
         return JobState.CANCELED
     if job.finished is not None:
-        return JobState.FINISHED
+        return JobState.FAILED if job.failed else JobState.FINISHED
     if job.started is not None:
         return JobState.RUNNING
     return JobState.PENDING
@@ -174,3 +188,5 @@ class StateAttributes:
     _waiters_by_id: dict[int, Waiter]
     _next_seq: int
     _next_ready_key: int
+    _timers: list[tuple[float, int, UUID]]
+    _unique: dict[tuple[str, str], UUID]

@@ -60,6 +60,13 @@ class DequeueTimeoutError(JobQueueError, TimeoutError):
     default_message = "dequeue timed out"
 
 
+class WaitTimeoutError(JobQueueError, TimeoutError):
+    """The job did not settle before the ``wait`` timeout elapsed."""
+
+    code = "wait_timeout"
+    default_message = "the job did not settle in time"
+
+
 class RunningError(JobQueueError):
     """The job is running, and the operation needs a job that is not."""
 
@@ -157,6 +164,7 @@ ERRORS_BY_CODE: dict[str, type[JobQueueError]] = {
         NotRunningError,
         CanceledError,
         DequeueTimeoutError,
+        WaitTimeoutError,
         RunningError,
         FinishedError,
         HasDependentsError,

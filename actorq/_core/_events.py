@@ -62,6 +62,7 @@ class Phase(enum.Enum):
     RUNNING = "running"
     FINISHED = "finished"
     CANCELED = "canceled"
+    FAILED = "failed"  # settled as a failure
 
 
 def is_error_result(text: str) -> bool:
@@ -121,8 +122,9 @@ class JobFinished:
     """A job finished with a result.
 
     ``before`` is ``RUNNING``, or ``READY``/``BLOCKED`` for a job failed before
-    it started (``fail_job``). ``error`` tells a failure: an error result
-    (:func:`is_error_result`), or any job failed before it started. ``ran``
+    it started (``fail_job``). ``error`` tells a failure: a job settled as
+    failed (``fail_job``, or a finish that said ``failed=True``), never a
+    guess from the result's shape. ``ran``
     is seconds from start to finish, ``None`` for a job that never started.
     """
 

@@ -49,11 +49,11 @@ class ReadyIndex(StateAttributes):
                 heap.entries = [e for e in heap.entries if self._live_entry(e)]
                 heapq.heapify(heap.entries)
 
-    def _live_entry(self, entry: tuple[int, int, UUID]) -> bool:
-        job = self._jobs.get(entry[2])
-        return job is not None and job.ready_key == entry[1]
+    def _live_entry(self, entry: tuple[int, int, int, UUID]) -> bool:
+        job = self._jobs.get(entry[3])
+        return job is not None and job.ready_key == entry[2]
 
-    def _head(self, heap: ReadyHeap) -> tuple[int, int, UUID] | None:
+    def _head(self, heap: ReadyHeap) -> tuple[int, int, int, UUID] | None:
         entries = heap.entries
         while entries:
             if self._live_entry(entries[0]):
@@ -64,7 +64,7 @@ class ReadyIndex(StateAttributes):
     def _oldest_ready(
         self, job_types: tuple[str, ...], channels: tuple[str, ...] | None
     ) -> JobEntry | None:
-        best: tuple[int, int, UUID] | None = None
+        best: tuple[int, int, int, UUID] | None = None
         ready = self._ready
         for job_type in job_types:
             if channels is not None and len(channels) > 1:
@@ -80,7 +80,7 @@ class ReadyIndex(StateAttributes):
                 head = self._head(heap)
                 if head is not None and (best is None or head < best):
                     best = head
-        return None if best is None else self._jobs[best[2]]
+        return None if best is None else self._jobs[best[3]]
 
     @staticmethod
     def _waiter_keys(waiter: Waiter) -> Iterator[TypeKey]:

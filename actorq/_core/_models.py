@@ -17,6 +17,9 @@ class JobState(enum.Enum):
     PENDING = "pending"
     RUNNING = "running"
     FINISHED = "finished"
+    FAILED = "failed"
+    """Settled as a failure (``fail_job``, or a finish that said ``failed=True``).
+    Its ``finished`` time is set, as for any settled job."""
     CANCELED = "canceled"
 
 
@@ -46,13 +49,24 @@ class JobStatus:
     dependencies: list[UUID]
     dependents: list[UUID]
     retries: int
+    #: Settled as a failure (``finished`` is set too). Protocol 3 and later.
+    failed: bool = attrs.field(default=False, metadata={"since": 3})
+    #: For a job canceled because a dependency failed (it was enqueued with
+    #: ``cancel_on_failed_dependency=True``): that dependency. Protocol 3 and later.
+    failed_dependency: UUID | None = attrs.field(default=None, metadata={"since": 3})
+    #: Its priority: higher goes first among ready jobs. Protocol 3 and later.
+    priority: int = attrs.field(default=0, metadata={"since": 3})
+    #: Not ready before then (``delay`` or ``not_before``). Protocol 3 and later.
+    not_before: datetime | None = attrs.field(default=None, metadata={"since": 3})
+    #: Its unique key in its channel, if it was given one. Protocol 3 and later.
+    unique_key: str | None = attrs.field(default=None, metadata={"since": 3})
 
     @property
     def state(self) -> JobState:
         if self.canceled:
             return JobState.CANCELED
         if self.finished is not None:
-            return JobState.FINISHED
+            return JobState.FAILED if self.failed else JobState.FINISHED
         if self.started is not None:
             return JobState.RUNNING
         return JobState.PENDING
@@ -92,7 +106,7 @@ class JobSummary:
     finished: datetime | None
     retries: int
     dependencies: list[UUID]
-    worker_id: UUID | None = None
+    worker_id: UUID | None = attrs.field(default=None, metadata={"since": 3})
 
 
 @attrs.frozen
@@ -113,6 +127,11 @@ class QueueStats:
     canceled: int
     waiting_dequeuers: int
     workers: int
+    #: Jobs settled as failures; ``finished`` counts only the others. Protocol 3 and later.
+    failed: int = attrs.field(default=0, metadata={"since": 3})
+    #: Pending jobs whose dependencies have settled but whose ``not_before`` has
+    #: not come yet (counted in ``blocked`` too). Protocol 3 and later.
+    delayed: int = attrs.field(default=0, metadata={"since": 3})
 
 
 @attrs.frozen
@@ -130,3 +149,4 @@ class NewJob:
     args: Any = None
     dependencies: Sequence[UUID | int] = ()
     channel: str = ""
+    cancel_on_failed_dependency: bool = False

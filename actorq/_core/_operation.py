@@ -25,6 +25,7 @@ __all__ = [
     "NOTHING",
     "NULL",
     "REGISTRY",
+    "SINCE_3",
     "Access",
     "JsonText",
     "Operation",
@@ -40,9 +41,15 @@ JsonText = NewType("JsonText", str)
 
 NULL: JsonText = JsonText("null")
 
+"""JSON ``null``, the default args and result."""
+
 MAX_MATCH_KEYS = 10_000
 """The most (job type, channel) pairs one dequeue may name."""
-"""JSON ``null``, the default args and result."""
+
+SINCE_3: dict[str, int] = {"since": 3}
+"""Field metadata: the field exists from protocol version 3 on. A client leaves
+it out of a request while it has its default (so an older server reads the
+request), and a server leaves it out of a reply to an older client."""
 
 Scope: TypeAlias = frozenset[str] | None
 """The channels a caller may use; ``None`` for every channel."""

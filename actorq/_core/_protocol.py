@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+    from datetime import datetime
     from uuid import UUID
 
     from ._models import (
@@ -39,9 +40,28 @@ class JobQueue(Protocol):
         args: Any = None,
         dependencies: Iterable[UUID] = (),
         channel: str = "",
+        *,
+        cancel_on_failed_dependency: bool = False,
+        priority: int = 0,
+        delay: float | None = None,
+        not_before: datetime | None = None,
+        unique_key: str | None = None,
     ) -> UUID:
-        """Add a job. It is handed out once every dependency has finished.
+        """Add a job. It is handed out once every dependency has settled (finished
+        or failed: a dependent can read its dependency's error result).
 
+        Among the ready jobs a dequeue can take, the highest ``priority`` goes
+        first, oldest first within a priority (a requeued job keeps both). The
+        job is not ready before ``delay`` seconds (the queue's monotonic
+        clock, trio's) or before ``not_before`` (an aware datetime, the
+        queue's wall clock) have passed; giving both is a :class:`ValueError`.
+        With ``unique_key``, while a job of the same channel and key is
+        pending or running, that job's id is returned and nothing changes.
+
+        With ``cancel_on_failed_dependency``, a dependency that settles as a
+        failure cancels the job (and its pending dependents) instead, and
+        :attr:`JobStatus.failed_dependency` names that dependency; a job
+        enqueued after a dependency already failed is enqueued canceled.
         Raises :class:`NotExistError` (and enqueues nothing) if a dependency
         does not exist.
         """
@@ -94,15 +114,29 @@ class JobQueue(Protocol):
         """Take one particular job now. :class:`NotPendingError` unless it is ready."""
         ...
 
-    async def finish_job(self, job_id: UUID, result: Any = None) -> None:
-        """Finish a running job with ``result``."""
+    async def finish_job(self, job_id: UUID, result: Any = None, *, failed: bool = False) -> None:
+        """Finish a running job with ``result``.
+
+        ``failed=True`` settles it as a failure (:attr:`JobState.FAILED`); the
+        state is never guessed from the result's shape.
+        """
         ...
 
     async def requeue_or_finish_job(
-        self, job_id: UUID, max_retries: int, result: Any = None
+        self,
+        job_id: UUID,
+        max_retries: int,
+        result: Any = None,
+        *,
+        failed: bool = False,
+        delay: float | None = None,
     ) -> bool:
         """Put a running job back (True) unless it has been retried ``max_retries`` times,
-        in which case finish it with ``result`` (False)."""
+        in which case finish it with ``result`` (False), as a failure if ``failed``.
+
+        Requeued, it keeps its place and priority; with ``delay`` it is not
+        ready again for that many seconds (a retry's backoff).
+        """
         ...
 
     async def update_job_result(self, job_id: UUID, result: Any) -> None:
@@ -110,7 +144,13 @@ class JobQueue(Protocol):
         ...
 
     async def fail_job(self, job_id: UUID, result: Any) -> None:
-        """Finish a job that never started, with ``result``."""
+        """Settle a job that never started as a failure, with ``result``.
+
+        It is then :attr:`JobState.FAILED`, with ``started`` and ``finished``
+        set. :class:`RunningError` for a running job (its worker fails it with
+        ``finish_job(..., failed=True)``), :class:`FinishedError` for a settled
+        one, :class:`CanceledError` for a canceled one.
+        """
         ...
 
     async def cancel_job(self, job_id: UUID) -> None:
@@ -118,6 +158,19 @@ class JobQueue(Protocol):
         ...
 
     async def job_status(self, job_id: UUID) -> JobStatus: ...
+
+    async def wait(self, job_id: UUID, *, timeout: float | None = None) -> JobStatus:
+        """The job's status once it has settled (finished, failed or canceled).
+
+        Returns at once for a settled job. Waits without polling: the queue
+        answers when the job settles (from a server, as a push of the
+        reply). ``timeout`` seconds without that raise
+        :class:`WaitTimeoutError` (``timeout=0``: only a job settled now);
+        an unknown job, or one deleted meanwhile, :class:`NotExistError`. A
+        cancelled caller gets :class:`trio.Cancelled` and leaves nothing
+        behind in the queue or on the server.
+        """
+        ...
 
     async def job(self, job_id: UUID) -> JobInfo: ...
 

@@ -48,6 +48,11 @@ class StateReads(StateAttributes):
             dependencies=list(job.dependencies),
             dependents=list(job.dependents),
             retries=job.retries,
+            failed=job.failed,
+            failed_dependency=job.failed_dependency,
+            priority=job.priority,
+            not_before=job.not_before,
+            unique_key=job.unique_key,
         )
 
     def job(self, job_id: UUID) -> JobInfo:
@@ -55,6 +60,12 @@ class StateReads(StateAttributes):
         return JobInfo(
             type=job.type, args=job.args, dependencies=list(job.dependencies), channel=job.channel
         )
+
+    def is_settled(self, job_id: UUID) -> bool:
+        """Whether the job has finished, failed or been canceled; :class:`NotExistError`
+        for an unknown one."""
+        job = self._get(job_id)
+        return job.canceled or job.finished is not None
 
     def job_state(self, job_id: UUID) -> JobState:
         return state_of(self._get(job_id))
@@ -128,7 +139,7 @@ class StateReads(StateAttributes):
 
     def list_jobs(
         self,
-        state: JobState | None = None,
+        state: JobState | frozenset[JobState] | None = None,
         job_type: str | None = None,
         channel: str | None = None,
         limit: int | None = None,
@@ -138,10 +149,12 @@ class StateReads(StateAttributes):
         newest_first: bool = False,
         channels: Collection[str] | None = None,
     ) -> list[JobSummary]:
-        """Jobs in enqueue order (``newest_first``: the reverse), filtered by state,
-        type, channel, the start of the id's text (``id_prefix``, lower case) and
-        ``channels`` (a tenant's scope); the first ``offset`` matches are skipped,
-        at most ``limit`` are returned. Only returned jobs cost a summary."""
+        """Jobs in enqueue order (``newest_first``: the reverse), filtered by state
+        (one, or any of a set), type, channel, the start of the id's text
+        (``id_prefix``, lower case) and ``channels`` (a tenant's scope); the first
+        ``offset`` matches are skipped, at most ``limit`` are returned. Only
+        returned jobs cost a summary."""
+        states = state if isinstance(state, frozenset) else None if state is None else {state}
         out: list[JobSummary] = []
         if limit == 0:
             return out
@@ -160,7 +173,7 @@ class StateReads(StateAttributes):
             if channels is not None and job.channel not in channels:
                 continue
             job_state = state_of(job)
-            if state is not None and job_state is not state:
+            if states is not None and job_state not in states:
                 continue
             if id_prefix and not str(job.id).startswith(id_prefix):
                 continue
@@ -213,7 +226,7 @@ class StateReads(StateAttributes):
     def stats(self) -> QueueStats:
         ready: dict[tuple[str, str], int] = {}
         counts = dict.fromkeys(JobState, 0)
-        blocked = 0
+        blocked = delayed = 0
         for job in self._jobs.values():
             job_state = state_of(job)
             counts[job_state] += 1
@@ -222,6 +235,8 @@ class StateReads(StateAttributes):
                 ready[key] = ready.get(key, 0) + 1
             elif job_state is JobState.PENDING:
                 blocked += 1
+                if job.due and not job.waiting_on:
+                    delayed += 1
         return QueueStats(
             jobs=len(self._jobs),
             pending=counts[JobState.PENDING],
@@ -232,6 +247,8 @@ class StateReads(StateAttributes):
             canceled=counts[JobState.CANCELED],
             waiting_dequeuers=len(self._waiters_by_id),
             workers=len(self._workers),
+            failed=counts[JobState.FAILED],
+            delayed=delayed,
         )
 
     def job_ids(self) -> Iterator[UUID]:

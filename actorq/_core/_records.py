@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 from uuid import UUID
 
 import attrs
 
-__all__ = ["Assignment", "Changes", "JobRecord", "WorkerRecord", "new_uuid4"]
+__all__ = ["Assignment", "Changes", "JobRecord", "JobTuple", "WorkerRecord", "new_uuid4"]
 
 _VERSION_4_MASK = ~((0xC000 << 48) | (0xF000 << 64))
 _VERSION_4_BITS = (0x8000 << 48) | (0x4000 << 64)
@@ -27,6 +28,11 @@ def new_uuid4() -> UUID:
     object.__setattr__(made, "int", value)
     object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
     return made
+
+
+JobTuple: TypeAlias = tuple[str, str, Sequence[UUID | int], str, bool]
+"""One job of :meth:`QueueState.enqueue_many`: type, args JSON text, dependencies
+(ids, or indexes of earlier jobs), channel, ``cancel_on_failed_dependency``."""
 
 
 class Assignment(NamedTuple):
@@ -62,6 +68,12 @@ class JobRecord:
     retries: int
     token: UUID | None
     worker_id: UUID | None
+    failed: bool = False
+    cancel_on_failed_dependency: bool = False
+    failed_dependency: UUID | None = None
+    priority: int = 0
+    not_before: datetime | None = None
+    unique_key: str | None = None
 
 
 @attrs.frozen

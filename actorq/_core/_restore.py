@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,10 @@ class StateRestore(StateAttributes):
         ready_key = self._next_ready_key
         unknown = math.nan  # when a restored job became ready or started
         last_seq = 0
+        timers = self._timers
+        unique = self._unique
+        wall_now = self._wall()
+        prioritized = False
         for rec in jobs:
             seq = rec.seq
             job_id = rec.id
@@ -54,6 +59,8 @@ class StateRestore(StateAttributes):
             finished = rec.finished
             canceled = rec.canceled
             token = rec.token
+            if rec.failed and finished is None:
+                raise ValueError(f"job {job_id} failed but never finished")
             waiting_on = 0
             for dep_id in dependencies:
                 dep = all_jobs.get(dep_id)
@@ -78,6 +85,19 @@ class StateRestore(StateAttributes):
             job.retries = rec.retries
             job.token = token
             job.worker_id = rec.worker_id
+            job.failed = rec.failed
+            job.cancel_on_failed_dependency = rec.cancel_on_failed_dependency
+            job.failed_dependency = rec.failed_dependency
+            priority = job.priority = rec.priority
+            not_before = job.not_before = rec.not_before
+            unique_key = job.unique_key = rec.unique_key
+            job.due = 0.0
+            if not_before is not None and started is None and not canceled:
+                wait = (not_before - wall_now).total_seconds()
+                if wait > 0:
+                    job.due = now + wait
+            if unique_key is not None and finished is None and not canceled:
+                unique[(channel, unique_key)] = job_id
             job.waiting_on = waiting_on
             job.heartbeat = now
             job.ready_key = 0
@@ -87,10 +107,14 @@ class StateRestore(StateAttributes):
                 if token is not None and finished is None:
                     tokens[token] = job_id  # canceled while running: the token says so
             elif started is None:
-                if waiting_on == 0:
+                if waiting_on == 0 and job.due:
+                    timers.append((job.due, seq, job_id))
+                elif waiting_on == 0:
                     job.ready_key = ready_key
-                    entry = (seq, ready_key, job_id)
+                    entry = (-priority, seq, ready_key, job_id)
                     ready_key += 1
+                    if priority:
+                        prioritized = True
                     for heap_key in ((job_type, channel), (job_type, ANY_CHANNEL)):
                         heap = ready.get(heap_key)
                         if heap is None:
@@ -108,5 +132,10 @@ class StateRestore(StateAttributes):
                         job.worker_id = None
                     else:
                         worker.active_jobs.add(job_id)
+        if prioritized:
+            # appended in enqueue order, which is heap order only without priorities
+            for heap in ready.values():
+                heapq.heapify(heap.entries)
+        heapq.heapify(timers)
         self._next_ready_key = ready_key
         self._next_seq = last_seq + 1

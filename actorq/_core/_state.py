@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import heapq
 import math
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ._entities import (
@@ -61,11 +62,10 @@ from ._events import (
     Phase,
     WorkerDeleted,
     WorkerSeen,
-    is_error_result,
 )
 from ._index import ReadyIndex
 from ._reads import StateReads
-from ._records import Assignment, Changes, JobRecord, WorkerRecord, new_uuid4
+from ._records import Assignment, Changes, JobRecord, JobTuple, WorkerRecord, new_uuid4
 from ._restore import StateRestore
 
 if TYPE_CHECKING:
@@ -111,6 +111,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._next_seq = 1
         self._next_ready_key = 1
         self._next_waiter_id = 1
+        # jobs whose dependencies have settled, waiting for their time:
+        # (due on the monotonic clock, seq, id), deleted lazily
+        self._timers: list[tuple[float, int, UUID]] = []
+        self._unique: dict[tuple[str, str], UUID] = {}  # (channel, key) -> pending or running job
         self._assignments: list[tuple[int, Assignment | WorkerNotExistError]] = []
         self._track = track_changes
         self._changed_jobs: set[UUID] = set()
@@ -119,20 +123,51 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._deleted_workers: set[UUID] = set()
         self._events: list[Event] | None = [] if track_events else None
         self._revoked: list[tuple[UUID, UUID, bool]] | None = None
+        self._settled: list[UUID] | None = None
 
     # ------------------------------------------------------------------ jobs
 
     def enqueue(
-        self, job_type: str, args: str, dependencies: Iterable[UUID] = (), channel: str = ""
+        self,
+        job_type: str,
+        args: str,
+        dependencies: Iterable[UUID] = (),
+        channel: str = "",
+        *,
+        cancel_on_failed_dependency: bool = False,
+        priority: int = 0,
+        delay: float | None = None,
+        not_before: datetime | None = None,
+        unique_key: str | None = None,
     ) -> UUID:
         """Add a job; ``args`` is JSON text.
 
         Raises :class:`NotExistError`, and adds nothing, for an unknown dependency.
+        ``priority`` orders it among ready jobs (highest first, then oldest).
+        It is not ready before ``delay`` seconds (monotonic clock) or
+        ``not_before`` (wall clock) have passed. With ``unique_key``, while a
+        job of the same channel and key is pending or running, its id is
+        returned and nothing changes.
+        With ``cancel_on_failed_dependency``, the job is canceled (rather than
+        run) once any dependency settles as a failure; if one already has, it
+        is enqueued canceled. Either way ``failed_dependency`` names it.
         """
         deps = tuple(dict.fromkeys(dependencies))
         for dep_id in deps:
             if dep_id not in self._jobs:
                 raise NotExistError(f"dependency {dep_id} does not exist")
+        if unique_key is not None:
+            holder = self._unique.get((channel, unique_key))
+            if holder is not None:
+                return holder
+        due = 0.0
+        if delay is not None and delay > 0:
+            due = self._monotonic() + delay
+            not_before = self._wall() + timedelta(seconds=delay)
+        elif not_before is not None:
+            wait = (not_before - self._wall()).total_seconds()
+            if wait > 0:
+                due = self._monotonic() + wait
         job = JobEntry(
             id=self._new_id(),
             seq=self._next_seq,
@@ -142,43 +177,71 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             dependencies=deps,
             queued=self._wall(),
         )
+        job.cancel_on_failed_dependency = cancel_on_failed_dependency
+        job.priority = priority
+        job.not_before = not_before
+        job.unique_key = unique_key
+        job.due = due
         self._next_seq += 1
         self._jobs[job.id] = job
+        failed_dependency: UUID | None = None
         for dep_id in deps:
             dep = self._jobs[dep_id]
             add_dependent(dep, job.id)
             if dep.finished is None:
                 job.waiting_on += 1
+            elif dep.failed and cancel_on_failed_dependency and failed_dependency is None:
+                failed_dependency = dep_id
         self._touch(job)
+        if failed_dependency is not None:
+            # it could never run: it is born canceled, and says why
+            if (events := self._events) is not None:
+                events.append(JobEnqueued(job.id, job_type, channel, False))
+                events.append(JobCanceled(job.id, job_type, channel, None, Phase.BLOCKED))
+            job.canceled = True
+            job.failed_dependency = failed_dependency
+            return job.id
+        if unique_key is not None:
+            self._unique[(channel, unique_key)] = job.id
+        ready = job.waiting_on == 0 and not due
         if (events := self._events) is not None:
-            self._readied(events, job, JobEnqueued(job.id, job_type, channel, job.waiting_on == 0))
-        if job.waiting_on == 0:
+            self._readied(events, job, JobEnqueued(job.id, job_type, channel, ready))
+        if ready:
             self._make_ready(job)
+        elif job.waiting_on == 0:
+            heapq.heappush(self._timers, (due, job.seq, job.id))
         return job.id
 
     def enqueue_many(
-        self, jobs: Sequence[tuple[str, str, Sequence[UUID | int], str]]
+        self, jobs: Sequence[tuple[str, str, Sequence[UUID | int], str] | JobTuple]
     ) -> list[UUID]:
         """Add several jobs, all or none; return their ids in order.
 
-        Each job is ``(type, args JSON text, dependencies, channel)``, and each
-        dependency a job id or the index of an earlier job in ``jobs``. Every
-        dependency is checked before any job is added: an unknown id raises
-        :class:`NotExistError`, an index that is not earlier :class:`ValueError`,
-        and nothing changes. One pass, linear in jobs and dependencies.
+        Each job is ``(type, args JSON text, dependencies, channel)``, or that
+        and ``cancel_on_failed_dependency``, and each dependency a job id or
+        the index of an earlier job in ``jobs``. Every dependency is checked
+        before any job is added: an unknown id raises :class:`NotExistError`,
+        an index that is not earlier :class:`ValueError`, and nothing changes.
+        One pass, linear in jobs and dependencies.
         """
         known = self._jobs
-        for index, (_, _, deps, _) in enumerate(jobs):
-            for dep in deps:
+        for index, spec in enumerate(jobs):
+            for dep in spec[2]:
                 if isinstance(dep, int):
                     if not 0 <= dep < index:
                         raise ValueError(f"dependencies of job {index}: {dep} is not earlier")
                 elif dep not in known:
                     raise NotExistError(f"dependency {dep} does not exist")
         ids: list[UUID] = []
-        for job_type, args, deps, channel in jobs:
+        for spec in jobs:
+            job_type, args, deps, channel = spec[0], spec[1], spec[2], spec[3]
+            cancel_on_failed = len(spec) > 4 and bool(spec[4])
             resolved = [ids[dep] if isinstance(dep, int) else dep for dep in deps]
-            ids.append(self.enqueue(job_type, args, resolved, channel))
+            ids.append(
+                self.enqueue(
+                    job_type, args, resolved, channel, cancel_on_failed_dependency=cancel_on_failed
+                )
+            )
         return ids
 
     def dequeue(
@@ -248,6 +311,20 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         if self._revoked is None:
             self._revoked = []
 
+    def track_settles(self) -> None:
+        """Start recording jobs that settle or are deleted (see :meth:`take_settled`)."""
+        if self._settled is None:
+            self._settled = []
+
+    def take_settled(self) -> list[UUID]:
+        """Jobs that settled (finished, failed, canceled) or were deleted since the
+        last call. Empty unless :meth:`track_settles` was called."""
+        out = self._settled
+        if not out:
+            return []
+        self._settled = []
+        return out
+
     def take_revocations(self) -> list[tuple[UUID, UUID, bool]]:
         """Runs that ended since the last call, as ``(job id, token, canceled)``.
 
@@ -287,14 +364,27 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._make_ready(job)
         return True
 
-    def finish_job(self, job_id: UUID, result: str) -> None:
+    def finish_job(self, job_id: UUID, result: str, *, failed: bool = False) -> None:
+        """Finish a running job with ``result``; ``failed`` settles it as a failure."""
         job = self._get_running(job_id)
-        self._finish(job, result)
+        self._finish(job, result, failed)
 
-    def requeue_or_finish_job(self, job_id: UUID, max_retries: int, result: str) -> bool:
+    def requeue_or_finish_job(
+        self,
+        job_id: UUID,
+        max_retries: int,
+        result: str,
+        *,
+        failed: bool = False,
+        delay: float | None = None,
+    ) -> bool:
+        """Requeue a running job (True), or finish it once retried ``max_retries`` times
+        (False); ``failed`` makes that finish a failure. A requeued job keeps its
+        place and priority; with ``delay`` it is not ready again for that many
+        seconds (a retry's backoff)."""
         job = self._get_running(job_id)
         if job.retries >= max_retries:
-            self._finish(job, result)
+            self._finish(job, result, failed)
             return False
         if (events := self._events) is not None:
             event = JobRequeued(job.id, job.type, job.channel, job.worker_id, job.retries + 1)
@@ -304,7 +394,12 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         job.started = None
         job.result = None
         self._touch(job)
-        self._make_ready(job)
+        if delay:
+            job.due = self._monotonic() + delay
+            job.not_before = self._wall() + timedelta(seconds=delay)
+            heapq.heappush(self._timers, (job.due, job.seq, job.id))
+        else:
+            self._make_ready(job)
         return True
 
     def update_job_result(self, job_id: UUID, result: str) -> None:
@@ -313,7 +408,8 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._touch(job)
 
     def fail_job(self, job_id: UUID, result: str) -> None:
-        """Finish a job that never started with ``result`` (its dependencies may be unfinished)."""
+        """Settle a job that never started as a failure with ``result`` (its dependencies
+        may be unfinished)."""
         job = self._get(job_id)
         if job.canceled:
             raise CanceledError()
@@ -329,6 +425,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         job.started = now
         job.finished = now
         job.result = result
+        job.failed = True
+        job.due = 0.0
+        self._forget_unique(job)
         self._touch(job)
         self._release_dependents(job)
 
@@ -341,6 +440,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         job = self._get(job_id)
         if job.finished is not None:
             raise NotRunningError("job has already finished")
+        self._cancel_tree(job, None)
+
+    def _cancel_tree(self, job: JobEntry, failed_dependency: UUID | None) -> None:
+        # the job and, transitively, its pending dependents: they could never run
         stack = [job]
         while stack:
             job = stack.pop()
@@ -354,6 +457,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             else:
                 self._unready(job)
             job.canceled = True
+            job.failed_dependency = failed_dependency
+            job.due = 0.0
+            self._forget_unique(job)
             self._touch(job)
             stack.extend(self._jobs[d] for d in job.dependents)
 
@@ -376,6 +482,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             if (events := self._events) is not None:
                 events.append(JobDeleted(job.id, job.type, job.channel, _phase(job)))
             self._unready(job)
+            self._forget_unique(job)
             if job.token is not None:
                 self._tokens.pop(job.token, None)
             del self._jobs[job.id]
@@ -529,19 +636,70 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         if self._track:
             self._changed_workers.add(worker.id)
 
-    def _finish(self, job: JobEntry, result: str) -> None:
+    def _forget_unique(self, job: JobEntry) -> None:
+        # a settled (or deleted) job frees its key for the next enqueue, and
+        # whoever waits for it to settle hears of it
+        if self._settled is not None:
+            self._settled.append(job.id)
+        if job.unique_key is not None:
+            key = (job.channel, job.unique_key)
+            if self._unique.get(key) == job.id:
+                del self._unique[key]
+
+    def next_due(self) -> float | None:
+        """When (monotonic clock) the first delayed job falls due, or ``None``."""
+        timers = self._timers
+        while timers:
+            due, _, job_id = timers[0]
+            job = self._jobs.get(job_id)
+            if job is not None and job.due == due and job.pending and not job.waiting_on:
+                return due
+            heapq.heappop(timers)  # settled, deleted or made ready since
+        return None
+
+    def release_due(self) -> int:
+        """Make every delayed job whose time has come ready (handing it to a waiter
+        if one matches); return how many."""
+        timers = self._timers
+        now = self._monotonic()
+        released = 0
+        while timers and timers[0][0] <= now:
+            due, _, job_id = heapq.heappop(timers)
+            job = self._jobs.get(job_id)
+            if job is None or job.due != due or not job.pending or job.waiting_on:
+                continue
+            job.due = 0.0
+            if (events := self._events) is not None:
+                self._readied(events, job, JobReady(job.id, job.type, job.channel))
+            self._make_ready(job)
+            released += 1
+        return released
+
+    def _finish(self, job: JobEntry, result: str, failed: bool = False) -> None:
         if (events := self._events) is not None:
-            events.append(self._finished(job, result))
+            events.append(self._finished(job, failed))
         self._stop_running(job)
         job.finished = self._wall()
         job.result = result
+        job.failed = failed
+        self._forget_unique(job)
         self._touch(job)
         self._release_dependents(job)
 
     def _release_dependents(self, job: JobEntry) -> None:
+        failed = job.failed
         for dep_id in job.dependents:
             dependent = self._jobs[dep_id]
             dependent.waiting_on -= 1
+            if failed and dependent.cancel_on_failed_dependency:
+                # it asked not to run after a failed dependency: cancel it instead
+                self._cancel_tree(dependent, job.id)
+                continue
+            if dependent.waiting_on == 0 and dependent.pending and dependent.due:
+                if dependent.due > self._monotonic():
+                    heapq.heappush(self._timers, (dependent.due, dependent.seq, dep_id))
+                    continue
+                dependent.due = 0.0
             if dependent.waiting_on == 0 and dependent.pending:
                 if (events := self._events) is not None:
                     event = JobReady(dep_id, dependent.type, dependent.channel)
@@ -594,7 +752,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         key = self._next_ready_key
         self._next_ready_key += 1
         job.ready_key = key
-        entry = (job.seq, key, job.id)
+        entry = (-job.priority, job.seq, key, job.id)
         for heap_key in ((job.type, job.channel), (job.type, ANY_CHANNEL)):
             heap = self._ready.get(heap_key)
             if heap is None:
@@ -616,18 +774,17 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         dequeue_wait = 0.0 if parked is None else now - parked
         return JobStarted(job.id, job.type, job.channel, worker_id, waited, dequeue_wait)
 
-    def _finished(self, job: JobEntry, result: str) -> JobFinished:
+    def _finished(self, job: JobEntry, failed: bool) -> JobFinished:
         since = job.since
         ran = None if math.isnan(since) else self._monotonic() - since
-        error = is_error_result(result)
-        return JobFinished(job.id, job.type, job.channel, job.worker_id, Phase.RUNNING, error, ran)
+        return JobFinished(job.id, job.type, job.channel, job.worker_id, Phase.RUNNING, failed, ran)
 
 
 def _phase(job: JobEntry) -> Phase:
     if job.canceled:
         return Phase.CANCELED
     if job.finished is not None:
-        return Phase.FINISHED
+        return Phase.FAILED if job.failed else Phase.FINISHED
     if job.started is not None:
         return Phase.RUNNING
     return Phase.READY if job.ready_key else Phase.BLOCKED

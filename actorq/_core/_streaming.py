@@ -41,8 +41,10 @@ class JobStream(Protocol):
         """A job already handed over, or :class:`trio.WouldBlock`."""
         ...
 
-    def finish(self, job: DequeuedJob, result: Any = None) -> None:
+    def finish(self, job: DequeuedJob, result: Any = None, *, failed: bool = False) -> None:
         """Finish ``job`` with ``result`` and free its slot. Never blocks.
+
+        ``failed=True`` settles the job as a failure (:attr:`JobState.FAILED`).
 
         Raises :class:`TypeError` at once for a result that is not JSON. The
         finish itself travels in the background, batched with others; one the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import datetime
 from uuid import UUID
 
 from ._models import JobState
@@ -209,3 +210,50 @@ def check_dependency_refs(values: object, index: int) -> tuple[UUID | int, ...]:
                 f"each of {name} must be a uuid.UUID or an int index, not {type(value).__name__}"
             )
     return tuple(out)
+
+
+def check_bool(value: object, name: str) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
+MAX_PRIORITY = 2**31 - 1
+"""Priorities are 32-bit signed integers, as every store keeps them."""
+
+
+def check_priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"priority must be an int, not {type(value).__name__}")
+    if not -MAX_PRIORITY - 1 <= value <= MAX_PRIORITY:
+        raise ValueError(f"priority must be a 32-bit integer, not {value}")
+    return value
+
+
+def check_not_before(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"not_before must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("not_before must be a timezone-aware datetime")
+    return value
+
+
+def check_delay(value: object) -> float | None:
+    if value is None:
+        return None
+    delay = check_seconds(value, "delay")
+    if math.isinf(delay):
+        raise ValueError("delay must be finite")
+    return delay
+
+
+def check_unique_key(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"unique_key must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError("unique_key must not be empty")
+    return check_storable(value, "unique_key")

@@ -67,6 +67,7 @@ from .._core._ops import (
     RefreshHeartbeat,
     RefreshHeartbeats,
     UpdateWorkerStatus,
+    WaitForJob,
 )
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
@@ -144,6 +145,7 @@ _RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
     {
         Dequeue,
         GetJobStatus,
+        WaitForJob,
         GetJob,
         AllRootJobIds,
         ListJobs,
@@ -288,9 +290,10 @@ class RemoteJobStream(JobBuffer):
 
     # ------------------------------------------------------------ the consumer's side
 
-    def finish(self, job: DequeuedJob, result: Any = None) -> None:
+    def finish(self, job: DequeuedJob, result: Any = None, *, failed: bool = False) -> None:
         # checked as JSON now, under the run's token: what travels is the settle's own form
-        self._finishes.append(w.Finish(job.id, job.token, finish_op(job, result).result))
+        op = finish_op(job, result, failed)
+        self._finishes.append(w.Finish(job.id, job.token, op.result, op.failed))
         self._credit_due += 1
         self._free = min(self._free + 1, self.credit)
         self._kick()

@@ -34,7 +34,7 @@ from .._core import _validate as v
 from .._core._errors import DequeueTimeoutError, JobQueueError
 from .._core._models import DequeuedJob
 from .._core._operation import WaitingOperation, dequeued_for_wire
-from .._core._ops import Dequeue, FinishJob
+from .._core._ops import Dequeue, FinishJob, WaitForJob
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
 from . import _wire as w
@@ -451,6 +451,7 @@ class _Connection:
             max_in_flight=server.max_in_flight,
         )
         self.batching = False  # protocol 2: several messages per frame
+        self.version = 0  # the protocol version agreed in the handshake
         self._pending: list[_Outgoing] = []
         self._accepting = True  # False once the connection is ending: posts fail
         self._wake = trio.lowlevel.ParkingLot()
@@ -634,6 +635,7 @@ class _Connection:
         if isinstance(event, ss.Greeted):
             self.allowed = event.grant.channels
             self.batching = event.version >= w.STREAMS_VERSION
+            self.version = event.version
             self._post(event.frame)
             return True
         if isinstance(event, ss.Close) and event.frame is not None:
@@ -660,6 +662,9 @@ class _Connection:
                         if isinstance(op, WaitingOperation) and op.timeout != 0:
                             event.context = trio.CancelScope()
                             requests.start_soon(self._serve_waiting, event, op)
+                        elif type(op) is WaitForJob and op.timeout != 0:
+                            event.context = trio.CancelScope()
+                            requests.start_soon(self._serve_wait, event, op)
                         else:
                             self._submit(event, op)
                     elif type(message) is Settle_:
@@ -697,7 +702,8 @@ class _Connection:
                     job = value
                     text = w.encode(w.Dequeued(id=request_id, job=job))
                 else:
-                    text = w.encode(w.Ok(id=request_id, value=w.unstructure_value(value)))
+                    value = w.unstructure_value(value, self.version)
+                    text = w.encode(w.Ok(id=request_id, value=value))
             except Exception as exc:
                 if not isinstance(exc, JobQueueError | TypeError | ValueError):
                     log.exception("request %s failed", op.NAME)
@@ -733,6 +739,24 @@ class _Connection:
             return
         if not self._answer(request, text, job) and job is not None:
             self.queue.release(job)
+
+    async def _serve_wait(self, request: ss.Request, op: WaitForJob) -> None:
+        # One task per wait: the client's cancel, or the connection ending,
+        # cancels it, and the queue then forgets the wait (nothing stays behind).
+        text = ""
+        try:
+            with request.context:
+                raw = await self.queue.execute(op, scope=self.allowed)
+                value = w.unstructure_value(op.to_wire(raw), self.version)
+                text = w.encode(w.Ok(id=request.id, value=value))
+        except Exception as exc:
+            if not isinstance(exc, JobQueueError | TypeError | ValueError):
+                log.exception("request %s failed", op.NAME)
+            text = w.encode(w.error_reply(request.id, exc))
+        if not text:  # cancelled by the client: it expects no reply
+            self.session.reply(request, text)
+            return
+        self._answer(request, text)
 
     def _subscribe(self, request: ss.Request, message: w.Message) -> None:
         assert isinstance(message, w.Subscribe)
@@ -779,7 +803,8 @@ class _Connection:
             stream = self._open_stream(message.stream)
             credit = v.check_int(message.credit, "credit", minimum=0)
             finishes = [
-                FinishJob(job_id=f.job_id, token=f.token, result=f.result) for f in message.finishes
+                FinishJob(job_id=f.job_id, token=f.token, result=f.result, failed=f.failed)
+                for f in message.finishes
             ]
         except Exception as exc:
             self._answer(request, w.encode(w.error_reply(request_id, exc)))

@@ -48,7 +48,7 @@ _decode = w.decode
 _decode_frame = w.decode_frame
 _CLIENT_KINDS = w.CLIENT_KINDS
 _SERVER_KINDS = w.SERVER_KINDS
-_Cancel, _Release, _Hello = w.Cancel, w.Release, w.Hello
+_Cancel, _Release, _Hello, _Request = w.Cancel, w.Release, w.Hello, w.Request
 _Welcome, _Dequeued = w.Welcome, w.Dequeued
 _Jobs, _Revoked = w.Jobs, w.Revoked
 _WAITING, _CANCELLED, _ANSWERED = 0, 1, 2
@@ -172,6 +172,7 @@ class ServerSession(Generic[G]):
         "max_in_flight",
         "max_message_size",
         "peer_max_message_size",
+        "version",
     )
 
     def __init__(
@@ -195,6 +196,8 @@ class ServerSession(Generic[G]):
                 raise ValueError(f"{name} must be at least {least}")
         self._authenticate = authenticate
         self._versions = tuple(versions)
+        #: The protocol version agreed in the handshake (0 before it).
+        self.version = 0
         self._server = server
         self._state = _HELLO
         self._greeted = False
@@ -301,6 +304,9 @@ class ServerSession(Generic[G]):
                 f"more than {self.max_in_flight} requests in flight",
                 "too_many_requests",
             )
+        if self.version < w.LIFECYCLE_VERSION and cls is _Request:
+            # what a request of protocol 1 or 2 means in this queue's terms
+            message = w.request_before_3(message)
         request = Request(request_id, message)
         in_flight[request_id] = request
         return request
@@ -358,6 +364,7 @@ class ServerSession(Generic[G]):
             return self._close_with(CLOSE_UNAUTHORIZED, hello.id, error)
         self._state = _OPEN
         self._greeted = True
+        self.version = version
         self.peer_max_message_size = max(1024, hello.max_message_size)
         welcome = w.Welcome(
             id=hello.id,

@@ -27,14 +27,15 @@ from uuid import UUID
 import attrs
 import cattrs
 import orjson
+from cattrs.gen import make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union, include_subclasses
 
 from .._core._errors import ERRORS_BY_CODE, InexactIntegerError, JobQueueError, ProtocolError
 from .._core._json import MAX_EXACT_INT, inexact_integer
 from .._core._json import converter as app_converter
-from .._core._models import DequeuedJob
-from .._core._operation import NULL
-from .._core._ops import OPERATIONS, JsonText, Operation
+from .._core._models import DequeuedJob, JobState, JobStatus, JobSummary, QueueStats
+from .._core._operation import NULL, SINCE_3
+from .._core._ops import OPERATIONS, JsonText, ListJobs, ListJobsBefore3, Operation
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -55,17 +56,21 @@ __all__ = [
 
 T = TypeVar("T")
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 """The newest protocol version this actorq speaks.
 
 Version 2 adds job streams (``subscribe``, ``settle``, and the server's
 ``jobs`` and ``revoked`` pushes) and batch frames (a JSON array of messages
-in one frame, both ways)."""
+in one frame, both ways). Version 3 adds the job lifecycle: the fields marked
+``since 3`` in docs/protocol.md (a failed state, ``cancel_on_failed_dependency``)."""
 
 STREAMS_VERSION: Final = 2
 """The first version with job streams and batch frames."""
 
-SUPPORTED_VERSIONS: Final = (1, 2)
+LIFECYCLE_VERSION: Final = 3
+"""The first version with the job lifecycle's fields and operations."""
+
+SUPPORTED_VERSIONS: Final = (1, 2, 3)
 """Every protocol version this actorq speaks, oldest first."""
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
@@ -137,6 +142,7 @@ class Finish:
     job_id: UUID
     token: UUID
     result: JsonText = NULL
+    failed: bool = attrs.field(default=False, metadata=SINCE_3)
 
 
 @attrs.frozen(kw_only=True)
@@ -410,6 +416,14 @@ def _make_converter() -> cattrs.Converter:
 
     conv.register_structure_hook_factory(_is_optional, optional_hook)
     conv.register_structure_hook_factory(_is_sequence, sequence_hook)
+
+    def omitting_hook(cls: Any) -> Callable[[Any], dict[str, Any]]:
+        # a field newer than protocol 1 is left out while it has its default,
+        # so a peer that predates it reads the message
+        overrides = {f.name: override(omit_if_default=True) for f in _since_fields(cls)}
+        return make_dict_unstructure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
+
+    conv.register_unstructure_hook_factory(lambda cls: bool(_since_fields(cls)), omitting_hook)
     include_subclasses(
         Message,
         conv,
@@ -645,9 +659,64 @@ def structure_value(value: object, cls: type[T] | Any) -> T:
     return out
 
 
-def unstructure_value(value: object) -> Any:
-    """A return value (UUID, model class, list of them...) as a JSON-ready value."""
+def unstructure_value(value: object, version: int = PROTOCOL_VERSION) -> Any:
+    """A return value (UUID, model class, list of them...) as a JSON-ready value,
+    for a peer speaking ``version`` (see :func:`for_version`)."""
+    if version < LIFECYCLE_VERSION:
+        value = for_version(value, version)
     return wire_converter().unstructure(value)
+
+
+def for_version(value: Any, version: int) -> Any:
+    """``value`` as a peer speaking ``version`` < 3 knows it: no failed state.
+
+    A failed job reads as finished (its error result is there as before), the
+    failure marks and a listing's ``worker_id`` go, and ``stats().finished``
+    counts failed jobs again.
+    Fields newer than the peer then have their defaults and are left out.
+    """
+    if version >= LIFECYCLE_VERSION:
+        return value
+    if isinstance(value, list):
+        return [for_version(item, version) for item in value]
+    if isinstance(value, JobStatus):
+        return attrs.evolve(
+            value,
+            failed=False,
+            failed_dependency=None,
+            priority=0,
+            not_before=None,
+            unique_key=None,
+        )
+    if isinstance(value, JobSummary):
+        failed = value.state is JobState.FAILED
+        return attrs.evolve(
+            value, state=JobState.FINISHED if failed else value.state, worker_id=None
+        )
+    if isinstance(value, QueueStats):
+        return attrs.evolve(value, finished=value.finished + value.failed, failed=0, delayed=0)
+    return value
+
+
+def request_before_3(message: Message) -> Message:
+    """A request of a client of protocol 1 or 2, in this queue's terms.
+
+    Such a client knows no failed state, so its ``list_jobs`` filter
+    ``finished`` matches failed jobs too, as its replies show them.
+    """
+    if type(message) is Request and type(message.op) is ListJobs:
+        op = message.op
+        before_3 = ListJobsBefore3(
+            state=op.state, job_type=op.job_type, channel=op.channel, limit=op.limit
+        )
+        return Request(id=message.id, op=before_3)
+    return message
+
+
+def _since_fields(cls: Any) -> tuple[Any, ...]:
+    if not attrs.has(cls):
+        return ()
+    return tuple(f for f in attrs.fields(cls) if "since" in f.metadata)
 
 
 # --------------------------------------------------------------- errors

@@ -3,7 +3,10 @@
 Tables (schema version 1): ``leader`` (the fencing row), ``workers``,
 ``jobs`` (with the core's invariants as constraints and a trigger against
 transitions no job may make) and ``job_dependencies``, plus
-``actorq_schema`` with the version. See ``docs/ha.md``.
+``actorq_schema`` with the version. See ``docs/ha.md``. Version 2 adds the
+job lifecycle's columns (``failed``, ``cancel_on_failed_dependency``,
+``failed_dependency``) and checks them in the transition trigger; version 3
+``priority``, ``not_before`` and ``unique_key``.
 """
 
 from __future__ import annotations
@@ -147,6 +150,63 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """
         CREATE TRIGGER jobs_transition BEFORE UPDATE ON {s}.jobs
             FOR EACH ROW EXECUTE FUNCTION {s}.check_job_transition()
+        """,
+    ),
+    (
+        # A failed job is a finished one; a job canceled because a dependency
+        # failed names that dependency.
+        """
+        ALTER TABLE {s}.jobs
+            ADD COLUMN failed boolean NOT NULL DEFAULT false,
+            ADD COLUMN cancel_on_failed_dependency boolean NOT NULL DEFAULT false,
+            ADD COLUMN failed_dependency uuid,
+            ADD CONSTRAINT failed_is_finished CHECK (NOT failed OR finished IS NOT NULL),
+            ADD CONSTRAINT failed_dependency_is_canceled
+                CHECK (failed_dependency IS NULL OR canceled)
+        """,
+        # The same rules as version 1's, and the new columns follow them: the
+        # opt-in never changes, and a settled job's failure marks are final.
+        """
+        CREATE OR REPLACE FUNCTION {s}.check_job_transition() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF (NEW.id, NEW.seq, NEW.type, NEW.channel, NEW.args::text, NEW.queued,
+                NEW.cancel_on_failed_dependency)
+               IS DISTINCT FROM (OLD.id, OLD.seq, OLD.type, OLD.channel, OLD.args::text,
+                                 OLD.queued, OLD.cancel_on_failed_dependency)
+            THEN
+                RAISE EXCEPTION 'job %: id, seq, type, channel, args and queued never change',
+                    OLD.id
+                    USING ERRCODE = 'check_violation';
+            END IF;
+            IF NEW.retries < OLD.retries THEN
+                RAISE EXCEPTION 'job %: retries never decrease', OLD.id
+                    USING ERRCODE = 'check_violation';
+            END IF;
+            IF (OLD.finished IS NOT NULL OR OLD.canceled)
+               AND (NEW.started, NEW.finished, NEW.canceled, NEW.result::text, NEW.retries,
+                    NEW.token, NEW.worker_id, NEW.failed, NEW.failed_dependency)
+                   IS DISTINCT FROM (OLD.started, OLD.finished, OLD.canceled, OLD.result::text,
+                                     OLD.retries, OLD.token, OLD.worker_id, OLD.failed,
+                                     OLD.failed_dependency)
+            THEN
+                RAISE EXCEPTION 'job %: a finished or canceled job never changes', OLD.id
+                    USING ERRCODE = 'check_violation';
+            END IF;
+            RETURN NEW;
+        END
+        $$
+        """,
+    ),
+    (
+        # No unique index on (channel, unique_key): the scheduler enforces the
+        # rule, and one commit may delete a key's holder (deletions go last)
+        # and insert its successor.
+        """
+        ALTER TABLE {s}.jobs
+            ADD COLUMN priority integer NOT NULL DEFAULT 0,
+            ADD COLUMN not_before timestamptz,
+            ADD COLUMN unique_key text
         """,
     ),
 )

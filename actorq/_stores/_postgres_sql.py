@@ -49,19 +49,25 @@ ROW_HOLDERS = """
 # New jobs are inserted whole; for known ones only what can change is set.
 UPSERT_JOBS = """
     INSERT INTO {s}.jobs (id, seq, type, channel, args, queued, started, finished,
-                          canceled, result, retries, token, worker_id)
+                          canceled, result, retries, token, worker_id, failed,
+                          cancel_on_failed_dependency, failed_dependency, priority,
+                          not_before, unique_key)
     SELECT id, seq, type, channel, args::json, queued, started, finished,
-           canceled, result::json, retries, token, worker_id
+           canceled, result::json, retries, token, worker_id, failed,
+           cancel_on_failed_dependency, failed_dependency, priority, not_before, unique_key
     FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[],
                 %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::boolean[],
-                %b::text[], %b::bigint[], %b::uuid[], %b::uuid[])
+                %b::text[], %b::bigint[], %b::uuid[], %b::uuid[], %b::boolean[],
+                %b::boolean[], %b::uuid[], %b::integer[], %b::timestamptz[], %b::text[])
         AS u(id, seq, type, channel, args, queued, started, finished,
-             canceled, result, retries, token, worker_id)
+             canceled, result, retries, token, worker_id, failed,
+             cancel_on_failed_dependency, failed_dependency, priority, not_before, unique_key)
     ORDER BY seq
     ON CONFLICT (id) DO UPDATE
     SET started = EXCLUDED.started, finished = EXCLUDED.finished, canceled = EXCLUDED.canceled,
         result = EXCLUDED.result, retries = EXCLUDED.retries, token = EXCLUDED.token,
-        worker_id = EXCLUDED.worker_id
+        worker_id = EXCLUDED.worker_id, failed = EXCLUDED.failed,
+        failed_dependency = EXCLUDED.failed_dependency, not_before = EXCLUDED.not_before
 """
 # A job's dependencies never change: rows already stored are skipped. A
 # dependency that does not exist finds no seq, and the NOT NULL on
@@ -87,7 +93,8 @@ DELETE_WORKERS = "DELETE FROM {s}.workers WHERE id = ANY(%b::uuid[])"
 LOAD_WORKERS = "SELECT id, channel, arch, updated FROM {s}.workers ORDER BY seq"
 LOAD_JOBS = """
     SELECT id, seq, type, channel, args::text, queued, started, finished, canceled,
-           result::text, retries, token, worker_id
+           result::text, retries, token, worker_id, failed, cancel_on_failed_dependency,
+           failed_dependency, priority, not_before, unique_key
     FROM {s}.jobs ORDER BY seq
 """
 LOAD_DEPENDENCIES = (
@@ -173,6 +180,12 @@ def read_records(
                     retries=retries,
                     token=token,
                     worker_id=worker_id,
+                    failed=failed,
+                    cancel_on_failed_dependency=cancel_on_failed_dependency,
+                    failed_dependency=failed_dependency,
+                    priority=priority,
+                    not_before=not_before,
+                    unique_key=unique_key,
                 )
                 for (
                     job_id,
@@ -188,6 +201,12 @@ def read_records(
                     retries,
                     token,
                     worker_id,
+                    failed,
+                    cancel_on_failed_dependency,
+                    failed_dependency,
+                    priority,
+                    not_before,
+                    unique_key,
                 ) in rows
             )
     return jobs, workers
@@ -208,4 +227,10 @@ def _job_columns(records: Sequence[JobRecord]) -> tuple[list[Any], ...]:
         [r.retries for r in records],
         [r.token for r in records],
         [r.worker_id for r in records],
+        [r.failed for r in records],
+        [r.cancel_on_failed_dependency for r in records],
+        [r.failed_dependency for r in records],
+        [r.priority for r in records],
+        [r.not_before for r in records],
+        [r.unique_key for r in records],
     )

@@ -129,6 +129,12 @@ def job_row(rec: JobRecord) -> tuple[Any, ...]:
         rec.retries,
         _optional_bytes(rec.token),
         _optional_bytes(rec.worker_id),
+        1 if rec.failed else 0,
+        1 if rec.cancel_on_failed_dependency else 0,
+        _optional_bytes(rec.failed_dependency),
+        rec.priority,
+        _optional_time(rec.not_before),
+        rec.unique_key,
     )
 
 
@@ -141,12 +147,15 @@ def job_update_row(rec: JobRecord) -> tuple[Any, ...]:
         rec.retries,
         _optional_bytes(rec.token),
         _optional_bytes(rec.worker_id),
+        1 if rec.failed else 0,
+        _optional_bytes(rec.failed_dependency),
+        _optional_time(rec.not_before),
         rec.seq,
     )
 
 
 def _make_fast_record() -> Callable[..., JobRecord]:
-    # JobRecord is frozen, so its attrs __init__ sets each of its 14 slots
+    # JobRecord is frozen, so its attrs __init__ sets each of its 20 slots
     # through object.__setattr__, by name; setting them through the slot
     # descriptors halves the cost of the reopen's hottest line. Used only if
     # JobRecord is still a plain slotted class with these fields, in this
@@ -157,7 +166,9 @@ def _make_fast_record() -> Callable[..., JobRecord]:
             return JobRecord
         setters = [JobRecord.__dict__[f.name].__set__ for f in fields]
         (s_id, s_seq, s_type, s_channel, s_args, s_deps, s_queued) = setters[:7]
-        (s_started, s_finished, s_canceled, s_result, s_retries, s_token, s_worker) = setters[7:]
+        (s_started, s_finished, s_canceled, s_result, s_retries, s_token, s_worker) = setters[7:14]
+        (s_failed, s_cancel_on_failed, s_failed_dependency) = setters[14:17]
+        (s_priority, s_not_before, s_unique_key) = setters[17:]
     except (KeyError, AttributeError, TypeError, ValueError):
         return JobRecord
     new = object.__new__
@@ -177,6 +188,12 @@ def _make_fast_record() -> Callable[..., JobRecord]:
         retries: int,
         token: UUID | None,
         worker_id: UUID | None,
+        failed: bool = False,
+        cancel_on_failed_dependency: bool = False,
+        failed_dependency: UUID | None = None,
+        priority: int = 0,
+        not_before: datetime | None = None,
+        unique_key: str | None = None,
     ) -> JobRecord:
         made: JobRecord = new(JobRecord)
         s_id(made, id)
@@ -193,6 +210,12 @@ def _make_fast_record() -> Callable[..., JobRecord]:
         s_retries(made, retries)
         s_token(made, token)
         s_worker(made, worker_id)
+        s_failed(made, failed)
+        s_cancel_on_failed(made, cancel_on_failed_dependency)
+        s_failed_dependency(made, failed_dependency)
+        s_priority(made, priority)
+        s_not_before(made, not_before)
+        s_unique_key(made, unique_key)
         return made
 
     now = datetime.now(UTC)
@@ -211,6 +234,12 @@ def _make_fast_record() -> Callable[..., JobRecord]:
         2,
         None,
         None,
+        True,
+        True,
+        UUID(int=3),
+        -4,
+        now,
+        "k",
     )
     try:
         made, real = fast_record(*values), JobRecord(*values)
@@ -295,6 +324,12 @@ def _read_jobs_unpaused(conn: sqlite3.Connection, path: str) -> list[JobRecord]:
                 retries,
                 raw_token,
                 raw_worker,
+                failed,
+                cancel_on_failed,
+                raw_failed_dependency,
+                priority,
+                not_before,
+                unique_key,
             ) in rows:
                 if type(raw_id) is not bytes or len(raw_id) != 16:
                     raise ValueError("job id is not a 16-byte blob")
@@ -321,6 +356,14 @@ def _read_jobs_unpaused(conn: sqlite3.Connection, path: str) -> list[JobRecord]:
                     raise TypeError("args and result must be text")
                 if canceled not in (0, 1):
                     raise ValueError(f"canceled is {canceled!r}")
+                if failed not in (0, 1) or cancel_on_failed not in (0, 1):
+                    raise ValueError(f"failed is {failed!r}")
+                if failed and finished is None:
+                    raise ValueError("failed but never finished")
+                if type(priority) is not int:
+                    raise ValueError(f"priority is {priority!r}")
+                if unique_key is not None and type(unique_key) is not str:
+                    raise TypeError("unique_key must be text")
                 if type(retries) is not int or retries < 0:
                     raise ValueError(f"retries is {retries!r}")
                 if started is None:
@@ -354,6 +397,14 @@ def _read_jobs_unpaused(conn: sqlite3.Connection, path: str) -> list[JobRecord]:
                         retries,
                         None if raw_token is None else uuid_from_bytes(raw_token),
                         None if raw_worker is None else uuid_from_bytes(raw_worker),
+                        failed == 1,
+                        cancel_on_failed == 1,
+                        None
+                        if raw_failed_dependency is None
+                        else uuid_from_bytes(raw_failed_dependency),
+                        priority,
+                        None if not_before is None else decode_time(not_before),
+                        unique_key,
                     )
                 )
     except KeyError as exc:

@@ -1,11 +1,15 @@
 """The SQLite store's schema: its migrations, the version check, and its SQL text.
 
-Layout (schema version 1): ``jobs`` keyed by the enqueue sequence number (the
+Layout (schema version 3): ``jobs`` keyed by the enqueue sequence number (the
 rowid, so a full scan comes back in enqueue order), with a unique index on the
 job id; ``workers`` in insertion order; ``actorq_schema`` holding the schema
 version. UUIDs are 16-byte blobs, a job's dependencies one blob of 16 bytes
 per dependency, timestamps integer microseconds since the Unix epoch (UTC),
 and arguments and results the queue's JSON text, stored as ``TEXT`` unchanged.
+Version 2 adds the job lifecycle's columns: ``failed`` (settled as a failure),
+``cancel_on_failed_dependency`` and ``failed_dependency`` (the dependency
+whose failure canceled the job). Version 3 adds ``priority``, ``not_before``
+(integer microseconds, like every timestamp) and ``unique_key``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        "ALTER TABLE jobs ADD COLUMN failed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN cancel_on_failed_dependency INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN failed_dependency BLOB",
+    ),
+    (
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN not_before INTEGER",
+        "ALTER TABLE jobs ADD COLUMN unique_key TEXT",
+    ),
 )
 
 #: The schema version this code writes. Older databases are migrated on open;
@@ -69,13 +83,15 @@ VERSION_TABLE = "actorq_schema"
 
 JOB_COLUMNS = (
     "seq, id, type, channel, args, dependencies, queued, started, finished,"
-    " canceled, result, retries, token, worker_id"
+    " canceled, result, retries, token, worker_id, failed, cancel_on_failed_dependency,"
+    " failed_dependency, priority, not_before, unique_key"
 )
-INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join(['?'] * 20)})"
 # The other columns of a job never change after its insert.
 UPDATE_JOB = (
     "UPDATE jobs SET started = ?, finished = ?, canceled = ?, result = ?, retries = ?,"
-    " token = ?, worker_id = ? WHERE seq = ?"
+    " token = ?, worker_id = ?, failed = ?, failed_dependency = ?, not_before = ?"
+    " WHERE seq = ?"
 )
 UPSERT_WORKER = (
     "INSERT INTO workers (id, channel, arch, updated) VALUES (?, ?, ?, ?)"

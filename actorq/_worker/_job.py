@@ -44,6 +44,17 @@ def error_result(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def timeout_result(limit: float) -> dict[str, Any]:
+    """The error result of an attempt that ran past its handler's time limit."""
+    return {
+        "error": {
+            "type": "HandlerTimeout",
+            "message": f"the handler ran past its time limit of {limit:g} s and was cancelled",
+            "traceback": None,
+        }
+    }
+
+
 def shutdown_result(max_retries: int) -> dict[str, Any]:
     return {
         "error": {
@@ -74,6 +85,9 @@ class Job:
     dependencies: list[UUID]
     worker_id: UUID | None
     _queue: JobQueue = attrs.field(repr=False, alias="queue")
+    #: Earlier attempts of this job (``JobStatus.retries``), for a handler
+    #: registered with ``retries``; 0 for other handlers (not looked up).
+    retries: int = 0
     _cancel_requested: bool = attrs.field(default=False, init=False, repr=False)
 
     @property

@@ -42,8 +42,9 @@ from .._core._models import DequeuedJob
 from .._core._protocol import JobQueue
 from .._core._streaming import JobStream, StreamingQueue
 from .._core._unwrap import ErrorPolicy
+from ._backoff import Backoff
 from ._handlers import Handler, make_handler
-from ._job import Job, error_result, message_of, shutdown_result, type_name
+from ._job import Job, error_result, message_of, shutdown_result, timeout_result, type_name
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -53,6 +54,15 @@ __all__ = ["Job", "Worker", "error_result"]
 log = logging.getLogger("actorq.worker")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@attrs.frozen
+class _Policy:
+    """How a handler's attempts are bounded and retried."""
+
+    retries: int
+    backoff: Backoff
+    timeout: float | None
 
 
 @attrs.define(eq=False)
@@ -65,6 +75,7 @@ class _Run:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     result: Any = None
     has_result: bool = False
+    failed: bool = False  # the handler raised: the finish settles a failure
     # why the handler was cancelled: "canceled" (job canceled), "lost" (token
     # void), "shutdown" (grace period over); None while it runs on
     reason: str | None = None
@@ -145,6 +156,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.arch = arch or platform.machine() or "unknown"
         self._handlers: dict[str, Handler] = {}
+        self._policies: dict[str, _Policy] = {}
         self._id: UUID | None = None
         self._active: dict[UUID, _Run] = {}
         self._started = False
@@ -171,28 +183,60 @@ class Worker:
 
     # ------------------------------------------------------------ registry
 
-    def handler(self, job_type: str) -> Callable[[F], F]:
-        """Decorator: register the decorated function as the handler of ``job_type``."""
+    def handler(
+        self,
+        job_type: str,
+        *,
+        retries: int = 0,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator: register the decorated function as the handler of ``job_type``.
+
+        See :meth:`add_handler` for ``retries``, ``backoff`` and ``timeout``.
+        """
 
         def register(fn: F) -> F:
-            self.add_handler(job_type, fn)
+            self.add_handler(job_type, fn, retries=retries, backoff=backoff, timeout=timeout)
             return fn
 
         return register
 
-    def add_handler(self, job_type: str, fn: Callable[..., Any]) -> None:
+    def add_handler(
+        self,
+        job_type: str,
+        fn: Callable[..., Any],
+        *,
+        retries: int = 0,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+    ) -> None:
         """Register ``fn`` for ``job_type``.
 
+        An attempt fails when the handler raises or runs past ``timeout``
+        seconds (it is then cancelled, and its result is a ``HandlerTimeout``
+        error). A failed attempt is retried up to ``retries`` times: the job
+        is requeued, not ready again before ``backoff.delay(n)`` seconds
+        (:class:`Backoff`'s defaults: 1 s doubling up to 5 minutes, jittered),
+        and its handler sees ``job.retries == n`` (earlier attempts). The
+        last failure settles the job as failed.
+
         Raises :class:`TypeError` for a signature other than ``(job)`` or
-        ``(job, args)``, :class:`ValueError` if ``job_type`` is empty or taken,
-        and :class:`RuntimeError` once the worker has started.
+        ``(job, args)`` or a bad option, :class:`ValueError` if ``job_type``
+        is empty or taken or an option is out of range, and
+        :class:`RuntimeError` once the worker has started.
         """
+        retries = v.check_int(retries, "retries", minimum=0)
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise TypeError(f"backoff must be an actorq.Backoff, not {type(backoff).__name__}")
+        limit = None if timeout is None else v.check_positive_seconds(timeout, "timeout")
         job_type = v.check_job_type(job_type)
         if self._started:
             raise RuntimeError("register handlers before the worker runs")
         if job_type in self._handlers:
             raise ValueError(f"a handler for {job_type!r} is already registered")
         self._handlers[job_type] = make_handler(job_type, fn)
+        self._policies[job_type] = _Policy(retries, backoff or Backoff(), limit)
 
     @property
     def job_types(self) -> list[str]:
@@ -559,11 +603,29 @@ class Worker:
                     self._idle.set()
 
     async def _execute(self, run: _Run) -> None:
+        policy = self._policies[run.job.type]
         with run.scope:
             try:
-                run.result = await self._handlers[run.job.type](run.job, self._threads)
+                if policy.retries:
+                    run.job.retries = (await self.queue.job_status(run.job.id)).retries
+                if policy.timeout is None:
+                    run.result = await self._handlers[run.job.type](run.job, self._threads)
+                else:
+                    with trio.move_on_after(policy.timeout) as limit:
+                        run.result = await self._handlers[run.job.type](run.job, self._threads)
+                    if limit.cancelled_caught:
+                        run.result = timeout_result(policy.timeout)
+                        run.failed = True
+                        log.warning(
+                            "job %s (%s) ran past its time limit of %g s",
+                            run.job.id,
+                            run.job.type,
+                            policy.timeout,
+                            extra=self._job_extra(run.job, "handler_timeout"),
+                        )
             except Exception as exc:
                 run.result = error_result(exc)
+                run.failed = True
                 log.warning(
                     "job %s (%s) failed: %s: %s",
                     run.job.id,
@@ -640,8 +702,10 @@ class Worker:
                 job.type,
                 extra=self._job_extra(job, "lost"),
             )
+        elif run.has_result and run.failed and self._policies[job.type].retries:
+            await self._retry(job, run.result)
         elif run.has_result:
-            await self._finish(job, run.result, run)
+            await self._finish(job, run.result, run, failed=run.failed)
         else:
             await self._requeue(job)
         run.settled = True
@@ -653,7 +717,9 @@ class Worker:
             # the slot is free again, for whichever stream is open now
             current.give_credit()
 
-    async def _finish(self, job: Job, result: Any, run: _Run | None = None) -> None:
+    async def _finish(
+        self, job: Job, result: Any, run: _Run | None = None, *, failed: bool = False
+    ) -> None:
         stream = None if run is None else run.stream
         if stream is not None:
             assert run is not None
@@ -661,9 +727,9 @@ class Worker:
                 # a finish returns the slot to its own stream; one from an
                 # earlier stream leaves run.credited False, for the open one
                 try:
-                    stream.finish(run.got, result)
+                    stream.finish(run.got, result, failed=failed)
                 except TypeError as exc:  # the result is not JSON
-                    stream.finish(run.got, error_result(exc))
+                    stream.finish(run.got, error_result(exc), failed=True)
                 run.credited = stream is self._stream
             except JobQueueError as exc:
                 log.warning("job %s (%s): could not finish: %s", job.id, job.type, exc)
@@ -678,9 +744,9 @@ class Worker:
             # worker) means the job is no longer ours to finish
             await self.queue.id_from_token(job.token)
             try:
-                await self.queue.finish_job(job.id, result)
+                await self.queue.finish_job(job.id, result, failed=failed)
             except TypeError as exc:  # the result is not JSON
-                await self.queue.finish_job(job.id, error_result(exc))
+                await self.queue.finish_job(job.id, error_result(exc), failed=True)
         except JobQueueError as exc:
             log.warning(
                 "job %s (%s): could not finish: %s",
@@ -692,10 +758,41 @@ class Worker:
             return
         log.debug("job %s (%s) finished", job.id, job.type, extra=self._job_extra(job, "finished"))
 
+    async def _retry(self, job: Job, result: Any) -> None:
+        """A failed attempt: requeue the job after its backoff, or fail it for good."""
+        policy = self._policies[job.type]
+        try:
+            # a token voided since means the job is no longer ours to retry
+            await self.queue.id_from_token(job.token)
+            requeued = await self.queue.requeue_or_finish_job(
+                job.id,
+                policy.retries,
+                result,
+                failed=True,
+                delay=policy.backoff.delay(job.retries),
+            )
+        except (JobQueueError, TypeError) as exc:
+            log.warning(
+                "job %s (%s): could not retry: %s",
+                job.id,
+                job.type,
+                exc,
+                extra=self._job_extra(job, "retry_failed"),
+            )
+            return
+        log.info(
+            "job %s (%s) attempt %d failed: %s",
+            job.id,
+            job.type,
+            job.retries + 1,
+            "retried after its backoff" if requeued else "out of retries, failed",
+            extra=self._job_extra(job, "retried" if requeued else "failed"),
+        )
+
     async def _requeue(self, job: Job) -> None:
         try:
             requeued = await self.queue.requeue_or_finish_job(
-                job.id, self.max_retries, shutdown_result(self.max_retries)
+                job.id, self.max_retries, shutdown_result(self.max_retries), failed=True
             )
         except JobQueueError as exc:
             log.warning(
