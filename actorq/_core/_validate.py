@@ -212,12 +212,6 @@ def check_dependency_refs(values: object, index: int) -> tuple[UUID | int, ...]:
     return tuple(out)
 
 
-def check_bool(value: object, name: str) -> bool:
-    if type(value) is not bool:
-        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
-    return value
-
-
 MAX_PRIORITY = 2**31 - 1
 """Priorities are 32-bit signed integers, as every store keeps them."""
 
