@@ -146,20 +146,20 @@ async def test_metrics_count_jobs_by_key_and_phase_from_events() -> None:
         await queue.fail_job(spare, {"error": "no"})
         assert metrics.job_counts() == _by_listing(await queue.list_jobs(), set())
         await queue.delete_job(leaf)  # the whole settled tree goes
-        assert metrics.job_counts() == {("fetch", "a"): {Phase.FINISHED: 1}}
+        assert metrics.job_counts() == {("fetch", "a"): {Phase.FAILED: 1}}
         late = await queue.enqueue("late", None, channel="c")
         await queue.dequeue(["late"], ["c"], timeout=0)
     # reopened from the store: the counts start from what it holds
     again = QueueMetrics()
     async with actorq.open_queue(store, metrics=again, maintenance=None) as queue:
         assert again.job_counts() == {
-            ("fetch", "a"): {Phase.FINISHED: 1},
+            ("fetch", "a"): {Phase.FAILED: 1},
             ("late", "c"): {Phase.RUNNING: 1},
         }
         assert again.job_counts() == _by_listing(await queue.list_jobs(), await _ready_ids(queue))
         await queue.cancel_job(late)
         assert again.job_counts() == {
-            ("fetch", "a"): {Phase.FINISHED: 1},
+            ("fetch", "a"): {Phase.FAILED: 1},
             ("late", "c"): {Phase.CANCELED: 1},
         }
     assert again.job_counts() is None  # no queue open
