@@ -182,7 +182,8 @@ async def test_history_keeps_the_last_hour_of_throughput_and_latency(
             await trio.sleep(4)  # the jobs wait 4 s, then start
             for _ in range(3):
                 job = await queue.dequeue(["t"], ["red", "blue"], timeout=0)
-                await queue.finish_job(job.id, {"error": "x"} if job.channel == "blue" else 1)
+                blue = job.channel == "blue"
+                await queue.finish_job(job.id, {"error": "x"} if blue else 1, failed=blue)
             await trio.sleep(16)
             everything = history.points(None)
             red = history.points(["red"])
@@ -541,7 +542,7 @@ async def test_counting_metrics_keep_the_counts_and_no_prometheus_series() -> No
             job = await queue.dequeue(["t"], ["red"], timeout=0)
             await queue.finish_job(job.id, 1)
             counts, totals = metrics.job_counts(), metrics.job_totals()
-            assert counts == {("t", "red"): {Phase.FINISHED: 2}}
+            assert counts == {("t", "red"): {Phase.FINISHED: 1, Phase.FAILED: 1}}
             assert totals is not None
             finished, failures, started, _ = totals["t", "red"]
             assert (finished, failures, started) == (2, 1, 1)
