@@ -25,6 +25,8 @@ from _kinds_postgres import new_schema
 from _kinds_remote import remote_pair
 
 import actorq
+from actorq._core._records import ScheduleRecord
+from actorq._core._schedules import ScheduleEntry
 from actorq._stores import _sqlite_schema
 from actorq._stores._postgres import PostgresStore
 
@@ -370,3 +372,38 @@ async def test_a_version_3_sqlite_queue_is_upgraded_and_keeps_schedules(
         conn.close()
     assert version == [(_sqlite_schema.SCHEMA_VERSION,)] == [(4,)]
     assert names == ["s"]
+
+
+# ---------------------------------------------------- the core's slot rules
+
+
+def entry(cron: str, timezone: str) -> ScheduleEntry:
+    created = datetime(2026, 10, 24, 12, 0, tzinfo=UTC)
+    return ScheduleEntry(
+        ScheduleRecord("s", cron, "t", "null", "", timezone, "last", created, None)
+    )
+
+
+def test_a_repeated_hour_fires_once_when_clocks_go_back() -> None:
+    # Berlin goes from 03:00 CEST back to 02:00 CET at 01:00 UTC on 2026-10-25:
+    # 02:30 local comes twice (00:30 and 01:30 UTC); it fires the first time only
+    daily = entry("30 2 * * *", "Europe/Berlin")
+    first = daily.slot_after(datetime(2026, 10, 24, 12, 0, tzinfo=UTC))
+    assert first == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    assert daily.slot_after(first) == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)
+    # an hourly schedule skips the hour the clock reads twice
+    hourly = entry("0 * * * *", "Europe/Berlin")
+    slots = hourly.slots_up_to(
+        datetime(2026, 10, 25, 3, 0, tzinfo=UTC), datetime(2026, 10, 24, 23, 30, tzinfo=UTC), 10
+    )
+    assert [s.hour for s in slots] == [0, 2, 3]
+    # in UTC there is no such hour: every slot fires
+    assert len(entry("0 * * * *", "UTC").slots_up_to(slots[-1], slots[0], 10)) == 3
+
+
+def test_a_skipped_hour_fires_at_the_first_time_after_it() -> None:
+    # 02:30 does not exist in Berlin on 2026-03-29 (02:00 CET is 03:00 CEST)
+    daily = entry("30 2 * * *", "Europe/Berlin")
+    slot = daily.slot_after(datetime(2026, 3, 28, 12, 0, tzinfo=UTC))
+    assert slot == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    assert daily.slot_after(slot) == datetime(2026, 3, 30, 0, 30, tzinfo=UTC)

@@ -166,22 +166,43 @@ class ScheduleEntry:
             self.catch_up,
         ) == (other.cron, other.job_type, other.args, other.channel, other.timezone, other.catch_up)
 
+    def local(self, moment: datetime) -> datetime:
+        """``moment`` as the schedule's zone's clock reads it (naive)."""
+        return moment.astimezone(self.zone).replace(tzinfo=None)
+
     def slot_after(self, moment: datetime) -> datetime:
-        """The first slot strictly after ``moment``, in UTC."""
-        found: datetime = croniter(self.cron, moment.astimezone(self.zone)).get_next(datetime)
-        return found.astimezone(UTC)
+        """The first slot after ``moment``, in UTC.
+
+        A slot fires only when the zone's clock reads later than it did at
+        ``moment``: when clocks go back, the repeated hour's slots (which the
+        clock has read already) are skipped, so ``30 2 * * *`` fires once.
+        """
+        it = croniter(self.cron, moment.astimezone(self.zone))
+        floor = self.local(moment)
+        while True:
+            found: datetime = it.get_next(datetime)
+            if found.replace(tzinfo=None) > floor:
+                return found.astimezone(UTC)
 
     def slots_up_to(self, moment: datetime, after: datetime, limit: int) -> list[datetime]:
-        """The latest ``limit`` slots in ``(after, moment]``, oldest first, in UTC."""
+        """The latest ``limit`` slots in ``(after, moment]``, oldest first, in UTC
+        (the repeated hour's skipped, as by :meth:`slot_after`)."""
         it = croniter(self.cron, (moment + _TICK).astimezone(self.zone))
-        found: list[datetime] = []
-        while len(found) < limit:
-            slot: datetime = it.get_prev(datetime).astimezone(UTC)
-            if slot <= after:
+        raw: list[datetime] = []
+        # some slack for the repeated hour's slots, dropped below
+        while len(raw) < 2 * limit + 60:
+            slot: datetime = it.get_prev(datetime)
+            if slot.astimezone(UTC) <= after:
                 break
-            found.append(slot)
-        found.reverse()
-        return found
+            raw.append(slot)
+        raw.reverse()
+        found: list[datetime] = []
+        floor = self.local(after)
+        for slot in raw:
+            if slot.replace(tzinfo=None) > floor:
+                found.append(slot.astimezone(UTC))
+                floor = slot.replace(tzinfo=None)
+        return found[-limit:]
 
 
 class ScheduleRules:
