@@ -125,6 +125,7 @@ async def test_schedules_are_listed_by_name(queue: Q) -> None:
         ({"cron": "61 * * * *"}, ValueError, "not a valid cron"),
         ({"cron": "* * *"}, ValueError, "not a valid cron"),
         ({"cron": "0 0 31 2 *"}, ValueError, "no time that ever comes"),
+        ({"cron": "0 0 1 1 * 0 2030"}, ValueError, "year field"),
         ({"cron": 5}, TypeError, "cron must be a str"),
         ({"timezone": "Mars/Olympus"}, ValueError, "not a known IANA time zone"),
         ({"timezone": "../etc/passwd"}, ValueError, "not a known IANA time zone"),
@@ -407,3 +408,19 @@ def test_a_skipped_hour_fires_at_the_first_time_after_it() -> None:
     slot = daily.slot_after(datetime(2026, 3, 28, 12, 0, tzinfo=UTC))
     assert slot == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
     assert daily.slot_after(slot) == datetime(2026, 3, 30, 0, 30, tzinfo=UTC)
+
+
+async def test_a_name_taken_again_after_unschedule_counts_from_now(
+    queue: Q, autojump_clock: trio.testing.MockClock
+) -> None:
+    await queue.schedule("s", "0 * * * *", "hourly")
+    assert await queue.unschedule("s") is True
+    # the removed schedule's timer does not fire the new one early
+    info = await queue.schedule("s", "0 0 * * *", "daily")
+    assert info.next_slot.hour == 0
+    with pytest.raises(actorq.DequeueTimeoutError):
+        await queue.dequeue(["hourly", "daily"], timeout=0)
+    job = await queue.dequeue(["hourly", "daily"])
+    assert job.type == "daily"
+    [listed] = await queue.schedules()
+    assert listed.last_slot == info.next_slot

@@ -53,6 +53,7 @@ MAX_CATCH_UP = 100
 """The most missed slots one schedule with ``catch_up="all"`` fires at once."""
 
 _TICK = timedelta(microseconds=1)
+_REFERENCE = datetime(2001, 1, 1, tzinfo=UTC)
 
 
 def check_schedule_name(value: object) -> str:
@@ -81,8 +82,12 @@ def check_cron(value: object) -> str:
     check_storable(value, "cron")
     if not croniter.is_valid(value):
         raise ValueError(f"cron {value!r} is not a valid cron expression")
+    if len(value.split()) > 6:
+        # a year field could run out of slots, and a schedule always has a next one
+        raise ValueError(f"cron {value!r} has a year field, which schedules do not take")
     try:
-        croniter(value, datetime.now(UTC)).get_next(datetime)
+        # without a year field, the slots repeat: any start finds one if there is one
+        croniter(value, _REFERENCE).get_next(datetime)
     except (CroniterBadCronError, CroniterBadDateError, CroniterError):
         raise ValueError(f"cron {value!r} names no time that ever comes") from None
     return value
@@ -210,7 +215,8 @@ class ScheduleRules:
 
     The state owns ``_schedules`` (name -> entry) and ``_schedule_timers``, a
     heap of ``(due on the monotonic clock, generation, name)``, deleted lazily:
-    an entry is live while its generation matches the schedule's.
+    an entry is live while its generation matches the schedule's (generations
+    come from one counter, ``_schedule_generation``).
     """
 
     _wall: Callable[[], datetime]
@@ -218,6 +224,7 @@ class ScheduleRules:
     _track: bool
     _schedules: dict[str, ScheduleEntry]
     _schedule_timers: list[tuple[float, int, str]]
+    _schedule_generation: int
     _changed_schedules: set[str]
     _deleted_schedules: set[str]
 
@@ -267,11 +274,9 @@ class ScheduleRules:
         )
         if existing is not None and existing.same_definition(entry):
             return existing.info()
-        if existing is not None:
-            entry.generation = existing.generation + 1
+        self._arm(entry, now)  # first: the definition is checked, but croniter decides
         self._schedules[name] = entry
         self._touch_schedule(name)
-        self._arm(entry, now)
         return entry.info()
 
     def unschedule(self, name: str, scope: Collection[str] | None = None) -> bool:
@@ -337,7 +342,10 @@ class ScheduleRules:
         # so the next slot is never armed early or twice.
         reference = max(now, after)
         missed = entry.slots_up_to(now, after, 1) if now > after else []
-        entry.generation += 1
+        # one counter for every schedule: a timer left by a removed or replaced
+        # schedule never matches whatever takes its name later
+        self._schedule_generation += 1
+        entry.generation = self._schedule_generation
         if missed and entry.catch_up != "none":
             entry.next_slot = missed[-1]
             entry.due = self._monotonic()  # it fires at once

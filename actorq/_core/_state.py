@@ -126,6 +126,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         self._unique: dict[tuple[str, str], UUID] = {}  # (channel, key) -> pending or running job
         self._schedules: dict[str, ScheduleEntry] = {}
         self._schedule_timers: list[tuple[float, int, str]] = []
+        self._schedule_generation = 0
         self._changed_schedules: set[str] = set()
         self._deleted_schedules: set[str] = set()
         self._assignments: list[tuple[int, Assignment | WorkerNotExistError]] = []
