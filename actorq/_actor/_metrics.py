@@ -503,7 +503,7 @@ class JobCounter:
 
     def _on_finished(self, e: JobFinished) -> None:
         key = (e.job_type, e.channel)
-        self._move(key, e.before, Phase.FINISHED)
+        self._move(key, e.before, Phase.FAILED if e.error else Phase.FINISHED)
         row = self._total(key)
         row[0] += 1
         if e.error:

@@ -14,6 +14,7 @@ from uuid import UUID
 
 import attrs
 
+from ._events import Phase
 from ._models import JobState
 from ._records import JobRecord, WorkerRecord
 
@@ -167,6 +168,17 @@ def state_of(job: JobEntry) -> JobState:
     if job.started is not None:
         return JobState.RUNNING
     return JobState.PENDING
+
+
+def phase_of(job: JobEntry) -> Phase:
+    """The :class:`Phase` of ``job``: its state, with pending split into ready and blocked."""
+    if job.canceled:
+        return Phase.CANCELED
+    if job.finished is not None:
+        return Phase.FAILED if job.failed else Phase.FINISHED
+    if job.started is not None:
+        return Phase.RUNNING
+    return Phase.READY if job.ready_key else Phase.BLOCKED
 
 
 ANY_CHANNEL = None

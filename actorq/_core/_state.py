@@ -35,6 +35,7 @@ from ._entities import (
     WaiterQueue,
     WorkerEntry,
     add_dependent,
+    phase_of,
     remove_dependent,
 )
 from ._errors import (
@@ -432,7 +433,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         if job.started is not None:
             raise RunningError()
         if (events := self._events) is not None:
-            phase = _phase(job)
+            phase = phase_of(job)
             events.append(JobFinished(job.id, job.type, job.channel, None, phase, True, None))
         self._unready(job)
         now = self._wall()
@@ -464,7 +465,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
             if job.canceled or job.finished is not None:
                 continue
             if (events := self._events) is not None:
-                phase = _phase(job)
+                phase = phase_of(job)
                 events.append(JobCanceled(job.id, job.type, job.channel, job.worker_id, phase))
             if job.running:
                 self._stop_running(job, keep_token=True)
@@ -494,7 +495,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         while stack:
             job = stack.pop()
             if (events := self._events) is not None:
-                events.append(JobDeleted(job.id, job.type, job.channel, _phase(job)))
+                events.append(JobDeleted(job.id, job.type, job.channel, phase_of(job)))
             self._unready(job)
             self._forget_unique(job)
             if job.token is not None:
@@ -803,13 +804,3 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         since = job.since
         ran = None if math.isnan(since) else self._monotonic() - since
         return JobFinished(job.id, job.type, job.channel, job.worker_id, Phase.RUNNING, failed, ran)
-
-
-def _phase(job: JobEntry) -> Phase:
-    if job.canceled:
-        return Phase.CANCELED
-    if job.finished is not None:
-        return Phase.FAILED if job.failed else Phase.FINISHED
-    if job.started is not None:
-        return Phase.RUNNING
-    return Phase.READY if job.ready_key else Phase.BLOCKED
