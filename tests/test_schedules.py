@@ -424,3 +424,36 @@ async def test_a_name_taken_again_after_unschedule_counts_from_now(
     assert job.type == "daily"
     [listed] = await queue.schedules()
     assert listed.last_slot == info.next_slot
+
+
+async def test_a_standby_that_takes_over_fires_each_slot_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = await trio.to_thread.run_sync(pgserver.require_server)
+    schema = new_schema()
+
+    def store() -> PostgresStore:
+        return PostgresStore(server.url(), schema=schema, standby_poll=1.0)
+
+    seen: dict[str, Any] = {}
+
+    async def standby() -> None:
+        async with actorq.open_queue(store(), clock=wall, maintenance=None) as queue:
+            seen["took_over"] = wall()
+            seen["jobs"] = len(await jobs_of(queue, "t"))
+            [info] = await queue.schedules()
+            seen["last_slot"] = info.last_slot
+            await queue.dequeue(["t"])
+            seen["fired"] = wall()
+
+    async with trio.open_nursery() as nursery:
+        async with actorq.open_queue(store(), clock=wall, maintenance=None) as leader:
+            await leader.schedule("hourly", "0 * * * *", "t")
+            await leader.dequeue(["t"])  # the 13:00 slot, on the leader
+            nursery.start_soon(standby)
+            await trio.sleep(10 * MINUTE)  # the standby waits for the leadership
+            assert "took_over" not in seen
+        # the leader is gone (its lock released): the standby leads now
+    assert seen["took_over"] < datetime(2026, 3, 28, 13, 11, tzinfo=UTC)
+    assert (seen["jobs"], seen["last_slot"]) == (1, datetime(2026, 3, 28, 13, 0, tzinfo=UTC))
+    assert seen["fired"] == datetime(2026, 3, 28, 14, 0, tzinfo=UTC)
