@@ -446,14 +446,17 @@ async def test_a_standby_that_takes_over_fires_each_slot_once(
             await queue.dequeue(["t"])
             seen["fired"] = wall()
 
-    async with trio.open_nursery() as nursery:
-        async with actorq.open_queue(store(), clock=wall, maintenance=None) as leader:
-            await leader.schedule("hourly", "0 * * * *", "t")
-            await leader.dequeue(["t"])  # the 13:00 slot, on the leader
-            nursery.start_soon(standby)
-            await trio.sleep(10 * MINUTE)  # the standby waits for the leadership
-            assert "took_over" not in seen
-        # the leader is gone (its lock released): the standby leads now
+    # the leader closes first (releasing its lock), then the nursery waits for
+    # the standby, which leads from then on
+    async with (
+        trio.open_nursery() as nursery,
+        actorq.open_queue(store(), clock=wall, maintenance=None) as leader,
+    ):
+        await leader.schedule("hourly", "0 * * * *", "t")
+        await leader.dequeue(["t"])  # the 13:00 slot, on the leader
+        nursery.start_soon(standby)
+        await trio.sleep(10 * MINUTE)  # the standby waits for the leadership
+        assert "took_over" not in seen
     assert seen["took_over"] < datetime(2026, 3, 28, 13, 11, tzinfo=UTC)
     assert (seen["jobs"], seen["last_slot"]) == (1, datetime(2026, 3, 28, 13, 0, tzinfo=UTC))
     assert seen["fired"] == datetime(2026, 3, 28, 14, 0, tzinfo=UTC)
