@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -13,6 +14,7 @@ import actorq
 from actorq._cli._main import main
 
 if TYPE_CHECKING:
+    import subprocess
     from pathlib import Path
 
 
@@ -97,3 +99,33 @@ def test_errors_are_one_sentence(store: str, args: list[str], message: str) -> N
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert json.loads(run(store, "schedule", "list", "--json").output) == []
+
+
+async def test_a_tenant_manages_its_schedules_through_a_server(store: str, tmp_path: Path) -> None:
+    from test_cli import start_serve, stop
+
+    tenants = tmp_path / "tenants.json"
+    tenants.write_text(json.dumps({"token-a": ["a"]}))
+    proc, url, _ = await start_serve(store, "--auth-token", "admin", "--tenants", str(tenants))
+
+    async def cli(token: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "actorq", "schedule", *args, "--url", url]
+        return await trio.run_process(
+            [*command, "--token", token], capture_stdout=True, capture_stderr=True, check=False
+        )
+
+    try:
+        added = await cli("token-a", "add", "mine", "0 * * * *", "t", "--channel", "a")
+        assert added.returncode == 0, added.stderr
+        refused = await cli("token-a", "add", "theirs", "0 * * * *", "t", "--channel", "b")
+        assert refused.returncode == 1
+        assert b"not open to this token" in refused.stderr
+        assert (await cli("admin", "add", "admins", "0 * * * *", "t")).returncode == 0
+        listed = await cli("token-a", "list", "--json")
+        assert [row["name"] for row in json.loads(listed.stdout)] == ["mine"]
+        gone = await cli("token-a", "remove", "admins")
+        assert (gone.returncode, gone.stderr) == (1, b"actorq: no schedule is named 'admins'\n")
+        listed = await cli("admin", "list", "--json")
+        assert [row["name"] for row in json.loads(listed.stdout)] == ["admins", "mine"]
+    finally:
+        await stop(proc)
