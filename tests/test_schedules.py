@@ -13,11 +13,13 @@ and a known date's time-zone arithmetic.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pgserver
+import psycopg
 import pytest
 import trio
 import trio.testing
@@ -27,7 +29,7 @@ from _kinds_remote import remote_pair
 import actorq
 from actorq._core._records import ScheduleRecord
 from actorq._core._schedules import ScheduleEntry
-from actorq._stores import _sqlite_schema
+from actorq._stores import _postgres_schema, _sqlite_schema
 from actorq._stores._postgres import PostgresStore
 
 if TYPE_CHECKING:
@@ -462,3 +464,53 @@ async def test_a_standby_that_takes_over_fires_each_slot_once(
     assert seen["took_over"] < datetime(2026, 3, 28, 14, 0, tzinfo=UTC)
     assert (seen["jobs"], seen["last_slot"]) == (1, datetime(2026, 3, 28, 13, 0, tzinfo=UTC))
     assert seen["fired"] == datetime(2026, 3, 28, 14, 0, tzinfo=UTC)
+
+
+def write_version_3_postgres(url: str, schema: str) -> None:
+    """A queue schema as version 3 left it, with one pending job."""
+    with psycopg.connect(url, autocommit=False) as conn:
+        conn.execute(_postgres_schema.q("CREATE SCHEMA {s}", schema))
+        conn.execute(
+            _postgres_schema.q("CREATE TABLE {s}.actorq_schema (version integer NOT NULL)", schema)
+        )
+        conn.execute(_postgres_schema.q("INSERT INTO {s}.actorq_schema VALUES (3)", schema))
+        for step in _postgres_schema._MIGRATIONS[:3]:
+            for statement in step:
+                conn.execute(_postgres_schema.q(statement, schema))
+        conn.execute(
+            _postgres_schema.q(
+                "INSERT INTO {s}.jobs (id, seq, type, channel, args, queued, canceled, retries,"
+                " priority) VALUES (%s, 1, 'build', '', %s, %s, false, 0, 5)",
+                schema,
+            ),
+            (uuid.UUID(int=1), "{}", EPOCH),
+        )
+        conn.commit()
+
+
+async def test_a_version_3_postgres_queue_is_upgraded_and_keeps_schedules(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = await trio.to_thread.run_sync(pgserver.require_server)
+    schema = new_schema()
+    await trio.to_thread.run_sync(write_version_3_postgres, server.url(), schema)
+    store = PostgresStore(server.url(), schema=schema)
+    async with actorq.open_queue(store, clock=wall, maintenance=None) as q:
+        [job] = await q.list_jobs()
+        assert (await q.job_status(job.id)).priority == 5
+        assert await q.schedules() == []
+        await q.schedule("s", "0 * * * *", "t")
+
+    def check() -> None:
+        with psycopg.connect(server.url()) as conn:
+            version = conn.execute(
+                _postgres_schema.q("SELECT version FROM {s}.actorq_schema", schema)
+            ).fetchall()
+            assert version == [(_postgres_schema.SCHEMA_VERSION,)] == [(4,)]
+            names = conn.execute(_postgres_schema.q("SELECT name FROM {s}.schedules", schema))
+            assert names.fetchall() == [("s",)]
+            # the table keeps its rules: no policy but the three
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(_postgres_schema.q("UPDATE {s}.schedules SET catch_up = 'x'", schema))
+
+    await trio.to_thread.run_sync(check)
