@@ -26,6 +26,7 @@ from uuid import UUID
 import click
 
 from ._backup import backup_command
+from ._schedule import schedule_command
 from ._watch import watch_command
 
 if TYPE_CHECKING:
@@ -921,9 +922,13 @@ def workers_command(ctx: click.Context, silent_after: float) -> None:
 # commands of their own modules (they import their libraries when they run)
 main.add_command(watch_command)
 main.add_command(backup_command)
+main.add_command(schedule_command)
 
 for _command in main.commands.values():
-    if _command is not backup_command:  # backup names its source itself
+    if isinstance(_command, click.Group):  # the options follow a subcommand's name
+        for _sub in _command.commands.values():
+            _sub.params.extend(_global_options())
+    elif _command is not backup_command:  # backup names its source itself
         _command.params.extend(_global_options())
 for _name in ("serve", "worker"):
     main.commands[_name].params.extend(_verbosity_options())

@@ -66,8 +66,17 @@ from ._events import (
 )
 from ._index import ReadyIndex
 from ._reads import StateReads
-from ._records import Assignment, Changes, JobRecord, JobTuple, WorkerRecord, new_uuid4
+from ._records import (
+    Assignment,
+    Changes,
+    JobRecord,
+    JobTuple,
+    ScheduleRecord,
+    WorkerRecord,
+    new_uuid4,
+)
 from ._restore import StateRestore
+from ._schedules import ScheduleEntry, ScheduleRules
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Sequence
@@ -77,7 +86,7 @@ if TYPE_CHECKING:
 __all__ = ["QueueState"]
 
 
-class QueueState(StateReads, ReadyIndex, StateRestore):
+class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
     """The complete state of a job queue, and every rule that changes it.
 
     ``wall`` returns the current time as an aware UTC datetime, for the
@@ -116,6 +125,11 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         # (due on the monotonic clock, seq, id), deleted lazily
         self._timers: list[tuple[float, int, UUID]] = []
         self._unique: dict[tuple[str, str], UUID] = {}  # (channel, key) -> pending or running job
+        self._schedules: dict[str, ScheduleEntry] = {}
+        self._schedule_timers: list[tuple[float, int, str]] = []
+        self._schedule_generation = 0
+        self._changed_schedules: set[str] = set()
+        self._deleted_schedules: set[str] = set()
         self._assignments: list[tuple[int, Assignment | WorkerNotExistError]] = []
         self._track = track_changes
         self._changed_jobs: set[UUID] = set()
@@ -564,7 +578,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
 
     def take_changes(self) -> Changes:
         """Records of every job and worker changed or deleted since the last call."""
+        schedules, deleted_schedules = self._take_schedule_changes()
         changes = Changes(
+            schedules=schedules,
+            deleted_schedules=deleted_schedules,
             jobs=[self._jobs[i].record() for i in self._changed_jobs],
             deleted_jobs=list(self._deleted_jobs),
             workers=[self._workers[i].record() for i in self._changed_workers],
@@ -598,6 +615,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         track_changes: bool = False,
         new_id: Callable[[], UUID] = new_uuid4,
         track_events: bool = False,
+        schedules: Iterable[ScheduleRecord] = (),
     ) -> QueueState:
         """Rebuild a queue from records, which must come in enqueue order.
 
@@ -625,6 +643,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         finally:
             if collecting:
                 gc.enable()
+        # slots missed while the queue was down are due now (or skipped), by
+        # each schedule's catch-up policy
+        state._restore_schedules(schedules)
         return state
 
     # -------------------------------------------------------------- internals
@@ -648,15 +669,17 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                 del self._unique[key]
 
     def next_due(self) -> float | None:
-        """When (monotonic clock) the first delayed job falls due, or ``None``."""
+        """When (monotonic clock) the first delayed job falls due or the next
+        schedule fires, or ``None``."""
         timers = self._timers
+        schedule_due = self.next_schedule_due() if self._schedule_timers else None
         while timers:
             due, _, job_id = timers[0]
             job = self._jobs.get(job_id)
             if job is not None and job.due == due and job.pending and not job.waiting_on:
-                return due
+                return due if schedule_due is None else min(due, schedule_due)
             heapq.heappop(timers)  # settled, deleted or made ready since
-        return None
+        return schedule_due
 
     def release_due(self) -> int:
         """Make every delayed job whose time has come ready (handing it to a waiter
@@ -674,6 +697,8 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                 self._readied(events, job, JobReady(job.id, job.type, job.channel))
             self._make_ready(job)
             released += 1
+        if self._schedule_timers:
+            released += self.fire_due_schedules()
         return released
 
     def _finish(self, job: JobEntry, result: str, failed: bool = False) -> None:

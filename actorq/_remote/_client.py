@@ -63,9 +63,11 @@ from .._core._ops import (
     IdFromToken,
     InsertWorker,
     ListJobs,
+    ListSchedules,
     Operation,
     RefreshHeartbeat,
     RefreshHeartbeats,
+    Schedule,
     UpdateWorkerStatus,
     WaitForJob,
 )
@@ -139,7 +141,8 @@ _RETRY_CLOSES_4XXX = frozenset({ss.CLOSE_HELLO_TIMEOUT})
 # reply outstanding: they read, refresh, or wait for a job (a job handed to a
 # lost dequeue goes back when the connection drops, or when its heartbeat
 # lapses), or register a worker (a registration that did land is never
-# updated, so it goes stale and is removed as any stale worker is). Everything
+# updated, so it goes stale and is removed as any stale worker is), or define
+# a schedule (defining one again exactly as it is changes nothing). Everything
 # else raises rather than risk applying twice.
 _RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
     {
@@ -157,6 +160,8 @@ _RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
         UpdateWorkerStatus,
         GetWorkers,
         InsertWorker,
+        Schedule,
+        ListSchedules,
     }
 )
 
