@@ -314,14 +314,102 @@ _CANONICAL_UUID: Final = re.compile(
 )
 
 
+_canonical_uuid = _CANONICAL_UUID.fullmatch
+_SAFE_UNKNOWN: Final = uuid.SafeUUID.unknown
+
+
+def _uuid_of(value: str) -> UUID:
+    """The UUID of ``value``, a string :data:`_CANONICAL_UUID` matched.
+
+    The same object ``UUID(value)`` makes, without its parsing of other forms
+    (already ruled out): decoding pushes and settles turns two or three UUIDs
+    per job.
+    """
+    made = object.__new__(UUID)
+    object.__setattr__(made, "int", int(value.replace("-", ""), 16))
+    object.__setattr__(made, "is_safe", _SAFE_UNKNOWN)
+    return made
+
+
 def _structure_uuid(value: object, _: object) -> UUID:
     # Only the 8-4-4-4-12 form of docs/protocol.md: uuid.UUID would also take
     # braces, "urn:uuid:", bare hex and non-ASCII digits.
     if type(value) is not str:
         raise _BadUUID(f"expected a UUID string, not {_json_type(value)}")
-    if _CANONICAL_UUID.fullmatch(value) is None:
+    if _canonical_uuid(value) is None:
         raise _BadUUID(f"{value[:64]!r} is not a UUID in 8-4-4-4-12 form")
-    return UUID(value)
+    return _uuid_of(value)
+
+
+def _fast_hooks(conv: cattrs.Converter) -> None:
+    """Hand-written structure hooks for the hottest items: a pushed job, a finish.
+
+    Each takes the common case (exactly the fields, of exactly the types, the
+    cattrs hook accepts) in one pass and hands anything else to that hook, so
+    every message it accepts or refuses, and every error's text, is the
+    cattrs hook's. A hook registered on :data:`actorq.converter` for either
+    class is kept as it is.
+    """
+    job_hook = conv.get_structure_hook(DequeuedJob)
+    if getattr(job_hook, "__name__", "") == "structure_DequeuedJob":
+
+        def structure_job(value: Any, cls: Any) -> DequeuedJob:
+            if type(value) is dict and len(value) == 6:
+                job_id = value.get("id")
+                token = value.get("token")
+                deps = value.get("dependencies")
+                job_type = value.get("type")
+                channel = value.get("channel")
+                if (
+                    type(job_id) is str
+                    and type(token) is str
+                    and type(deps) is list
+                    and type(job_type) is str
+                    and type(channel) is str
+                    and "args" in value
+                    and _canonical_uuid(job_id) is not None
+                    and _canonical_uuid(token) is not None
+                    and all(type(d) is str and _canonical_uuid(d) is not None for d in deps)
+                ):
+                    return DequeuedJob(
+                        _uuid_of(job_id),
+                        _uuid_of(token),
+                        [_uuid_of(d) for d in deps],
+                        job_type,
+                        value["args"],
+                        channel,
+                    )
+            return job_hook(value, cls)  # type: ignore[no-any-return]
+
+        conv.register_structure_hook(DequeuedJob, structure_job)
+
+    finish_hook = conv.get_structure_hook(Finish)
+    if getattr(finish_hook, "__name__", "") == "structure_Finish":
+
+        def structure_finish(value: Any, cls: Any) -> Finish:
+            if type(value) is dict:
+                job_id = value.get("job_id")
+                token = value.get("token")
+                if (
+                    type(job_id) is str
+                    and type(token) is str
+                    and _canonical_uuid(job_id) is not None
+                    and _canonical_uuid(token) is not None
+                ):
+                    fields = 2
+                    result = NULL
+                    if "result" in value:
+                        fields += 1
+                        raw = value["result"]
+                        result = NULL if raw is None else _structure_json_text(raw, JsonText)
+                    failed = value.get("failed", False)
+                    if "failed" in value:
+                        fields += 1
+                    if type(failed) is bool and len(value) == fields:
+                        return Finish(_uuid_of(job_id), _uuid_of(token), result, failed)
+            return finish_hook(value, cls)  # type: ignore[no-any-return]
+
+        conv.register_structure_hook(Finish, structure_finish)
 
 
 def _structure_datetime(value: object, _: object) -> datetime:
@@ -424,6 +512,7 @@ def _make_converter() -> cattrs.Converter:
         return make_dict_unstructure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
 
     conv.register_unstructure_hook_factory(lambda cls: bool(_since_fields(cls)), omitting_hook)
+    _fast_hooks(conv)  # before the messages' hooks are made: they take these
     include_subclasses(
         Message,
         conv,
