@@ -456,7 +456,8 @@ def _kind_of(cls: Any) -> str:
     return kind
 
 
-def _make_converter() -> cattrs.Converter:
+def _make_converter(*, fast_hooks: bool = True) -> cattrs.Converter:
+    # fast_hooks=False: cattrs' own hooks throughout, the reference the fast ones are held to
     conv = app_converter.copy(forbid_extra_keys=True)
     # JSON gives exactly these types; cattrs would otherwise coerce ("5" -> 5,
     # 5 -> "5", "ab" -> ["a", "b"]), accepting wrongly typed fields.
@@ -512,7 +513,8 @@ def _make_converter() -> cattrs.Converter:
         return make_dict_unstructure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
 
     conv.register_unstructure_hook_factory(lambda cls: bool(_since_fields(cls)), omitting_hook)
-    _fast_hooks(conv)  # before the messages' hooks are made: they take these
+    if fast_hooks:
+        _fast_hooks(conv)  # before the messages' hooks are made: they take these
     include_subclasses(
         Message,
         conv,
