@@ -584,3 +584,14 @@ def test_decoded_uuids_are_ordinary_uuids() -> None:
         assert hash(got) == hash(want)
         assert str(got) == str(want)
         assert got.is_safe is uuid.SafeUUID.unknown
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from('0123456789.-e"é\u0661\ud800x'), max_size=60)
+    | st.text(max_size=60)
+)
+def test_the_first_look_for_long_integers_finds_every_run_of_sixteen_digits(text: str) -> None:
+    assert w._has_digit_run(text) == (re.search("[0-9]{16}", text) is not None)
+    if w._LONG_DIGITS.search(text) is not None:
+        assert w._has_digit_run(text)
