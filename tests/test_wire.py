@@ -8,6 +8,7 @@ map to the same exception classes on both sides.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -489,3 +490,122 @@ def test_the_protocol_document_lists_every_operation_with_its_fields() -> None:
         for name in names:
             documented |= fields(name) if name in ops.OPERATIONS else {name}
         assert documented == fields(kind), kind
+
+
+# ------------------------------------------------- hand-written hooks
+
+
+def _decoded_by(conv: Any, text: str) -> Any:
+    """What decoding ``text`` with ``conv`` as the wire converter gives: a message or an error."""
+    saved = w._converter
+    w._converter = conv
+    try:
+        got: Any = w.decode(text)
+    except w.ProtocolError as exc:
+        got = (exc.reason, exc.message)
+    finally:
+        w._converter = saved
+    return got
+
+
+def _job_obj(**fields: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": str(U1),
+        "token": str(U2),
+        "dependencies": [str(U1)],
+        "type": "build",
+        "args": {"a": [1, None]},
+        "channel": "",
+    }
+    obj.update(fields)
+    return {k: v for k, v in obj.items() if v is not _MISSING}
+
+
+def _finish_obj(**fields: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {"job_id": str(U1), "token": str(U2)}
+    obj.update(fields)
+    return {k: v for k, v in obj.items() if v is not _MISSING}
+
+
+_MISSING: Any = object()
+
+
+@functools.cache
+def _reference_converter() -> Any:
+    return w._make_converter(fast_hooks=False)
+
+
+uuid_like = (
+    st.uuids().map(str)
+    | st.uuids().map(lambda u: str(u).upper())
+    | st.uuids().map(lambda u: u.hex)
+    | st.uuids().map(lambda u: "{" + str(u) + "}")
+    | st.uuids().map(lambda u: "urn:uuid:" + str(u))
+    | st.uuids().map(lambda u: str(u)[:-1] + "\u0661")
+    | st.uuids().map(lambda u: str(u).replace("-", "_", 1))
+    | json_values
+)
+maybe = st.just(_MISSING) | json_values
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    job_id=uuid_like,
+    token=uuid_like,
+    deps=st.lists(uuid_like, max_size=3) | json_values,
+    job_type=st.just("build") | maybe,
+    channel=st.just("") | maybe,
+    args=maybe,
+    extra=st.dictionaries(st.sampled_from(["zzz", "kind", "retries"]), json_values, max_size=1),
+)
+def test_pushed_jobs_decode_as_the_cattrs_hooks_decode_them(
+    job_id: Any, token: Any, deps: Any, job_type: Any, channel: Any, args: Any, extra: Any
+) -> None:
+    # the hand-written hook for a pushed job accepts, builds and refuses
+    # exactly as the generated one: the same message or the same error text
+    job = _job_obj(
+        id=job_id, token=token, dependencies=deps, type=job_type, channel=channel, args=args
+    )
+    job.update({k: v for k, v in extra.items() if k != "kind"})
+    text = json.dumps({"kind": "jobs", "id": 3, "jobs": [_job_obj(), job]})
+    assert _decoded_by(w.wire_converter(), text) == _decoded_by(_reference_converter(), text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    job_id=uuid_like,
+    token=uuid_like,
+    result=maybe,
+    failed=st.just(_MISSING) | st.booleans() | json_values,
+    extra=st.dictionaries(st.sampled_from(["zzz", "credit"]), json_values, max_size=1),
+)
+def test_finishes_decode_as_the_cattrs_hooks_decode_them(
+    job_id: Any, token: Any, result: Any, failed: Any, extra: Any
+) -> None:
+    finish = _finish_obj(job_id=job_id, token=token, result=result, failed=failed, **extra)
+    text = json.dumps({"kind": "settle", "id": 4, "stream": 3, "finishes": [_finish_obj(), finish]})
+    assert _decoded_by(w.wire_converter(), text) == _decoded_by(_reference_converter(), text)
+
+
+def test_decoded_uuids_are_ordinary_uuids() -> None:
+    text = json.dumps({"kind": "jobs", "id": 3, "jobs": [_job_obj(id=str(U1).upper())]})
+    message = w.decode(text)
+    assert isinstance(message, w.Jobs)
+    job = message.jobs[0]
+    for got, want in ((job.id, U1), (job.token, U2), (job.dependencies[0], U1)):
+        assert type(got) is uuid.UUID
+        assert got == want
+        assert hash(got) == hash(want)
+        assert str(got) == str(want)
+        assert got.is_safe is uuid.SafeUUID.unknown
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from('0123456789.-e"é\u0661\ud800x'), max_size=60)
+    | st.text(max_size=60)
+)
+def test_the_first_look_for_long_integers_finds_every_run_of_sixteen_digits(text: str) -> None:
+    assert w._has_digit_run(text) == (re.search("[0-9]{16}", text) is not None)
+    if w._LONG_DIGITS.search(text) is not None:
+        assert w._has_digit_run(text)

@@ -19,7 +19,7 @@ import trio
 from .._core import _validate as v
 from .._core._errors import JobQueueError, QueueClosedError
 from .._core._json import to_json_text
-from .._core._operation import JsonText, Scope, WaitingOperation, dequeued
+from .._core._operation import NULL, JsonText, Scope, WaitingOperation, dequeued
 from .._core._ops import FinishJob
 from .._core._records import Assignment
 from ._scheduler import Call, Callback, Release, Reply, Settle, Subscription, Unsubscribe
@@ -33,19 +33,26 @@ if TYPE_CHECKING:
     from .._core._models import DequeuedJob
     from ._scheduler import Scheduler
 
-__all__ = ["JobBuffer", "LocalJobStream", "finish_op", "handle_of"]
+__all__ = ["JobBuffer", "LocalJobStream", "finish_fields", "finish_op", "handle_of"]
 
 log = logging.getLogger("actorq.stream")
 
 
 def finish_op(job: DequeuedJob, result: Any, failed: bool = False) -> FinishJob:
     """The finish of ``job``'s run, under its token; :class:`TypeError` for a non-JSON result."""
-    return FinishJob(
-        job_id=job.id,
-        token=job.token,
-        result=JsonText(to_json_text(result, "result")),
-        failed=v.check_bool(failed, "failed"),
-    )
+    text, failed = finish_fields(result, failed)
+    return FinishJob(job_id=job.id, token=job.token, result=text, failed=failed)
+
+
+def finish_fields(result: Any, failed: bool = False) -> tuple[JsonText, bool]:
+    """A finish's result as JSON text and its checked ``failed`` flag.
+
+    :class:`TypeError` for a result JSON cannot carry or a ``failed`` that is
+    not a bool. The common finish (no result, not failed) costs nothing.
+    """
+    if result is None and failed is False:
+        return NULL, False
+    return JsonText(to_json_text(result, "result")), v.check_bool(failed, "failed")
 
 
 def check_credit(credit: object) -> int:

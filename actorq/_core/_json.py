@@ -97,6 +97,8 @@ def to_json_text(value: object, what: str = "value") -> str:
     anything else the converter knows are unstructured through
     :data:`converter` first.
     """
+    if value is None:  # most results: no handler return value
+        return "null"
     try:
         if type(value) in _PLAIN:
             try:

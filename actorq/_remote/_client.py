@@ -38,7 +38,7 @@ from uuid import UUID
 import attrs
 import trio
 
-from .._actor._stream import JobBuffer, check_credit, finish_op
+from .._actor._stream import JobBuffer, check_credit, finish_fields
 from .._core import _validate as v
 from .._core._api import QueueAPI
 from .._core._errors import (
@@ -297,8 +297,8 @@ class RemoteJobStream(JobBuffer):
 
     def finish(self, job: DequeuedJob, result: Any = None, *, failed: bool = False) -> None:
         # checked as JSON now, under the run's token: what travels is the settle's own form
-        op = finish_op(job, result, failed)
-        self._finishes.append(w.Finish(job.id, job.token, op.result, op.failed))
+        text, failed = finish_fields(result, failed)
+        self._finishes.append(w.Finish(job.id, job.token, text, failed))
         self._credit_due += 1
         self._free = min(self._free + 1, self.credit)
         self._kick()
