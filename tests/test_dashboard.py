@@ -146,20 +146,20 @@ async def test_metrics_count_jobs_by_key_and_phase_from_events() -> None:
         await queue.fail_job(spare, {"error": "no"})
         assert metrics.job_counts() == _by_listing(await queue.list_jobs(), set())
         await queue.delete_job(leaf)  # the whole settled tree goes
-        assert metrics.job_counts() == {("fetch", "a"): {Phase.FINISHED: 1}}
+        assert metrics.job_counts() == {("fetch", "a"): {Phase.FAILED: 1}}  # spare, failed
         late = await queue.enqueue("late", None, channel="c")
         await queue.dequeue(["late"], ["c"], timeout=0)
     # reopened from the store: the counts start from what it holds
     again = QueueMetrics()
     async with actorq.open_queue(store, metrics=again, maintenance=None) as queue:
         assert again.job_counts() == {
-            ("fetch", "a"): {Phase.FINISHED: 1},
+            ("fetch", "a"): {Phase.FAILED: 1},
             ("late", "c"): {Phase.RUNNING: 1},
         }
         assert again.job_counts() == _by_listing(await queue.list_jobs(), await _ready_ids(queue))
         await queue.cancel_job(late)
         assert again.job_counts() == {
-            ("fetch", "a"): {Phase.FINISHED: 1},
+            ("fetch", "a"): {Phase.FAILED: 1},
             ("late", "c"): {Phase.CANCELED: 1},
         }
     assert again.job_counts() is None  # no queue open
@@ -182,7 +182,8 @@ async def test_history_keeps_the_last_hour_of_throughput_and_latency(
             await trio.sleep(4)  # the jobs wait 4 s, then start
             for _ in range(3):
                 job = await queue.dequeue(["t"], ["red", "blue"], timeout=0)
-                await queue.finish_job(job.id, {"error": "x"} if job.channel == "blue" else 1)
+                blue = job.channel == "blue"
+                await queue.finish_job(job.id, {"error": "x"} if blue else 1, failed=blue)
             await trio.sleep(16)
             everything = history.points(None)
             red = history.points(["red"])
@@ -541,7 +542,7 @@ async def test_counting_metrics_keep_the_counts_and_no_prometheus_series() -> No
             job = await queue.dequeue(["t"], ["red"], timeout=0)
             await queue.finish_job(job.id, 1)
             counts, totals = metrics.job_counts(), metrics.job_totals()
-            assert counts == {("t", "red"): {Phase.FINISHED: 2}}
+            assert counts == {("t", "red"): {Phase.FINISHED: 1, Phase.FAILED: 1}}
             assert totals is not None
             finished, failures, started, _ = totals["t", "red"]
             assert (finished, failures, started) == (2, 1, 1)

@@ -201,6 +201,9 @@ class QueueAPI:
     async def cancel_job(self, job_id: UUID) -> None:
         await self._run(o.CancelJob(job_id=job_id))
 
+    async def retry_job(self, job_id: UUID) -> list[UUID]:
+        return await self._run(o.RetryJob(job_id=job_id))
+
     async def job_status(self, job_id: UUID) -> JobStatus:
         return await self._run(o.GetJobStatus(job_id=job_id))
 

@@ -427,6 +427,23 @@ class CancelJob(_JobOperation[None, None]):
 
 
 @attrs.frozen(kw_only=True)
+class RetryJob(_JobOperation[list[UUID], list[UUID]]):
+    """Put a failed or canceled job back to pending, with the dependents canceled
+    on its account (docs/lifecycle.md); the result lists the jobs put back, the
+    job's id first, then its dependents in enqueue order (a tenant's only those
+    of its channels)."""
+
+    NAME = "retry_job"
+    RESULT = list[UUID]
+
+    def apply(self, state: QueueState, scope: Scope) -> list[UUID]:
+        revived = state.retry_job(self.job_id)
+        if scope is None:
+            return revived
+        return [j for j in revived if state.job_channel(j) in scope]
+
+
+@attrs.frozen(kw_only=True)
 class DeleteJob(_JobOperation[None, None]):
     NAME = "delete_job"
     SETTLES = True

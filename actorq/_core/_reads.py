@@ -209,7 +209,7 @@ class StateReads(StateAttributes):
             if job.canceled:
                 phase = Phase.CANCELED
             elif job.finished is not None:
-                phase = Phase.FINISHED
+                phase = Phase.FAILED if job.failed else Phase.FINISHED
             elif job.started is not None:
                 phase = Phase.RUNNING
             elif job.ready_key:

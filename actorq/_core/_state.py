@@ -45,6 +45,7 @@ from ._errors import (
     JobQueueError,
     NotExistError,
     NotPendingError,
+    NotRetryableError,
     NotRunningError,
     RunningError,
     WorkerNotExistError,
@@ -58,6 +59,7 @@ from ._events import (
     JobReady,
     JobReleased,
     JobRequeued,
+    JobRetried,
     JobStarted,
     Phase,
     WorkerDeleted,
@@ -463,6 +465,122 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             self._touch(job)
             stack.extend(self._jobs[d] for d in job.dependents)
 
+    def retry_job(self, job_id: UUID) -> list[UUID]:
+        """Put a failed or canceled job back to pending, with the dependents that
+        were canceled on its account; return their ids (the job's first), in
+        enqueue order.
+
+        A retried job keeps its id, type, args, channel, priority, dependencies
+        and opt-in; its result, timestamps, retries count, delay and failure
+        marks are cleared, and it is ready once its dependencies allow. The
+        dependents brought back with it are those canceled for the same reason
+        (a failed job's: those naming it as their ``failed_dependency``; a
+        canceled job's: those its cancel canceled, naming none, or naming the
+        failed dependency it names), transitively, as long as nothing else keeps
+        them from running. The pending dependents of a failed job wait for it
+        again.
+
+        Raises, changing nothing: :class:`FinishedError` for a job that finished
+        successfully, :class:`RunningError` for a running one,
+        :class:`NotRetryableError` for a pending one, or one that could not run
+        (a dependency is canceled, a dependency failed and it opted out after a
+        failure, or another job holds its unique key).
+        """
+        root = self._get(job_id)
+        if root.running:
+            raise RunningError()
+        if root.finished is not None and not root.failed:
+            raise FinishedError()
+        if root.pending:
+            raise NotRetryableError(f"job {job_id} is pending")
+        reason = self._retry_blocker(root, frozenset())
+        if reason is not None:
+            raise NotRetryableError(f"job {job_id} cannot run: {reason}")
+        cause = root.id if root.failed else root.failed_dependency
+        revived = self._retry_tree(root, cause)
+        events = self._events
+        if root.finished is not None:
+            # a settled dependency goes back to pending: its dependents wait again
+            for dep_id in root.dependents:
+                if dep_id in revived:
+                    continue
+                dependent = self._jobs[dep_id]
+                dependent.waiting_on += 1
+                if dependent.ready_key:
+                    if events is not None:
+                        events.append(
+                            JobRetried(
+                                dep_id, dependent.type, dependent.channel, Phase.READY, False
+                            )
+                        )
+                    self._unready(dependent)
+        order = sorted((self._jobs[i] for i in revived), key=_seq)
+        befores = [_phase(job) for job in order]
+        for job in order:
+            if job.token is not None:
+                self._tokens.pop(job.token, None)  # canceled while running: that run is void
+                job.token = None
+            job.started = job.finished = None
+            job.canceled = job.failed = False
+            job.result = None
+            job.failed_dependency = None
+            job.retries = 0
+            job.not_before = None
+            job.due = 0.0
+            if job.unique_key is not None:
+                self._unique[(job.channel, job.unique_key)] = job.id
+            self._touch(job)
+        for job, before in zip(order, befores, strict=True):
+            waiting_on = 0
+            for dep_id in job.dependencies:
+                if self._jobs[dep_id].finished is None:
+                    waiting_on += 1
+            job.waiting_on = waiting_on
+            ready = not waiting_on
+            if events is not None:
+                self._readied(events, job, JobRetried(job.id, job.type, job.channel, before, ready))
+            if ready:
+                self._make_ready(job)
+        return [job.id for job in order]
+
+    def _retry_tree(self, root: JobEntry, cause: UUID | None) -> set[UUID]:
+        # the root and, in enqueue order (dependencies first), each canceled
+        # dependent that names the same cause and could run once they are back
+        candidates = {root.id: root}
+        stack = [root]
+        while stack:
+            job = stack.pop()
+            for dep_id in job.dependents:
+                dependent = self._jobs[dep_id]
+                if (
+                    dependent.canceled
+                    and dependent.failed_dependency == cause
+                    and dep_id not in candidates
+                ):
+                    candidates[dep_id] = dependent
+                    stack.append(dependent)
+        revived: set[UUID] = {root.id}
+        for job in sorted(candidates.values(), key=_seq):
+            if job is not root and self._retry_blocker(job, revived) is None:
+                revived.add(job.id)
+        return revived
+
+    def _retry_blocker(self, job: JobEntry, revived: Collection[UUID]) -> str | None:
+        # why the job could not run if it went back to pending, or None
+        for dep_id in job.dependencies:
+            if dep_id in revived:
+                continue  # pending again with it
+            dep = self._jobs[dep_id]
+            if dep.canceled:
+                return f"its dependency {dep_id} is canceled"
+            if dep.failed and job.cancel_on_failed_dependency:
+                return f"its dependency {dep_id} failed, and it opted out after a failure"
+        if job.unique_key is not None:
+            holder = self._unique.get((job.channel, job.unique_key))
+            if holder is not None and holder != job.id:
+                return f"job {holder} holds its unique key {job.unique_key!r}"
+        return None
+
     def delete_job(self, job_id: UUID, channels: Collection[str] | None = None) -> None:
         """Delete a job and, recursively, each dependency nothing else needs.
 
@@ -691,7 +809,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         for dep_id in job.dependents:
             dependent = self._jobs[dep_id]
             dependent.waiting_on -= 1
-            if failed and dependent.cancel_on_failed_dependency:
+            if failed and dependent.cancel_on_failed_dependency and dependent.pending:
                 # it asked not to run after a failed dependency: cancel it instead
                 self._cancel_tree(dependent, job.id)
                 continue
@@ -778,6 +896,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         since = job.since
         ran = None if math.isnan(since) else self._monotonic() - since
         return JobFinished(job.id, job.type, job.channel, job.worker_id, Phase.RUNNING, failed, ran)
+
+
+def _seq(job: JobEntry) -> int:
+    return job.seq
 
 
 def _phase(job: JobEntry) -> Phase:
