@@ -31,6 +31,7 @@ __all__ = [
     "WaiterQueue",
     "WorkerEntry",
     "add_dependent",
+    "is_delayed",
     "remove_dependent",
     "state_of",
 ]
@@ -169,6 +170,11 @@ def state_of(job: JobEntry) -> JobState:
     return JobState.PENDING
 
 
+def is_delayed(job: JobEntry) -> bool:
+    """Pending, every dependency settled, its time not come (``stats().delayed``)."""
+    return bool(job.due) and not job.waiting_on and job.started is None and not job.canceled
+
+
 ANY_CHANNEL = None
 TypeKey = tuple[str, str | None]
 
@@ -190,3 +196,5 @@ class StateAttributes:
     _next_ready_key: int
     _timers: list[tuple[float, int, UUID]]
     _unique: dict[tuple[str, str], UUID]
+    _counts: dict[JobState, int]  # jobs per state, kept at every transition
+    _delayed: int  # pending jobs with every dependency settled, waiting for their time

@@ -35,7 +35,9 @@ from ._entities import (
     WaiterQueue,
     WorkerEntry,
     add_dependent,
+    is_delayed,
     remove_dependent,
+    state_of,
 )
 from ._errors import (
     ActiveJobsError,
@@ -66,6 +68,7 @@ from ._events import (
     WorkerSeen,
 )
 from ._index import ReadyIndex
+from ._models import JobState
 from ._reads import StateReads
 from ._records import Assignment, Changes, JobRecord, JobTuple, WorkerRecord, new_uuid4
 from ._restore import StateRestore
@@ -117,6 +120,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         # (due on the monotonic clock, seq, id), deleted lazily
         self._timers: list[tuple[float, int, UUID]] = []
         self._unique: dict[tuple[str, str], UUID] = {}  # (channel, key) -> pending or running job
+        # stats() in time independent of the number of jobs: every transition
+        # below moves a job between these counts (_uncount before, _count after)
+        self._counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
+        self._delayed = 0
         self._assignments: list[tuple[int, Assignment | WorkerNotExistError]] = []
         self._track = track_changes
         self._changed_jobs: set[UUID] = set()
@@ -202,9 +209,11 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                 events.append(JobCanceled(job.id, job_type, channel, None, Phase.BLOCKED))
             job.canceled = True
             job.failed_dependency = failed_dependency
+            self._count(job)
             return job.id
         if unique_key is not None:
             self._unique[(channel, unique_key)] = job.id
+        self._count(job)
         ready = job.waiting_on == 0 and not due
         if (events := self._events) is not None:
             self._readied(events, job, JobEnqueued(job.id, job_type, channel, ready))
@@ -360,8 +369,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             return False
         if (events := self._events) is not None:
             self._readied(events, job, JobReleased(job.id, job.type, job.channel, job.worker_id))
+        self._uncount(job)
         self._stop_running(job)
         job.started = None
+        self._count(job)
         self._touch(job)
         self._make_ready(job)
         return True
@@ -391,6 +402,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         if (events := self._events) is not None:
             event = JobRequeued(job.id, job.type, job.channel, job.worker_id, job.retries + 1)
             self._readied(events, job, event)
+        self._uncount(job)
         self._stop_running(job)
         job.retries += 1
         job.started = None
@@ -400,7 +412,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             job.due = self._monotonic() + delay
             job.not_before = self._wall() + timedelta(seconds=delay)
             heapq.heappush(self._timers, (job.due, job.seq, job.id))
+            self._count(job)
         else:
+            self._count(job)
             self._make_ready(job)
         return True
 
@@ -422,6 +436,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         if (events := self._events) is not None:
             phase = _phase(job)
             events.append(JobFinished(job.id, job.type, job.channel, None, phase, True, None))
+        self._uncount(job)
         self._unready(job)
         now = self._wall()
         job.started = now
@@ -429,6 +444,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         job.result = result
         job.failed = True
         job.due = 0.0
+        self._count(job)
         self._forget_unique(job)
         self._touch(job)
         self._release_dependents(job)
@@ -454,6 +470,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             if (events := self._events) is not None:
                 phase = _phase(job)
                 events.append(JobCanceled(job.id, job.type, job.channel, job.worker_id, phase))
+            self._uncount(job)
             if job.running:
                 self._stop_running(job, keep_token=True)
             else:
@@ -461,6 +478,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             job.canceled = True
             job.failed_dependency = failed_dependency
             job.due = 0.0
+            self._count(job)
             self._forget_unique(job)
             self._touch(job)
             stack.extend(self._jobs[d] for d in job.dependents)
@@ -505,7 +523,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                 if dep_id in revived:
                     continue
                 dependent = self._jobs[dep_id]
+                self._uncount(dependent)
                 dependent.waiting_on += 1
+                self._count(dependent)
                 if dependent.ready_key:
                     if events is not None:
                         events.append(
@@ -517,6 +537,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         order = sorted((self._jobs[i] for i in revived), key=_seq)
         befores = [_phase(job) for job in order]
         for job in order:
+            self._uncount(job)
             if job.token is not None:
                 self._tokens.pop(job.token, None)  # canceled while running: that run is void
                 job.token = None
@@ -536,6 +557,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                 if self._jobs[dep_id].finished is None:
                     waiting_on += 1
             job.waiting_on = waiting_on
+            self._count(job)
             ready = not waiting_on
             if events is not None:
                 self._readied(events, job, JobRetried(job.id, job.type, job.channel, before, ready))
@@ -599,6 +621,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             job = stack.pop()
             if (events := self._events) is not None:
                 events.append(JobDeleted(job.id, job.type, job.channel, _phase(job)))
+            self._uncount(job)
             self._unready(job)
             self._forget_unique(job)
             if job.token is not None:
@@ -746,6 +769,16 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
 
     # -------------------------------------------------------------- internals
 
+    def _count(self, job: JobEntry) -> None:
+        self._counts[state_of(job)] += 1
+        if is_delayed(job):
+            self._delayed += 1
+
+    def _uncount(self, job: JobEntry) -> None:
+        self._counts[state_of(job)] -= 1
+        if is_delayed(job):
+            self._delayed -= 1
+
     def _touch(self, job: JobEntry) -> None:
         if self._track:
             self._changed_jobs.add(job.id)
@@ -786,7 +819,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             job = self._jobs.get(job_id)
             if job is None or job.due != due or not job.pending or job.waiting_on:
                 continue
+            self._uncount(job)
             job.due = 0.0
+            self._count(job)
             if (events := self._events) is not None:
                 self._readied(events, job, JobReady(job.id, job.type, job.channel))
             self._make_ready(job)
@@ -796,10 +831,12 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
     def _finish(self, job: JobEntry, result: str, failed: bool = False) -> None:
         if (events := self._events) is not None:
             events.append(self._finished(job, failed))
+        self._uncount(job)
         self._stop_running(job)
         job.finished = self._wall()
         job.result = result
         job.failed = failed
+        self._count(job)
         self._forget_unique(job)
         self._touch(job)
         self._release_dependents(job)
@@ -808,16 +845,20 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         failed = job.failed
         for dep_id in job.dependents:
             dependent = self._jobs[dep_id]
+            self._uncount(dependent)
             dependent.waiting_on -= 1
             if failed and dependent.cancel_on_failed_dependency and dependent.pending:
                 # it asked not to run after a failed dependency: cancel it instead
+                self._count(dependent)
                 self._cancel_tree(dependent, job.id)
                 continue
             if dependent.waiting_on == 0 and dependent.pending and dependent.due:
                 if dependent.due > self._monotonic():
                     heapq.heappush(self._timers, (dependent.due, dependent.seq, dep_id))
+                    self._count(dependent)
                     continue
                 dependent.due = 0.0
+            self._count(dependent)
             if dependent.waiting_on == 0 and dependent.pending:
                 if (events := self._events) is not None:
                     event = JobReady(dep_id, dependent.type, dependent.channel)
@@ -842,10 +883,12 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
     def _assign(
         self, job: JobEntry, worker_id: UUID | None, parked: float | None = None
     ) -> Assignment:
+        self._uncount(job)
         self._unready(job)
         token = self._new_id()
         job.token = token
         job.started = self._wall()
+        self._count(job)
         job.heartbeat = self._monotonic()
         job.worker_id = worker_id
         self._tokens[token] = job.id
