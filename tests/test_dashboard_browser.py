@@ -51,7 +51,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ADMIN = "admin-secret"
-TENANTS = {"token-red": ["red"], "token-blue": ["blue"]}
+TENANTS = {"token-red": ["red", "green"], "token-blue": ["blue"]}
 IMAGES = Path(
     os.environ.get("ACTORQ_SCREENSHOTS")
     or Path(tempfile.gettempdir()) / "actorq-dashboard-screenshots"
@@ -158,7 +158,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     worker = subprocess.Popen(
         [
             *(PYTHON, "-m", "actorq", "--url", srv.url, "--token", "token-red", "worker"),
-            *("--type", "sleep", "--channel", "red", "--concurrency", "4", "--grace", "1"),
+            *("--type", "sleep", "--channel", "red", "--channel", "green"),
+            *("--concurrency", "4", "--grace", "1"),
             "--",
             *(PYTHON, str(script)),
         ],
@@ -272,6 +273,8 @@ def test_pages_render_and_depth_updates_live(server: Server, browser: Browser) -
     running = page.locator("#workers-table a.running")
     expect(running).to_contain_text("sleep")  # what the worker runs now, with elapsed time
     expect(running).to_contain_text(re.compile(r"\d+ s"))
+    # every channel it serves, the first first
+    expect(page.locator("#workers-table td.channels")).to_have_text("red, green")
     _shot(page, "workers")
 
     page.goto(server.http + "/jobs?state=pending")

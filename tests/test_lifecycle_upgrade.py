@@ -111,7 +111,7 @@ async def test_a_version_1_sqlite_queue_is_upgraded_and_keeps_its_jobs(tmp_path:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     finally:
         conn.close()
-    assert version == [(_sqlite_schema.SCHEMA_VERSION,)] == [(3,)]
+    assert version == [(_sqlite_schema.SCHEMA_VERSION,)]
     assert {"failed", "cancel_on_failed_dependency", "failed_dependency"} <= columns
     async with actorq.open_queue(f"sqlite:///{path}", maintenance=None) as queue:
         await check_failure_kept(queue)

@@ -111,9 +111,16 @@ class WorkerEntry:
     updated: datetime
     heartbeat: float
     active_jobs: set[UUID] = attrs.field(factory=set)
+    channels: tuple[str, ...] = ()  # every channel, ``channel`` first
 
     def record(self) -> WorkerRecord:
-        return WorkerRecord(id=self.id, channel=self.channel, arch=self.arch, updated=self.updated)
+        return WorkerRecord(
+            id=self.id,
+            channel=self.channel,
+            arch=self.arch,
+            updated=self.updated,
+            channels=self.channels,
+        )
 
 
 @attrs.define(slots=True, eq=False)

@@ -677,17 +677,21 @@ class InsertWorker(Operation[UUID, UUID]):
 
     channel: str
     arch: str
+    channels: tuple[str, ...] = attrs.field(default=(), metadata=SINCE_3)
 
     def checked(self) -> InsertWorker:
+        channels = v.check_strings(self.channels, "channels", allow_empty_items=True)
         return InsertWorker(
-            channel=v.check_channel(self.channel), arch=v.check_str(self.arch, "arch")
+            channel=v.check_channel(self.channel),
+            arch=v.check_str(self.arch, "arch"),
+            channels=tuple(v.check_channel(c) for c in channels),
         )
 
     def access(self) -> Access:
-        return Access(channels=(self.channel,))
+        return Access(channels=tuple(dict.fromkeys((self.channel, *self.channels))))
 
     def apply(self, state: QueueState, scope: Scope) -> UUID:
-        return state.insert_worker(self.channel, self.arch)
+        return state.insert_worker(self.channel, self.arch, self.channels)
 
 
 @attrs.frozen(kw_only=True)

@@ -260,7 +260,9 @@ class StateReads(StateAttributes):
         """Workers whose last status update is at least ``older_than`` seconds old."""
         now = self._monotonic()
         return [
-            WorkerInfo(id=w.id, channel=w.channel, arch=w.arch, updated=w.updated)
+            WorkerInfo(
+                id=w.id, channel=w.channel, arch=w.arch, updated=w.updated, channels=w.channels
+            )
             for w in self._workers.values()
             if now - w.heartbeat >= older_than
         ]

@@ -673,8 +673,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
 
     # ---------------------------------------------------------------- workers
 
-    def insert_worker(self, channel: str, arch: str) -> UUID:
+    def insert_worker(self, channel: str, arch: str, channels: Sequence[str] = ()) -> UUID:
+        """Register a worker of ``channel`` and, after it, ``channels`` (all kept)."""
         worker = WorkerEntry(self._new_id(), channel, arch, self._wall(), self._monotonic())
+        worker.channels = tuple(dict.fromkeys((channel, *channels)))
         self._workers[worker.id] = worker
         self._touch_worker(worker)
         if (events := self._events) is not None:
@@ -754,7 +756,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         )
         now = monotonic()
         for w in workers:
-            state._workers[w.id] = WorkerEntry(w.id, w.channel, w.arch, w.updated, now)
+            entry = WorkerEntry(w.id, w.channel, w.arch, w.updated, now)
+            entry.channels = w.channels or (w.channel,)
+            state._workers[w.id] = entry
         # A reopen builds every job at once. None of these objects is garbage,
         # yet the cyclic collector would rescan the growing heap again and
         # again (a third of the time at a million jobs): pause it meanwhile.

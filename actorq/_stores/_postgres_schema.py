@@ -7,7 +7,8 @@ transitions no job may make) and ``job_dependencies``, plus
 job lifecycle's columns (``failed``, ``cancel_on_failed_dependency``,
 ``failed_dependency``) and checks them in the transition trigger; version 3
 ``priority``, ``not_before`` and ``unique_key``; version 4 lets the trigger
-pass a retry (``retry_job``: a failed or canceled job back to pending).
+pass a retry (``retry_job``: a failed or canceled job back to pending);
+version 5 keeps every channel of a worker (``workers.channels``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ _RETRY_MIGRATION: Final[tuple[str, ...]] = (
     END
     $$
     """,
+)
+
+# Every channel of a worker ('{}' in a row written before: the row's one
+# channel). Kept as one entry of its own so that it can take whichever version
+# is next.
+_WORKER_CHANNELS_MIGRATION: Final[tuple[str, ...]] = (
+    "ALTER TABLE {s}.workers ADD COLUMN channels text[] NOT NULL DEFAULT '{{}}'",
 )
 
 # Each migration takes the schema from version ``i`` to ``i + 1`` and runs in
@@ -260,6 +268,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
     ),
     _RETRY_MIGRATION,
+    _WORKER_CHANNELS_MIGRATION,
 )
 
 #: The schema version this code writes. Older schemas are migrated when a

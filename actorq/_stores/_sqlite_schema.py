@@ -29,6 +29,13 @@ __all__ = [
     "migrate",
 ]
 
+# Every channel of a worker, as a JSON array of strings (``[]`` in a row
+# written before: the row's one ``channel``). Kept as one entry of its own so
+# that it can take whichever version is next.
+_WORKER_CHANNELS_MIGRATION: tuple[str, ...] = (
+    "ALTER TABLE workers ADD COLUMN channels TEXT NOT NULL DEFAULT '[]'",
+)
+
 # Each migration takes the schema from version ``i`` to ``i + 1`` and runs in
 # the same transaction as the version bump, so an interrupted upgrade leaves
 # the database at the old version. Append, never edit: released databases
@@ -73,6 +80,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN not_before INTEGER",
         "ALTER TABLE jobs ADD COLUMN unique_key TEXT",
     ),
+    _WORKER_CHANNELS_MIGRATION,
 )
 
 #: The schema version this code writes. Older databases are migrated on open;
@@ -94,9 +102,9 @@ UPDATE_JOB = (
     " WHERE seq = ?"
 )
 UPSERT_WORKER = (
-    "INSERT INTO workers (id, channel, arch, updated) VALUES (?, ?, ?, ?)"
+    "INSERT INTO workers (id, channel, arch, updated, channels) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO UPDATE SET channel = excluded.channel, arch = excluded.arch,"
-    " updated = excluded.updated"
+    " updated = excluded.updated, channels = excluded.channels"
 )
 
 
