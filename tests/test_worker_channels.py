@@ -138,3 +138,25 @@ async def test_a_worker_stored_before_channels_has_its_one_channel(tmp_path: Pat
     finally:
         conn.close()
     assert version == [(_sqlite_schema.SCHEMA_VERSION,)]
+
+
+async def test_a_postgres_worker_stored_before_channels_has_its_one_channel() -> None:
+    import pgserver
+    import psycopg
+
+    from actorq._stores._postgres import PostgresStore
+
+    server = await trio.to_thread.run_sync(pgserver.require_server)
+    schema = f"q_{uuid.uuid4().hex[:16]}"
+    async with actorq.open_queue(PostgresStore(server.url(), schema=schema)) as queue:
+        worker_id = await queue.insert_worker("red", "x86_64", channels=["blue"])
+
+    def forget_channels() -> None:
+        # what the migration leaves in a row written before: no channels
+        with psycopg.connect(server.url()) as conn:
+            conn.execute(f"UPDATE \"{schema}\".workers SET channels = '{{}}'")
+
+    await trio.to_thread.run_sync(forget_channels)
+    async with actorq.open_queue(PostgresStore(server.url(), schema=schema)) as queue:
+        (worker,) = await queue.workers()
+        assert (worker.id, worker.channels) == (worker_id, ("red",))
