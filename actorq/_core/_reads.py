@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ._entities import (
     ANY_CHANNEL,
+    COUNT_SLOTS,
     JobEntry,
     StateAttributes,
     WorkerEntry,
@@ -233,23 +234,24 @@ class StateReads(StateAttributes):
         order).
         """
         counts = self._counts
+        slot = COUNT_SLOTS
         ready = [
             (job_type, channel, heap.live)
             for (job_type, channel), heap in self._ready.items()
             if channel is not ANY_CHANNEL
         ]
-        pending = counts[JobState.PENDING]
+        pending = counts[slot[JobState.PENDING]]
         return QueueStats(
             jobs=len(self._jobs),
             pending=pending,
             ready=ready,
             blocked=pending - sum(n for _, _, n in ready),
-            running=counts[JobState.RUNNING],
-            finished=counts[JobState.FINISHED],
-            canceled=counts[JobState.CANCELED],
+            running=counts[slot[JobState.RUNNING]],
+            finished=counts[slot[JobState.FINISHED]],
+            canceled=counts[slot[JobState.CANCELED]],
             waiting_dequeuers=len(self._waiters_by_id),
             workers=len(self._workers),
-            failed=counts[JobState.FAILED],
+            failed=counts[slot[JobState.FAILED]],
             delayed=self._delayed,
         )
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ._entities import (
     ANY_CHANNEL,
+    COUNT_SLOTS,
     JobEntry,
     ReadyHeap,
     StateAttributes,
@@ -152,9 +153,9 @@ class StateRestore(StateAttributes):
         self._next_ready_key = ready_key
         self._next_seq = last_seq + 1
         counts = self._counts
-        counts[JobState.PENDING] += pending_count
-        counts[JobState.RUNNING] += running_count
-        counts[JobState.FINISHED] += settled_count - failed_count
-        counts[JobState.FAILED] += failed_count
-        counts[JobState.CANCELED] += canceled_count
+        counts[COUNT_SLOTS[JobState.PENDING]] += pending_count
+        counts[COUNT_SLOTS[JobState.RUNNING]] += running_count
+        counts[COUNT_SLOTS[JobState.FINISHED]] += settled_count - failed_count
+        counts[COUNT_SLOTS[JobState.FAILED]] += failed_count
+        counts[COUNT_SLOTS[JobState.CANCELED]] += canceled_count
         self._delayed += delayed_count

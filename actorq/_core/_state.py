@@ -28,6 +28,11 @@ from typing import TYPE_CHECKING
 
 from ._entities import (
     ANY_CHANNEL,
+    COUNT_SLOTS,
+    FAILED_SLOT,
+    FINISHED_SLOT,
+    PENDING_SLOT,
+    RUNNING_SLOT,
     JobEntry,
     ReadyHeap,
     TypeKey,
@@ -35,9 +40,9 @@ from ._entities import (
     WaiterQueue,
     WorkerEntry,
     add_dependent,
+    count_slot,
     is_delayed,
     remove_dependent,
-    state_of,
 )
 from ._errors import (
     ActiveJobsError,
@@ -68,7 +73,6 @@ from ._events import (
     WorkerSeen,
 )
 from ._index import ReadyIndex
-from ._models import JobState
 from ._reads import StateReads
 from ._records import Assignment, Changes, JobRecord, JobTuple, WorkerRecord, new_uuid4
 from ._restore import StateRestore
@@ -122,7 +126,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         self._unique: dict[tuple[str, str], UUID] = {}  # (channel, key) -> pending or running job
         # stats() in time independent of the number of jobs: every transition
         # below moves a job between these counts (_uncount before, _count after)
-        self._counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
+        self._counts = [0] * len(COUNT_SLOTS)
         self._delayed = 0
         self._assignments: list[tuple[int, Assignment | WorkerNotExistError]] = []
         self._track = track_changes
@@ -774,13 +778,13 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
     # -------------------------------------------------------------- internals
 
     def _count(self, job: JobEntry) -> None:
-        self._counts[state_of(job)] += 1
-        if is_delayed(job):
+        self._counts[count_slot(job)] += 1
+        if job.due and is_delayed(job):
             self._delayed += 1
 
     def _uncount(self, job: JobEntry) -> None:
-        self._counts[state_of(job)] -= 1
-        if is_delayed(job):
+        self._counts[count_slot(job)] -= 1
+        if job.due and is_delayed(job):
             self._delayed -= 1
 
     def _touch(self, job: JobEntry) -> None:
@@ -835,12 +839,13 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
     def _finish(self, job: JobEntry, result: str, failed: bool = False) -> None:
         if (events := self._events) is not None:
             events.append(self._finished(job, failed))
-        self._uncount(job)
+        counts = self._counts  # a running job settles
+        counts[RUNNING_SLOT] -= 1
+        counts[FAILED_SLOT if failed else FINISHED_SLOT] += 1
         self._stop_running(job)
         job.finished = self._wall()
         job.result = result
         job.failed = failed
-        self._count(job)
         self._forget_unique(job)
         self._touch(job)
         self._release_dependents(job)
@@ -887,12 +892,14 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
     def _assign(
         self, job: JobEntry, worker_id: UUID | None, parked: float | None = None
     ) -> Assignment:
-        self._uncount(job)
+        # a ready job (its due time is 0: never delayed) starts running
+        counts = self._counts
+        counts[PENDING_SLOT] -= 1
+        counts[RUNNING_SLOT] += 1
         self._unready(job)
         token = self._new_id()
         job.token = token
         job.started = self._wall()
-        self._count(job)
         job.heartbeat = self._monotonic()
         job.worker_id = worker_id
         self._tokens[token] = job.id
