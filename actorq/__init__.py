@@ -47,10 +47,11 @@ if TYPE_CHECKING:
         JobSummary,
         NewJob,
         QueueStats,
+        ScheduleInfo,
         WorkerInfo,
     )
     from ._core._protocol import JobQueue
-    from ._core._records import Changes, JobRecord, WorkerRecord
+    from ._core._records import Changes, JobRecord, ScheduleRecord, WorkerRecord
     from ._core._streaming import JobStream, StreamingQueue
     from ._remote._client import RemoteQueue, connect
     from ._remote._server import QueueServer, serve
@@ -94,12 +95,14 @@ _MODULES: dict[str, str] = {
     "JobSummary": "._core._models",
     "NewJob": "._core._models",
     "QueueStats": "._core._models",
+    "ScheduleInfo": "._core._models",
     "WorkerInfo": "._core._models",
     "JobQueue": "._core._protocol",
     "JobStream": "._core._streaming",
     "StreamingQueue": "._core._streaming",
     "Changes": "._core._records",
     "JobRecord": "._core._records",
+    "ScheduleRecord": "._core._records",
     "WorkerRecord": "._core._records",
     "RemoteQueue": "._remote._client",
     "connect": "._remote._client",
@@ -149,6 +152,8 @@ __all__ = [
     "QueueStats",
     "RemoteQueue",
     "RunningError",
+    "ScheduleInfo",
+    "ScheduleRecord",
     "SqliteStore",
     "Store",
     "StoreError",

@@ -150,6 +150,7 @@ async def _batch_at_limits(requests: int, repeats: int) -> dict[str, Any]:
             await queue._call(lambda state: None)  # answered once the batch is through
             return (time.perf_counter() - start) * 1e3, (time.process_time() - cpu) * 1e3
 
+        spread: list[int] = []
         for _ in range(repeats):
             replies = [Reply() for _ in range(requests)]
             batches = scheduler.batches
@@ -157,7 +158,9 @@ async def _batch_at_limits(requests: int, repeats: int) -> dict[str, Any]:
             assert scheduler.state.waiter_count == requests
             withdraw.append(await timed([Withdraw(r) for r in replies]))
             assert scheduler.state.waiter_count == 0
-            assert scheduler.batches - batches <= 4  # one batch each way (and a marker's)
+            # the scheduler caps each batch's cost (BATCH_COST pairs), so maximal
+            # requests spread over several batches, other messages served between
+            spread.append(scheduler.batches - batches)
     return {
         "requests": requests,
         "pairs_per_request": len(types) * len(channels),
@@ -165,6 +168,7 @@ async def _batch_at_limits(requests: int, repeats: int) -> dict[str, Any]:
         "park_batch_cpu_ms": statistics.median(cpu for _, cpu in park),
         "withdraw_batch_ms": statistics.median(wall for wall, _ in withdraw),
         "withdraw_batch_cpu_ms": statistics.median(cpu for _, cpu in withdraw),
+        "batches_both_ways": statistics.median(spread),
         "runs": repeats,
     }
 

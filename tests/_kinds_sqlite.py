@@ -103,7 +103,7 @@ class ReopeningQueue:
                 clocks = _get_clocks(queue)
             self.reopens += 1
 
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         reopen = self._in_flight == 0
         self._in_flight += 1
         try:
@@ -174,6 +174,15 @@ class ReopeningQueue:
 
     async def wait(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call("wait", *args, **kwargs)
+
+    async def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("schedule", *args, **kwargs)
+
+    async def unschedule(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("unschedule", *args, **kwargs)
+
+    async def schedules(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("schedules", *args, **kwargs)
 
     async def id_from_token(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call("id_from_token", *args, **kwargs)

@@ -261,3 +261,52 @@ def test_the_command_form_still_needs_a_command(tmp_path: Path) -> None:
     result = invoke("--store", f"sqlite:///{tmp_path / 'q.db'}", "worker", "--type", "t")
     assert result.exit_code == 2
     assert "Missing argument" in result.output
+
+
+def test_a_worker_started_before_its_server_waits_for_it(app: str, tmp_path: Path) -> None:
+    # as a deployment may start them (no ordering between the two units)
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}"
+    log = tmp_path / "worker.log"
+    with log.open("wb") as err:
+        worker = subprocess.Popen(
+            [ACTORQ, "--url", url, "worker", f"{app}:worker"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    serving = None
+    try:
+        wait_for(lambda: "trying again" in log.read_text())
+        assert worker.poll() is None  # refused, and still waiting
+        serving = subprocess.Popen(
+            [PYTHON, "-m", "actorq", "--store", "memory://", "serve", "--port", str(port)],
+            stderr=subprocess.DEVNULL,
+        )
+
+        async def enqueue_remote() -> UUID:
+            async with actorq.connect(url, heartbeat_interval=None, retry_on_start=True) as q:
+                return await q.enqueue("double", {"n": 4})
+
+        async def state_of(job_id: UUID) -> actorq.JobStatus:
+            async with actorq.connect(url, heartbeat_interval=None) as queue:
+                return await queue.job_status(job_id)
+
+        job_id = trio.run(enqueue_remote)
+        wait_for(lambda: trio.run(state_of, job_id).state is actorq.JobState.FINISHED)
+        assert trio.run(state_of, job_id).result == {"twice": 8, "pid": worker.pid}
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    finally:
+        for proc in (worker, serving):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

@@ -66,3 +66,55 @@ async def test_a_server_that_never_completes_the_handshake_is_passed_over(
             await stream.aclose()
         await silent.aclose()
         server.close()
+
+
+async def _free_port() -> int:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port: int = listener.socket.getsockname()[1]
+    await listener.aclose()  # nothing listens there now: a connect is refused
+    return port
+
+
+async def test_retry_on_start_waits_for_a_server_that_comes_up_later(
+    idle_jump_clock: trio.testing.MockClock,
+) -> None:
+    port = await _free_port()
+    url = f"ws://127.0.0.1:{port}"
+    with pytest.raises(actorq.QueueClosedError, match="cannot connect"):
+        async with actorq.connect(url, heartbeat_interval=None):
+            pass  # without retry_on_start the first connection is tried once
+    async with actorq.open_queue() as local, trio.open_nursery() as nursery:
+        connected = trio.Event()
+
+        async def worker_side() -> None:
+            async with actorq.connect(
+                url, heartbeat_interval=None, retry_on_start=True, reconnect_timeout=60
+            ) as queue:
+                assert (await queue.stats()).jobs == 1
+                connected.set()
+
+        start = trio.current_time()
+        nursery.start_soon(worker_side)
+        await trio.sleep(3)  # several refused rounds meanwhile
+        assert not connected.is_set()
+        await local.enqueue("t")
+        server = await nursery.start(actorq.serve, local, "127.0.0.1", port)
+        with trio.fail_after(10):
+            await connected.wait()
+        assert trio.current_time() - start < 3 + 5 + 1  # at most one backoff (5 s cap) late
+        server.close()
+
+
+async def test_retry_on_start_gives_up_after_the_reconnect_timeout(
+    idle_jump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"ws://127.0.0.1:{await _free_port()}"
+    start = trio.current_time()
+    with pytest.raises(actorq.QueueClosedError, match="cannot connect"):
+        async with actorq.connect(url, retry_on_start=True, reconnect_timeout=20):
+            pass
+    assert 15 <= trio.current_time() - start <= 20
+    assert any("trying again" in r.getMessage() for r in caplog.records)
+    with pytest.raises(TypeError, match="retry_on_start"):
+        async with actorq.connect(url, retry_on_start=1):  # type: ignore[arg-type]
+            pass

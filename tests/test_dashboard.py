@@ -146,7 +146,7 @@ async def test_metrics_count_jobs_by_key_and_phase_from_events() -> None:
         await queue.fail_job(spare, {"error": "no"})
         assert metrics.job_counts() == _by_listing(await queue.list_jobs(), set())
         await queue.delete_job(leaf)  # the whole settled tree goes
-        assert metrics.job_counts() == {("fetch", "a"): {Phase.FAILED: 1}}  # spare, failed
+        assert metrics.job_counts() == {("fetch", "a"): {Phase.FAILED: 1}}
         late = await queue.enqueue("late", None, channel="c")
         await queue.dequeue(["late"], ["c"], timeout=0)
     # reopened from the store: the counts start from what it holds

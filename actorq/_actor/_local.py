@@ -408,6 +408,7 @@ async def open_queue(
         state = QueueState(wall=wall, monotonic=trio.current_time, track_events=observed)
     else:
         jobs, workers = await resolved.load()
+        schedules = await resolved.load_schedules()
         state = QueueState.restore(
             jobs,
             workers,
@@ -415,6 +416,7 @@ async def open_queue(
             monotonic=trio.current_time,
             track_changes=True,
             track_events=observed,
+            schedules=schedules,
         )
         del jobs, workers  # the records are in the state now; don't hold them twice
     scheduler = Scheduler(state, resolved, max_batch=max_batch)

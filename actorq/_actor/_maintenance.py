@@ -172,7 +172,7 @@ class Maintainer:
                 "job %s (%s) lost its worker: %s",
                 job.id,
                 job.type,
-                "requeued" if job.requeued else "finished with an error after retries",
+                "requeued" if job.requeued else "failed: out of retries",
                 extra={
                     "event": "job_reaped",
                     "job_id": str(job.id),

@@ -26,6 +26,7 @@ from uuid import UUID
 import click
 
 from ._backup import backup_command
+from ._schedule import schedule_command
 from ._watch import watch_command
 
 if TYPE_CHECKING:
@@ -126,7 +127,9 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 @asynccontextmanager
-async def _queue(ctx: click.Context) -> AsyncIterator[JobQueue]:
+async def _queue(ctx: click.Context, *, wait_for_server: bool = False) -> AsyncIterator[JobQueue]:
+    """The queue a command works on. ``wait_for_server`` (workers): a server
+    that is not up yet is waited for, as a lost one is, instead of failing."""
     url: str | None = ctx.obj["url"]
     if url:
         import trio
@@ -144,6 +147,7 @@ async def _queue(ctx: click.Context) -> AsyncIterator[JobQueue]:
                 token=ctx.obj["token"],
                 heartbeat_interval=None,
                 connect_timeout=timeout,
+                retry_on_start=wait_for_server,
                 ssl_context=_ca_context(ca_file) if ca_file else None,
             ) as q:
                 connected = True
@@ -741,7 +745,10 @@ def worker_command(
         worker = load_worker(command[0])
 
         async def run_target() -> None:
-            async with _queue(ctx) as queue, trio.open_nursery() as nursery:
+            async with (
+                _queue(ctx, wait_for_server=True) as queue,
+                trio.open_nursery() as nursery,
+            ):
                 await nursery.start(partial(worker.run, queue=queue, handle_signals=True))
                 log.info(
                     "worker %s (%s) for %s (concurrency %d) from %s",
@@ -763,7 +770,7 @@ def worker_command(
     run_command = command_handler(command)
 
     async def run() -> None:
-        async with _queue(ctx) as queue:
+        async with _queue(ctx, wait_for_server=True) as queue:
             worker = Worker(
                 queue,
                 channels=channels or ("",),
@@ -926,9 +933,13 @@ def workers_command(ctx: click.Context, silent_after: float) -> None:
 # commands of their own modules (they import their libraries when they run)
 main.add_command(watch_command)
 main.add_command(backup_command)
+main.add_command(schedule_command)
 
 for _command in main.commands.values():
-    if _command is not backup_command:  # backup names its source itself
+    if isinstance(_command, click.Group):  # the options follow a subcommand's name
+        for _sub in _command.commands.values():
+            _sub.params.extend(_global_options())
+    elif _command is not backup_command:  # backup names its source itself
         _command.params.extend(_global_options())
 for _name in ("serve", "worker"):
     main.commands[_name].params.extend(_verbosity_options())

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         JobStatus,
         JobSummary,
         QueueStats,
+        ScheduleInfo,
         WorkerInfo,
     )
 
@@ -271,3 +272,32 @@ class QueueAPI:
 
     async def stats(self) -> QueueStats:
         return await self._run(o.GetStats())
+
+    async def schedule(
+        self,
+        name: str,
+        cron: str,
+        job_type: str,
+        args: Any = None,
+        channel: str = "",
+        *,
+        timezone: str = "UTC",
+        catch_up: str = "last",
+    ) -> ScheduleInfo:
+        return await self._run(
+            o.Schedule(
+                name=name,
+                cron=cron,
+                job_type=job_type,
+                args=_json(args, "args"),
+                channel=channel,
+                timezone=timezone,
+                catch_up=catch_up,
+            )
+        )
+
+    async def unschedule(self, name: str) -> bool:
+        return await self._run(o.Unschedule(name=name))
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        return await self._run(o.ListSchedules())

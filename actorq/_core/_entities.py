@@ -14,6 +14,7 @@ from uuid import UUID
 
 import attrs
 
+from ._events import Phase
 from ._models import JobState
 from ._records import JobRecord, WorkerRecord
 
@@ -205,6 +206,17 @@ def count_slot(job: JobEntry) -> int:
 def is_delayed(job: JobEntry) -> bool:
     """Pending, every dependency settled, its time not come (``stats().delayed``)."""
     return bool(job.due) and not job.waiting_on and job.started is None and not job.canceled
+
+
+def phase_of(job: JobEntry) -> Phase:
+    """The :class:`Phase` of ``job``: its state, with pending split into ready and blocked."""
+    if job.canceled:
+        return Phase.CANCELED
+    if job.finished is not None:
+        return Phase.FAILED if job.failed else Phase.FINISHED
+    if job.started is not None:
+        return Phase.RUNNING
+    return Phase.READY if job.ready_key else Phase.BLOCKED
 
 
 ANY_CHANNEL = None

@@ -155,3 +155,23 @@ class NewJob:
     dependencies: Sequence[UUID | int] = ()
     channel: str = ""
     cancel_on_failed_dependency: bool = False
+
+
+@attrs.frozen
+class ScheduleInfo:
+    """A durable periodic job (:meth:`~actorq.JobQueue.schedule`) and where it stands.
+
+    ``next_slot`` is the next time it fires; ``last_slot`` the last slot it
+    fired for (``None`` before the first). Times are timezone-aware, in the
+    schedule's ``timezone``.
+    """
+
+    name: str
+    cron: str
+    job_type: str
+    args: Any
+    channel: str
+    timezone: str
+    catch_up: str
+    next_slot: datetime
+    last_slot: datetime | None

@@ -41,7 +41,16 @@ import orjson
 from . import _validate as v
 from ._errors import WaitTimeoutError
 from ._json import converter, loads
-from ._models import DequeuedJob, JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
+from ._models import (
+    DequeuedJob,
+    JobInfo,
+    JobState,
+    JobStatus,
+    JobSummary,
+    QueueStats,
+    ScheduleInfo,
+    WorkerInfo,
+)
 from ._operation import (
     NOTHING,
     NULL,
@@ -61,6 +70,7 @@ from ._operation import (
     token_visible,
 )
 from ._records import Assignment
+from ._schedules import check_catch_up, check_cron, check_schedule_name, check_timezone
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -739,6 +749,107 @@ class GetWorkers(Operation[list[WorkerInfo], list[WorkerInfo]]):
         if scope is None:
             return found
         return [worker for worker in found if worker.channel in scope]
+
+
+# ------------------------------------------------------------- schedules
+
+
+def _schedule_for_api(info: ScheduleInfo) -> ScheduleInfo:
+    return attrs.evolve(info, args=loads(info.args))
+
+
+def _schedule_for_wire(info: ScheduleInfo) -> ScheduleInfo:
+    return attrs.evolve(info, args=orjson.Fragment(info.args))
+
+
+@attrs.frozen(kw_only=True)
+class Schedule(Operation[ScheduleInfo, ScheduleInfo]):
+    """Define the durable periodic job ``name``: at every slot of ``cron`` (in
+    ``timezone``), enqueue ``job_type`` with ``args`` in ``channel``.
+
+    The slot's enqueue and the schedule's last-fired mark commit together, so
+    a slot fires once. ``catch_up`` says what happens to slots missed while
+    the queue was not serving (``"last"``, ``"none"`` or ``"all"``,
+    docs/lifecycle.md). Defining a schedule again exactly as it is changes
+    nothing; a different definition replaces it, counting slots from now.
+    """
+
+    NAME = "schedule"
+    RESULT = ScheduleInfo
+
+    name: str
+    cron: str
+    job_type: str
+    args: JsonText = NULL
+    channel: str = ""
+    timezone: str = "UTC"
+    catch_up: str = "last"
+
+    def checked(self) -> Schedule:
+        return Schedule(
+            name=check_schedule_name(self.name),
+            cron=check_cron(self.cron),
+            job_type=v.check_job_type(self.job_type),
+            args=self.args,
+            channel=v.check_channel(self.channel),
+            timezone=check_timezone(self.timezone),
+            catch_up=check_catch_up(self.catch_up),
+        )
+
+    def access(self) -> Access:
+        return Access(channels=(self.channel,))
+
+    def apply(self, state: QueueState, scope: Scope) -> ScheduleInfo:
+        return state.schedule(
+            self.name,
+            self.cron,
+            self.job_type,
+            self.args,
+            self.channel,
+            timezone=self.timezone,
+            catch_up=self.catch_up,
+            scope=scope,
+        )
+
+    def present(self, raw: ScheduleInfo) -> ScheduleInfo:
+        return _schedule_for_api(raw)
+
+    def to_wire(self, raw: ScheduleInfo) -> ScheduleInfo:
+        return _schedule_for_wire(raw)
+
+
+@attrs.frozen(kw_only=True)
+class Unschedule(Operation[bool, bool]):
+    """Remove the schedule ``name``: no slot fires after it. False if there is none
+    (a tenant sees only the schedules of its channels)."""
+
+    NAME = "unschedule"
+    RESULT = bool
+
+    name: str
+
+    def checked(self) -> Unschedule:
+        return Unschedule(name=check_schedule_name(self.name))
+
+    def apply(self, state: QueueState, scope: Scope) -> bool:
+        return state.unschedule(self.name, scope)
+
+
+@attrs.frozen(kw_only=True)
+class ListSchedules(Operation[list[ScheduleInfo], list[ScheduleInfo]]):
+    """Every schedule, by name (a tenant's: those of its channels)."""
+
+    NAME = "schedules"
+    RESULT = list[ScheduleInfo]
+
+    def apply(self, state: QueueState, scope: Scope) -> list[ScheduleInfo]:
+        return state.schedules(scope)
+
+    def present(self, raw: list[ScheduleInfo]) -> list[ScheduleInfo]:
+        return [_schedule_for_api(info) for info in raw]
+
+    def to_wire(self, raw: list[ScheduleInfo]) -> list[ScheduleInfo]:
+        return [_schedule_for_wire(info) for info in raw]
 
 
 OPERATIONS: dict[str, type[Operation[Any, Any]]] = dict(REGISTRY)

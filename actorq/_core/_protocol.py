@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         JobSummary,
         NewJob,
         QueueStats,
+        ScheduleInfo,
         WorkerInfo,
     )
 
@@ -235,4 +236,38 @@ class JobQueue(Protocol):
 
     async def stats(self) -> QueueStats:
         """Counts of jobs by state, ready jobs per type and channel, dequeuers, workers."""
+        ...
+
+    async def schedule(
+        self,
+        name: str,
+        cron: str,
+        job_type: str,
+        args: Any = None,
+        channel: str = "",
+        *,
+        timezone: str = "UTC",
+        catch_up: str = "last",
+    ) -> ScheduleInfo:
+        """Define the durable periodic job ``name``: at every slot of ``cron``
+        (croniter's syntax, read in the IANA ``timezone``), enqueue ``job_type``
+        with ``args`` in ``channel``.
+
+        Each slot fires once, across restarts and failovers: its job and the
+        schedule's last-fired mark are committed together. ``catch_up`` says
+        what happens to slots missed while the queue was not serving:
+        ``"last"`` fires the last one once, ``"none"`` skips them, ``"all"``
+        fires each (at most 100). Defining it again exactly as it is changes
+        nothing; a different definition replaces it, counting slots from now.
+        A bad cron expression, time zone or policy is a :class:`ValueError`.
+        Returns the schedule, with its next slot.
+        """
+        ...
+
+    async def unschedule(self, name: str) -> bool:
+        """Remove the schedule ``name`` (no slot fires after it); False if there is none."""
+        ...
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, by name, with its last and next slots."""
         ...

@@ -14,10 +14,10 @@ from ._entities import (
     JobEntry,
     StateAttributes,
     WorkerEntry,
+    phase_of,
     state_of,
 )
 from ._errors import CanceledError, NotExistError, NotRunningError, WorkerNotExistError
-from ._events import Phase
 from ._models import JobInfo, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from uuid import UUID
 
+    from ._events import Phase
     from ._records import JobRecord, WorkerRecord
 
 __all__ = ["StateReads"]
@@ -208,16 +209,7 @@ class StateReads(StateAttributes):
         """
         counts: dict[tuple[str, str], dict[Phase, int]] = {}
         for job in self._jobs.values():
-            if job.canceled:
-                phase = Phase.CANCELED
-            elif job.finished is not None:
-                phase = Phase.FAILED if job.failed else Phase.FINISHED
-            elif job.started is not None:
-                phase = Phase.RUNNING
-            elif job.ready_key:
-                phase = Phase.READY
-            else:
-                phase = Phase.BLOCKED
+            phase = phase_of(job)
             key = (job.type, job.channel)
             row = counts.get(key)
             if row is None:

@@ -11,7 +11,15 @@ from uuid import UUID
 
 import attrs
 
-__all__ = ["Assignment", "Changes", "JobRecord", "JobTuple", "WorkerRecord", "new_uuid4"]
+__all__ = [
+    "Assignment",
+    "Changes",
+    "JobRecord",
+    "JobTuple",
+    "ScheduleRecord",
+    "WorkerRecord",
+    "new_uuid4",
+]
 
 _VERSION_4_MASK = ~((0xC000 << 48) | (0xF000 << 64))
 _VERSION_4_BITS = (0x8000 << 48) | (0x4000 << 64)
@@ -90,6 +98,26 @@ class WorkerRecord:
 
 
 @attrs.frozen
+class ScheduleRecord:
+    """The durable form of a schedule.
+
+    ``created`` is when it was defined (or last redefined): its first slot is
+    the first after it. ``last_slot`` is the last slot it fired for, committed
+    with that slot's jobs, so no slot fires twice.
+    """
+
+    name: str
+    cron: str
+    job_type: str
+    args: str
+    channel: str
+    timezone: str
+    catch_up: str
+    created: datetime
+    last_slot: datetime | None
+
+
+@attrs.frozen
 class Changes:
     """What changed since the last :meth:`~actorq._core._state.QueueState.take_changes`."""
 
@@ -97,6 +125,15 @@ class Changes:
     deleted_jobs: list[UUID]
     workers: list[WorkerRecord]
     deleted_workers: list[UUID]
+    schedules: list[ScheduleRecord] = attrs.field(factory=list)
+    deleted_schedules: list[str] = attrs.field(factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.deleted_jobs or self.workers or self.deleted_workers)
+        return bool(
+            self.jobs
+            or self.deleted_jobs
+            or self.workers
+            or self.deleted_workers
+            or self.schedules
+            or self.deleted_schedules
+        )

@@ -42,6 +42,7 @@ from ._entities import (
     add_dependent,
     count_slot,
     is_delayed,
+    phase_of,
     remove_dependent,
 )
 from ._errors import (
@@ -74,8 +75,17 @@ from ._events import (
 )
 from ._index import ReadyIndex
 from ._reads import StateReads
-from ._records import Assignment, Changes, JobRecord, JobTuple, WorkerRecord, new_uuid4
+from ._records import (
+    Assignment,
+    Changes,
+    JobRecord,
+    JobTuple,
+    ScheduleRecord,
+    WorkerRecord,
+    new_uuid4,
+)
 from ._restore import StateRestore
+from ._schedules import ScheduleEntry, ScheduleRules
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Sequence
@@ -85,7 +95,7 @@ if TYPE_CHECKING:
 __all__ = ["QueueState"]
 
 
-class QueueState(StateReads, ReadyIndex, StateRestore):
+class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
     """The complete state of a job queue, and every rule that changes it.
 
     ``wall`` returns the current time as an aware UTC datetime, for the
@@ -128,6 +138,11 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         # below moves a job between these counts (_uncount before, _count after)
         self._counts = [0] * len(COUNT_SLOTS)
         self._delayed = 0
+        self._schedules: dict[str, ScheduleEntry] = {}
+        self._schedule_timers: list[tuple[float, int, str]] = []
+        self._schedule_generation = 0
+        self._changed_schedules: set[str] = set()
+        self._deleted_schedules: set[str] = set()
         self._assignments: list[tuple[int, Assignment | WorkerNotExistError]] = []
         self._track = track_changes
         self._changed_jobs: set[UUID] = set()
@@ -438,7 +453,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         if job.started is not None:
             raise RunningError()
         if (events := self._events) is not None:
-            phase = _phase(job)
+            phase = phase_of(job)
             events.append(JobFinished(job.id, job.type, job.channel, None, phase, True, None))
         self._uncount(job)
         self._unready(job)
@@ -472,7 +487,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
             if job.canceled or job.finished is not None:
                 continue
             if (events := self._events) is not None:
-                phase = _phase(job)
+                phase = phase_of(job)
                 events.append(JobCanceled(job.id, job.type, job.channel, job.worker_id, phase))
             self._uncount(job)
             if job.running:
@@ -539,7 +554,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                         )
                     self._unready(dependent)
         order = sorted((self._jobs[i] for i in revived), key=_seq)
-        befores = [_phase(job) for job in order]
+        befores = [phase_of(job) for job in order]
         for job in order:
             self._uncount(job)
             if job.token is not None:
@@ -624,7 +639,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         while stack:
             job = stack.pop()
             if (events := self._events) is not None:
-                events.append(JobDeleted(job.id, job.type, job.channel, _phase(job)))
+                events.append(JobDeleted(job.id, job.type, job.channel, phase_of(job)))
             self._uncount(job)
             self._unready(job)
             self._forget_unique(job)
@@ -710,7 +725,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
 
     def take_changes(self) -> Changes:
         """Records of every job and worker changed or deleted since the last call."""
+        schedules, deleted_schedules = self._take_schedule_changes()
         changes = Changes(
+            schedules=schedules,
+            deleted_schedules=deleted_schedules,
             jobs=[self._jobs[i].record() for i in self._changed_jobs],
             deleted_jobs=list(self._deleted_jobs),
             workers=[self._workers[i].record() for i in self._changed_workers],
@@ -744,6 +762,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         track_changes: bool = False,
         new_id: Callable[[], UUID] = new_uuid4,
         track_events: bool = False,
+        schedules: Iterable[ScheduleRecord] = (),
     ) -> QueueState:
         """Rebuild a queue from records, which must come in enqueue order.
 
@@ -773,6 +792,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
         finally:
             if collecting:
                 gc.enable()
+        # slots missed while the queue was down are due now (or skipped), by
+        # each schedule's catch-up policy
+        state._restore_schedules(schedules)
         return state
 
     # -------------------------------------------------------------- internals
@@ -806,15 +828,17 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                 del self._unique[key]
 
     def next_due(self) -> float | None:
-        """When (monotonic clock) the first delayed job falls due, or ``None``."""
+        """When (monotonic clock) the first delayed job falls due or the next
+        schedule fires, or ``None``."""
         timers = self._timers
+        schedule_due = self.next_schedule_due() if self._schedule_timers else None
         while timers:
             due, _, job_id = timers[0]
             job = self._jobs.get(job_id)
             if job is not None and job.due == due and job.pending and not job.waiting_on:
-                return due
+                return due if schedule_due is None else min(due, schedule_due)
             heapq.heappop(timers)  # settled, deleted or made ready since
-        return None
+        return schedule_due
 
     def release_due(self) -> int:
         """Make every delayed job whose time has come ready (handing it to a waiter
@@ -834,6 +858,8 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
                 self._readied(events, job, JobReady(job.id, job.type, job.channel))
             self._make_ready(job)
             released += 1
+        if self._schedule_timers:
+            released += self.fire_due_schedules()
         return released
 
     def _finish(self, job: JobEntry, result: str, failed: bool = False) -> None:
@@ -954,13 +980,3 @@ class QueueState(StateReads, ReadyIndex, StateRestore):
 
 def _seq(job: JobEntry) -> int:
     return job.seq
-
-
-def _phase(job: JobEntry) -> Phase:
-    if job.canceled:
-        return Phase.CANCELED
-    if job.finished is not None:
-        return Phase.FAILED if job.failed else Phase.FINISHED
-    if job.started is not None:
-        return Phase.RUNNING
-    return Phase.READY if job.ready_key else Phase.BLOCKED

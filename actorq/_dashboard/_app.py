@@ -92,15 +92,9 @@ def _state_of_phase(phase: Phase) -> JobState:
     return _STATE_VALUES.get(phase.value, JobState.PENDING)
 
 
-def _is_error(result: Any) -> bool:
-    return isinstance(result, dict) and result.get("error") is not None
-
-
 def _shown_state(status: JobStatus) -> str:
-    state = status.state.value
-    if state == JobState.FINISHED.value and _is_error(status.result):
-        return "failed"
-    return state
+    # the state as the queue settled it: a failure is explicit, never read from the result
+    return status.state.value
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
@@ -476,7 +470,7 @@ class Dashboard:
             shown_state=shown,
             args_json=_pretty(info.args),
             result_json=None if status.result is None else _pretty(status.result),
-            is_error=_is_error(status.result),
+            is_error=status.state is JobState.FAILED,
             graph_svg=render_svg(nodes, job_id),
             graph_size=len(nodes),
             graph_cut=cut,

@@ -28,7 +28,7 @@ class Node(NamedTuple):
 
     id: UUID
     type: str
-    state: str  # a JobState value, or "failed" for a job finished with an error
+    state: str  # a JobState value
     dependencies: tuple[UUID, ...]  # those inside the graph
 
 

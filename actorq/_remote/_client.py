@@ -63,9 +63,11 @@ from .._core._ops import (
     IdFromToken,
     InsertWorker,
     ListJobs,
+    ListSchedules,
     Operation,
     RefreshHeartbeat,
     RefreshHeartbeats,
+    Schedule,
     UpdateWorkerStatus,
     WaitForJob,
 )
@@ -139,7 +141,8 @@ _RETRY_CLOSES_4XXX = frozenset({ss.CLOSE_HELLO_TIMEOUT})
 # reply outstanding: they read, refresh, or wait for a job (a job handed to a
 # lost dequeue goes back when the connection drops, or when its heartbeat
 # lapses), or register a worker (a registration that did land is never
-# updated, so it goes stale and is removed as any stale worker is). Everything
+# updated, so it goes stale and is removed as any stale worker is), or define
+# a schedule (defining one again exactly as it is changes nothing). Everything
 # else raises rather than risk applying twice.
 _RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
     {
@@ -157,6 +160,8 @@ _RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
         UpdateWorkerStatus,
         GetWorkers,
         InsertWorker,
+        Schedule,
+        ListSchedules,
     }
 )
 
@@ -1337,6 +1342,7 @@ async def connect(
     reconnect: bool = True,
     reconnect_timeout: float | None = 60.0,
     keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
+    retry_on_start: bool = False,
 ) -> AsyncIterator[RemoteQueue]:
     """Connect to an actorq server; yield a :class:`RemoteQueue` for the block.
 
@@ -1365,8 +1371,15 @@ async def connect(
     unsupported version or a protocol violation is never retried: the queue
     closes, and every call raises :class:`QueueClosedError`.
 
+    With ``retry_on_start``, the first connection is retried the same way
+    (round the URL list, the same backoff, for up to ``reconnect_timeout``
+    seconds), so a worker started before its server waits for it; each
+    failed round is logged as a warning. Without it (the default) the first
+    connection is tried once per URL.
+
     Raises :class:`QueueClosedError` if no server answers within
-    ``connect_timeout`` seconds (the first connection is not retried), and
+    ``connect_timeout`` seconds (after ``reconnect_timeout`` with
+    ``retry_on_start``), and
     :class:`ProtocolError` if the server refuses the connection
     (``unauthorized``, ``unsupported_version``). Leaving the block closes the
     connection; running jobs stay running on the server until their
@@ -1389,6 +1402,8 @@ async def connect(
         _parse_url(candidate)  # a malformed URL is a bug, not a server that is down
     if not isinstance(reconnect, bool):
         raise TypeError(f"reconnect must be a bool, not {type(reconnect).__name__}")
+    if not isinstance(retry_on_start, bool):
+        raise TypeError(f"retry_on_start must be a bool, not {type(retry_on_start).__name__}")
     retry_for = _check_reconnect_timeout(reconnect_timeout)
     timeout = v.check_seconds(connect_timeout, "connect_timeout")
     send_wait = v.check_seconds(send_timeout, "send_timeout")
@@ -1398,6 +1413,51 @@ async def connect(
     async def dial(index: int) -> tuple[trio.abc.Stream, str, str]:
         return await _open_stream(urls[index % len(urls)], ssl_context)
 
+    give_up = math.inf if retry_for is None else trio.current_time() + retry_for
+    policy = _Reconnect(dial, retry_for, timeout)
+    delay = policy.initial_delay
+    while True:
+        async with _first_connection(
+            urls,
+            failures,
+            ssl_context=ssl_context,
+            timeout=timeout,
+            token=token,
+            heartbeat_interval=heartbeat_interval,
+            max_message_size=max_message_size,
+            send_wait=send_wait,
+            keepalive=keepalive,
+            reconnect=policy if reconnect else None,
+        ) as queue:
+            if queue is not None:
+                yield queue
+                return
+        summary = "cannot connect to the queue server: " + "; ".join(failures)
+        pause = random.uniform(delay / 2, delay)
+        if not retry_on_start or trio.current_time() + pause > give_up:
+            raise QueueClosedError(summary)
+        log.warning("%s; trying again in %.1f s", summary, pause)
+        await trio.sleep(pause)
+        delay = min(delay * 2, policy.max_delay)
+        failures.clear()
+
+
+@contextlib.asynccontextmanager
+async def _first_connection(
+    urls: list[str],
+    failures: list[str],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    timeout: float,
+    token: str | None,
+    heartbeat_interval: float | None,
+    max_message_size: int,
+    send_wait: float,
+    keepalive: float | None,
+    reconnect: _Reconnect | None,
+) -> AsyncIterator[RemoteQueue | None]:
+    """One round of the URL list: yields the queue of the first server that
+    answers, or ``None`` with each URL's failure appended to ``failures``."""
     for index, candidate in enumerate(urls):
         try:
             with trio.fail_after(timeout):
@@ -1424,7 +1484,7 @@ async def connect(
                 send_timeout=send_wait,
                 handshake_timeout=timeout,
                 keepalive_timeout=keepalive,
-                reconnect=_Reconnect(dial, retry_for, timeout) if reconnect else None,
+                reconnect=reconnect,
                 url_index=index,
             ) as queue:
                 entered = True
@@ -1438,7 +1498,7 @@ async def connect(
             failures.append(f"{candidate}: {exc.message}")
             continue
         return
-    raise QueueClosedError("cannot connect to the queue server: " + "; ".join(failures))
+    yield None
 
 
 StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]

@@ -16,7 +16,7 @@ import trio
 if TYPE_CHECKING:
     from uuid import UUID
 
-    from .._core._records import Changes, JobRecord, WorkerRecord
+    from .._core._records import Changes, JobRecord, ScheduleRecord, WorkerRecord
 
 __all__ = ["MemoryStore", "Store"]
 
@@ -42,6 +42,13 @@ class Store(Protocol):
         A dependency always precedes its dependent. Raises
         :class:`~actorq.StoreError` if the records cannot be read or are
         inconsistent: a queue is rebuilt from all of them or not at all.
+        """
+        ...
+
+    async def load_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule (:meth:`actorq.JobQueue.schedule`), called once, after :meth:`load`.
+
+        Raises :class:`~actorq.StoreError` if they cannot be read.
         """
         ...
 
@@ -79,10 +86,14 @@ class MemoryStore:
     def __init__(self) -> None:
         self.jobs: dict[UUID, JobRecord] = {}
         self.workers: dict[UUID, WorkerRecord] = {}
+        self.schedules: dict[str, ScheduleRecord] = {}
         self.commits = 0
 
     async def load(self) -> tuple[list[JobRecord], list[WorkerRecord]]:
         return sorted(self.jobs.values(), key=lambda r: r.seq), list(self.workers.values())
+
+    async def load_schedules(self) -> list[ScheduleRecord]:
+        return list(self.schedules.values())
 
     async def commit(self, changes: Changes) -> None:
         for job_id in changes.deleted_jobs:
@@ -93,6 +104,10 @@ class MemoryStore:
             self.workers.pop(worker_id, None)
         for worker in changes.workers:
             self.workers[worker.id] = worker
+        for name in changes.deleted_schedules:
+            self.schedules.pop(name, None)
+        for schedule in changes.schedules:
+            self.schedules[schedule.name] = schedule
         self.commits += 1
 
     async def watch(self) -> None:

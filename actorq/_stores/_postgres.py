@@ -67,6 +67,7 @@ from ._postgres_sql import (
     LOCK_HELD,
     ROW_HOLDERS,
     read_records,
+    read_schedules,
     write_changes,
 )
 from ._threads import run_sync
@@ -74,7 +75,7 @@ from ._threads import run_sync
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._core._records import Changes, JobRecord, WorkerRecord
+    from .._core._records import Changes, JobRecord, ScheduleRecord, WorkerRecord
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "store_from_url"]
 
@@ -162,6 +163,7 @@ class PostgresStore:
         self._lost_reason = ""
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._queries: dict[str, sql.Composed] = {}
+        self._loaded_schedules: list[ScheduleRecord] = []
 
     @property
     def lock_backend_pid(self) -> int | None:
@@ -208,6 +210,11 @@ class PostgresStore:
             with trio.CancelScope(shield=True):
                 await self._run(self._close_sync)
             raise
+
+    async def load_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, as :meth:`load` read it (in the same snapshot as the jobs)."""
+        schedules, self._loaded_schedules = self._loaded_schedules, []
+        return schedules
 
     async def commit(self, changes: Changes) -> None:
         """Write ``changes`` in one transaction that also checks the fencing epoch."""
@@ -392,6 +399,7 @@ class PostgresStore:
             try:
                 with conn.transaction():
                     records = self._read(conn)
+                    self._loaded_schedules = read_schedules(conn, self._sql)
             finally:
                 if not conn.broken:
                     conn.isolation_level = None

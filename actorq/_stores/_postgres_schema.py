@@ -6,9 +6,10 @@ transitions no job may make) and ``job_dependencies``, plus
 ``actorq_schema`` with the version. See ``docs/ha.md``. Version 2 adds the
 job lifecycle's columns (``failed``, ``cancel_on_failed_dependency``,
 ``failed_dependency``) and checks them in the transition trigger; version 3
-``priority``, ``not_before`` and ``unique_key``; version 4 lets the trigger
-pass a retry (``retry_job``: a failed or canceled job back to pending);
-version 5 keeps every channel of a worker (``workers.channels``).
+``priority``, ``not_before`` and ``unique_key``; version 4 the ``schedules``
+table (a schedule's definition and the last slot it fired for); version 5
+lets the trigger pass a retry (``retry_job``: a failed or canceled job back
+to pending); version 6 keeps every channel of a worker (``workers.channels``).
 """
 
 from __future__ import annotations
@@ -265,6 +266,24 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             ADD COLUMN priority integer NOT NULL DEFAULT 0,
             ADD COLUMN not_before timestamptz,
             ADD COLUMN unique_key text
+        """,
+    ),
+    (
+        # A schedule's slot and its last_slot mark are written in the same
+        # transaction as the job it enqueued, so a slot fires once, whichever
+        # process leads.
+        """
+        CREATE TABLE {s}.schedules (
+            name text PRIMARY KEY CHECK (name <> ''),
+            cron text NOT NULL,
+            job_type text NOT NULL CHECK (job_type <> ''),
+            args json NOT NULL,
+            channel text NOT NULL,
+            timezone text NOT NULL,
+            catch_up text NOT NULL CHECK (catch_up IN ('last', 'none', 'all')),
+            created timestamptz NOT NULL,
+            last_slot timestamptz
+        )
         """,
     ),
     _RETRY_MIGRATION,

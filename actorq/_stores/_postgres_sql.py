@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from .._core._records import Changes, JobRecord, WorkerRecord
+from .._core._records import Changes, JobRecord, ScheduleRecord, WorkerRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -91,6 +91,20 @@ UPSERT_WORKERS = """
     ORDER BY n
     ON CONFLICT (id) DO UPDATE SET updated = EXCLUDED.updated
 """
+UPSERT_SCHEDULES = """
+    INSERT INTO {s}.schedules
+        (name, cron, job_type, args, channel, timezone, catch_up, created, last_slot)
+    SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::json[], %b::text[], %b::text[],
+                         %b::text[], %b::timestamptz[], %b::timestamptz[])
+    ON CONFLICT (name) DO UPDATE SET cron = EXCLUDED.cron, job_type = EXCLUDED.job_type,
+        args = EXCLUDED.args, channel = EXCLUDED.channel, timezone = EXCLUDED.timezone,
+        catch_up = EXCLUDED.catch_up, created = EXCLUDED.created, last_slot = EXCLUDED.last_slot
+"""
+DELETE_SCHEDULES = "DELETE FROM {s}.schedules WHERE name = ANY(%b::text[])"
+LOAD_SCHEDULES = """
+    SELECT name, cron, job_type, args::text, channel, timezone, catch_up, created, last_slot
+    FROM {s}.schedules ORDER BY name
+"""
 DELETE_JOBS = "DELETE FROM {s}.jobs WHERE id = ANY(%b::uuid[])"
 DELETE_WORKERS = "DELETE FROM {s}.workers WHERE id = ANY(%b::uuid[])"
 LOAD_WORKERS = "SELECT id, channel, arch, updated, channels FROM {s}.workers ORDER BY seq"
@@ -138,6 +152,27 @@ def write_changes(
         cur.execute(sql(DELETE_JOBS), (list(changes.deleted_jobs),))
     if changes.deleted_workers:
         cur.execute(sql(DELETE_WORKERS), (list(changes.deleted_workers),))
+    # in the same transaction as the jobs a slot enqueued: its mark and its
+    # jobs commit together
+    if changes.deleted_schedules:
+        cur.execute(sql(DELETE_SCHEDULES), (list(changes.deleted_schedules),))
+    if changes.schedules:
+        ss = changes.schedules
+        cur.execute(
+            sql(UPSERT_SCHEDULES),
+            ([r.name for r in ss], [r.cron for r in ss], [r.job_type for r in ss],
+             [r.args for r in ss], [r.channel for r in ss], [r.timezone for r in ss],
+             [r.catch_up for r in ss], [r.created for r in ss], [r.last_slot for r in ss]),
+        )  # fmt: skip
+
+
+def read_schedules(
+    conn: psycopg.Connection[Any], sql: Callable[[str], Composed]
+) -> list[ScheduleRecord]:
+    """Every schedule, by name, in the caller's transaction."""
+    with conn.cursor() as cur:
+        cur.execute(sql(LOAD_SCHEDULES))
+        return [ScheduleRecord(*row) for row in cur.fetchall()]
 
 
 #: Rows per fetch of a load: big enough that round trips do not count, small

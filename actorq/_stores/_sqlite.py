@@ -37,7 +37,9 @@ from ._sqlite_rows import (
     job_row,
     job_update_row,
     read_jobs,
+    read_schedules,
     read_workers,
+    schedule_row,
     uuid_from_bytes,
     uuid_from_int,
     worker_row,
@@ -46,6 +48,7 @@ from ._sqlite_schema import (
     INSERT_JOB,
     SCHEMA_VERSION,
     UPDATE_JOB,
+    UPSERT_SCHEDULE,
     UPSERT_WORKER,
     corrupt_error,
     migrate,
@@ -55,7 +58,7 @@ from ._threads import run_sync
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._core._records import Changes, JobRecord, WorkerRecord
+    from .._core._records import Changes, JobRecord, ScheduleRecord, WorkerRecord
     from ._sqlite_backup import BackupResult
 
 __all__ = [
@@ -138,6 +141,18 @@ class SqliteStore:
         """
         try:
             return await self._run(self._load_sync)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.close()
+            raise
+
+    async def load_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, read on the connection :meth:`load` opened.
+
+        Raises :class:`StoreError` (and closes the store) if they cannot be read.
+        """
+        try:
+            return await self._run(self._load_schedules_sync)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.close()
@@ -294,6 +309,13 @@ class SqliteStore:
             raise StoreError(f"{self._path} cannot be read: {exc}") from exc
         return jobs, workers
 
+    def _load_schedules_sync(self) -> list[ScheduleRecord]:
+        conn = self._conn if self._conn is not None else self._open_sync()
+        try:
+            return read_schedules(conn, self._path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self._path} cannot be read: {exc}") from exc
+
     def _commit_sync(self, changes: Changes) -> None:
         if self._failure is not None:
             raise StoreError(
@@ -319,6 +341,8 @@ class SqliteStore:
         deleted_jobs = [(job_id.bytes,) for job_id in changes.deleted_jobs]
         deleted_workers = [(worker_id.bytes,) for worker_id in changes.deleted_workers]
         workers = [worker_row(rec) for rec in changes.workers]
+        deleted_schedules = [(name,) for name in changes.deleted_schedules]
+        schedules = [schedule_row(rec) for rec in changes.schedules]
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -337,6 +361,10 @@ class SqliteStore:
                     conn.executemany("DELETE FROM workers WHERE id = ?", deleted_workers)
                 if workers:
                     conn.executemany(UPSERT_WORKER, workers)
+                if deleted_schedules:
+                    conn.executemany("DELETE FROM schedules WHERE name = ?", deleted_schedules)
+                if schedules:
+                    conn.executemany(UPSERT_SCHEDULE, schedules)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -18,7 +18,7 @@ import attrs
 import orjson
 
 from .._core._errors import StoreError
-from .._core._records import JobRecord, WorkerRecord
+from .._core._records import JobRecord, ScheduleRecord, WorkerRecord
 from ._sqlite_schema import JOB_COLUMNS
 
 if TYPE_CHECKING:
@@ -259,7 +259,50 @@ def worker_row(rec: WorkerRecord) -> tuple[Any, ...]:
     return (rec.id.bytes, rec.channel, rec.arch, encode_time(rec.updated), channels)
 
 
+def schedule_row(rec: ScheduleRecord) -> tuple[Any, ...]:
+    return (
+        rec.name,
+        rec.cron,
+        rec.job_type,
+        rec.args,
+        rec.channel,
+        rec.timezone,
+        rec.catch_up,
+        encode_time(rec.created),
+        _optional_time(rec.last_slot),
+    )
+
+
 # ---------------------------------------------------------------- decoding
+
+
+def read_schedules(conn: sqlite3.Connection, path: str) -> list[ScheduleRecord]:
+    """Every schedule row, by name; :class:`StoreError` for a corrupt one."""
+    out: list[ScheduleRecord] = []
+    for row in conn.execute(
+        "SELECT name, cron, job_type, args, channel, timezone, catch_up, created, last_slot"
+        " FROM schedules ORDER BY name"
+    ):
+        try:
+            name, cron, job_type, args, channel, timezone, catch_up, created, last_slot = row
+            if not all(type(value) is str for value in row[:7]):
+                raise TypeError("a schedule's definition must be text")
+            out.append(
+                ScheduleRecord(
+                    name,
+                    cron,
+                    job_type,
+                    args,
+                    channel,
+                    timezone,
+                    catch_up,
+                    decode_time(created),
+                    None if last_slot is None else decode_time(last_slot),
+                )
+            )
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise StoreError(f"{path}: corrupt schedule record: {exc}") from exc
+    return out
 
 
 def read_workers(conn: sqlite3.Connection, path: str) -> list[WorkerRecord]:

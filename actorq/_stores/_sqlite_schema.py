@@ -1,15 +1,19 @@
 """The SQLite store's schema: its migrations, the version check, and its SQL text.
 
-Layout (schema version 3): ``jobs`` keyed by the enqueue sequence number (the
-rowid, so a full scan comes back in enqueue order), with a unique index on the
-job id; ``workers`` in insertion order; ``actorq_schema`` holding the schema
-version. UUIDs are 16-byte blobs, a job's dependencies one blob of 16 bytes
-per dependency, timestamps integer microseconds since the Unix epoch (UTC),
-and arguments and results the queue's JSON text, stored as ``TEXT`` unchanged.
+Layout (schema version 5, whose last step adds ``workers.channels``): ``jobs``
+keyed by the enqueue sequence number (the rowid, so a full scan comes back in
+enqueue order), with a unique index on the job id; ``workers`` in insertion
+order; ``actorq_schema`` holding the schema version. UUIDs are 16-byte blobs,
+a job's dependencies one blob of 16 bytes per dependency, timestamps integer
+microseconds since the Unix epoch (UTC), and arguments and results the
+queue's JSON text, stored as ``TEXT`` unchanged.
 Version 2 adds the job lifecycle's columns: ``failed`` (settled as a failure),
 ``cancel_on_failed_dependency`` and ``failed_dependency`` (the dependency
 whose failure canceled the job). Version 3 adds ``priority``, ``not_before``
-(integer microseconds, like every timestamp) and ``unique_key``.
+(integer microseconds, like every timestamp) and ``unique_key``. Version 4
+adds the ``schedules`` table, keyed by name: a schedule's definition, when it
+was defined (``created``) and the last slot it fired for (``last_slot``),
+timestamps as integer microseconds.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "JOB_COLUMNS",
     "SCHEMA_VERSION",
     "UPDATE_JOB",
+    "UPSERT_SCHEDULE",
     "UPSERT_WORKER",
     "VERSION_TABLE",
     "corrupt_error",
@@ -80,6 +85,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN not_before INTEGER",
         "ALTER TABLE jobs ADD COLUMN unique_key TEXT",
     ),
+    (
+        """
+        CREATE TABLE schedules (
+            name TEXT PRIMARY KEY,
+            cron TEXT NOT NULL,
+            job_type TEXT NOT NULL,
+            args TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            catch_up TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            last_slot INTEGER
+        )
+        """,
+    ),
     _WORKER_CHANNELS_MIGRATION,
 )
 
@@ -105,6 +125,14 @@ UPSERT_WORKER = (
     "INSERT INTO workers (id, channel, arch, updated, channels) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO UPDATE SET channel = excluded.channel, arch = excluded.arch,"
     " updated = excluded.updated, channels = excluded.channels"
+)
+
+UPSERT_SCHEDULE = (
+    "INSERT INTO schedules (name, cron, job_type, args, channel, timezone, catch_up, created,"
+    " last_slot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, job_type = excluded.job_type,"
+    " args = excluded.args, channel = excluded.channel, timezone = excluded.timezone,"
+    " catch_up = excluded.catch_up, created = excluded.created, last_slot = excluded.last_slot"
 )
 
 

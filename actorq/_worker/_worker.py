@@ -808,8 +808,8 @@ class Worker:
             "job %s (%s) interrupted by shutdown: %s",
             job.id,
             job.type,
-            "requeued" if requeued else "finished with an error after retries",
-            extra=self._job_extra(job, "requeued" if requeued else "finished"),
+            "requeued" if requeued else "failed: out of retries",
+            extra=self._job_extra(job, "requeued" if requeued else "failed"),
         )
 
     # ------------------------------------------------------------ testing aid
