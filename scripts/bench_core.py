@@ -18,20 +18,31 @@
   ready) and then withdrawn; one such request, and ``max_batch`` (1024) of
   them in one batch. Each batch is timed from posting its messages to the
   reply of a marker request posted behind them, in milliseconds.
+- ``stats_cost``: ``stats()`` over 1M jobs (100k with ``--quick``) in every
+  state (ready over 100 types x 100 channels, blocked, delayed, running,
+  finished, failed, canceled), through the queue and in the core alone,
+  beside the same run's full walk over every job (what ``stats()`` did before
+  it kept its counts at every transition: the baseline). Also runnable alone:
+  ``python scripts/bench_core.py --stats [--quick]``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 from bench import summarize, time_per_op
 
 import actorq
 from actorq._actor._scheduler import Park, Reply, Withdraw
+from actorq._core._entities import state_of
+from actorq._core._models import JobState, QueueStats
 from actorq._core._operation import MAX_MATCH_KEYS
 
 if TYPE_CHECKING:
@@ -162,6 +173,96 @@ async def _batch_at_limits(requests: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def _fill_states(state: QueueState, jobs: int) -> None:
+    # jobs in every state, a tenth of them each but ready (half), spread over
+    # 100 types x 100 channels
+    tenth = jobs // 10
+    for i in range(jobs - 5 * tenth):
+        state.enqueue(f"type{i % 100}", "null", (), f"chan{(i // 100) % 100}")
+    for i in range(tenth):
+        state.enqueue("later", "null", (), f"chan{i % 100}", delay=1e9)
+    settled = [state.enqueue("work", "null", (), "") for _ in range(4 * tenth)]
+    for i, job_id in enumerate(settled):
+        if i % 4 == 3:
+            state.cancel_job(job_id)
+            continue
+        got = state.dequeue(("work",), None)
+        assert got is not None
+        if i % 4:
+            state.finish_job(got.id, "null", failed=i % 4 == 2)
+    blocker = settled[0]  # still running: its dependents stay blocked
+    for i in range(tenth):
+        state.enqueue("after", "null", (blocker,), f"chan{i % 100}")
+
+
+def _stats_by_walking(state: QueueState) -> QueueStats:
+    # the baseline: every job visited, as stats() did before keeping counts
+    ready: dict[tuple[str, str], int] = {}
+    counts = dict.fromkeys(JobState, 0)
+    blocked = delayed = 0
+    for job in state._jobs.values():
+        job_state = state_of(job)
+        counts[job_state] += 1
+        if job.ready_key:
+            key = (job.type, job.channel)
+            ready[key] = ready.get(key, 0) + 1
+        elif job_state is JobState.PENDING:
+            blocked += 1
+            if job.due and not job.waiting_on:
+                delayed += 1
+    return QueueStats(
+        jobs=len(state._jobs),
+        pending=counts[JobState.PENDING],
+        ready=sorted((t, c, n) for (t, c), n in ready.items()),
+        blocked=blocked,
+        running=counts[JobState.RUNNING],
+        finished=counts[JobState.FINISHED],
+        canceled=counts[JobState.CANCELED],
+        waiting_dequeuers=state.waiter_count,
+        workers=len(state._workers),
+        failed=counts[JobState.FAILED],
+        delayed=delayed,
+    )
+
+
+async def _stats_cost(jobs: int, repeats: int) -> dict[str, Any]:
+    async with actorq.open_queue(maintenance=None) as queue:
+        await queue._call(lambda s: _fill_states(s, jobs))
+        kept: QueueStats = await queue._call(lambda s: s.stats())
+        walked: QueueStats = await queue._call(_stats_by_walking)
+        assert attrs.evolve(kept, ready=sorted(kept.ready)) == walked, (kept, walked)
+        calls = 200
+
+        async def through_queue() -> None:
+            for _ in range(calls):
+                await queue.stats()
+
+        def core_calls(state: QueueState) -> None:
+            for _ in range(calls):
+                state.stats()
+
+        queue_samples = await time_per_op(through_queue, calls, repeats)
+        core_samples = []
+        walk_samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            await queue._call(core_calls)
+            core_samples.append((time.perf_counter() - start) / calls)
+            start = time.perf_counter()
+            await queue._call(_stats_by_walking)
+            walk_samples.append(time.perf_counter() - start)
+        core_us = statistics.median(core_samples) * 1e6
+        walk_us = statistics.median(walk_samples) * 1e6
+        return {
+            "jobs": jobs,
+            "ready_keys": len(kept.ready),
+            "queue_stats": summarize(queue_samples),
+            "core_stats": summarize(core_samples),
+            "baseline_core_walk_every_job": summarize(walk_samples),
+            "walk_to_kept_ratio": walk_us / max(core_us, 1e-9),
+        }
+
+
 async def _main(quick: bool) -> dict[str, Any]:
     ops = 2_000 if quick else 20_000
     repeats = 3 if quick else 7
@@ -198,8 +299,18 @@ async def _main(quick: bool) -> dict[str, Any]:
             await _batch_at_limits(1, repeats),
             await _batch_at_limits(1024, 1 if quick else 3),
         ],
+        "stats_cost": await _stats_cost(sizes[-1], repeats),
     }
 
 
 def run(quick: bool) -> dict[str, Any]:
     return trio.run(_main, quick)
+
+
+if __name__ == "__main__":
+    # the stats section alone: python scripts/bench_core.py --stats [--quick]
+    if "--stats" not in sys.argv[1:]:
+        sys.exit("usage: python scripts/bench_core.py --stats [--quick] (every section: bench.py)")
+    quick = "--quick" in sys.argv[1:]
+    figures = trio.run(_stats_cost, 100_000 if quick else 1_000_000, 3 if quick else 7)
+    print(json.dumps({"stats_cost": figures}, indent=2))

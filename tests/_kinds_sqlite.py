@@ -163,6 +163,9 @@ class ReopeningQueue:
     async def cancel_job(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call("cancel_job", *args, **kwargs)
 
+    async def retry_job(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("retry_job", *args, **kwargs)
+
     async def job_status(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call("job_status", *args, **kwargs)
 

@@ -59,6 +59,21 @@ def test_enqueue_status_jobs_cancel_delete(store: str) -> None:
     assert run(store, "jobs").output.strip().splitlines()[1:] == []
 
 
+def test_retry_puts_a_canceled_tree_back(store: str) -> None:
+    first = UUID(run(store, "enqueue", "build").output.strip())
+    second = UUID(run(store, "enqueue", "publish", "--after", str(first)).output.strip())
+    assert run(store, "cancel", str(first)).exit_code == 0
+    result = run(store, "retry", str(first))
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"retried {first}", f"retried {second}"]
+    assert json.loads(run(store, "status", str(first)).output)["state"] == "pending"
+    assert json.loads(run(store, "status", str(second)).output)["state"] == "pending"
+    again = CliRunner().invoke(main, ["--store", store, "retry", str(first)])
+    assert again.exit_code == 1
+    assert "is pending" in again.output
+    assert "Traceback" not in again.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -31,7 +31,6 @@ import pytest
 import trio
 
 import actorq
-from actorq._core._ops import OPERATIONS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -52,7 +51,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ADMIN = "admin-secret"
-TENANTS = {"token-red": ["red"], "token-blue": ["blue"]}
+TENANTS = {"token-red": ["red", "green"], "token-blue": ["blue"]}
 IMAGES = Path(
     os.environ.get("ACTORQ_SCREENSHOTS")
     or Path(tempfile.gettempdir()) / "actorq-dashboard-screenshots"
@@ -159,7 +158,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     worker = subprocess.Popen(
         [
             *(PYTHON, "-m", "actorq", "--url", srv.url, "--token", "token-red", "worker"),
-            *("--type", "sleep", "--channel", "red", "--concurrency", "4", "--grace", "1"),
+            *("--type", "sleep", "--channel", "red", "--channel", "green"),
+            *("--concurrency", "4", "--grace", "1"),
             "--",
             *(PYTHON, str(script)),
         ],
@@ -273,6 +273,8 @@ def test_pages_render_and_depth_updates_live(server: Server, browser: Browser) -
     running = page.locator("#workers-table a.running")
     expect(running).to_contain_text("sleep")  # what the worker runs now, with elapsed time
     expect(running).to_contain_text(re.compile(r"\d+ s"))
+    # every channel it serves, the first first
+    expect(page.locator("#workers-table td.channels")).to_have_text("red, green")
     _shot(page, "workers")
 
     page.goto(server.http + "/jobs?state=pending")
@@ -375,12 +377,12 @@ def test_retry_a_failed_job(server: Server, browser: Browser) -> None:
     page = _page(browser)
     page.goto(f"{server.http}/jobs/{job_id}")
     expect(page.locator("#job-state")).to_have_text("failed")
-    if "retry_job" not in OPERATIONS:
-        # the queue has no retry operation: the dashboard offers none
-        expect(page.locator("#action-retry")).to_have_count(0)
-        pytest.skip("this queue has no retry operation, so the dashboard offers no retry")
-    page.click("#action-retry")  # pragma: no cover - once the queue can retry
-    expect(page.locator("#notice")).to_have_text("job retried")  # pragma: no cover
+    page.click("#action-retry")
+    expect(page.locator("#notice")).to_have_text("job retried")
+    expect(page.locator("#job-state")).to_have_text("pending")
+    expect(page.locator("#action-retry")).to_have_count(0)  # pending: nothing to retry
+    status: actorq.JobStatus = server.call(lambda q: q.job_status(job_id))
+    assert (status.state, status.result) == (actorq.JobState.PENDING, None)
 
 
 def test_a_tenant_sees_none_of_another_tenants_jobs(server: Server, browser: Browser) -> None:

@@ -111,7 +111,7 @@ async def test_a_version_1_sqlite_queue_is_upgraded_and_keeps_its_jobs(tmp_path:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     finally:
         conn.close()
-    assert version == [(_sqlite_schema.SCHEMA_VERSION,)] == [(4,)]
+    assert version == [(_sqlite_schema.SCHEMA_VERSION,)]
     assert {"failed", "cancel_on_failed_dependency", "failed_dependency"} <= columns
     async with actorq.open_queue(f"sqlite:///{path}", maintenance=None) as queue:
         await check_failure_kept(queue)
@@ -184,14 +184,26 @@ async def test_a_version_1_postgres_queue_is_upgraded_and_keeps_its_jobs(
         version = conn.execute(
             _postgres_schema.q("SELECT version FROM {s}.actorq_schema", schema)
         ).fetchall()
-        assert version == [(_postgres_schema.SCHEMA_VERSION,)] == [(4,)]
+        assert version == [(_postgres_schema.SCHEMA_VERSION,)]
         # the new columns keep the rules: a failed job has finished
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute(
                 _postgres_schema.q("UPDATE {s}.jobs SET failed = true WHERE seq = 2", schema)
             )
+    # a job that finished successfully stays final, retries or not
+    with psycopg.connect(pg.url()) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            _postgres_schema.q(
+                "UPDATE {s}.jobs SET finished = NULL, started = NULL, result = NULL WHERE seq = 1",
+                schema,
+            )
+        )
     async with actorq.open_queue(PostgresStore(pg.url(), schema=schema), maintenance=None) as q:
         await check_failure_kept(q)
+        # the upgraded trigger lets a retry through
+        assert await q.retry_job(RUNNING) == [RUNNING]  # retries 1 -> 0
+    async with actorq.open_queue(PostgresStore(pg.url(), schema=schema), maintenance=None) as q:
+        assert (await q.job_status(RUNNING)).state is actorq.JobState.PENDING
 
 
 # ------------------------------------------------ clients of protocol 1 and 2

@@ -373,7 +373,7 @@ async def test_a_version_3_sqlite_queue_is_upgraded_and_keeps_schedules(
         names = [row[0] for row in conn.execute("SELECT name FROM schedules")]
     finally:
         conn.close()
-    assert version == [(_sqlite_schema.SCHEMA_VERSION,)] == [(4,)]
+    assert version == [(_sqlite_schema.SCHEMA_VERSION,)]
     assert names == ["s"]
 
 
@@ -506,7 +506,7 @@ async def test_a_version_3_postgres_queue_is_upgraded_and_keeps_schedules(
             version = conn.execute(
                 _postgres_schema.q("SELECT version FROM {s}.actorq_schema", schema)
             ).fetchall()
-            assert version == [(_postgres_schema.SCHEMA_VERSION,)] == [(4,)]
+            assert version == [(_postgres_schema.SCHEMA_VERSION,)]
             names = conn.execute(_postgres_schema.q("SELECT name FROM {s}.schedules", schema))
             assert names.fetchall() == [("s",)]
             # the table keeps its rules: no policy but the three

@@ -67,6 +67,7 @@ SAMPLES: list[w.Message] = [
     R(8, ops.UpdateJobResult(job_id=U1, token=U2, result=J([1]))),
     R(9, ops.FailJob(job_id=U1, result=J("boom"))),
     R(10, ops.CancelJob(job_id=U1)),
+    R(10, ops.RetryJob(job_id=U1)),
     R(11, ops.GetJobStatus(job_id=U1)),
     R(11, ops.WaitForJob(job_id=U1, timeout=2.5)),
     R(

@@ -42,6 +42,7 @@ from .._core._events import (
     JobReady,
     JobReleased,
     JobRequeued,
+    JobRetried,
     JobStarted,
     Phase,
     WorkerDeleted,
@@ -298,6 +299,7 @@ class MetricsSubscriber:
             JobRequeued: self._on_requeued,
             JobReleased: self._on_released,
             JobCanceled: self._on_canceled,
+            JobRetried: self._on_retried,
             JobDeleted: self._on_deleted,
             WorkerSeen: self._on_worker_seen,
             WorkerDeleted: self._on_worker_deleted,
@@ -404,6 +406,14 @@ class MetricsSubscriber:
     def _on_deleted(self, e: JobDeleted) -> None:
         self._leave((e.job_type, e.channel), e.phase)
 
+    def _on_retried(self, e: JobRetried) -> None:
+        key = (e.job_type, e.channel)
+        self._leave(key, e.before)
+        if e.ready:
+            self._add_ready(key)
+        else:
+            self._blocked += 1
+
     def _on_worker_seen(self, e: WorkerSeen) -> None:
         if e.new:
             self._workers += 1
@@ -446,6 +456,7 @@ class JobCounter:
             JobRequeued: self._on_back,
             JobReleased: self._on_back,
             JobCanceled: self._on_canceled,
+            JobRetried: self._on_retried,
             JobDeleted: self._on_deleted,
         }
 
@@ -517,6 +528,10 @@ class JobCounter:
 
     def _on_deleted(self, e: JobDeleted) -> None:
         self._move((e.job_type, e.channel), e.phase, None)
+
+    def _on_retried(self, e: JobRetried) -> None:
+        entered = Phase.READY if e.ready else Phase.BLOCKED
+        self._move((e.job_type, e.channel), e.before, entered)
 
 
 class CountingMetrics(QueueMetrics):
@@ -590,7 +605,8 @@ class EventLog:
     """Logs a queue's events to ``actorq.jobs`` and ``actorq.workers``.
 
     A :data:`~actorq._actor._scheduler.Subscriber`. Enqueue, start, finish,
-    failure, requeue and cancel are logged at INFO, a job becoming ready,
+    failure, requeue, cancel and retry are logged at INFO, a job becoming ready
+    (or waiting again for a retried dependency),
     being given back undelivered or deleted at DEBUG; a worker's registration
     and removal at INFO, its status reports at DEBUG. A level the logger has
     disabled costs one check per event.
@@ -605,6 +621,7 @@ class EventLog:
             JobRequeued: self._requeued,
             JobReleased: self._released,
             JobCanceled: self._canceled,
+            JobRetried: self._retried,
             JobDeleted: self._deleted,
             WorkerSeen: self._worker_seen,
             WorkerDeleted: self._worker_deleted,
@@ -670,6 +687,14 @@ class EventLog:
     def _canceled(self, e: JobCanceled) -> None:
         self._job(logging.INFO, "job %s (%s, channel %r) canceled", "job_canceled",
                   e.job_id, e.job_type, e.channel, e.worker_id)  # fmt: skip
+
+    def _retried(self, e: JobRetried) -> None:
+        if e.before is Phase.READY:
+            self._job(logging.DEBUG, "job %s (%s, channel %r) waits again for a retried dependency",
+                      "job_blocked", e.job_id, e.job_type, e.channel)  # fmt: skip
+        else:
+            self._job(logging.INFO, "job %s (%s, channel %r) retried", "job_retried",
+                      e.job_id, e.job_type, e.channel)  # fmt: skip
 
     def _deleted(self, e: JobDeleted) -> None:
         self._job(logging.DEBUG, "job %s (%s, channel %r) deleted", "job_deleted",

@@ -81,4 +81,9 @@ async def split_workers(
 def worker_rows(workers: list[WorkerInfo]) -> list[list[str]]:
     from ._main import _time
 
-    return [[str(w.id), w.channel or "''", w.arch, _time(w.updated)] for w in workers]
+    return [[str(w.id), _channels(w), w.arch, _time(w.updated)] for w in workers]
+
+
+def _channels(worker: WorkerInfo) -> str:
+    # every channel it serves (a server older than protocol 3 names only the first)
+    return ",".join(c or "''" for c in (worker.channels or (worker.channel,)))

@@ -851,6 +851,17 @@ def cancel_command(ctx: click.Context, job_id: str) -> None:
     click.echo(f"canceled {UUID(job_id)}")
 
 
+@main.command("retry")
+@click.argument("job_id")
+@click.pass_context
+def retry_command(ctx: click.Context, job_id: str) -> None:
+    """Put a failed or canceled job back to pending, with the dependents canceled
+    on its account; print each job put back."""
+    revived = _on_job(ctx, job_id, lambda q, i: q.retry_job(i))
+    for revived_id in revived:
+        click.echo(f"retried {revived_id}")
+
+
 @main.command("delete")
 @click.argument("job_id")
 @click.pass_context

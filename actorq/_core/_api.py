@@ -202,6 +202,9 @@ class QueueAPI:
     async def cancel_job(self, job_id: UUID) -> None:
         await self._run(o.CancelJob(job_id=job_id))
 
+    async def retry_job(self, job_id: UUID) -> list[UUID]:
+        return await self._run(o.RetryJob(job_id=job_id))
+
     async def job_status(self, job_id: UUID) -> JobStatus:
         return await self._run(o.GetJobStatus(job_id=job_id))
 
@@ -231,8 +234,9 @@ class QueueAPI:
     async def delete_job(self, job_id: UUID) -> None:
         await self._run(o.DeleteJob(job_id=job_id))
 
-    async def insert_worker(self, channel: str, arch: str) -> UUID:
-        return await self._run(o.InsertWorker(channel=channel, arch=arch))
+    async def insert_worker(self, channel: str, arch: str, *, channels: Sequence[str] = ()) -> UUID:
+        given: Any = channels
+        return await self._run(o.InsertWorker(channel=channel, arch=arch, channels=given))
 
     async def update_worker_status(self, worker_id: UUID) -> None:
         await self._run(o.UpdateWorkerStatus(worker_id=worker_id))

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANY_CHANNEL",
     "COMPACT_SLACK",
+    "COUNT_SLOTS",
     "JobEntry",
     "ReadyHeap",
     "StateAttributes",
@@ -32,6 +33,8 @@ __all__ = [
     "WaiterQueue",
     "WorkerEntry",
     "add_dependent",
+    "count_slot",
+    "is_delayed",
     "remove_dependent",
     "state_of",
 ]
@@ -111,9 +114,16 @@ class WorkerEntry:
     updated: datetime
     heartbeat: float
     active_jobs: set[UUID] = attrs.field(factory=set)
+    channels: tuple[str, ...] = ()  # every channel, ``channel`` first
 
     def record(self) -> WorkerRecord:
-        return WorkerRecord(id=self.id, channel=self.channel, arch=self.arch, updated=self.updated)
+        return WorkerRecord(
+            id=self.id,
+            channel=self.channel,
+            arch=self.arch,
+            updated=self.updated,
+            channels=self.channels,
+        )
 
 
 @attrs.define(slots=True, eq=False)
@@ -170,6 +180,34 @@ def state_of(job: JobEntry) -> JobState:
     return JobState.PENDING
 
 
+#: Where each state's count sits in ``QueueState._counts`` (a list: an enum
+#: member hashes in Python code, an index does not).
+PENDING_SLOT, RUNNING_SLOT, FINISHED_SLOT, FAILED_SLOT, CANCELED_SLOT = range(5)
+COUNT_SLOTS: dict[JobState, int] = {
+    JobState.PENDING: PENDING_SLOT,
+    JobState.RUNNING: RUNNING_SLOT,
+    JobState.FINISHED: FINISHED_SLOT,
+    JobState.FAILED: FAILED_SLOT,
+    JobState.CANCELED: CANCELED_SLOT,
+}
+
+
+def count_slot(job: JobEntry) -> int:
+    """The slot of the job's state in ``QueueState._counts`` (as :func:`state_of`)."""
+    if job.canceled:
+        return CANCELED_SLOT
+    if job.finished is not None:
+        return FAILED_SLOT if job.failed else FINISHED_SLOT
+    if job.started is not None:
+        return RUNNING_SLOT
+    return PENDING_SLOT
+
+
+def is_delayed(job: JobEntry) -> bool:
+    """Pending, every dependency settled, its time not come (``stats().delayed``)."""
+    return bool(job.due) and not job.waiting_on and job.started is None and not job.canceled
+
+
 def phase_of(job: JobEntry) -> Phase:
     """The :class:`Phase` of ``job``: its state, with pending split into ready and blocked."""
     if job.canceled:
@@ -202,3 +240,5 @@ class StateAttributes:
     _next_ready_key: int
     _timers: list[tuple[float, int, UUID]]
     _unique: dict[tuple[str, str], UUID]
+    _counts: list[int]  # jobs per state (by COUNT_SLOTS), kept at every transition
+    _delayed: int  # pending jobs with every dependency settled, waiting for their time

@@ -88,6 +88,15 @@ class HasDependentsError(JobQueueError):
     default_message = "other jobs depend on this job"
 
 
+class NotRetryableError(JobQueueError):
+    """The job cannot be retried now: it is pending, a dependency it needs is
+    canceled, a dependency it opted out after has failed, or another job holds
+    its unique key. The message says which."""
+
+    code = "not_retryable"
+    default_message = "job cannot be retried"
+
+
 class WorkerNotExistError(JobQueueError):
     """The worker does not exist."""
 
@@ -168,6 +177,7 @@ ERRORS_BY_CODE: dict[str, type[JobQueueError]] = {
         RunningError,
         FinishedError,
         HasDependentsError,
+        NotRetryableError,
         WorkerNotExistError,
         ActiveJobsError,
         QueueClosedError,

@@ -20,7 +20,10 @@ depth follow from the events alone:
   made it ready);
 - :class:`JobRequeued` and :class:`JobReleased` move ``RUNNING`` to ``READY``;
 - :class:`JobFinished` and :class:`JobCanceled` end in ``FINISHED`` and
-  ``CANCELED``; :class:`JobDeleted` removes the job.
+  ``CANCELED``; :class:`JobDeleted` removes the job;
+- :class:`JobRetried` moves a job back to ``READY`` or ``BLOCKED``: from
+  ``FAILED`` or ``CANCELED`` (``retry_job``), or from ``READY`` (a ready
+  dependent of a retried job, which waits for it again).
 
 Durations are measured on the core's monotonic clock at the change. They are
 ``None`` when the job entered its phase before the queue was restored from a
@@ -46,6 +49,7 @@ __all__ = [
     "JobReady",
     "JobReleased",
     "JobRequeued",
+    "JobRetried",
     "JobStarted",
     "Phase",
     "WorkerDeleted",
@@ -170,6 +174,19 @@ class JobCanceled:
 
 
 @attrs.frozen
+class JobRetried:
+    """A job went back to pending through ``retry_job``: the job retried, a
+    dependent canceled on its account, or (``before`` ``READY``, ``ready``
+    False) a ready dependent that waits for the retried job again."""
+
+    job_id: UUID
+    job_type: str
+    channel: str
+    before: Phase
+    ready: bool
+
+
+@attrs.frozen
 class JobDeleted:
     """A job was deleted while in ``phase`` (never ``RUNNING``)."""
 
@@ -220,6 +237,7 @@ Event: TypeAlias = (
     | JobRequeued
     | JobReleased
     | JobCanceled
+    | JobRetried
     | JobDeleted
     | WorkerSeen
     | WorkerDeleted

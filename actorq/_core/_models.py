@@ -84,12 +84,17 @@ class JobInfo:
 
 @attrs.frozen
 class WorkerInfo:
-    """A registered worker and when it last reported."""
+    """A registered worker and when it last reported.
+
+    ``channel`` is its first channel; ``channels`` all of them, in the order it
+    registered them (``channel`` first).
+    """
 
     id: UUID
     channel: str
     arch: str
     updated: datetime
+    channels: tuple[str, ...] = attrs.field(default=(), metadata={"since": 3})
 
 
 @attrs.frozen

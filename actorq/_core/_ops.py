@@ -437,6 +437,23 @@ class CancelJob(_JobOperation[None, None]):
 
 
 @attrs.frozen(kw_only=True)
+class RetryJob(_JobOperation[list[UUID], list[UUID]]):
+    """Put a failed or canceled job back to pending, with the dependents canceled
+    on its account (docs/lifecycle.md); the result lists the jobs put back, the
+    job's id first, then its dependents in enqueue order (a tenant's only those
+    of its channels)."""
+
+    NAME = "retry_job"
+    RESULT = list[UUID]
+
+    def apply(self, state: QueueState, scope: Scope) -> list[UUID]:
+        revived = state.retry_job(self.job_id)
+        if scope is None:
+            return revived
+        return [j for j in revived if state.job_channel(j) in scope]
+
+
+@attrs.frozen(kw_only=True)
 class DeleteJob(_JobOperation[None, None]):
     NAME = "delete_job"
     SETTLES = True
@@ -670,17 +687,21 @@ class InsertWorker(Operation[UUID, UUID]):
 
     channel: str
     arch: str
+    channels: tuple[str, ...] = attrs.field(default=(), metadata=SINCE_3)
 
     def checked(self) -> InsertWorker:
+        channels = v.check_strings(self.channels, "channels", allow_empty_items=True)
         return InsertWorker(
-            channel=v.check_channel(self.channel), arch=v.check_str(self.arch, "arch")
+            channel=v.check_channel(self.channel),
+            arch=v.check_str(self.arch, "arch"),
+            channels=tuple(v.check_channel(c) for c in channels),
         )
 
     def access(self) -> Access:
-        return Access(channels=(self.channel,))
+        return Access(channels=tuple(dict.fromkeys((self.channel, *self.channels))))
 
     def apply(self, state: QueueState, scope: Scope) -> UUID:
-        return state.insert_worker(self.channel, self.arch)
+        return state.insert_worker(self.channel, self.arch, self.channels)
 
 
 @attrs.frozen(kw_only=True)

@@ -158,6 +158,22 @@ class JobQueue(Protocol):
         """Cancel a pending or running job, and its pending dependents."""
         ...
 
+    async def retry_job(self, job_id: UUID) -> list[UUID]:
+        """Put a failed or canceled job back to pending; return the jobs put back.
+
+        The job keeps its id, type, args, channel, priority and dependencies;
+        its result, timestamps and retries are cleared, and it becomes ready
+        once its dependencies allow. Its dependents canceled on its account
+        (``cancel_on_failed_dependency``, or its own cancel's cascade) come
+        back with it, so a whole tree is retried in one call; the result is
+        the job's id, then theirs in enqueue order. Pending dependents of a
+        failed job wait for it again. :class:`FinishedError` for a job that
+        finished successfully, :class:`RunningError` for a running one,
+        :class:`NotRetryableError` for a pending one or one that could not
+        run (see docs/lifecycle.md); any error changes nothing.
+        """
+        ...
+
     async def job_status(self, job_id: UUID) -> JobStatus: ...
 
     async def wait(self, job_id: UUID, *, timeout: float | None = None) -> JobStatus:
@@ -187,7 +203,10 @@ class JobQueue(Protocol):
 
     async def delete_job(self, job_id: UUID) -> None: ...
 
-    async def insert_worker(self, channel: str, arch: str) -> UUID: ...
+    async def insert_worker(self, channel: str, arch: str, *, channels: Sequence[str] = ()) -> UUID:
+        """Register a worker of ``channel`` (and of ``channels`` after it: a worker
+        that serves several); ``workers()`` lists them all in ``channels``."""
+        ...
 
     async def update_worker_status(self, worker_id: UUID) -> None: ...
 

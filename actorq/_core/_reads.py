@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._entities import (
+    ANY_CHANNEL,
+    COUNT_SLOTS,
     JobEntry,
     StateAttributes,
     WorkerEntry,
@@ -216,31 +218,33 @@ class StateReads(StateAttributes):
         return counts
 
     def stats(self) -> QueueStats:
-        ready: dict[tuple[str, str], int] = {}
-        counts = dict.fromkeys(JobState, 0)
-        blocked = delayed = 0
-        for job in self._jobs.values():
-            job_state = state_of(job)
-            counts[job_state] += 1
-            if job.ready_key:
-                key = (job.type, job.channel)
-                ready[key] = ready.get(key, 0) + 1
-            elif job_state is JobState.PENDING:
-                blocked += 1
-                if job.due and not job.waiting_on:
-                    delayed += 1
+        """Counts of the queue, in time independent of the number of jobs.
+
+        The counts per state and of delayed jobs are kept at every transition;
+        ready jobs are the live entries of the ready heaps, so a call costs one
+        step per (type, channel) pair with ready jobs (listed in no particular
+        order).
+        """
+        counts = self._counts
+        slot = COUNT_SLOTS
+        ready = [
+            (job_type, channel, heap.live)
+            for (job_type, channel), heap in self._ready.items()
+            if channel is not ANY_CHANNEL
+        ]
+        pending = counts[slot[JobState.PENDING]]
         return QueueStats(
             jobs=len(self._jobs),
-            pending=counts[JobState.PENDING],
-            ready=[(t, c, n) for (t, c), n in ready.items()],
-            blocked=blocked,
-            running=counts[JobState.RUNNING],
-            finished=counts[JobState.FINISHED],
-            canceled=counts[JobState.CANCELED],
+            pending=pending,
+            ready=ready,
+            blocked=pending - sum(n for _, _, n in ready),
+            running=counts[slot[JobState.RUNNING]],
+            finished=counts[slot[JobState.FINISHED]],
+            canceled=counts[slot[JobState.CANCELED]],
             waiting_dequeuers=len(self._waiters_by_id),
             workers=len(self._workers),
-            failed=counts[JobState.FAILED],
-            delayed=delayed,
+            failed=counts[slot[JobState.FAILED]],
+            delayed=self._delayed,
         )
 
     def job_ids(self) -> Iterator[UUID]:
@@ -250,7 +254,9 @@ class StateReads(StateAttributes):
         """Workers whose last status update is at least ``older_than`` seconds old."""
         now = self._monotonic()
         return [
-            WorkerInfo(id=w.id, channel=w.channel, arch=w.arch, updated=w.updated)
+            WorkerInfo(
+                id=w.id, channel=w.channel, arch=w.arch, updated=w.updated, channels=w.channels
+            )
             for w in self._workers.values()
             if now - w.heartbeat >= older_than
         ]

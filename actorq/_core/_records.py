@@ -119,6 +119,9 @@ class WorkerRecord:
     channel: str
     arch: str
     updated: datetime
+    # every channel, ``channel`` first; empty in a record stored before
+    # workers kept them all, which means ``(channel,)``
+    channels: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING
 
 from ._entities import (
     ANY_CHANNEL,
+    COUNT_SLOTS,
     JobEntry,
     ReadyHeap,
     StateAttributes,
     add_dependent,
 )
+from ._models import JobState
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -44,6 +46,9 @@ class StateRestore(StateAttributes):
         unique = self._unique
         wall_now = self._wall()
         prioritized = False
+        # jobs per state, for stats() (canceled, pending, running, settled; failed)
+        canceled_count = pending_count = running_count = settled_count = failed_count = 0
+        delayed_count = 0
         for rec in jobs:
             seq = rec.seq
             job_id = rec.id
@@ -104,10 +109,13 @@ class StateRestore(StateAttributes):
             job.since = unknown
             all_jobs[job_id] = job
             if canceled:
+                canceled_count += 1
                 if token is not None and finished is None:
                     tokens[token] = job_id  # canceled while running: the token says so
             elif started is None:
+                pending_count += 1
                 if waiting_on == 0 and job.due:
+                    delayed_count += 1
                     timers.append((job.due, seq, job_id))
                 elif waiting_on == 0:
                     job.ready_key = ready_key
@@ -122,6 +130,7 @@ class StateRestore(StateAttributes):
                         heap.entries.append(entry)
                         heap.live += 1
             elif finished is None:
+                running_count += 1
                 if token is None:
                     raise ValueError(f"running job {job_id} has no token")
                 tokens[token] = job_id
@@ -132,6 +141,10 @@ class StateRestore(StateAttributes):
                         job.worker_id = None
                     else:
                         worker.active_jobs.add(job_id)
+            else:
+                settled_count += 1
+                if rec.failed:
+                    failed_count += 1
         if prioritized:
             # appended in enqueue order, which is heap order only without priorities
             for heap in ready.values():
@@ -139,3 +152,10 @@ class StateRestore(StateAttributes):
         heapq.heapify(timers)
         self._next_ready_key = ready_key
         self._next_seq = last_seq + 1
+        counts = self._counts
+        counts[COUNT_SLOTS[JobState.PENDING]] += pending_count
+        counts[COUNT_SLOTS[JobState.RUNNING]] += running_count
+        counts[COUNT_SLOTS[JobState.FINISHED]] += settled_count - failed_count
+        counts[COUNT_SLOTS[JobState.FAILED]] += failed_count
+        counts[COUNT_SLOTS[JobState.CANCELED]] += canceled_count
+        self._delayed += delayed_count

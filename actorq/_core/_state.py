@@ -28,6 +28,11 @@ from typing import TYPE_CHECKING
 
 from ._entities import (
     ANY_CHANNEL,
+    COUNT_SLOTS,
+    FAILED_SLOT,
+    FINISHED_SLOT,
+    PENDING_SLOT,
+    RUNNING_SLOT,
     JobEntry,
     ReadyHeap,
     TypeKey,
@@ -35,6 +40,8 @@ from ._entities import (
     WaiterQueue,
     WorkerEntry,
     add_dependent,
+    count_slot,
+    is_delayed,
     phase_of,
     remove_dependent,
 )
@@ -46,6 +53,7 @@ from ._errors import (
     JobQueueError,
     NotExistError,
     NotPendingError,
+    NotRetryableError,
     NotRunningError,
     RunningError,
     WorkerNotExistError,
@@ -59,6 +67,7 @@ from ._events import (
     JobReady,
     JobReleased,
     JobRequeued,
+    JobRetried,
     JobStarted,
     Phase,
     WorkerDeleted,
@@ -125,6 +134,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         # (due on the monotonic clock, seq, id), deleted lazily
         self._timers: list[tuple[float, int, UUID]] = []
         self._unique: dict[tuple[str, str], UUID] = {}  # (channel, key) -> pending or running job
+        # stats() in time independent of the number of jobs: every transition
+        # below moves a job between these counts (_uncount before, _count after)
+        self._counts = [0] * len(COUNT_SLOTS)
+        self._delayed = 0
         self._schedules: dict[str, ScheduleEntry] = {}
         self._schedule_timers: list[tuple[float, int, str]] = []
         self._schedule_generation = 0
@@ -215,9 +228,11 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
                 events.append(JobCanceled(job.id, job_type, channel, None, Phase.BLOCKED))
             job.canceled = True
             job.failed_dependency = failed_dependency
+            self._count(job)
             return job.id
         if unique_key is not None:
             self._unique[(channel, unique_key)] = job.id
+        self._count(job)
         ready = job.waiting_on == 0 and not due
         if (events := self._events) is not None:
             self._readied(events, job, JobEnqueued(job.id, job_type, channel, ready))
@@ -373,8 +388,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
             return False
         if (events := self._events) is not None:
             self._readied(events, job, JobReleased(job.id, job.type, job.channel, job.worker_id))
+        self._uncount(job)
         self._stop_running(job)
         job.started = None
+        self._count(job)
         self._touch(job)
         self._make_ready(job)
         return True
@@ -404,6 +421,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         if (events := self._events) is not None:
             event = JobRequeued(job.id, job.type, job.channel, job.worker_id, job.retries + 1)
             self._readied(events, job, event)
+        self._uncount(job)
         self._stop_running(job)
         job.retries += 1
         job.started = None
@@ -413,7 +431,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
             job.due = self._monotonic() + delay
             job.not_before = self._wall() + timedelta(seconds=delay)
             heapq.heappush(self._timers, (job.due, job.seq, job.id))
+            self._count(job)
         else:
+            self._count(job)
             self._make_ready(job)
         return True
 
@@ -435,6 +455,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         if (events := self._events) is not None:
             phase = phase_of(job)
             events.append(JobFinished(job.id, job.type, job.channel, None, phase, True, None))
+        self._uncount(job)
         self._unready(job)
         now = self._wall()
         job.started = now
@@ -442,6 +463,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         job.result = result
         job.failed = True
         job.due = 0.0
+        self._count(job)
         self._forget_unique(job)
         self._touch(job)
         self._release_dependents(job)
@@ -467,6 +489,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
             if (events := self._events) is not None:
                 phase = phase_of(job)
                 events.append(JobCanceled(job.id, job.type, job.channel, job.worker_id, phase))
+            self._uncount(job)
             if job.running:
                 self._stop_running(job, keep_token=True)
             else:
@@ -474,9 +497,130 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
             job.canceled = True
             job.failed_dependency = failed_dependency
             job.due = 0.0
+            self._count(job)
             self._forget_unique(job)
             self._touch(job)
             stack.extend(self._jobs[d] for d in job.dependents)
+
+    def retry_job(self, job_id: UUID) -> list[UUID]:
+        """Put a failed or canceled job back to pending, with the dependents that
+        were canceled on its account; return their ids (the job's first), in
+        enqueue order.
+
+        A retried job keeps its id, type, args, channel, priority, dependencies
+        and opt-in; its result, timestamps, retries count, delay and failure
+        marks are cleared, and it is ready once its dependencies allow. The
+        dependents brought back with it are those canceled for the same reason
+        (a failed job's: those naming it as their ``failed_dependency``; a
+        canceled job's: those its cancel canceled, naming none, or naming the
+        failed dependency it names), transitively, as long as nothing else keeps
+        them from running. The pending dependents of a failed job wait for it
+        again.
+
+        Raises, changing nothing: :class:`FinishedError` for a job that finished
+        successfully, :class:`RunningError` for a running one,
+        :class:`NotRetryableError` for a pending one, or one that could not run
+        (a dependency is canceled, a dependency failed and it opted out after a
+        failure, or another job holds its unique key).
+        """
+        root = self._get(job_id)
+        if root.running:
+            raise RunningError()
+        if root.finished is not None and not root.failed:
+            raise FinishedError()
+        if root.pending:
+            raise NotRetryableError(f"job {job_id} is pending")
+        reason = self._retry_blocker(root, frozenset())
+        if reason is not None:
+            raise NotRetryableError(f"job {job_id} cannot run: {reason}")
+        cause = root.id if root.failed else root.failed_dependency
+        revived = self._retry_tree(root, cause)
+        events = self._events
+        if root.finished is not None:
+            # a settled dependency goes back to pending: its dependents wait again
+            for dep_id in root.dependents:
+                if dep_id in revived:
+                    continue
+                dependent = self._jobs[dep_id]
+                self._uncount(dependent)
+                dependent.waiting_on += 1
+                self._count(dependent)
+                if dependent.ready_key:
+                    if events is not None:
+                        events.append(
+                            JobRetried(
+                                dep_id, dependent.type, dependent.channel, Phase.READY, False
+                            )
+                        )
+                    self._unready(dependent)
+        order = sorted((self._jobs[i] for i in revived), key=_seq)
+        befores = [phase_of(job) for job in order]
+        for job in order:
+            self._uncount(job)
+            if job.token is not None:
+                self._tokens.pop(job.token, None)  # canceled while running: that run is void
+                job.token = None
+            job.started = job.finished = None
+            job.canceled = job.failed = False
+            job.result = None
+            job.failed_dependency = None
+            job.retries = 0
+            job.not_before = None
+            job.due = 0.0
+            if job.unique_key is not None:
+                self._unique[(job.channel, job.unique_key)] = job.id
+            self._touch(job)
+        for job, before in zip(order, befores, strict=True):
+            waiting_on = 0
+            for dep_id in job.dependencies:
+                if self._jobs[dep_id].finished is None:
+                    waiting_on += 1
+            job.waiting_on = waiting_on
+            self._count(job)
+            ready = not waiting_on
+            if events is not None:
+                self._readied(events, job, JobRetried(job.id, job.type, job.channel, before, ready))
+            if ready:
+                self._make_ready(job)
+        return [job.id for job in order]
+
+    def _retry_tree(self, root: JobEntry, cause: UUID | None) -> set[UUID]:
+        # the root and, in enqueue order (dependencies first), each canceled
+        # dependent that names the same cause and could run once they are back
+        candidates = {root.id: root}
+        stack = [root]
+        while stack:
+            job = stack.pop()
+            for dep_id in job.dependents:
+                dependent = self._jobs[dep_id]
+                if (
+                    dependent.canceled
+                    and dependent.failed_dependency == cause
+                    and dep_id not in candidates
+                ):
+                    candidates[dep_id] = dependent
+                    stack.append(dependent)
+        revived: set[UUID] = {root.id}
+        for job in sorted(candidates.values(), key=_seq):
+            if job is not root and self._retry_blocker(job, revived) is None:
+                revived.add(job.id)
+        return revived
+
+    def _retry_blocker(self, job: JobEntry, revived: Collection[UUID]) -> str | None:
+        # why the job could not run if it went back to pending, or None
+        for dep_id in job.dependencies:
+            if dep_id in revived:
+                continue  # pending again with it
+            dep = self._jobs[dep_id]
+            if dep.canceled:
+                return f"its dependency {dep_id} is canceled"
+            if dep.failed and job.cancel_on_failed_dependency:
+                return f"its dependency {dep_id} failed, and it opted out after a failure"
+        if job.unique_key is not None:
+            holder = self._unique.get((job.channel, job.unique_key))
+            if holder is not None and holder != job.id:
+                return f"job {holder} holds its unique key {job.unique_key!r}"
+        return None
 
     def delete_job(self, job_id: UUID, channels: Collection[str] | None = None) -> None:
         """Delete a job and, recursively, each dependency nothing else needs.
@@ -496,6 +640,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
             job = stack.pop()
             if (events := self._events) is not None:
                 events.append(JobDeleted(job.id, job.type, job.channel, phase_of(job)))
+            self._uncount(job)
             self._unready(job)
             self._forget_unique(job)
             if job.token is not None:
@@ -547,8 +692,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
 
     # ---------------------------------------------------------------- workers
 
-    def insert_worker(self, channel: str, arch: str) -> UUID:
+    def insert_worker(self, channel: str, arch: str, channels: Sequence[str] = ()) -> UUID:
+        """Register a worker of ``channel`` and, after it, ``channels`` (all kept)."""
         worker = WorkerEntry(self._new_id(), channel, arch, self._wall(), self._monotonic())
+        worker.channels = tuple(dict.fromkeys((channel, *channels)))
         self._workers[worker.id] = worker
         self._touch_worker(worker)
         if (events := self._events) is not None:
@@ -632,7 +779,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         )
         now = monotonic()
         for w in workers:
-            state._workers[w.id] = WorkerEntry(w.id, w.channel, w.arch, w.updated, now)
+            entry = WorkerEntry(w.id, w.channel, w.arch, w.updated, now)
+            entry.channels = w.channels or (w.channel,)
+            state._workers[w.id] = entry
         # A reopen builds every job at once. None of these objects is garbage,
         # yet the cyclic collector would rescan the growing heap again and
         # again (a third of the time at a million jobs): pause it meanwhile.
@@ -649,6 +798,16 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         return state
 
     # -------------------------------------------------------------- internals
+
+    def _count(self, job: JobEntry) -> None:
+        self._counts[count_slot(job)] += 1
+        if job.due and is_delayed(job):
+            self._delayed += 1
+
+    def _uncount(self, job: JobEntry) -> None:
+        self._counts[count_slot(job)] -= 1
+        if job.due and is_delayed(job):
+            self._delayed -= 1
 
     def _touch(self, job: JobEntry) -> None:
         if self._track:
@@ -692,7 +851,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
             job = self._jobs.get(job_id)
             if job is None or job.due != due or not job.pending or job.waiting_on:
                 continue
+            self._uncount(job)
             job.due = 0.0
+            self._count(job)
             if (events := self._events) is not None:
                 self._readied(events, job, JobReady(job.id, job.type, job.channel))
             self._make_ready(job)
@@ -704,6 +865,9 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
     def _finish(self, job: JobEntry, result: str, failed: bool = False) -> None:
         if (events := self._events) is not None:
             events.append(self._finished(job, failed))
+        counts = self._counts  # a running job settles
+        counts[RUNNING_SLOT] -= 1
+        counts[FAILED_SLOT if failed else FINISHED_SLOT] += 1
         self._stop_running(job)
         job.finished = self._wall()
         job.result = result
@@ -716,16 +880,20 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         failed = job.failed
         for dep_id in job.dependents:
             dependent = self._jobs[dep_id]
+            self._uncount(dependent)
             dependent.waiting_on -= 1
-            if failed and dependent.cancel_on_failed_dependency:
+            if failed and dependent.cancel_on_failed_dependency and dependent.pending:
                 # it asked not to run after a failed dependency: cancel it instead
+                self._count(dependent)
                 self._cancel_tree(dependent, job.id)
                 continue
             if dependent.waiting_on == 0 and dependent.pending and dependent.due:
                 if dependent.due > self._monotonic():
                     heapq.heappush(self._timers, (dependent.due, dependent.seq, dep_id))
+                    self._count(dependent)
                     continue
                 dependent.due = 0.0
+            self._count(dependent)
             if dependent.waiting_on == 0 and dependent.pending:
                 if (events := self._events) is not None:
                     event = JobReady(dep_id, dependent.type, dependent.channel)
@@ -750,6 +918,10 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
     def _assign(
         self, job: JobEntry, worker_id: UUID | None, parked: float | None = None
     ) -> Assignment:
+        # a ready job (its due time is 0: never delayed) starts running
+        counts = self._counts
+        counts[PENDING_SLOT] -= 1
+        counts[RUNNING_SLOT] += 1
         self._unready(job)
         token = self._new_id()
         job.token = token
@@ -804,3 +976,7 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         since = job.since
         ran = None if math.isnan(since) else self._monotonic() - since
         return JobFinished(job.id, job.type, job.channel, job.worker_id, Phase.RUNNING, failed, ran)
+
+
+def _seq(job: JobEntry) -> int:
+    return job.seq

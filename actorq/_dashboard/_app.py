@@ -455,7 +455,7 @@ class Dashboard:
         if not self.read_only:
             if status.state in (JobState.PENDING, JobState.RUNNING):
                 actions.append(("cancel", "Cancel"))
-            if retry is not None and shown == "failed":
+            if retry is not None and shown in ("failed", "canceled"):
                 actions.append(("retry", "Retry"))
             settled = all(n.state not in ("pending", "running") for n in nodes.values())
             if not status.dependents and settled and not cut:

@@ -528,7 +528,7 @@ class ClientSession(Generic[W]):
             raise SessionError("no request before the server's welcome")
         request_id = self._next_id
         self._next_id = request_id + 1
-        text = w.encode(make(request_id))
+        text = w.encode(w.request_for_server(make(request_id), self.version))
         if len(text) > self.server_max_message_size:
             raise w.ProtocolError(
                 f"request of {len(text)} characters exceeds the server's limit of "

@@ -33,9 +33,16 @@ from cattrs.strategies import configure_tagged_union, include_subclasses
 from .._core._errors import ERRORS_BY_CODE, InexactIntegerError, JobQueueError, ProtocolError
 from .._core._json import MAX_EXACT_INT, inexact_integer
 from .._core._json import converter as app_converter
-from .._core._models import DequeuedJob, JobState, JobStatus, JobSummary, QueueStats
+from .._core._models import DequeuedJob, JobState, JobStatus, JobSummary, QueueStats, WorkerInfo
 from .._core._operation import NULL, SINCE_3
-from .._core._ops import OPERATIONS, JsonText, ListJobs, ListJobsBefore3, Operation
+from .._core._ops import (
+    OPERATIONS,
+    InsertWorker,
+    JsonText,
+    ListJobs,
+    ListJobsBefore3,
+    Operation,
+)
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -800,7 +807,24 @@ def for_version(value: Any, version: int) -> Any:
         )
     if isinstance(value, QueueStats):
         return attrs.evolve(value, finished=value.finished + value.failed, failed=0, delayed=0)
+    if isinstance(value, WorkerInfo):
+        return attrs.evolve(value, channels=())
     return value
+
+
+def request_for_server(message: Message, version: int) -> Message:
+    """A request as a server speaking ``version`` reads it.
+
+    A server older than 3 knows one channel per worker: ``insert_worker``
+    leaves its other channels out (they only inform ``workers()``) rather
+    than be refused. Every other request goes as it is.
+    """
+    if version >= LIFECYCLE_VERSION or type(message) is not Request:
+        return message
+    op = message.op
+    if type(op) is InsertWorker and op.channels:
+        return Request(id=message.id, op=attrs.evolve(op, channels=()))
+    return message
 
 
 def request_before_3(message: Message) -> Message:

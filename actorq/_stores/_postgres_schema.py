@@ -7,7 +7,9 @@ transitions no job may make) and ``job_dependencies``, plus
 job lifecycle's columns (``failed``, ``cancel_on_failed_dependency``,
 ``failed_dependency``) and checks them in the transition trigger; version 3
 ``priority``, ``not_before`` and ``unique_key``; version 4 the ``schedules``
-table (a schedule's definition and the last slot it fired for).
+table (a schedule's definition and the last slot it fired for); version 5
+lets the trigger pass a retry (``retry_job``: a failed or canceled job back
+to pending); version 6 keeps every channel of a worker (``workers.channels``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,62 @@ from .._core._errors import StoreError
 __all__ = ["SCHEMA_VERSION", "VERSION_TABLE", "check_version", "q"]
 
 log = logging.getLogger("actorq.postgres")
+
+# retry_job: a failed or canceled job may go back to pending, every mark of
+# its settling cleared and its retries count set back to 0; a job that
+# finished successfully stays final, and so do the other rules. (A failed or
+# canceled job that never retried has 0 retries already: for it the trigger
+# cannot tell a retry from another change, and the core's rules stand alone.)
+# Kept as one entry of its own so that it can take whichever version is next.
+_RETRY_MIGRATION: Final[tuple[str, ...]] = (
+    """
+    CREATE OR REPLACE FUNCTION {s}.check_job_transition() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        -- one commit may hold a retry and what came after it in the same batch
+        -- (handed out, settled again), so a retried row is told by its
+        -- retries count, which only a retry sets back to 0
+        retried boolean := (OLD.failed OR OLD.canceled) AND NEW.retries = 0;
+    BEGIN
+        IF (NEW.id, NEW.seq, NEW.type, NEW.channel, NEW.args::text, NEW.queued,
+            NEW.cancel_on_failed_dependency)
+           IS DISTINCT FROM (OLD.id, OLD.seq, OLD.type, OLD.channel, OLD.args::text,
+                             OLD.queued, OLD.cancel_on_failed_dependency)
+        THEN
+            RAISE EXCEPTION 'job %: id, seq, type, channel, args and queued never change',
+                OLD.id
+                USING ERRCODE = 'check_violation';
+        END IF;
+        IF retried THEN
+            RETURN NEW;
+        END IF;
+        IF NEW.retries < OLD.retries THEN
+            RAISE EXCEPTION 'job %: retries never decrease (but in a retry)', OLD.id
+                USING ERRCODE = 'check_violation';
+        END IF;
+        IF (OLD.finished IS NOT NULL OR OLD.canceled)
+           AND (NEW.started, NEW.finished, NEW.canceled, NEW.result::text, NEW.retries,
+                NEW.token, NEW.worker_id, NEW.failed, NEW.failed_dependency)
+               IS DISTINCT FROM (OLD.started, OLD.finished, OLD.canceled, OLD.result::text,
+                                 OLD.retries, OLD.token, OLD.worker_id, OLD.failed,
+                                 OLD.failed_dependency)
+        THEN
+            RAISE EXCEPTION 'job %: a finished or canceled job never changes but by a retry',
+                OLD.id
+                USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NEW;
+    END
+    $$
+    """,
+)
+
+# Every channel of a worker ('{}' in a row written before: the row's one
+# channel). Kept as one entry of its own so that it can take whichever version
+# is next.
+_WORKER_CHANNELS_MIGRATION: Final[tuple[str, ...]] = (
+    "ALTER TABLE {s}.workers ADD COLUMN channels text[] NOT NULL DEFAULT '{{}}'",
+)
 
 # Each migration takes the schema from version ``i`` to ``i + 1`` and runs in
 # the same transaction as the version bump, so an interrupted upgrade leaves
@@ -228,6 +286,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
     ),
+    _RETRY_MIGRATION,
+    _WORKER_CHANNELS_MIGRATION,
 )
 
 #: The schema version this code writes. Older schemas are migrated when a

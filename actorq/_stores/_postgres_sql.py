@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
+
 from .._core._records import Changes, JobRecord, ScheduleRecord, WorkerRecord
 
 if TYPE_CHECKING:
@@ -81,10 +83,11 @@ INSERT_DEPENDENCIES = """
     ON CONFLICT (job_id, position) DO NOTHING
 """
 UPSERT_WORKERS = """
-    INSERT INTO {s}.workers (id, channel, arch, updated)
-    SELECT id, channel, arch, updated
-    FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::timestamptz[])
-        WITH ORDINALITY AS u(id, channel, arch, updated, n)
+    INSERT INTO {s}.workers (id, channel, arch, updated, channels)
+    SELECT id, channel, arch, updated,
+           ARRAY(SELECT jsonb_array_elements_text(channels::jsonb))
+    FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::timestamptz[], %b::text[])
+        WITH ORDINALITY AS u(id, channel, arch, updated, channels, n)
     ORDER BY n
     ON CONFLICT (id) DO UPDATE SET updated = EXCLUDED.updated
 """
@@ -104,7 +107,7 @@ LOAD_SCHEDULES = """
 """
 DELETE_JOBS = "DELETE FROM {s}.jobs WHERE id = ANY(%b::uuid[])"
 DELETE_WORKERS = "DELETE FROM {s}.workers WHERE id = ANY(%b::uuid[])"
-LOAD_WORKERS = "SELECT id, channel, arch, updated FROM {s}.workers ORDER BY seq"
+LOAD_WORKERS = "SELECT id, channel, arch, updated, channels FROM {s}.workers ORDER BY seq"
 LOAD_JOBS = """
     SELECT id, seq, type, channel, args::text, queued, started, finished, canceled,
            result::text, retries, token, worker_id, failed, cancel_on_failed_dependency,
@@ -133,7 +136,7 @@ def write_changes(
         cur.execute(
             sql(UPSERT_WORKERS),
             ([w.id for w in ws], [w.channel for w in ws], [w.arch for w in ws],
-             [w.updated for w in ws]),
+             [w.updated for w in ws], [orjson.dumps(list(w.channels)).decode() for w in ws]),
         )  # fmt: skip
     if changes.jobs:
         jobs = changes.jobs
@@ -189,7 +192,10 @@ def read_records(
     """
     with conn.cursor(binary=True) as cur:
         cur.execute(sql(LOAD_WORKERS))
-        workers = [WorkerRecord(*row) for row in cur.fetchall()]
+        workers = [
+            WorkerRecord(id, channel, arch, updated, tuple(channels))
+            for id, channel, arch, updated, channels in cur.fetchall()
+        ]
         cur.execute(sql(LOAD_DEPENDENCIES))
         deps: dict[UUID, list[UUID]] = {}
         for job_id, dep_id in cur.fetchall():

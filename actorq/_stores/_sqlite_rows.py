@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, SafeUUID
 
 import attrs
+import orjson
 
 from .._core._errors import StoreError
 from .._core._records import JobRecord, ScheduleRecord, WorkerRecord
@@ -254,7 +255,8 @@ _new_record = _make_fast_record()
 
 
 def worker_row(rec: WorkerRecord) -> tuple[Any, ...]:
-    return (rec.id.bytes, rec.channel, rec.arch, encode_time(rec.updated))
+    channels = orjson.dumps(list(rec.channels)).decode()
+    return (rec.id.bytes, rec.channel, rec.arch, encode_time(rec.updated), channels)
 
 
 def schedule_row(rec: ScheduleRecord) -> tuple[Any, ...]:
@@ -306,14 +308,21 @@ def read_schedules(conn: sqlite3.Connection, path: str) -> list[ScheduleRecord]:
 def read_workers(conn: sqlite3.Connection, path: str) -> list[WorkerRecord]:
     """Every worker row, in insertion order; :class:`StoreError` for a corrupt one."""
     out: list[WorkerRecord] = []
-    for raw_id, channel, arch, updated in conn.execute(
-        "SELECT id, channel, arch, updated FROM workers ORDER BY rowid"
+    for raw_id, channel, arch, updated, raw_channels in conn.execute(
+        "SELECT id, channel, arch, updated, channels FROM workers ORDER BY rowid"
     ):
         try:
-            if type(channel) is not str or type(arch) is not str:
-                raise TypeError("channel and arch must be text")
-            out.append(WorkerRecord(uuid_from_bytes(raw_id), channel, arch, decode_time(updated)))
-        except (TypeError, ValueError, OverflowError) as exc:
+            if type(channel) is not str or type(arch) is not str or type(raw_channels) is not str:
+                raise TypeError("channel, arch and channels must be text")
+            channels = orjson.loads(raw_channels)
+            if type(channels) is not list or not all(type(c) is str for c in channels):
+                raise TypeError("channels must be a JSON array of strings")
+            out.append(
+                WorkerRecord(
+                    uuid_from_bytes(raw_id), channel, arch, decode_time(updated), tuple(channels)
+                )
+            )
+        except (TypeError, ValueError, OverflowError, orjson.JSONDecodeError) as exc:
             raise StoreError(f"{path}: corrupt worker record: {exc}") from exc
     return out
 

@@ -1,11 +1,12 @@
 """The SQLite store's schema: its migrations, the version check, and its SQL text.
 
-Layout (schema version 4): ``jobs`` keyed by the enqueue sequence number (the
-rowid, so a full scan comes back in enqueue order), with a unique index on the
-job id; ``workers`` in insertion order; ``actorq_schema`` holding the schema
-version. UUIDs are 16-byte blobs, a job's dependencies one blob of 16 bytes
-per dependency, timestamps integer microseconds since the Unix epoch (UTC),
-and arguments and results the queue's JSON text, stored as ``TEXT`` unchanged.
+Layout (schema version 5, whose last step adds ``workers.channels``): ``jobs``
+keyed by the enqueue sequence number (the rowid, so a full scan comes back in
+enqueue order), with a unique index on the job id; ``workers`` in insertion
+order; ``actorq_schema`` holding the schema version. UUIDs are 16-byte blobs,
+a job's dependencies one blob of 16 bytes per dependency, timestamps integer
+microseconds since the Unix epoch (UTC), and arguments and results the
+queue's JSON text, stored as ``TEXT`` unchanged.
 Version 2 adds the job lifecycle's columns: ``failed`` (settled as a failure),
 ``cancel_on_failed_dependency`` and ``failed_dependency`` (the dependency
 whose failure canceled the job). Version 3 adds ``priority``, ``not_before``
@@ -32,6 +33,13 @@ __all__ = [
     "corrupt_error",
     "migrate",
 ]
+
+# Every channel of a worker, as a JSON array of strings (``[]`` in a row
+# written before: the row's one ``channel``). Kept as one entry of its own so
+# that it can take whichever version is next.
+_WORKER_CHANNELS_MIGRATION: tuple[str, ...] = (
+    "ALTER TABLE workers ADD COLUMN channels TEXT NOT NULL DEFAULT '[]'",
+)
 
 # Each migration takes the schema from version ``i`` to ``i + 1`` and runs in
 # the same transaction as the version bump, so an interrupted upgrade leaves
@@ -92,6 +100,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    _WORKER_CHANNELS_MIGRATION,
 )
 
 #: The schema version this code writes. Older databases are migrated on open;
@@ -113,9 +122,9 @@ UPDATE_JOB = (
     " WHERE seq = ?"
 )
 UPSERT_WORKER = (
-    "INSERT INTO workers (id, channel, arch, updated) VALUES (?, ?, ?, ?)"
+    "INSERT INTO workers (id, channel, arch, updated, channels) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO UPDATE SET channel = excluded.channel, arch = excluded.arch,"
-    " updated = excluded.updated"
+    " updated = excluded.updated, channels = excluded.channels"
 )
 
 UPSERT_SCHEDULE = (

@@ -396,8 +396,9 @@ class Worker:
     # ------------------------------------------------------------ registry calls
 
     async def _register(self) -> None:
-        channel = "" if not self.channels else self.channels[0]
-        self._id = await self.queue.insert_worker(channel, self.arch)
+        channels = self.channels or ("",)
+        # every channel it serves, so that workers() shows them all
+        self._id = await self.queue.insert_worker(channels[0], self.arch, channels=channels[1:])
         log.info(
             "worker %s registered as %s for %s",
             self.name,
