@@ -41,11 +41,11 @@ from bench import summarize, time_per_op
 
 import actorq
 from actorq._actor._scheduler import Park, Reply, Withdraw
-from actorq._core._entities import state_of
-from actorq._core._models import JobState, QueueStats
 from actorq._core._operation import MAX_MATCH_KEYS
+from actorq._core._reads import recount_stats
 
 if TYPE_CHECKING:
+    from actorq._core._models import QueueStats
     from actorq._core._state import QueueState
 
 
@@ -195,41 +195,11 @@ def _fill_states(state: QueueState, jobs: int) -> None:
         state.enqueue("after", "null", (blocker,), f"chan{i % 100}")
 
 
-def _stats_by_walking(state: QueueState) -> QueueStats:
-    # the baseline: every job visited, as stats() did before keeping counts
-    ready: dict[tuple[str, str], int] = {}
-    counts = dict.fromkeys(JobState, 0)
-    blocked = delayed = 0
-    for job in state._jobs.values():
-        job_state = state_of(job)
-        counts[job_state] += 1
-        if job.ready_key:
-            key = (job.type, job.channel)
-            ready[key] = ready.get(key, 0) + 1
-        elif job_state is JobState.PENDING:
-            blocked += 1
-            if job.due and not job.waiting_on:
-                delayed += 1
-    return QueueStats(
-        jobs=len(state._jobs),
-        pending=counts[JobState.PENDING],
-        ready=sorted((t, c, n) for (t, c), n in ready.items()),
-        blocked=blocked,
-        running=counts[JobState.RUNNING],
-        finished=counts[JobState.FINISHED],
-        canceled=counts[JobState.CANCELED],
-        waiting_dequeuers=state.waiter_count,
-        workers=len(state._workers),
-        failed=counts[JobState.FAILED],
-        delayed=delayed,
-    )
-
-
 async def _stats_cost(jobs: int, repeats: int) -> dict[str, Any]:
     async with actorq.open_queue(maintenance=None) as queue:
         await queue._call(lambda s: _fill_states(s, jobs))
         kept: QueueStats = await queue._call(lambda s: s.stats())
-        walked: QueueStats = await queue._call(_stats_by_walking)
+        walked: QueueStats = await queue._call(recount_stats)
         assert attrs.evolve(kept, ready=sorted(kept.ready)) == walked, (kept, walked)
         calls = 200
 
@@ -249,7 +219,7 @@ async def _stats_cost(jobs: int, repeats: int) -> dict[str, Any]:
             await queue._call(core_calls)
             core_samples.append((time.perf_counter() - start) / calls)
             start = time.perf_counter()
-            await queue._call(_stats_by_walking)
+            await queue._call(recount_stats)
             walk_samples.append(time.perf_counter() - start)
         core_us = statistics.median(core_samples) * 1e6
         walk_us = statistics.median(walk_samples) * 1e6

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from hypothesis import settings
@@ -22,9 +22,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from actorq import JobQueueError, JobState
-from actorq._core._entities import state_of
-from actorq._core._models import QueueStats
+from actorq._core._reads import recount_stats
 from actorq._core._state import QueueState
+
+if TYPE_CHECKING:
+    from actorq._core._models import QueueStats
 
 TYPES = ("a", "b")
 CHANNELS = ("", "x")
@@ -33,36 +35,6 @@ CHANNELS = ("", "x")
 def ordered(stats: QueueStats) -> QueueStats:
     """``stats`` with its ready pairs sorted (``stats()`` lists them in no set order)."""
     return attrs.evolve(stats, ready=sorted(stats.ready))
-
-
-def recount(core: QueueState) -> QueueStats:
-    """The counts by walking every job (what ``stats()`` did before it kept them)."""
-    ready: dict[tuple[str, str], int] = {}
-    counts = dict.fromkeys(JobState, 0)
-    blocked = delayed = 0
-    for job in core._jobs.values():
-        job_state = state_of(job)
-        counts[job_state] += 1
-        if job.ready_key:
-            key = (job.type, job.channel)
-            ready[key] = ready.get(key, 0) + 1
-        elif job_state is JobState.PENDING:
-            blocked += 1
-            if job.due and not job.waiting_on:
-                delayed += 1
-    return QueueStats(
-        jobs=len(core._jobs),
-        pending=counts[JobState.PENDING],
-        ready=sorted((t, c, n) for (t, c), n in ready.items()),
-        blocked=blocked,
-        running=counts[JobState.RUNNING],
-        finished=counts[JobState.FINISHED],
-        canceled=counts[JobState.CANCELED],
-        waiting_dequeuers=core.waiter_count,
-        workers=len(core._workers),
-        failed=counts[JobState.FAILED],
-        delayed=delayed,
-    )
 
 
 class CountsMachine(RuleBasedStateMachine):
@@ -203,7 +175,7 @@ class CountsMachine(RuleBasedStateMachine):
 
     @invariant()
     def stats_equal_a_recount(self) -> None:
-        assert ordered(self.core.stats()) == recount(self.core)
+        assert ordered(self.core.stats()) == recount_stats(self.core)
 
     @invariant()
     def waiting_on_counts_unsettled_dependencies(self) -> None:
@@ -227,7 +199,7 @@ def test_the_counts_keep_no_key_of_jobs_gone() -> None:
             core.finish_job(got.id, "null", failed=i % 4 == 1)
         core.delete_job(job_id)
     stats = ordered(core.stats())
-    assert stats == recount(core)
+    assert stats == recount_stats(core)
     assert (stats.jobs, stats.pending, stats.ready, stats.finished, stats.failed) == (
         0,
         0,
@@ -249,5 +221,5 @@ def test_a_delayed_dependent_of_a_retried_job_is_blocked_again() -> None:
     assert core.stats().delayed == 1
     core.retry_job(root)
     stats = ordered(core.stats())
-    assert stats == recount(core)
+    assert stats == recount_stats(core)
     assert (stats.delayed, stats.blocked, stats.ready) == (0, 1, [("a", "", 1)])
