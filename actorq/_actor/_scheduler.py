@@ -373,7 +373,6 @@ class Scheduler:
         # callers of wait(), by the job they wait for: the reply, and what answers it
         self._settle_waiters: dict[UUID, dict[Reply, Callable[[QueueState], object]]] = {}
         state.track_revocations()
-        state.track_settles()
         self.batches = 0
         self.messages = 0
         self.commits = 0
@@ -601,6 +600,8 @@ class Scheduler:
             try:
                 replies.append((message.reply, outcome.Value(message.fn(state))))
             except WaitTimeoutError:  # not settled yet: answered when it is
+                # settles are recorded only while somebody waits for one
+                state.track_settles()
                 waiting = self._settle_waiters.setdefault(message.job_id, {})
                 waiting[message.reply] = message.fn
             except JobQueueError as exc:
@@ -611,6 +612,8 @@ class Scheduler:
                 others.pop(message.reply, None)
                 if not others:
                     del self._settle_waiters[message.job_id]
+                    if not self._settle_waiters:
+                        state.track_settles(False)
         elif type(message) is Settle:
             self._settle_stream(message, replies)
         elif type(message) is Subscribe:
@@ -754,11 +757,10 @@ class Scheduler:
 
     def _collect_settled(self, replies: list[tuple[Target, outcome.Outcome[Any]]]) -> None:
         # answered with the batch that settled the job: after its commit
-        settled = self.state.take_settled()
         waiters = self._settle_waiters
         if not waiters:
             return
-        for job_id in settled:
+        for job_id in self.state.take_settled():
             waiting = waiters.pop(job_id, None)
             if waiting is None:
                 continue
@@ -767,6 +769,8 @@ class Scheduler:
                     replies.append((reply, outcome.Value(fn(self.state))))
                 except JobQueueError as exc:  # deleted
                     replies.append((reply, outcome.Error(exc)))
+        if not waiters:
+            self.state.track_settles(False)
 
     def _collect_assignments(self, replies: list[tuple[Target, outcome.Outcome[Any]]]) -> None:
         for waiter_id, got in self.state.take_assignments():

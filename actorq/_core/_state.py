@@ -341,9 +341,12 @@ class QueueState(StateReads, ReadyIndex, StateRestore, ScheduleRules):
         if self._revoked is None:
             self._revoked = []
 
-    def track_settles(self) -> None:
-        """Start recording jobs that settle or are deleted (see :meth:`take_settled`)."""
-        if self._settled is None:
+    def track_settles(self, on: bool = True) -> None:
+        """Start (or, with ``on`` false, stop) recording jobs that settle or are
+        deleted (see :meth:`take_settled`). Off, a settle records nothing."""
+        if not on:
+            self._settled = None
+        elif self._settled is None:
             self._settled = []
 
     def take_settled(self) -> list[UUID]:
