@@ -431,7 +431,21 @@ class MetricsSubscriber:
             self._m.batch_size.observe(e.requests)
 
 
-class JobCounter:
+class _Dispatcher:
+    """A subscriber that hands each event to its handler by type; events of
+    other types are ignored."""
+
+    _handlers: dict[type[Any], Callable[[Any], None]]
+
+    def __call__(self, events: Sequence[Event]) -> None:
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+
+
+class JobCounter(_Dispatcher):
     """Jobs per ``(type, channel)`` and phase, and per ``(type, channel)`` totals of
     finishes, failures and queue latency, kept from a queue's events.
 
@@ -459,13 +473,6 @@ class JobCounter:
             JobRetried: self._on_retried,
             JobDeleted: self._on_deleted,
         }
-
-    def __call__(self, events: Sequence[Event]) -> None:
-        handlers = self._handlers
-        for event in events:
-            handler = handlers.get(type(event))
-            if handler is not None:
-                handler(event)
 
     def job_counts(self) -> dict[Key, dict[Phase, int]]:
         """A copy: per key, the phases with jobs and how many."""
@@ -601,7 +608,7 @@ class _GaugeCollector:
 # ------------------------------------------------------------------ logs
 
 
-class EventLog:
+class EventLog(_Dispatcher):
     """Logs a queue's events to ``actorq.jobs`` and ``actorq.workers``.
 
     A :data:`~actorq._actor._scheduler.Subscriber`. Enqueue, start, finish,
@@ -626,13 +633,6 @@ class EventLog:
             WorkerSeen: self._worker_seen,
             WorkerDeleted: self._worker_deleted,
         }
-
-    def __call__(self, events: Sequence[Event]) -> None:
-        handlers = self._handlers
-        for event in events:
-            handler = handlers.get(type(event))
-            if handler is not None:
-                handler(event)
 
     @staticmethod
     def _job(level: int, msg: str, event: str, job_id: UUID, job_type: str, channel: str,
