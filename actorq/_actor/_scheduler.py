@@ -88,6 +88,8 @@ class Reply:
 
     __slots__ = ("_abandoned", "_task", "_value")
 
+    sink: Sink | None = None  # the waiting task takes the value itself
+
     def __init__(self) -> None:
         self._task: trio.lowlevel.Task | None = None
         self._value: outcome.Outcome[Any] | None = None
@@ -133,12 +135,27 @@ class Reply:
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
+class Sink(Protocol):
+    """Where callbacks queue what they send (a connection's outbox).
+
+    The actor calls :meth:`flush` once it has delivered a round of outcomes
+    and pushes, before it waits for anything, so that everything one round
+    queued for a connection can leave in one write from the actor's own
+    task, with no hop to a writer task. It must be quick and must not block.
+    """
+
+    def flush(self) -> None: ...
+
+
 class Target(Protocol):
     """Where the actor delivers an outcome: a :class:`Reply` a task waits on, or a
     :class:`Callback` that needs no task."""
 
     @property
     def abandoned(self) -> bool: ...
+
+    @property
+    def sink(self) -> Sink | None: ...
 
     def deliver(self, value: outcome.Outcome[Any]) -> bool: ...
 
@@ -148,15 +165,20 @@ class Callback:
 
     For front ends that answer without a task per request (the server's read
     loop). ``fn`` must be quick and must not block; it returns False if the
-    outcome could not be passed on (a job it carried then goes back).
+    outcome could not be passed on (a job it carried then goes back). If
+    ``fn`` queues its answer in a ``sink``, the actor flushes that sink once
+    the round of deliveries is over.
     """
 
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "sink")
 
     abandoned = False
 
-    def __init__(self, fn: Callable[[outcome.Outcome[Any]], bool]) -> None:
+    def __init__(
+        self, fn: Callable[[outcome.Outcome[Any]], bool], sink: Sink | None = None
+    ) -> None:
         self.fn = fn
+        self.sink = sink
 
     def deliver(self, value: outcome.Outcome[Any]) -> bool:
         return self.fn(value)
@@ -177,7 +199,11 @@ class Subscription:
     closed). All three must be quick and must not block.
 
     ``scope`` limits the stream to a tenant's channels, as for any request.
+    ``sink``, if set, is flushed after a round of pushes, as for a
+    :class:`Callback`.
     """
+
+    sink: Sink | None = None
 
     def __init__(self, op: WaitingOperation, credit: int, scope: Scope = None) -> None:
         # ``op`` (checked) says what the stream takes, as a dequeue would
@@ -368,6 +394,7 @@ class Scheduler:
         self._stream_waiters: dict[int, Subscription] = {}  # core waiter id -> stream
         self._streamed: dict[UUID, Subscription] = {}  # token -> stream holding the run
         self._to_push: dict[Subscription, None] = {}  # streams with jobs or news to push
+        self._dirty: dict[Sink, None] = {}  # sinks delivered to since the last flush
         self._unlanded: list[_Batch] = []  # applied, replies not yet sent
         self._building: list[tuple[Target, outcome.Outcome[Any]]] = []  # replies, not closed yet
         # callers of wait(), by the job they wait for: the reply, and what answers it
@@ -546,6 +573,7 @@ class Scheduler:
             for reply, value in batch.replies:
                 self._deliver(reply, value)
             self._push(batch.pushes)
+            self._flush_sinks()
             if not follow_up:
                 return
             after = self._close([], 0)
@@ -724,7 +752,10 @@ class Scheduler:
         self, pushes: list[tuple[Subscription, list[Assignment], list[tuple[UUID, UUID, bool]]]]
     ) -> None:
         # After the commit: what each stream was handed, then what it lost.
+        dirty = self._dirty
         for sub, jobs, revoked in pushes:
+            if sub.sink is not None:
+                dirty[sub.sink] = None
             if sub.closed:
                 for got in jobs:  # it closed meanwhile: nobody takes these
                     self.state.release(got.id, got.token)
@@ -789,7 +820,22 @@ class Scheduler:
             value = outcome.Value(got) if isinstance(got, Assignment) else outcome.Error(got)
             replies.append((reply, value))
 
+    def _flush_sinks(self) -> None:
+        # Every path that delivers ends here before the actor waits again:
+        # a sink never holds what a round queued while the actor sleeps.
+        dirty = self._dirty
+        while dirty:
+            sink = next(iter(dirty))
+            del dirty[sink]
+            try:
+                sink.flush()
+            except Exception:
+                log.exception("a connection failed to flush its replies")
+
     def _deliver(self, reply: Target, value: outcome.Outcome[Any]) -> None:
+        sink = reply.sink
+        if sink is not None:
+            self._dirty[sink] = None
         if not reply.deliver(value) and isinstance(value, outcome.Value):
             got = value.value
             if isinstance(got, Assignment):
@@ -802,6 +848,7 @@ class Scheduler:
         message = f"the store failed to commit: {exc!r}"
         for reply, _ in replies:  # one exception each: each is raised in its own task
             self._deliver(reply, outcome.Error(QueueClosedError(message)))
+        self._flush_sinks()
 
     def _shut_down(self) -> None:
         # A fresh outcome for each reply: an outcome can be unwrapped only once.
@@ -837,3 +884,4 @@ class Scheduler:
             if target is not None:
                 self._deliver(target, outcome.Error(QueueClosedError()))
         self._receive.close()
+        self._flush_sinks()

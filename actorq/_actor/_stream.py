@@ -104,13 +104,18 @@ class JobBuffer:
 
     async def receive(self) -> DequeuedJob:
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not self._jobs:
+        jobs = self._jobs
+        if jobs:
+            job = jobs.popleft()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return job
+        while not jobs:
             if self._ended is not None:
                 self._raise_end()
             await self._lot.park()
-        job = self._jobs.popleft()
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return job
+        # Parking was this call's schedule point, as in trio's own channels: a
+        # second one would cost the consumer a scheduler pass per wake-up.
+        return jobs.popleft()
 
     def _take_unreceived(self) -> list[DequeuedJob]:
         jobs = list(self._jobs)

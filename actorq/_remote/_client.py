@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 import attrs
+import outcome
 import trio
 
 from .._actor._stream import JobBuffer, check_credit, finish_fields
@@ -92,9 +93,62 @@ _Reply = w.Message | QueueClosedError
 
 
 class _Waiter(Protocol):
-    """What waits for a reply: a memory channel, or a stream waiting for its end."""
+    """What waits for a reply: a :class:`_ReplySlot`, or a stream waiting for its end."""
 
     def send_nowait(self, value: _Reply) -> None: ...
+
+
+class _ReplySlot:
+    """One request's reply: the reader hands it over, the requesting task waits.
+
+    Built on :func:`trio.lowlevel.wait_task_rescheduled`, as the actor's
+    :class:`~actorq._actor._scheduler.Reply` is, rather than on a memory
+    channel: no buffer, so a reply cannot be stranded in one when its
+    requester is cancelled (trio issue 719), and no channel pair to build
+    per request. Either the reply is handed over first, and the requester
+    returns it even if a cancel comes right after; or the requester stops
+    waiting first, and :meth:`send_nowait` raises
+    :class:`trio.BrokenResourceError`, so the reader gives back a job it
+    carried.
+    """
+
+    __slots__ = ("_abandoned", "_task", "_value")
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+        self._value: _Reply | None = None
+        self._abandoned = False
+
+    def send_nowait(self, value: _Reply) -> None:
+        if self._abandoned or self._value is not None:
+            raise trio.BrokenResourceError
+        self._value = value
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Value(value))
+
+    def abandon(self) -> _Reply | None:
+        """Stop waiting; return the reply if it came already (it is the caller's then)."""
+        self._abandoned = True
+        self._task = None
+        value, self._value = self._value, None
+        return value
+
+    async def wait(self) -> _Reply:
+        """The reply, once it comes. If cancelled first, the slot is abandoned."""
+        value = self._value
+        if value is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return value
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._task = None
+            self._abandoned = True
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        reply: _Reply = await trio.lowlevel.wait_task_rescheduled(abort)
+        return reply
 
 
 # Errors after which a token is worth nothing: stop holding (and refreshing) it.
@@ -659,16 +713,16 @@ class RemoteQueue(QueueAPI):
                     if self._closed is not None:
                         raise QueueClosedError(self._closed.message)
                     continue  # never sent: safe to send on the next connection
-                send, receive = trio.open_memory_channel[_Reply](1)
-                session.wait(request_id, send)
+                slot = _ReplySlot()
+                session.wait(request_id, slot)
                 try:
                     # Behind whatever waits to be sent: a request must not overtake a
                     # cancel or release (a cancelled dequeue's job would be handed out
                     # to it before being given back).
                     await self._send_frame(link, text)
-                    reply = await receive.receive()
+                    reply = await slot.wait()
                 except BaseException:
-                    self._abandon(link, request_id, receive)
+                    self._abandon(link, request_id, slot)
                     raise
             finally:
                 slots.release()
@@ -719,18 +773,12 @@ class RemoteQueue(QueueAPI):
             self._lose(link, QueueClosedError("the queue server does not read our requests"))
             await trio.aclose_forcefully(link.stream)
 
-    def _abandon(
-        self, link: _Link, request_id: int, receive: trio.MemoryReceiveChannel[_Reply]
-    ) -> None:
-        # Runs synchronously when a caller stops waiting (cancelled). The reply
-        # may already sit in the buffer (trio issue 719): a job in it goes back.
-        # If none came yet, the server is told to stop; a job it sends anyway the
-        # session turns into a release, since the request is no longer waited for.
-        try:
-            got: _Reply | None = receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
-            got = None
-        receive.close()
+    def _abandon(self, link: _Link, request_id: int, slot: _ReplySlot) -> None:
+        # Runs synchronously when a caller stops waiting (cancelled). If the
+        # reply came already, a job in it goes back. If none came yet, the
+        # server is told to stop; a job it sends anyway the session turns into
+        # a release, since the request is no longer waited for.
+        got = slot.abandon()
         if got is None:
             self._queue_frame(link, link.session.cancel(request_id))
         elif type(got) is w.Dequeued:

@@ -366,6 +366,7 @@ class _Stream(Subscription):
     ) -> None:
         super().__init__(op, credit, connection.allowed)
         self.connection = connection
+        self.sink = connection
         self.request = request
         self.open = True  # False once cancelled by the client or ended by the queue
 
@@ -393,7 +394,7 @@ class _Stream(Subscription):
             message = w.Revoked(
                 id=self.request.id, runs=[w.RevokedRun(j, t, c) for j, t, c in runs]
             )
-            self.connection._post(w.encode(message))
+            self.connection._post(w.encode(message), deferred=True)
 
     def end(self, error: JobQueueError) -> None:
         self.open = False
@@ -455,6 +456,7 @@ class _Connection:
         self._pending: list[_Outgoing] = []
         self._accepting = True  # False once the connection is ending: posts fail
         self._wake = trio.lowlevel.ParkingLot()
+        self._writing = False  # the writer task is sending
         self._streams: dict[int, _Stream] = {}
 
     # ------------------------------------------------------------ plumbing
@@ -503,9 +505,15 @@ class _Connection:
 
     # ------------------------------------------------------------ sending
 
-    def _post(self, text: str, jobs: list[DequeuedJob] | None = None) -> bool:
+    def _post(
+        self, text: str, jobs: list[DequeuedJob] | None = None, *, deferred: bool = False
+    ) -> bool:
         """Queue a message for the writer; never blocks. False if it cannot go
-        (the connection is ending): a job it carries is then the caller's to give back."""
+        (the connection is ending): a job it carries is then the caller's to give back.
+
+        ``deferred``: posted in the actor's task, during a round of
+        deliveries, which ends with :meth:`flush`; the writer is not woken.
+        """
         if not self._accepting:
             return False
         pending = self._pending
@@ -515,33 +523,63 @@ class _Connection:
             self._wake.unpark_all()
             return False
         pending.append((text, jobs))
-        if len(pending) == 1:
+        if len(pending) == 1 and not deferred:
             self._wake.unpark_all()
         return True
 
+    def flush(self) -> None:
+        """Send what the actor's round queued, from the actor's task (a :class:`Sink`).
+
+        If the socket takes the bytes now, the writer task never wakes: a
+        reply or a push costs no task switch. While the writer is sending, or
+        if the socket will not take them (TLS, a full buffer), the writer
+        sends them, as any other message.
+        """
+        pending = self._pending
+        if not pending or self._writing:
+            return  # the writer takes them as soon as its send is done
+        if self.ws.send_many_nowait([frame for frame, _ in self._frames(pending)]):
+            self._pending = []
+            for _, sent in pending:
+                if sent is not None:
+                    sent.clear()  # the stream's now, as after the writer's send
+            if not self.ws.unsent:
+                return
+        self._wake.unpark_all()
+
     def _post_jobs(self, stream_id: int, jobs: list[DequeuedJob]) -> list[DequeuedJob]:
-        """Queue a push of ``jobs``; return those that could not go.
+        """Queue a push of ``jobs`` (in the actor's round); return those that could not go.
 
         A push larger than the client accepts is split; a single job that is
         too large cannot go at all.
         """
         text = w.encode(w.Jobs(id=stream_id, jobs=jobs))
         if len(text) <= self.session.peer_max_message_size:
-            return [] if self._post(text, list(jobs)) else jobs
+            return [] if self._post(text, list(jobs), deferred=True) else jobs
         if len(jobs) == 1:
             return jobs
         half = len(jobs) // 2
         return self._post_jobs(stream_id, jobs[:half]) + self._post_jobs(stream_id, jobs[half:])
 
-    def _answer(self, request: ss.Request, text: str, job: DequeuedJob | None = None) -> bool:
-        """Send the reply ``text`` to ``request``. False if a job it carries did not go."""
+    def _answer(
+        self,
+        request: ss.Request,
+        text: str,
+        job: DequeuedJob | None = None,
+        *,
+        deferred: bool = False,
+    ) -> bool:
+        """Send the reply ``text`` to ``request``. False if a job it carries did not go.
+
+        ``deferred`` as for :meth:`_post`.
+        """
         frame = self.session.reply(request, text)
         if frame is None:
             return job is None  # cancelled by the client: it expects no reply
         if frame is not text:
-            self._post(frame)  # too large for the client: an oversize error instead
+            self._post(frame, deferred=deferred)  # too large for the client: an error instead
             return job is None
-        return self._post(frame, None if job is None else [job])
+        return self._post(frame, None if job is None else [job], deferred=deferred)
 
     async def _writer(self) -> None:
         # The only task that sends: whatever piled up since the last send goes
@@ -549,12 +587,27 @@ class _Connection:
         try:
             while True:
                 while not self._pending:
+                    if self.ws.unsent:  # what the socket did not take from flush()
+                        self._writing = True
+                        try:
+                            sent = await self._send([])
+                        finally:
+                            self._writing = False
+                        if not sent:
+                            self._accepting = False
+                            return
+                        continue
                     if not self._accepting:
                         return
                     await self._wake.park()
                 batch, self._pending = self._pending, []
                 # every frame of the batch in one write to the stream
-                if not await self._send([frame for frame, _ in self._frames(batch)]):
+                self._writing = True
+                try:
+                    sent = await self._send([frame for frame, _ in self._frames(batch)])
+                finally:
+                    self._writing = False
+                if not sent:
                     for _, lost in batch:
                         self._release(lost)
                     self._accepting = False
@@ -595,7 +648,10 @@ class _Connection:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.server.send_timeout
             try:
-                await self.ws.send_many(frames)
+                if frames:
+                    await self.ws.send_many(frames)
+                else:
+                    await self.ws.flush()
             except ConnectionClosed:
                 return False
             except Exception:  # a bug below us: the reply is lost, its jobs must not be
@@ -708,10 +764,10 @@ class _Connection:
                 if not isinstance(exc, JobQueueError | TypeError | ValueError):
                     log.exception("request %s failed", op.NAME)
                 text = w.encode(w.error_reply(request_id, exc))
-            return self._answer(request, text, job)
+            return self._answer(request, text, job, deferred=True)
 
         try:
-            self.queue.submit(op, Callback(answer), scope=self.allowed)
+            self.queue.submit(op, Callback(answer, self), scope=self.allowed)
         except Exception as exc:  # bad arguments, or the queue closed
             if not isinstance(exc, JobQueueError | TypeError | ValueError):
                 log.exception("request %s failed", op.NAME)
@@ -817,9 +873,9 @@ class _Connection:
                 text = w.encode(w.Ok(id=request_id, value=w.unstructure_value(value)))
             except Exception as exc:
                 text = w.encode(w.error_reply(request_id, exc))
-            return self._answer(request, text)
+            return self._answer(request, text, deferred=True)
 
         try:
-            self.queue.settle(stream, finishes, credit, Callback(answer))
+            self.queue.settle(stream, finishes, credit, Callback(answer, self))
         except JobQueueError as exc:
             self._answer(request, w.encode(w.error_reply(request_id, exc)))

@@ -18,6 +18,7 @@ business (a :class:`trio.SSLStream`).
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -259,6 +260,53 @@ class WebSocket:
             self._fail(exc)
             raise self._finish(ABNORMAL_CLOSURE, "the connection was lost") from exc
 
+    def send_many_nowait(self, messages: Sequence[str | bytes]) -> bool:
+        """Send ``messages`` now, from the calling task, if the socket takes them.
+
+        For the server's actor, which answers from its own task: a plain TCP
+        socket with room in its send buffer (the common case) takes the bytes
+        at once, with no hop to a writer task, as an asyncio transport's
+        ``write()`` does. Returns False, having sent nothing, while another
+        send runs, over TLS, or once the connection is closing or failed: the
+        caller sends them with :meth:`send_many` instead. Returns True once the
+        bytes are the stream's: whatever the socket did not take now waits in
+        the connection (:attr:`unsent`) and goes out first with the next write
+        (:meth:`flush` sends it alone).
+        """
+        if self._sending or self._backlog or self._closed is not None:
+            return False
+        connection = self._connection
+        stream = self.stream
+        if connection.state is not ConnectionState.OPEN or type(stream) is not trio.SocketStream:
+            return False
+        fd = stream.socket.fileno()
+        if fd < 0 or os.name != "posix":
+            return False
+        send = connection.send
+        data = b"".join([send(_message(message)) for message in messages])
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False  # a reset or the like: send_many reports it the usual way
+        if sent < len(data):
+            self._backlog += data[sent:]
+        return True
+
+    @property
+    def unsent(self) -> bool:
+        """True while bytes accepted by :meth:`send_many_nowait` wait for :meth:`flush`."""
+        return bool(self._backlog) and not self._sending
+
+    async def flush(self) -> None:
+        """Send what :meth:`send_many_nowait` accepted but the socket did not take yet."""
+        try:
+            await self._write(b"")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(exc)
+            raise self._finish(ABNORMAL_CLOSURE, "the connection was lost") from exc
+
     async def ping(self, payload: bytes = b"") -> None:
         """Send a ping; the pong (or anything else) updates :attr:`last_received`."""
         connection = self._connection
@@ -274,7 +322,10 @@ class WebSocket:
             return
         self._sending = True
         try:
-            await self.stream.send_all(data)
+            if self._backlog:  # the tail of an earlier send_many_nowait goes first
+                data, self._backlog = bytes(self._backlog) + data, bytearray()
+            if data:
+                await self.stream.send_all(data)
             while self._backlog:
                 data, self._backlog = bytes(self._backlog), bytearray()
                 await self.stream.send_all(data)
