@@ -590,10 +590,10 @@ class _Connection:
                     if self.ws.unsent:  # what the socket did not take from flush()
                         self._writing = True
                         try:
-                            sent = await self._send([])
+                            flushed = await self._send([])
                         finally:
                             self._writing = False
-                        if not sent:
+                        if not flushed:
                             self._accepting = False
                             return
                         continue
@@ -604,10 +604,10 @@ class _Connection:
                 # every frame of the batch in one write to the stream
                 self._writing = True
                 try:
-                    sent = await self._send([frame for frame, _ in self._frames(batch)])
+                    delivered = await self._send([frame for frame, _ in self._frames(batch)])
                 finally:
                     self._writing = False
-                if not sent:
+                if not delivered:
                     for _, lost in batch:
                         self._release(lost)
                     self._accepting = False
