@@ -143,3 +143,45 @@ async def test_a_queue_can_take_fewer_pairs_per_dequeue(
                 pass
         job = await queue.dequeue(["a", "b", "c"], ["x", "y"], timeout=0)
         assert job.type == "a"
+
+
+class _CountingSink:
+    """A connection's outbox, as the server keeps one: what each flush found queued."""
+
+    def __init__(self) -> None:
+        self.queued: list[str] = []
+        self.flushes: list[list[str]] = []
+
+    def flush(self) -> None:
+        self.flushes.append(self.queued)
+        self.queued = []
+
+
+async def test_a_sink_is_flushed_once_per_round_after_every_delivery_in_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The server answers from the actor's task and writes what a round queued
+    # in one go: the actor must flush each sink after the round's last
+    # delivery, once, and before it waits for anything.
+    from actorq._actor._scheduler import Callback
+
+    sink = _CountingSink()
+
+    def answer(tag: str) -> Callback:
+        def fn(got: Any) -> bool:
+            sink.queued.append(f"{tag}={got.unwrap()}")
+            return True
+
+        return Callback(fn, sink)
+
+    async with actorq.open_queue(maintenance=None) as queue:
+        scheduler = queue._scheduler
+        await trio.testing.wait_all_tasks_blocked()
+        for tag in "abc":  # posted together: applied and answered in one round
+            scheduler.post_nowait(Call(lambda state: state.stats().pending, answer(tag)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sink.flushes == [["a=0", "b=0", "c=0"]]
+        scheduler.post_nowait(Call(lambda state: 1, answer("d")))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sink.flushes == [["a=0", "b=0", "c=0"], ["d=1"]]
+        assert sink.queued == []

@@ -7,6 +7,10 @@ trio-websocket does not (fragments, a bare HTTP request, a refusal).
 
 from __future__ import annotations
 
+import contextlib
+from functools import partial
+from typing import TYPE_CHECKING
+
 import pytest
 import trio
 import trio.testing
@@ -18,9 +22,13 @@ from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
 from actorq._remote._transport import (
     ConnectionClosed,
     HandshakeError,
+    WebSocket,
     accept_websocket,
     open_websocket,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 async def test_our_server_with_another_client() -> None:
@@ -225,3 +233,84 @@ async def test_a_pong_waits_for_the_write_in_progress() -> None:
         assert texts == "x" * 100_000
         assert received[-1] == Pong(payload=b"mid-send")
         nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _tcp_pair() -> AsyncIterator[tuple[WebSocket, WebSocket]]:
+    """A server and a client websocket over a real loopback TCP connection."""
+    accepted: list[WebSocket] = []
+    ready = trio.Event()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        ws = await accept_websocket(stream, max_message_size=1 << 22)
+        assert ws is not None
+        accepted.append(ws)
+        ready.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            client = await open_websocket(stream, "127.0.0.1", "/", max_message_size=1 << 22)
+            await ready.wait()
+            async with accepted[0].stream:
+                yield accepted[0], client
+        nursery.cancel_scope.cancel()
+
+
+async def test_send_many_nowait_writes_at_once_on_a_tcp_socket() -> None:
+    async with _tcp_pair() as (server, client):
+        assert server.send_many_nowait(["one", "two"])
+        assert not server.unsent
+        assert [await client.receive(), await client.receive()] == ["one", "two"]
+
+
+async def test_what_a_full_socket_does_not_take_goes_first_with_the_next_write() -> None:
+    # The client reads nothing until the server has written more than the
+    # socket buffers hold: the tail waits in the websocket, and every message
+    # arrives whole and in order, the one sent the usual way after them.
+    big = [f"{i:06d}" + "x" * 60_000 for i in range(1000)]
+    async with _tcp_pair() as (server, client):
+        taken = 0
+        while not server.unsent:
+            assert server.send_many_nowait([big[taken]])
+            taken += 1
+        assert taken < len(big)
+        assert not server.send_many_nowait(["refused while a tail waits"])
+        got: list[str | bytes] = []
+
+        async def read_all() -> None:
+            got.extend([await client.receive() for _ in range(taken + 1)])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await server.flush()
+            assert not server.unsent
+            await server.send("after")
+        assert got == [*big[:taken], "after"]
+
+
+async def test_send_many_nowait_declines_where_it_cannot_write_at_once() -> None:
+    # Not a TCP socket (a TLS stream, or here a memory stream): the caller
+    # sends the usual way, and nothing was written.
+    client_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            ws = await accept_websocket(server_end, max_message_size=1000)
+            assert ws is not None
+            assert not ws.send_many_nowait(["no"])
+            await ws.send("yes")
+
+        nursery.start_soon(serve)
+        client = await open_websocket(client_end, "localhost", "/", max_message_size=1000)
+        assert await client.receive() == "yes"
+    # a connection that is over: declined too
+    async with _tcp_pair() as (server, client):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.aclose)
+            with pytest.raises(ConnectionClosed):
+                await server.receive()
+        assert not server.send_many_nowait(["closed"])
