@@ -8,6 +8,8 @@ trio-websocket does not (fragments, a bare HTTP request, a refusal).
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -314,3 +316,24 @@ async def test_send_many_nowait_declines_where_it_cannot_write_at_once() -> None
             with pytest.raises(ConnectionClosed):
                 await server.receive()
         assert not server.send_many_nowait(["closed"])
+
+
+async def test_a_reset_tcp_connection_is_1006_for_the_reader() -> None:
+    # The read path of a TCP socket is our own (one schedule point per read):
+    # a reset from the peer is ConnectionClosed(1006), as a dropped stream is.
+    async with _tcp_pair() as (server, client):
+        assert isinstance(client.stream, trio.SocketStream)
+        client.stream.socket.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                with pytest.raises(ConnectionClosed) as caught:
+                    await server.receive()
+                assert caught.value.code == 1006
+
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            client.stream.socket.close()  # with linger 0: an RST, not a FIN
+        assert not server.send_many_nowait(["gone"])

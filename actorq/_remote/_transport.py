@@ -85,6 +85,18 @@ def _message(data: str | bytes) -> TextMessage | BytesMessage:
     return TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
 
 
+def _read_now(fd: int) -> bytes:
+    """Bytes from the socket ``fd`` without blocking; :class:`BlockingIOError` if none."""
+    if fd < 0:
+        raise trio.ClosedResourceError("the socket was closed")
+    try:
+        return os.read(fd, RECEIVE_SIZE)
+    except BlockingIOError:
+        raise
+    except OSError as exc:  # a reset, and the like
+        raise trio.BrokenResourceError(f"the socket failed: {exc}") from exc
+
+
 def _looks_like_tls(data: bytes | bytearray) -> bool:
     # A TLS record: content type 0x14..0x17 (handshake 0x16, alert 0x15), then
     # major version 3. No HTTP message starts with these bytes.
@@ -202,7 +214,7 @@ class WebSocket:
                         return b"".join(parts)  # type: ignore[arg-type]
                 self._events = None
             try:
-                received = await self.stream.receive_some(RECEIVE_SIZE)
+                received = await self._read()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._fail(exc)
                 raise self._finish(ABNORMAL_CLOSURE, "the connection was lost") from exc
@@ -210,6 +222,32 @@ class WebSocket:
             # b"" (the peer closed the stream) makes a CloseConnection(1006) event
             connection.receive_data(bytes(received) or None)
             self._events = connection.events()
+
+    async def _read(self) -> bytes | bytearray:
+        # What trio's SocketStream.receive_some does, with one schedule point
+        # per call rather than two: after waiting for the socket to become
+        # readable (a schedule point), the bytes are returned at once, as
+        # trio's own channels return an item after parking; only bytes that
+        # were there already pay a cancel-shielded checkpoint. An idle
+        # connection woken by a message thus costs one scheduler pass fewer.
+        stream = self.stream
+        if type(stream) is not trio.SocketStream or os.name != "posix":
+            return await stream.receive_some(RECEIVE_SIZE)
+        sock = stream.socket
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            data = _read_now(sock.fileno())
+        except BlockingIOError:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return _read_now(sock.fileno())
+            except BlockingIOError:
+                continue  # woken without bytes after all: wait again
 
     async def _peer_closed(self, event: CloseConnection) -> None:
         connection = self._connection
