@@ -743,7 +743,23 @@ class RemoteQueue(QueueAPI):
         requests, cancels, releases, settles) and, on protocol 2, sends them as
         one batch frame: concurrent requests share frames, and a lone request
         goes out at once from its own task, with no scheduler pass.
+
+        A request that is alone in flight (open streams aside) is written to
+        the socket right away when it takes it (:meth:`WebSocket.send_many_nowait`), without
+        the yield of a trio send: its caller's wait for the reply is the
+        schedule point. With others in flight, the usual send lets them pile
+        up behind it and share its frame.
         """
+        if (
+            not link.sending
+            and not link.pending
+            # open streams' subscribes are in flight for good: they do not count
+            and link.session.in_flight - len(self._streams) <= 1
+            and link.ws.send_many_nowait((text,))
+        ):
+            if link.ws.unsent:  # the socket took part of it: the writer sends the rest
+                link.wake_writer.unpark_all()
+            return
         link.pending.append(text)
         if not link.sending:
             await self._drain(link)
@@ -759,9 +775,12 @@ class RemoteQueue(QueueAPI):
         timed_out = False
         try:
             with trio.CancelScope(shield=True) as scope:
-                while link.pending and link.error is None:
+                while (link.pending or link.ws.unsent) and link.error is None:
                     batch, link.pending = link.pending, []
                     scope.deadline = trio.current_time() + self._send_timeout
+                    if not batch:  # what the socket did not take of a nowait write
+                        await link.ws.flush()
+                        continue
                     # every frame of the batch in one write to the stream
                     await link.ws.send_many(list(_frames(batch, limit)) if batching else batch)
             timed_out = scope.cancelled_caught
@@ -853,7 +872,7 @@ class RemoteQueue(QueueAPI):
         # request task is sending already.
         try:
             while link.error is None:
-                if link.pending and not link.sending:
+                if (link.pending or link.ws.unsent) and not link.sending:
                     await self._drain(link)
                 else:
                     await link.wake_writer.park()
