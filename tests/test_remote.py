@@ -884,3 +884,42 @@ async def test_server_in_a_child_process() -> None:
         for pipe in (child.stdin, child.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+async def test_writes_straight_to_the_socket_keep_order_and_lose_nothing() -> None:
+    # Over TCP the server's actor and a lone request's task write to the
+    # socket themselves, and the writer tasks send only what a full socket
+    # did not take. Jobs too large for the socket buffer, concurrent and
+    # sequential requests, and a stream pushing to a worker on the same
+    # client: every reply reaches its request, every job runs once.
+    big = "x" * 600_000  # several of these fill any loopback socket buffer
+    async with serving() as (local, server):
+        url = f"ws://127.0.0.1:{server.port}"
+        async with actorq.connect(url, reconnect=False) as producer:
+            ids: list[uuid.UUID] = []
+
+            async def enqueue(n: int) -> None:
+                ids.append(await producer.enqueue("t", {"n": n, "pad": big if n % 10 == 0 else ""}))
+
+            async with trio.open_nursery() as nursery:
+                for n in range(100):
+                    nursery.start_soon(enqueue, n)
+            for n in range(100, 150):
+                await enqueue(n)
+            assert len(set(ids)) == 150
+            seen: list[int] = []
+            async with (
+                actorq.connect(url, reconnect=False) as consumer,
+                consumer.open_stream(["t"], credit=20) as stream,
+            ):
+                while len(seen) < 150:
+                    job = await stream.receive()
+                    assert job.args["pad"] == (big if job.args["n"] % 10 == 0 else "")
+                    seen.append(job.args["n"])
+                    stream.finish(job, job.args["n"])
+                await stream.wait_settled()
+            assert sorted(seen) == list(range(150))
+            for job_id in ids:
+                status = await producer.job_status(job_id)
+                assert status.state is actorq.JobState.FINISHED
+        assert (await local.stats()).finished == 150
