@@ -7,6 +7,7 @@
     python scripts/bench.py --suite import       # start-up: import actorq beside import trio
     python scripts/bench.py --suite remote       # deployed in processes, beside Redis ([bench])
     python scripts/bench.py --suite dashboard    # what --dashboard-port costs, and its pages
+    python scripts/bench.py --suite wake         # a trio echo woken from idle, and a blocking one
 
 Each suite measures its own baseline in the same run, because these machines
 are noisy: compare ratios and medians, never single times. Suites live in
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SUITES = ["core", "sqlite", "remote", "rtt", "postgres", "import", "dashboard"]
+SUITES = ["core", "sqlite", "remote", "rtt", "wake", "postgres", "import", "dashboard"]
 
 
 def median_rate(samples: list[float]) -> float:
