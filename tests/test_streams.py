@@ -387,3 +387,57 @@ async def test_a_reaped_job_stops_its_handler_at_once_and_runs_again(
         assert 120 <= cancelled - started <= 151  # at the reaper's pass, not at 1,000 s
         status = await queue.job_status(job_id)
         assert (status.result, status.retries) == ("done", 1)
+
+
+async def test_consume_hands_each_job_over_in_the_pushing_task(
+    queue: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    # What the Worker uses: jobs reach the consumer as they are pushed, with
+    # no task woken to receive them; what arrived before goes first, a job
+    # the consumer refuses waits for receive(), and once consume() is
+    # cancelled, later jobs wait to be received too.
+    first = await queue.enqueue("t", {"n": 0})
+    async with queue.open_stream(["t"], credit=10) as stream:
+        await settle()  # pushed before anyone consumes: buffered
+        taken: list[tuple[int, trio.lowlevel.Task]] = []
+        refuse = {2}
+
+        def consumer(job: actorq.DequeuedJob) -> bool:
+            if job.args["n"] in refuse:
+                return False
+            taken.append((job.args["n"], trio.lowlevel.current_task()))
+            return True
+
+        async with trio.open_nursery() as nursery:
+            consuming = trio.lowlevel.current_task()  # never where jobs are handed over
+            nursery.start_soon(stream.consume, consumer)
+            await settle()
+            assert [n for n, _ in taken] == [0]
+            await queue.enqueue("t", {"n": 1})
+            await settle()
+            assert [n for n, _ in taken] == [0, 1]
+            assert all(task is not consuming for _, task in taken)
+            await queue.enqueue("t", {"n": 2})  # refused: it waits
+            await settle()
+            assert [n for n, _ in taken] == [0, 1]
+            nursery.cancel_scope.cancel()
+        refused = stream.receive_nowait()
+        assert refused.args == {"n": 2}
+        await queue.enqueue("t", {"n": 3})
+        await settle()
+        assert [n for n, _ in taken] == [0, 1]
+        assert stream.receive_nowait().args == {"n": 3}
+    # the consumer's jobs were handed over, not given back with the stream
+    assert (await queue.job_status(first)).state is actorq.JobState.RUNNING
+
+
+async def test_consume_raises_the_error_that_ends_the_stream(
+    queue: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    worker = await queue.insert_worker("", "x86")
+    async with queue.open_stream(["t"], worker_id=worker) as stream:
+        await settle()
+        await queue.delete_worker(worker)
+        await queue.enqueue("t")
+        with pytest.raises(actorq.WorkerNotExistError):
+            await stream.consume(lambda job: True)

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -71,6 +71,7 @@ class JobBuffer:
         self._lot = trio.lowlevel.ParkingLot()
         self._ended: JobQueueError | None = None
         self._credit = credit
+        self._consumer: Callable[[DequeuedJob], bool] | None = None
 
     @property
     def credit(self) -> int:
@@ -81,8 +82,45 @@ class JobBuffer:
         return self._ended is not None
 
     def _take(self, jobs: list[DequeuedJob]) -> None:
+        consumer = self._consumer
+        if consumer is not None and not self._jobs:
+            # Straight to the consumer, in the pushing task: a job starts with
+            # no wake-up of a receiving task in between. One it cannot take
+            # waits here, for receive() or to go back when the stream stops.
+            for index, job in enumerate(jobs):
+                if not consumer(job):
+                    jobs = jobs[index:]
+                    break
+            else:
+                return
         self._jobs.extend(jobs)
         self._lot.unpark_all()
+
+    async def consume(self, consumer: Callable[[DequeuedJob], bool]) -> NoReturn:
+        """Hand every job to ``consumer`` as it arrives, until the stream ends.
+
+        For a consumer that only starts a task per job (the :class:`Worker`):
+        ``consumer(job)`` is called synchronously in whichever task delivers
+        the push (a connection's reader, or the actor in-process), must not
+        block, and returns False if it cannot take the job (which then waits
+        to be received, or goes back when the stream stops). Jobs received
+        meanwhile are handed over first. Raises the error that ends the
+        stream, as :meth:`receive` does; cancelling it stops the hand-over,
+        and later jobs wait to be received again.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._consumer = consumer
+        try:
+            while True:
+                while self._jobs:
+                    if not consumer(self._jobs[0]):
+                        break
+                    self._jobs.popleft()
+                if self._ended is not None:
+                    self._raise_end()
+                await self._lot.park()
+        finally:
+            self._consumer = None
 
     def _end(self, error: JobQueueError) -> None:
         if self._ended is None:

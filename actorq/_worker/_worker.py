@@ -23,6 +23,7 @@ import platform
 import signal
 import socket
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -81,6 +82,7 @@ class _Run:
     reason: str | None = None
     settled: bool = False
     credited: bool = False  # its slot went back to the stream (with its finish)
+    ended: trio.Event | None = None  # made by a later run of the job that waits for this one
 
 
 def _check_queue(queue: object) -> JobQueue:
@@ -480,6 +482,11 @@ class Worker:
                     ) as stream:
                         self._stream = stream
                         self._streams.append(stream)
+                        consume = getattr(stream, "consume", None)
+                        if consume is not None:
+                            # each job's task starts in the task that delivers
+                            # the push: no wake-up of this one per job
+                            await consume(partial(self._start_run, start, stream))
                         receive, receive_nowait = stream.receive, stream.receive_nowait
                         while True:
                             start(run_job, await receive(), stream)
@@ -502,6 +509,20 @@ class Worker:
                 finally:
                     self._stream = None
         self._dequeue_scope = None
+        return True
+
+    def _start_run(
+        self,
+        start: Callable[..., None],
+        stream: JobStream,
+        got: DequeuedJob,
+    ) -> bool:
+        if self._stopping:  # asked to stop: the job waits, and goes back with the stream
+            return False
+        try:
+            start(self._run_job, got, stream)
+        except RuntimeError:  # the jobs' nursery is closed: the worker is stopping
+            return False
         return True
 
     def _revoked(self, job_id: UUID, token: UUID, canceled: bool) -> None:
@@ -576,6 +597,7 @@ class Worker:
             queue=self.queue,
         )
         run = _Run(job, got, stream)
+        earlier = self._active.get(job.id)
         self._active[job.id] = run
         self._by_token[job.token] = run
         if log.isEnabledFor(logging.DEBUG):
@@ -583,6 +605,12 @@ class Worker:
                 "job %s (%s) started", job.id, job.type, extra=self._job_extra(job, "started")
             )
         try:
+            if earlier is not None:
+                # Handed out again (reaped, released) while its earlier run,
+                # revoked, still winds down here: that handler ends first.
+                if earlier.ended is None:
+                    earlier.ended = trio.Event()
+                await earlier.ended.wait()
             await self._execute(run)
             if not self._crashed:
                 await self._settle(run)
@@ -594,8 +622,13 @@ class Worker:
                     with trio.move_on_after(self.cleanup_timeout, shield=True):
                         await self._settle(run)
             finally:
-                del self._active[job.id]
+                # A reaped or released job may already run again here, under
+                # a new token, while this run winds down: its entry stays.
+                if self._active.get(job.id) is run:
+                    del self._active[job.id]
                 del self._by_token[job.token]
+                if run.ended is not None:
+                    run.ended.set()
                 if stream is None:
                     self._slots.release()
                 elif not run.credited:
