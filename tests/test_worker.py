@@ -592,3 +592,27 @@ async def test_the_same_worker_runs_against_a_remote_queue(autojump_clock: MockC
         status = await local.job_status(interrupted)
         assert (status.state, status.retries) == (JobState.PENDING, 1)
         assert await local.workers() == []
+
+
+async def test_a_job_pushed_after_shutdown_is_not_started(autojump_clock: MockClock) -> None:
+    # The handler asks the worker to stop, then enqueues a job in the same
+    # breath: the push may land before the worker's stream has closed, and
+    # the job must not start; it is pending again once the worker is gone.
+    async with actorq.open_queue() as q:
+        worker = Worker(q, concurrency=4)
+        started: list[str] = []
+        later: list[uuid.UUID] = []
+
+        @worker.handler("t")
+        async def handle(job: Job) -> None:
+            started.append(job.args)
+            if job.args == "first":
+                worker.shutdown(grace=60)
+                later.append(await q.enqueue("t", "second"))
+
+        first = await q.enqueue("t", "first")
+        with trio.fail_after(100):
+            await worker.run()
+        assert started == ["first"]
+        assert (await q.job_status(first)).state is JobState.FINISHED
+        assert (await q.job_status(later[0])).state is JobState.PENDING
