@@ -616,3 +616,75 @@ async def test_a_job_pushed_after_shutdown_is_not_started(autojump_clock: MockCl
         assert started == ["first"]
         assert (await q.job_status(first)).state is JobState.FINISHED
         assert (await q.job_status(later[0])).state is JobState.PENDING
+
+
+class _ProtocolOnlyStream:
+    """A :class:`JobStream` with the protocol's members only, as another
+    ``StreamingQueue`` implementation's streams would be (no ``consume()``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def receive(self) -> actorq.DequeuedJob:
+        job: actorq.DequeuedJob = await self._inner.receive()
+        return job
+
+    def receive_nowait(self) -> actorq.DequeuedJob:
+        job: actorq.DequeuedJob = self._inner.receive_nowait()
+        return job
+
+    def finish(self, job: actorq.DequeuedJob, result: Any = None, *, failed: bool = False) -> None:
+        self._inner.finish(job, result, failed=failed)
+
+    def give_credit(self, slots: int = 1) -> None:
+        self._inner.give_credit(slots)
+
+    async def wait_settled(self) -> None:
+        await self._inner.wait_settled()
+
+    @property
+    def credit(self) -> int:
+        credit: int = self._inner.credit
+        return credit
+
+
+class _OtherStreamingQueue:
+    """A queue whose streams offer only the ``JobStream`` protocol."""
+
+    def __init__(self, inner: actorq.LocalQueue) -> None:
+        self._inner = inner
+        self.streams_opened = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @asynccontextmanager
+    async def open_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[_ProtocolOnlyStream]:
+        self.streams_opened += 1
+        async with self._inner.open_stream(*args, **kwargs) as stream:
+            yield _ProtocolOnlyStream(stream)
+
+
+async def test_a_stream_without_consume_is_received_from(
+    autojump_clock: MockClock, worker_mode: str
+) -> None:
+    # Any StreamingQueue will do: the worker receives from a stream that does
+    # not offer consume(), a job at a time.
+    async with actorq.open_queue() as q:
+        other = _OtherStreamingQueue(q)
+        worker = Worker(other, concurrency=2)
+        done: list[int] = []
+
+        @worker.handler("t")
+        async def handle(job: Job) -> int:
+            done.append(job.args)
+            if len(done) == 5:
+                worker.shutdown()
+            return int(job.args) * 2
+
+        ids = [await q.enqueue("t", n) for n in range(5)]
+        with trio.fail_after(100):
+            await worker.run()
+        assert sorted(done) == list(range(5))
+        assert [(await q.job_status(i)).result for i in ids] == [0, 2, 4, 6, 8]
+        assert other.streams_opened == (1 if worker_mode == "stream" else 0)

@@ -824,13 +824,12 @@ class Scheduler:
         # Every path that delivers ends here before the actor waits again:
         # a sink never holds what a round queued while the actor sleeps.
         dirty = self._dirty
-        while dirty:
-            sink = next(iter(dirty))
-            del dirty[sink]
+        for sink in dirty:  # a flush only writes: it delivers nothing that adds here
             try:
                 sink.flush()
             except Exception:
                 log.exception("a connection failed to flush its replies")
+        dirty.clear()
 
     def _deliver(self, reply: Target, value: outcome.Outcome[Any]) -> None:
         sink = reply.sink

@@ -741,14 +741,10 @@ class RemoteQueue(QueueAPI):
 
         Whoever sends takes every frame that piled up meanwhile (other tasks'
         requests, cancels, releases, settles) and, on protocol 2, sends them as
-        one batch frame: concurrent requests share frames, and a lone request
-        goes out at once from its own task, with no scheduler pass.
-
-        A request that is alone in flight (open streams aside) is written to
-        the socket right away when it takes it (:meth:`WebSocket.send_many_nowait`), without
-        the yield of a trio send: its caller's wait for the reply is the
-        schedule point. With others in flight, the usual send lets them pile
-        up behind it and share its frame.
+        one batch frame, so concurrent requests share frames. A request alone
+        in flight (open streams aside) is written to the socket at once from
+        its own task (:meth:`WebSocket.send_many_nowait`), without the yield of
+        a trio send: its caller's wait for the reply is the schedule point.
         """
         if (
             not link.sending

@@ -588,12 +588,7 @@ class _Connection:
             while True:
                 while not self._pending:
                     if self.ws.unsent:  # what the socket did not take from flush()
-                        self._writing = True
-                        try:
-                            flushed = await self._send([])
-                        finally:
-                            self._writing = False
-                        if not flushed:
+                        if not await self._send([]):
                             self._accepting = False
                             return
                         continue
@@ -602,12 +597,7 @@ class _Connection:
                     await self._wake.park()
                 batch, self._pending = self._pending, []
                 # every frame of the batch in one write to the stream
-                self._writing = True
-                try:
-                    delivered = await self._send([frame for frame, _ in self._frames(batch)])
-                finally:
-                    self._writing = False
-                if not delivered:
+                if not await self._send([frame for frame, _ in self._frames(batch)]):
                     for _, lost in batch:
                         self._release(lost)
                     self._accepting = False
@@ -645,6 +635,7 @@ class _Connection:
         stream; bounded by the server's send timeout, past which the peer is
         not reading and the connection is aborted.
         """
+        self._writing = True  # flush() leaves what is queued meanwhile to the writer
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.server.send_timeout
             try:
@@ -659,6 +650,8 @@ class _Connection:
                 return False
             else:
                 return True
+            finally:
+                self._writing = False
         # the deadline passed
         self.session.close(ss.CLOSE_NOT_READING, "client does not read its replies")
         await trio.aclose_forcefully(self.stream)

@@ -128,6 +128,11 @@ class WebSocket:
         subprotocol: str | None = None,
     ) -> None:
         self.stream = stream
+        # A plain TCP socket on POSIX is read and written directly (_read,
+        # send_many_nowait); any other stream (TLS, in memory) through its API.
+        self._socket = (
+            stream.socket if type(stream) is trio.SocketStream and os.name == "posix" else None
+        )
         self.max_message_size = max_message_size
         #: The request target (the server's view of the URL path and query).
         self.path = path
@@ -230,10 +235,9 @@ class WebSocket:
         # trio's own channels return an item after parking; only bytes that
         # were there already pay a cancel-shielded checkpoint. An idle
         # connection woken by a message thus costs one scheduler pass fewer.
-        stream = self.stream
-        if type(stream) is not trio.SocketStream or os.name != "posix":
-            return await stream.receive_some(RECEIVE_SIZE)
-        sock = stream.socket
+        sock = self._socket
+        if sock is None:
+            return await self.stream.receive_some(RECEIVE_SIZE)
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             data = _read_now(sock.fileno())
@@ -311,14 +315,12 @@ class WebSocket:
         the connection (:attr:`unsent`) and goes out first with the next write
         (:meth:`flush` sends it alone).
         """
-        if self._sending or self._backlog or self._closed is not None:
+        sock = self._socket
+        if sock is None or self._sending or self._backlog or self._closed is not None:
             return False
         connection = self._connection
-        stream = self.stream
-        if connection.state is not ConnectionState.OPEN or type(stream) is not trio.SocketStream:
-            return False
-        fd = stream.socket.fileno()
-        if fd < 0 or os.name != "posix":
+        fd = sock.fileno()
+        if connection.state is not ConnectionState.OPEN or fd < 0:
             return False
         send = connection.send
         data = b"".join([send(_message(message)) for message in messages])

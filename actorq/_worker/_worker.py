@@ -463,7 +463,6 @@ class Worker:
         (a server that speaks only protocol 1)."""
         types = list(self._handlers)
         start = jobs.start_soon
-        run_job = self._run_job
         while not self._stopping:
             worker_id = self._id
             with trio.CancelScope() as self._dequeue_scope:
@@ -487,15 +486,8 @@ class Worker:
                             # each job's task starts in the task that delivers
                             # the push: no wake-up of this one per job
                             await consume(partial(self._start_run, start, stream))
-                        receive, receive_nowait = stream.receive, stream.receive_nowait
-                        while True:
-                            start(run_job, await receive(), stream)
-                            while True:  # whatever else arrived in the same push
-                                try:
-                                    got = receive_nowait()
-                                except trio.WouldBlock:
-                                    break
-                                start(run_job, got, stream)
+                        else:
+                            await self._receive_loop(start, stream)
                 except WorkerNotExistError:
                     await self._reregister(worker_id)
                 except NotImplementedError:
@@ -510,6 +502,19 @@ class Worker:
                     self._stream = None
         self._dequeue_scope = None
         return True
+
+    async def _receive_loop(self, start: Callable[..., None], stream: JobStream) -> None:
+        # for a stream that offers no consume(): a job at a time, as received
+        run_job = self._run_job
+        receive, receive_nowait = stream.receive, stream.receive_nowait
+        while True:
+            start(run_job, await receive(), stream)
+            while True:  # whatever else arrived in the same push
+                try:
+                    got = receive_nowait()
+                except trio.WouldBlock:
+                    break
+                start(run_job, got, stream)
 
     def _start_run(
         self,
