@@ -8,6 +8,7 @@ trio-websocket does not (fragments, a bare HTTP request, a refusal).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import struct
 from functools import partial
@@ -21,6 +22,7 @@ from trio_websocket import wrap_client_stream, wrap_server_stream
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
 
+from actorq._remote import _transport
 from actorq._remote._transport import (
     ConnectionClosed,
     HandshakeError,
@@ -337,3 +339,44 @@ async def test_a_reset_tcp_connection_is_1006_for_the_reader() -> None:
             await trio.testing.wait_all_tasks_blocked()
             client.stream.socket.close()  # with linger 0: an RST, not a FIN
         assert not server.send_many_nowait(["gone"])
+
+
+async def test_after_a_short_read_the_reader_waits_instead_of_reading_in_vain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read that took less than it asked for emptied the socket: the next
+    # receive waits for bytes rather than first try a read that fails. A
+    # message larger than one read still arrives whole, and so does one that
+    # arrives while the reader already waits.
+    reads: list[int] = []  # bytes each read returned; -1 for one that found none
+    real = _transport._read_now
+
+    def counted(fd: int) -> bytes:
+        try:
+            data = real(fd)
+        except BlockingIOError:
+            reads.append(-1)
+            raise
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(_transport, "_read_now", counted)
+    big = "y" * (3 * _transport.RECEIVE_SIZE)
+    async with _tcp_pair() as (server, client):
+        for message in ("one", "two", big, "three"):
+            async with trio.open_nursery() as nursery:
+                got: list[str | bytes] = []
+
+                async def receive(into: list[str | bytes] = got) -> None:
+                    into.append(await server.receive())
+
+                nursery.start_soon(receive)
+                await trio.testing.wait_all_tasks_blocked()
+                await client.send(message)
+            assert got == [message]
+    # the first receive had read nothing yet: one read in vain at most, and
+    # none after a short read
+    assert reads.count(-1) <= 1
+    for before, after in itertools.pairwise(reads):
+        if 0 <= before < _transport.RECEIVE_SIZE:
+            assert after != -1

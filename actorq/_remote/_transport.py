@@ -133,6 +133,7 @@ class WebSocket:
         self._socket = (
             stream.socket if type(stream) is trio.SocketStream and os.name == "posix" else None
         )
+        self._drained = False  # the last read took less than it asked for
         self.max_message_size = max_message_size
         #: The request target (the server's view of the URL path and query).
         self.path = path
@@ -235,23 +236,31 @@ class WebSocket:
         # trio's own channels return an item after parking; only bytes that
         # were there already pay a cancel-shielded checkpoint. An idle
         # connection woken by a message thus costs one scheduler pass fewer.
+        #
+        # A read that took less than it asked for has most likely emptied the
+        # socket: the next one waits first rather than try a read that fails.
+        # Bytes that came meanwhile cost a scheduler pass either way.
         sock = self._socket
         if sock is None:
             return await self.stream.receive_some(RECEIVE_SIZE)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            data = _read_now(sock.fileno())
-        except BlockingIOError:
-            pass
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
+        if not self._drained:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                data = _read_now(sock.fileno())
+            except BlockingIOError:
+                pass
+            else:
+                self._drained = len(data) < RECEIVE_SIZE
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
-                return _read_now(sock.fileno())
+                data = _read_now(sock.fileno())
             except BlockingIOError:
                 continue  # woken without bytes after all: wait again
+            self._drained = len(data) < RECEIVE_SIZE
+            return data
 
     async def _peer_closed(self, event: CloseConnection) -> None:
         connection = self._connection
