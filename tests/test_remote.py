@@ -9,12 +9,15 @@ issue 94). Raw-protocol tests speak JSON frames to the server directly.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import ssl
 import subprocess
 import sys
 import textwrap
 import uuid
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -923,3 +926,46 @@ async def test_writes_straight_to_the_socket_keep_order_and_lose_nothing() -> No
                 status = await producer.job_status(job_id)
                 assert status.state is actorq.JobState.FINISHED
         assert (await local.stats()).finished == 150
+
+
+async def test_a_finish_goes_out_at_once_when_nothing_is_being_settled() -> None:
+    # A finish made while no settle is on its way is on the wire when
+    # finish() returns, written from the finishing task; one made while a
+    # settle is on its way waits to go with the next. Both take effect.
+    accepted: list[trio.SocketStream] = []
+    async with actorq.open_queue() as local, trio.open_nursery() as nursery:
+        server = QueueServer(local)
+
+        async def handle(stream: trio.SocketStream) -> None:
+            accepted.append(stream)
+            await server.handle_stream(stream)
+
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+
+        def waiting_bytes() -> int:
+            # what the client sent that the server has not read yet
+            fd = accepted[0].socket.fileno()
+            with socket.socket(fileno=os.dup(fd)) as peek:
+                try:
+                    return len(peek.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+                except BlockingIOError:
+                    return 0
+
+        first = await local.enqueue("t", {"n": 1})
+        second = await local.enqueue("t", {"n": 2})
+        async with (
+            actorq.connect(f"ws://127.0.0.1:{port}", reconnect=False) as remote,
+            remote.open_stream(["t"], credit=2) as stream,
+        ):
+            jobs = [await stream.receive(), await stream.receive()]
+            await trio.testing.wait_all_tasks_blocked()
+            assert waiting_bytes() == 0
+            stream.finish(jobs[0], "one")
+            sent = waiting_bytes()
+            assert sent > 0
+            stream.finish(jobs[1], "two")
+            assert waiting_bytes() == sent
+            await stream.wait_settled()
+        assert [(await local.job_status(i)).result for i in (first, second)] == ["one", "two"]
+        nursery.cancel_scope.cancel()

@@ -151,6 +151,24 @@ class _ReplySlot:
         return reply
 
 
+@attrs.define
+class _Sent:
+    """A request on its way (:meth:`RemoteQueue._request_nowait`), its reply not yet awaited."""
+
+    link: _Link
+    request_id: int
+    slot: _ReplySlot
+
+
+def _reply_value(reply: _Reply) -> w.Message:
+    # a reply as a caller gets it: the error it carries raised
+    if isinstance(reply, QueueClosedError):
+        raise QueueClosedError(reply.message) from reply.__cause__
+    if type(reply) is w.Error:
+        raise w.exception_from_reply(reply)
+    return reply
+
+
 # Errors after which a token is worth nothing: stop holding (and refreshing) it.
 _TOKEN_GONE = (NotExistError, NotRunningError, CanceledError, FinishedError)
 _REFRESH_BATCH = 10_000  # tokens per refresh message, well below any frame limit
@@ -301,6 +319,9 @@ class RemoteJobStream(JobBuffer):
         self._detached = False  # its connection was lost: subscribe again
         self._resent: set[UUID] = set()  # tokens of finishes sent again after a loss
         self._slot: trio.Semaphore | None = None  # the request slot it holds
+        self._parked = False  # the flusher waits for something to send
+        # a settle sent from the finishing task, for the flusher to see answered
+        self._sent: _SentSettle | None = None
         self._wake = trio.lowlevel.ParkingLot()
         self._settled = trio.lowlevel.ParkingLot()  # wait_settled() waiters
 
@@ -366,10 +387,14 @@ class RemoteJobStream(JobBuffer):
 
     def _kick(self) -> None:
         if self._flushing:
+            if self._parked and not self._settling and not self._detached:
+                self._settle_now()
             self._wake.unpark_all()
             return
         nursery = self._queue._nursery
         if nursery is not None and not self._queue.closed:
+            if not self._settling and not self._detached:
+                self._settle_now()
             self._flushing = True
             nursery.start_soon(self._flush)
 
@@ -380,32 +405,67 @@ class RemoteJobStream(JobBuffer):
             return self.ended or self._stopped or self._free < 1
         return not (self._credit_due and not self.ended)
 
+    def _settle_now(self) -> None:
+        # A finish that comes while nothing is being settled goes out from
+        # the finishing task at once, as a lone request does: the flusher
+        # wakes only to see it answered, off the path to the next job.
+        if self._idle():
+            return
+        queue = self._queue
+        link = queue._idle_link()
+        if link is None:
+            return  # the flusher sends it, behind what is already on its way
+        finishes, credit, regrow = self._take_settle([])
+        self._settling = True
+        try:
+            sent: _Sent | JobQueueError | ValueError | TypeError = queue._request_nowait(
+                link, partial(_settle_message, stream=self, finishes=finishes, credit=credit)
+            )
+        except (JobQueueError, ValueError, TypeError) as exc:  # too large: as the flusher's
+            sent = exc
+        self._sent = _SentSettle(finishes, credit, regrow, sent)
+
+    def _take_settle(self, finishes: list[w.Finish]) -> tuple[list[w.Finish], int, bool]:
+        # What the next settle carries: ``finishes`` (sent before, not
+        # acknowledged) or the next batch, the credit due, and whether to
+        # subscribe again with more credit once it is acknowledged.
+        if not finishes:
+            finishes = self._finishes[:_SETTLE_BATCH]
+            del self._finishes[:_SETTLE_BATCH]
+        # The server takes back no more credit than this subscription
+        # was handed jobs: credit freed by jobs of an earlier one (from
+        # before a reconnect) goes into a new subscription instead.
+        due, self._credit_due = self._credit_due, 0
+        credit = 0 if self.ended or self._detached else min(due, self._sub_out)
+        self._sub_out -= credit
+        # fewer slots open on the server than are free here: jobs of
+        # an earlier subscription freed them
+        regrow = not self._detached and self._free > self._sub_credit - self._sub_out
+        return finishes, credit, regrow
+
     async def _flush(self) -> None:
         finishes: list[w.Finish] = []  # taken, not yet acknowledged
         try:
             while True:
-                while not finishes and self._idle():
+                while not finishes and self._sent is None and self._idle():
                     if self._stopped and not self._unsettled:
                         return
-                    await self._wake.park()
-                if self._detached and not self.ended and not self._stopped and self._free >= 1:
-                    await self._resubscribe()
-                    continue
-                if not finishes:
-                    finishes = self._finishes[:_SETTLE_BATCH]
-                    del self._finishes[:_SETTLE_BATCH]
-                # The server takes back no more credit than this subscription
-                # was handed jobs: credit freed by jobs of an earlier one (from
-                # before a reconnect) goes into a new subscription instead.
-                due, self._credit_due = self._credit_due, 0
-                credit = 0 if self.ended or self._detached else min(due, self._sub_out)
-                self._sub_out -= credit
-                # fewer slots open on the server than are free here: jobs of
-                # an earlier subscription freed them
-                regrow = not self._detached and self._free > self._sub_credit - self._sub_out
-                self._settling = True  # until these finishes are acknowledged
+                    self._parked = True
+                    try:
+                        await self._wake.park()
+                    finally:
+                        self._parked = False
+                sent, self._sent = self._sent, None
+                if sent is not None:
+                    finishes, credit, regrow = sent.finishes, sent.credit, sent.regrow
+                else:
+                    if self._detached and not self.ended and not self._stopped and self._free >= 1:
+                        await self._resubscribe()
+                        continue
+                    finishes, credit, regrow = self._take_settle(finishes)
+                    self._settling = True  # until these finishes are acknowledged
                 try:
-                    await self._settle(finishes, credit)
+                    await self._settle(finishes, credit, None if sent is None else sent.request)
                 except _Lost:
                     # Sent again once reconnected (the credit went into the new
                     # subscribe); the server refuses any it applied already.
@@ -422,6 +482,9 @@ class RemoteJobStream(JobBuffer):
                 if not self._finishes:
                     self._settled.unpark_all()
         finally:
+            sent, self._sent = self._sent, None
+            if sent is not None and isinstance(sent.request, _Sent):
+                self._queue._drop_sent(sent.request)
             self._flushing = False
             self._settling = False
             self._settled.unpark_all()
@@ -458,14 +521,19 @@ class RemoteJobStream(JobBuffer):
         queue._streams[request_id] = self
         await queue._send_frame(link, text)
 
-    async def _settle(self, finishes: list[w.Finish], credit: int) -> None:
-        message = partial(
-            _settle_message,
-            stream=self,
-            finishes=finishes,
-            credit=credit,
-        )
-        reply = await self._queue._request(message)
+    async def _settle(
+        self,
+        finishes: list[w.Finish],
+        credit: int,
+        sent: _Sent | JobQueueError | ValueError | TypeError | None = None,
+    ) -> None:
+        if sent is None:
+            message = partial(_settle_message, stream=self, finishes=finishes, credit=credit)
+            reply = await self._queue._request(message)
+        elif isinstance(sent, _Sent):
+            reply = await self._queue._sent_reply(sent)
+        else:
+            raise sent  # it could not be sent
         refused = {r.index: r for r in RemoteQueue._structure(reply, list[w.Refusal])}
         queue = self._queue
         for index, finish in enumerate(finishes):
@@ -514,6 +582,16 @@ class RemoteJobStream(JobBuffer):
             queue.release(job)
         queue._all_streams.discard(self)
         self._wake.unpark_all()
+
+
+@attrs.define
+class _SentSettle:
+    """A settle sent from a finishing task (:meth:`RemoteJobStream._settle_now`)."""
+
+    finishes: list[w.Finish]
+    credit: int
+    regrow: bool
+    request: _Sent | JobQueueError | ValueError | TypeError  # or why it could not go
 
 
 def _settle_message(
@@ -730,11 +808,58 @@ class RemoteQueue(QueueAPI):
                 if resend:
                     continue
                 raise _Lost(reply.message)
-            if isinstance(reply, QueueClosedError):
-                raise QueueClosedError(reply.message) from reply.__cause__
-            if type(reply) is w.Error:
-                raise w.exception_from_reply(reply)
-            return reply
+            return _reply_value(reply)
+
+    def _idle_link(self) -> _Link | None:
+        """The connection, if a request sent now would go out alone at once:
+        nothing else queued, sending or in flight (open streams' subscribes
+        aside), and a request slot free."""
+        link = self._link
+        if (
+            link is None
+            or link.error is not None
+            or link.sending
+            or link.pending
+            or link.slots.value == 0
+            or link.session.in_flight > len(self._streams)
+        ):
+            return None
+        return link
+
+    def _request_nowait(self, link: _Link, make: Callable[[int], w.Message]) -> _Sent:
+        """Send one request on ``link`` (an :meth:`_idle_link`) from the caller's
+        task, without a schedule point; :meth:`_sent_reply` waits for its reply.
+
+        Raises what :meth:`ClientSession.prepare` raises (a frame too large),
+        having sent nothing.
+        """
+        request_id, text = link.session.prepare(make)
+        link.slots.acquire_nowait()
+        slot = _ReplySlot()
+        link.session.wait(request_id, slot)
+        if not link.ws.send_many_nowait((text,)):
+            self._queue_frame(link, text)  # the writer task sends it
+        elif link.ws.unsent:  # the socket took part of it: the writer sends the rest
+            link.wake_writer.unpark_all()
+        return _Sent(link, request_id, slot)
+
+    async def _sent_reply(self, sent: _Sent) -> w.Message:
+        """The reply to a request sent by :meth:`_request_nowait`, as :meth:`_request`
+        returns it (without sending again after a lost connection)."""
+        try:
+            reply = await sent.slot.wait()
+        except BaseException:
+            self._drop_sent(sent)
+            raise
+        sent.link.slots.release()
+        if isinstance(reply, _Lost):
+            raise _Lost(reply.message)
+        return _reply_value(reply)
+
+    def _drop_sent(self, sent: _Sent) -> None:
+        # nobody waits for its reply any more (cancelled, or never awaited)
+        self._abandon(sent.link, sent.request_id, sent.slot)
+        sent.link.slots.release()
 
     async def _send_frame(self, link: _Link, text: str) -> None:
         """Queue ``text`` and, unless another task is sending, send everything queued.
