@@ -7,7 +7,9 @@ of many messages with one ``send_all`` (:meth:`WebSocket.send_many`). There
 is no reader task, no channel per message and no lock: a connection has one
 reading task and one writing task at a time, which is how both ends of
 actorq use it. A ping is answered from the reading task; if the writing task
-is busy meanwhile, the pong joins its write.
+is busy meanwhile, the pong joins its write. Frames that carry a whole data
+message, nearly all of them, are written and read by :mod:`._frames` instead
+of wsproto's general machinery, which takes over at the first other frame.
 
 The handshakes (:func:`accept_websocket` on the server, :func:`open_websocket`
 on the client) are wsproto's h11-based ones, with RFC 6455 framing, close
@@ -17,6 +19,7 @@ business (a :class:`trio.SSLStream`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import TYPE_CHECKING, Final
@@ -36,6 +39,8 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.utilities import RemoteProtocolError
+
+from ._frames import decode, encode
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -81,8 +86,26 @@ class HandshakeError(Exception):
     """The websocket handshake failed; the message says why in one sentence."""
 
 
-def _message(data: str | bytes) -> TextMessage | BytesMessage:
-    return TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
+def _wsproto_idle(connection: Connection) -> bool:
+    """True if wsproto holds no part of a frame or message, nor an event not yet
+    taken: the next bytes start a frame, and the hot path may read them.
+
+    This looks at wsproto's private state (wsproto 1.2); should that change,
+    it answers False and wsproto reads everything, as before the hot path.
+    """
+    if connection.state is not ConnectionState.OPEN:
+        return False
+    try:
+        proto = connection._proto
+        frames = proto._frame_decoder
+        return (
+            not connection._events
+            and frames.header is None
+            and not len(frames.buffer)
+            and proto._message_decoder.opcode is None
+        )
+    except AttributeError:
+        return False
 
 
 def _read_now(fd: int) -> bytes:
@@ -141,7 +164,9 @@ class WebSocket:
         #: ``trio.current_time()`` when bytes last arrived (keepalive checks read it).
         self.last_received = trio.current_time()
         self._connection = connection
-        self._events: Iterator[Event] | None = connection.events()
+        self._client = connection.client  # a client masks what it sends; a server, what it reads
+        self._events: Iterator[Event | str | bytes] | None = connection.events()
+        self._inbox = bytearray()  # the start of a frame the hot path reads once complete
         self._parts: list[str | bytes] = []
         self._part_size = 0
         self._sending = False
@@ -192,6 +217,10 @@ class WebSocket:
             if events is not None:
                 for event in events:
                     data: str | bytes
+                    if type(event) is str or type(event) is bytes:  # whole, from the hot path
+                        if len(event) > self.max_message_size:
+                            await self._too_big()
+                        return event
                     if isinstance(event, TextMessage):
                         data = event.data
                     elif isinstance(event, BytesMessage):
@@ -225,9 +254,35 @@ class WebSocket:
                 self._fail(exc)
                 raise self._finish(ABNORMAL_CLOSURE, "the connection was lost") from exc
             self.last_received = trio.current_time()
+            if received and (self._inbox or _wsproto_idle(connection)):
+                self._events = self._take_frames(received)
+                continue
             # b"" (the peer closed the stream) makes a CloseConnection(1006) event
             connection.receive_data(bytes(received) or None)
             self._events = connection.events()
+
+    def _take_frames(self, received: bytes | bytearray) -> Iterator[Event | str | bytes]:
+        # Whole data messages are read here (_frames.decode); from the first
+        # frame that is anything else, wsproto reads the rest, as it reads
+        # everything while it holds part of a frame or message.
+        inbox = self._inbox
+        if inbox:
+            inbox += received
+            buffer: bytes | bytearray = inbox
+        else:
+            buffer = received
+        messages, used, stopped = decode(
+            buffer, masked=not self._client, max_size=self.max_message_size
+        )
+        if stopped:
+            self._inbox = bytearray()
+            self._connection.receive_data(bytes(buffer[used:]))
+            return itertools.chain(messages, self._connection.events())
+        if used < len(buffer):
+            self._inbox = bytearray(buffer[used:])
+        elif inbox:
+            self._inbox = bytearray()
+        return iter(messages)
 
     async def _read(self) -> bytes | bytearray:
         # What trio's SocketStream.receive_some does, with one schedule point
@@ -300,11 +355,11 @@ class WebSocket:
         connection = self._connection
         if self._closed is not None or connection.state is not ConnectionState.OPEN:
             raise self._closed or ConnectionClosed(ABNORMAL_CLOSURE, "the connection is closing")
-        send = connection.send
+        mask = self._client
         if len(messages) == 1:
-            data = send(_message(messages[0]))
+            data = encode(messages[0], mask=mask)
         else:
-            data = b"".join([send(_message(message)) for message in messages])
+            data = b"".join([encode(message, mask=mask) for message in messages])
         try:
             await self._write(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -331,8 +386,8 @@ class WebSocket:
         fd = sock.fileno()
         if connection.state is not ConnectionState.OPEN or fd < 0:
             return False
-        send = connection.send
-        data = b"".join([send(_message(message)) for message in messages])
+        mask = self._client
+        data = b"".join([encode(message, mask=mask) for message in messages])
         try:
             sent = os.write(fd, data)
         except BlockingIOError:
