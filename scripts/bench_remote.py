@@ -3,6 +3,7 @@
 
     python scripts/bench.py --suite remote [--quick]
     python scripts/bench_remote.py [--quick]        # this suite alone
+    python scripts/bench_remote.py --memory-only --against ../old   # before / after
 
 Every part runs in its own process, as in production:
 
@@ -204,10 +205,11 @@ def _free_port() -> int:
         return port
 
 
-def _env(**extra: str) -> dict[str, str]:
+def _env(root: Path = ROOT, **extra: str) -> dict[str, str]:
+    # the processes import actorq (and the bench's own modules) from ``root``
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(SCRIPTS), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
+        [str(root / "scripts"), str(root), *filter(None, [env.get("PYTHONPATH")])]
     )
     env.update(extra)
     return env
@@ -258,6 +260,7 @@ class Process:
         *,
         env: dict[str, str] | None = None,
         pipe: bool = False,
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
         self.log = logdir / f"{name}-{uuid.uuid4().hex[:8]}.log"
@@ -269,7 +272,8 @@ class Process:
                 stdout=subprocess.PIPE if pipe else err,
                 stderr=err,
                 env=env or _env(),
-                cwd=ROOT,
+                # python -m looks in the working directory first: the checkout's own actorq
+                cwd=cwd,
                 text=True,
             )
 
@@ -418,29 +422,47 @@ class System:
 class ActorqSystem(System):
     has_chain = True
 
-    def __init__(self, workdir: Path, notify: Notifications, kind: str, store: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        notify: Notifications,
+        kind: str,
+        store: str,
+        *,
+        root: Path = ROOT,
+        name: str | None = None,
+    ) -> None:
         super().__init__(workdir, notify)
-        self.name = f"actorq_{kind}"
+        self.name = name or f"actorq_{kind}"
+        self.root = root  # the checkout whose actorq every process of this system runs
+        cli = [sys.executable, "-m", "actorq"] if root != ROOT else _actorq_cli()
+        self.cli = cli
         self.server = Process(
             f"{self.name}-server",
-            [*_actorq_cli(), "--store", store, "serve", "--host", HOST, "--port", "0"],
+            [*cli, "--store", store, "serve", "--host", HOST, "--port", "0"],
             workdir,
+            env=_env(root),
+            cwd=root,
         )
         self.url = self.server.wait_log(r"on (ws://\S+)").group(1)
         self.producer = Process(
             f"{self.name}-producer",
-            [sys.executable, str(Path(__file__).resolve()), "--producer", self.url],
+            [sys.executable, str(root / "scripts" / "bench_remote.py"), "--producer", self.url],
             workdir,
+            env=_env(root),
             pipe=True,
+            cwd=root,
         )
         self.producer.read_reply()
 
     def start_consumer(self, env: dict[str, str]) -> Process:
+        env = {**env, "PYTHONPATH": _env(self.root)["PYTHONPATH"]}
         return Process(
             f"{self.name}-worker",
-            [*_actorq_cli(), "--url", self.url, "worker", "bench_worker_app:worker"],
+            [*self.cli, "--url", self.url, "worker", "bench_worker_app:worker"],
             self.workdir,
             env=env,
+            cwd=self.root,
         )
 
 
@@ -631,33 +653,49 @@ def summarize(
         "samples_per_round": runs[0]["idle_latency_ms"]["samples"],
     }
     if baseline is not None:
-        pairs = {
-            **RATIOS,
-            "idle_latency_median_ms": "latency_median",
-            "idle_latency_p90_ms": "latency_p90",
-        }
-        ratios: dict[str, float] = {}
-        for figure, name in pairs.items():
-            per_round = []
-            for ours, theirs in zip(runs, baseline, strict=True):
-                a, b = _get(ours, figure), _get(theirs, figure)
-                if a is not None and b:
-                    per_round.append(a / b)
-            if per_round:
-                ratios[name] = statistics.median(per_round)
-        out["vs_redis"] = ratios
+        out["vs_redis"] = ratios_to(runs, baseline)
     elif not is_baseline:
         out["vs_redis"] = None
     return out
 
 
+def ratios_to(
+    runs: list[dict[str, Any]], baseline: list[dict[str, Any]], figures: dict[str, str] = RATIOS
+) -> dict[str, float]:
+    """The median over rounds of each figure's ratio ``runs`` / ``baseline``, round by round."""
+    pairs = {
+        **figures,
+        "idle_latency_median_ms": "latency_median",
+        "idle_latency_p90_ms": "latency_p90",
+    }
+    ratios: dict[str, float] = {}
+    for figure, name in pairs.items():
+        per_round = []
+        for ours, theirs in zip(runs, baseline, strict=True):
+            a, b = _get(ours, figure), _get(theirs, figure)
+            if a is not None and b:
+                per_round.append(a / b)
+        if per_round:
+            ratios[name] = statistics.median(per_round)
+    return ratios
+
+
 @contextlib.contextmanager
 def _systems(
-    workdir: Path, notify: Notifications, skipped: dict[str, str], errors: dict[str, str]
+    workdir: Path,
+    notify: Notifications,
+    skipped: dict[str, str],
+    errors: dict[str, str],
+    *,
+    against: Path | None = None,
+    memory_only: bool = False,
 ) -> Iterator[list[System]]:
     """Start every system that can run here; record why the others cannot.
 
     ``skipped``: what is not installed here; ``errors``: what failed to start.
+    ``against``: another checkout of actorq, run on the memory store beside
+    this one (``actorq_memory_against``); ``memory_only``: no SQLite, no
+    PostgreSQL.
     """
     systems: list[System] = []
     cluster: Any = None
@@ -671,17 +709,27 @@ def _systems(
 
     try:
         attempt("actorq_memory", lambda: ActorqSystem(workdir, notify, "memory", "memory://"))
-        attempt(
-            "actorq_sqlite",
-            lambda: ActorqSystem(workdir, notify, "sqlite", f"sqlite:///{workdir / 'q.db'}"),
-        )
+        if against is not None:
+            attempt(
+                AGAINST,
+                lambda: ActorqSystem(
+                    workdir, notify, "memory", "memory://", root=against, name=AGAINST
+                ),
+            )
+        if not memory_only:
+            attempt(
+                "actorq_sqlite",
+                lambda: ActorqSystem(workdir, notify, "sqlite", f"sqlite:///{workdir / 'q.db'}"),
+            )
         sys.path.insert(0, str(ROOT / "tests"))
         import pgserver
 
         reason = pgserver.missing_reason()
         if reason is None and importlib.util.find_spec("psycopg") is None:
             reason = "psycopg is not installed (pip install -e '.[postgres]')"
-        if reason is not None:
+        if memory_only:
+            pass
+        elif reason is not None:
             skipped["actorq_postgres"] = f"skipped: {reason}"
         else:
             # fsync on: every commit reaches the disk, as in production
@@ -710,8 +758,16 @@ def _systems(
             cluster.stop()
 
 
-def run(quick: bool) -> dict[str, Any]:
-    """Start everything, run the rounds, stop everything. Returns the figures."""
+AGAINST = "actorq_memory_against"
+
+
+def run(quick: bool, *, against: Path | None = None, memory_only: bool = False) -> dict[str, Any]:
+    """Start everything, run the rounds, stop everything. Returns the figures.
+
+    ``against`` and ``memory_only`` as for :func:`_systems`: with ``against``,
+    the figures hold ``actorq_memory_against`` too, and ``actorq_memory`` gets
+    ``vs_against``, its ratio to that checkout's figures round by round.
+    """
     # The drain and end-to-end phases are sized by time, not by count, so
     # that the run takes minutes however fast a system is and no phase is too
     # short to time: each system's sequential enqueue rate is measured once
@@ -739,7 +795,9 @@ def run(quick: bool) -> dict[str, Any]:
     notify = Notifications()
     with (
         tempfile.TemporaryDirectory(prefix="actorq-bench-") as tmp,
-        _systems(Path(tmp), notify, skipped, errors) as systems,
+        _systems(
+            Path(tmp), notify, skipped, errors, against=against, memory_only=memory_only
+        ) as systems,
     ):
         for r in range(rounds):
             for system in systems:
@@ -766,7 +824,9 @@ def run(quick: bool) -> dict[str, Any]:
             "redis": "redis-server --save '' --appendonly no; LPUSH producer, BRPOP consumer",
         }
     }
-    for name in ("redis", "actorq_memory", "actorq_sqlite", "actorq_postgres"):
+    for name in ("redis", "actorq_memory", AGAINST, "actorq_sqlite", "actorq_postgres"):
+        if name == AGAINST and against is None:
+            continue
         if name in errors:
             results[name] = {"error": errors[name]}
         elif name in runs:
@@ -777,6 +837,12 @@ def run(quick: bool) -> dict[str, Any]:
             results[name]["sizes"] = sizes[name]
         elif name in skipped:
             results[name] = {"skipped": skipped[name]}
+    if against is not None and "actorq_memory" in runs and AGAINST in runs:
+        # this checkout over the other, round by round (CPU: below 1 is less)
+        results["actorq_memory"]["vs_against"] = ratios_to(
+            runs["actorq_memory"], runs[AGAINST], {**RATIOS, "chain_jobs_per_s": "chain"}
+        )
+        results["setup"]["against"] = str(against)
     return results
 
 
@@ -788,4 +854,23 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--redis-producer"]:
         _redis_producer(int(sys.argv[2]))
     else:
-        print(json.dumps(run("--quick" in sys.argv), indent=2))
+        import argparse
+
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        parser.add_argument("--quick", action="store_true", help="one short round")
+        parser.add_argument(
+            "--against",
+            type=Path,
+            metavar="CHECKOUT",
+            help="another checkout of actorq (a git worktree, say), run on the memory "
+            "store beside this one, round by round; vs_against is this one over it",
+        )
+        parser.add_argument(
+            "--memory-only", action="store_true", help="no SQLite and no PostgreSQL"
+        )
+        args = parser.parse_args()
+        against = args.against.resolve() if args.against else None
+        if against is not None and not (against / "actorq" / "__init__.py").is_file():
+            parser.error(f"{against} is not a checkout of actorq")
+        result = run(args.quick, against=against, memory_only=args.memory_only)
+        print(json.dumps(result, indent=2))
