@@ -693,8 +693,9 @@ def _systems(
     """Start every system that can run here; record why the others cannot.
 
     ``skipped``: what is not installed here; ``errors``: what failed to start.
-    ``against``: another checkout of actorq, run on the memory store beside
-    this one (``actorq_memory_against``); ``memory_only``: no SQLite, no
+    ``against``: another checkout of actorq, run beside this one on the
+    memory store (``actorq_memory_against``) and, unless ``memory_only``, on
+    SQLite (``actorq_sqlite_against``); ``memory_only``: no SQLite, no
     PostgreSQL.
     """
     systems: list[System] = []
@@ -711,9 +712,9 @@ def _systems(
         attempt("actorq_memory", lambda: ActorqSystem(workdir, notify, "memory", "memory://"))
         if against is not None:
             attempt(
-                AGAINST,
+                f"{MEMORY}{AGAINST}",
                 lambda: ActorqSystem(
-                    workdir, notify, "memory", "memory://", root=against, name=AGAINST
+                    workdir, notify, "memory", "memory://", root=against, name=MEMORY + AGAINST
                 ),
             )
         if not memory_only:
@@ -721,6 +722,15 @@ def _systems(
                 "actorq_sqlite",
                 lambda: ActorqSystem(workdir, notify, "sqlite", f"sqlite:///{workdir / 'q.db'}"),
             )
+            if against is not None:
+                attempt(
+                    f"{SQLITE}{AGAINST}",
+                    lambda: ActorqSystem(
+                        *(workdir, notify, "sqlite", f"sqlite:///{workdir / 'q-against.db'}"),
+                        root=against,
+                        name=SQLITE + AGAINST,
+                    ),
+                )
         sys.path.insert(0, str(ROOT / "tests"))
         import pgserver
 
@@ -758,15 +768,16 @@ def _systems(
             cluster.stop()
 
 
-AGAINST = "actorq_memory_against"
+MEMORY, SQLITE, AGAINST = "actorq_memory", "actorq_sqlite", "_against"
 
 
 def run(quick: bool, *, against: Path | None = None, memory_only: bool = False) -> dict[str, Any]:
     """Start everything, run the rounds, stop everything. Returns the figures.
 
     ``against`` and ``memory_only`` as for :func:`_systems`: with ``against``,
-    the figures hold ``actorq_memory_against`` too, and ``actorq_memory`` gets
-    ``vs_against``, its ratio to that checkout's figures round by round.
+    the figures hold the other checkout's systems too (``..._against``), and
+    each of this checkout's gets ``vs_against``, its ratio to the other's
+    figures on the same store, round by round.
     """
     # The drain and end-to-end phases are sized by time, not by count, so
     # that the run takes minutes however fast a system is and no phase is too
@@ -824,8 +835,9 @@ def run(quick: bool, *, against: Path | None = None, memory_only: bool = False) 
             "redis": "redis-server --save '' --appendonly no; LPUSH producer, BRPOP consumer",
         }
     }
-    for name in ("redis", "actorq_memory", AGAINST, "actorq_sqlite", "actorq_postgres"):
-        if name == AGAINST and against is None:
+    names = ["redis", MEMORY, MEMORY + AGAINST, SQLITE, SQLITE + AGAINST, "actorq_postgres"]
+    for name in names:
+        if name.endswith(AGAINST) and against is None:
             continue
         if name in errors:
             results[name] = {"error": errors[name]}
@@ -837,12 +849,14 @@ def run(quick: bool, *, against: Path | None = None, memory_only: bool = False) 
             results[name]["sizes"] = sizes[name]
         elif name in skipped:
             results[name] = {"skipped": skipped[name]}
-    if against is not None and "actorq_memory" in runs and AGAINST in runs:
-        # this checkout over the other, round by round (CPU: below 1 is less)
-        results["actorq_memory"]["vs_against"] = ratios_to(
-            runs["actorq_memory"], runs[AGAINST], {**RATIOS, "chain_jobs_per_s": "chain"}
-        )
+    if against is not None:
         results["setup"]["against"] = str(against)
+        for name in (MEMORY, SQLITE):
+            if name in runs and name + AGAINST in runs and name not in errors:
+                # this checkout over the other, round by round (CPU: below 1 is less)
+                results[name]["vs_against"] = ratios_to(
+                    runs[name], runs[name + AGAINST], {**RATIOS, "chain_jobs_per_s": "chain"}
+                )
     return results
 
 
@@ -862,8 +876,9 @@ if __name__ == "__main__":
             "--against",
             type=Path,
             metavar="CHECKOUT",
-            help="another checkout of actorq (a git worktree, say), run on the memory "
-            "store beside this one, round by round; vs_against is this one over it",
+            help="another checkout of actorq (a git worktree, say), run beside this one "
+            "on the memory and SQLite stores, round by round; vs_against is this one "
+            "over it",
         )
         parser.add_argument(
             "--memory-only", action="store_true", help="no SQLite and no PostgreSQL"

@@ -31,6 +31,7 @@ import actorq
 from actorq._core import _ops as ops
 from actorq._remote import _wire as w
 from actorq._remote._client import connect_stream
+from actorq._remote._frames import decode
 from actorq._remote._server import QueueServer
 
 if TYPE_CHECKING:
@@ -928,10 +929,11 @@ async def test_writes_straight_to_the_socket_keep_order_and_lose_nothing() -> No
         assert (await local.stats()).finished == 150
 
 
-async def test_a_finish_goes_out_at_once_when_nothing_is_being_settled() -> None:
-    # A finish made while no settle is on its way is on the wire when
-    # finish() returns, written from the finishing task; one made while a
-    # settle is on its way waits to go with the next. Both take effect.
+async def test_the_last_runs_finish_goes_out_at_once_and_carries_the_others() -> None:
+    # While another run is still going, a finish waits a scheduler pass, so
+    # that runs finishing together share a settle. The finish of the last run
+    # going, made while no settle is on its way, is on the wire when finish()
+    # returns, written from the finishing task, with the finishes waiting.
     accepted: list[trio.SocketStream] = []
     async with actorq.open_queue() as local, trio.open_nursery() as nursery:
         server = QueueServer(local)
@@ -943,14 +945,14 @@ async def test_a_finish_goes_out_at_once_when_nothing_is_being_settled() -> None
         listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
 
-        def waiting_bytes() -> int:
+        def waiting() -> bytes:
             # what the client sent that the server has not read yet
             fd = accepted[0].socket.fileno()
             with socket.socket(fileno=os.dup(fd)) as peek:
                 try:
-                    return len(peek.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+                    return peek.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                 except BlockingIOError:
-                    return 0
+                    return b""
 
         first = await local.enqueue("t", {"n": 1})
         second = await local.enqueue("t", {"n": 2})
@@ -960,12 +962,14 @@ async def test_a_finish_goes_out_at_once_when_nothing_is_being_settled() -> None
         ):
             jobs = [await stream.receive(), await stream.receive()]
             await trio.testing.wait_all_tasks_blocked()
-            assert waiting_bytes() == 0
+            assert waiting() == b""
             stream.finish(jobs[0], "one")
-            sent = waiting_bytes()
-            assert sent > 0
+            assert waiting() == b""  # the other run is still going
             stream.finish(jobs[1], "two")
-            assert waiting_bytes() == sent
+            (frame,), _, _ = decode(waiting(), masked=True, max_size=1 << 20)
+            settle = orjson.loads(frame)
+            assert settle["kind"] == "settle"
+            assert [f["result"] for f in settle["finishes"]] == ["one", "two"]
             await stream.wait_settled()
         assert [(await local.job_status(i)).result for i in (first, second)] == ["one", "two"]
         nursery.cancel_scope.cancel()

@@ -386,17 +386,16 @@ class RemoteJobStream(JobBuffer):
         self._kick()
 
     def _kick(self) -> None:
-        if self._flushing:
-            if self._parked and not self._settling and not self._detached:
-                self._settle_now()
-            self._wake.unpark_all()
-            return
-        nursery = self._queue._nursery
-        if nursery is not None and not self._queue.closed:
-            if not self._settling and not self._detached:
-                self._settle_now()
+        if not self._flushing:
+            nursery = self._queue._nursery
+            if nursery is None or self._queue.closed:
+                return
             self._flushing = True
+            self._parked = True  # it holds nothing until it runs
             nursery.start_soon(self._flush)
+        if self._parked and not self._settling and not self._detached:
+            self._settle_now()
+        self._wake.unpark_all()
 
     def _idle(self) -> bool:
         if self._finishes:
@@ -406,10 +405,15 @@ class RemoteJobStream(JobBuffer):
         return not (self._credit_due and not self.ended)
 
     def _settle_now(self) -> None:
-        # A finish that comes while nothing is being settled goes out from
-        # the finishing task at once, as a lone request does: the flusher
-        # wakes only to see it answered, off the path to the next job.
+        # The finish of the last run going, made while nothing is being
+        # settled, goes out from the finishing task at once, as a lone
+        # request does: the flusher wakes only to see it answered, off the
+        # path to the next job (a chain's next link, an idle worker's reply).
         if self._idle():
+            return
+        if len(self._unsettled) > len(self._finishes):
+            # Another run is still going and may finish in this same pass:
+            # the flusher, one pass later, sends their finishes together.
             return
         queue = self._queue
         link = queue._idle_link()
@@ -455,6 +459,7 @@ class RemoteJobStream(JobBuffer):
                         await self._wake.park()
                     finally:
                         self._parked = False
+                self._parked = False
                 sent, self._sent = self._sent, None
                 if sent is not None:
                     finishes, credit, regrow = sent.finishes, sent.credit, sent.regrow
