@@ -431,9 +431,13 @@ class ActorqSystem(System):
         *,
         root: Path = ROOT,
         name: str | None = None,
+        twin: System | None = None,
     ) -> None:
         super().__init__(workdir, notify)
         self.name = name or f"actorq_{kind}"
+        # run beside ``twin`` (the same store, another checkout): the same
+        # phase sizes as it, so that the two meet the same backlogs
+        self.twin = twin
         self.root = root  # the checkout whose actorq every process of this system runs
         cli = [sys.executable, "-m", "actorq"] if root != ROOT else _actorq_cli()
         self.cli = cli
@@ -454,6 +458,11 @@ class ActorqSystem(System):
             cwd=root,
         )
         self.producer.read_reply()
+
+    def size(self, plan: dict[str, Any]) -> dict[str, int]:
+        if self.twin is not None and self.sizes is None:
+            self.sizes = dict(self.twin.size(plan))
+        return super().size(plan)
 
     def start_consumer(self, env: dict[str, str]) -> Process:
         env = {**env, "PYTHONPATH": _env(self.root)["PYTHONPATH"]}
@@ -701,6 +710,9 @@ def _systems(
     systems: list[System] = []
     cluster: Any = None
 
+    def named(name: str) -> System | None:
+        return next((system for system in systems if system.name == name), None)
+
     def attempt(name: str, start: Callable[[], System]) -> None:
         progress(f"starting {name}")
         try:
@@ -714,7 +726,10 @@ def _systems(
             attempt(
                 f"{MEMORY}{AGAINST}",
                 lambda: ActorqSystem(
-                    workdir, notify, "memory", "memory://", root=against, name=MEMORY + AGAINST
+                    *(workdir, notify, "memory", "memory://"),
+                    root=against,
+                    name=MEMORY + AGAINST,
+                    twin=named(MEMORY),
                 ),
             )
         if not memory_only:
@@ -729,6 +744,7 @@ def _systems(
                         *(workdir, notify, "sqlite", f"sqlite:///{workdir / 'q-against.db'}"),
                         root=against,
                         name=SQLITE + AGAINST,
+                        twin=named(SQLITE),
                     ),
                 )
         sys.path.insert(0, str(ROOT / "tests"))
