@@ -720,33 +720,25 @@ def _systems(
         except Exception as exc:  # one broken system must not hide the others' figures
             errors[name] = f"did not start: {exc!r}"
 
-    try:
-        attempt("actorq_memory", lambda: ActorqSystem(workdir, notify, "memory", "memory://"))
+    def attempt_actorq(kind: str, store: Callable[[str], str]) -> None:
+        # this checkout on ``kind``, then the other one (if any) beside it
+        name = f"actorq_{kind}"
+        attempt(name, lambda: ActorqSystem(workdir, notify, kind, store("q")))
         if against is not None:
             attempt(
-                f"{MEMORY}{AGAINST}",
+                name + AGAINST,
                 lambda: ActorqSystem(
-                    *(workdir, notify, "memory", "memory://"),
+                    *(workdir, notify, kind, store("q-against")),
                     root=against,
-                    name=MEMORY + AGAINST,
-                    twin=named(MEMORY),
+                    name=name + AGAINST,
+                    twin=named(name),
                 ),
             )
+
+    try:
+        attempt_actorq("memory", lambda _: "memory://")
         if not memory_only:
-            attempt(
-                "actorq_sqlite",
-                lambda: ActorqSystem(workdir, notify, "sqlite", f"sqlite:///{workdir / 'q.db'}"),
-            )
-            if against is not None:
-                attempt(
-                    f"{SQLITE}{AGAINST}",
-                    lambda: ActorqSystem(
-                        *(workdir, notify, "sqlite", f"sqlite:///{workdir / 'q-against.db'}"),
-                        root=against,
-                        name=SQLITE + AGAINST,
-                        twin=named(SQLITE),
-                    ),
-                )
+            attempt_actorq("sqlite", lambda file: f"sqlite:///{workdir / file}.db")
         sys.path.insert(0, str(ROOT / "tests"))
         import pgserver
 
