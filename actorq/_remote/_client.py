@@ -422,7 +422,7 @@ class RemoteJobStream(JobBuffer):
         finishes, credit, regrow = self._take_settle([])
         self._settling = True
         try:
-            sent: _Sent | JobQueueError | ValueError | TypeError = queue._request_nowait(
+            sent: _SettleSent = queue._request_nowait(
                 link, partial(_settle_message, stream=self, finishes=finishes, credit=credit)
             )
         except (JobQueueError, ValueError, TypeError) as exc:  # too large: as the flusher's
@@ -455,10 +455,7 @@ class RemoteJobStream(JobBuffer):
                     if self._stopped and not self._unsettled:
                         return
                     self._parked = True
-                    try:
-                        await self._wake.park()
-                    finally:
-                        self._parked = False
+                    await self._wake.park()
                 self._parked = False
                 sent, self._sent = self._sent, None
                 if sent is not None:
@@ -491,6 +488,7 @@ class RemoteJobStream(JobBuffer):
             if sent is not None and isinstance(sent.request, _Sent):
                 self._queue._drop_sent(sent.request)
             self._flushing = False
+            self._parked = False
             self._settling = False
             self._settled.unpark_all()
 
@@ -530,7 +528,7 @@ class RemoteJobStream(JobBuffer):
         self,
         finishes: list[w.Finish],
         credit: int,
-        sent: _Sent | JobQueueError | ValueError | TypeError | None = None,
+        sent: _SettleSent | None = None,
     ) -> None:
         if sent is None:
             message = partial(_settle_message, stream=self, finishes=finishes, credit=credit)
@@ -589,6 +587,11 @@ class RemoteJobStream(JobBuffer):
         self._wake.unpark_all()
 
 
+# a settle on its way, or why it could not go (a frame too large: raised
+# where its reply would have been awaited, as the flusher's own send raises it)
+_SettleSent = _Sent | JobQueueError | ValueError | TypeError
+
+
 @attrs.define
 class _SentSettle:
     """A settle sent from a finishing task (:meth:`RemoteJobStream._settle_now`)."""
@@ -596,7 +599,7 @@ class _SentSettle:
     finishes: list[w.Finish]
     credit: int
     regrow: bool
-    request: _Sent | JobQueueError | ValueError | TypeError  # or why it could not go
+    request: _SettleSent
 
 
 def _settle_message(

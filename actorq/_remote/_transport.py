@@ -217,9 +217,9 @@ class WebSocket:
             if events is not None:
                 for event in events:
                     data: str | bytes
-                    if type(event) is str or type(event) is bytes:  # whole, from the hot path
-                        if len(event) > self.max_message_size:
-                            await self._too_big()
+                    if type(event) is str or type(event) is bytes:
+                        # whole, from the hot path, which takes no payload over
+                        # max_message_size bytes (a text has no more characters)
                         return event
                     if isinstance(event, TextMessage):
                         data = event.data
