@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from ._core._protocol import JobQueue
     from ._core._records import Changes, JobRecord, ScheduleRecord, WorkerRecord
     from ._core._streaming import JobStream, StreamingQueue
+    from ._remote._blocking import BlockingQueue, connect_blocking
     from ._remote._client import RemoteQueue, connect
     from ._remote._server import QueueServer, serve
     from ._stores._base import MemoryStore, Store
@@ -106,6 +107,8 @@ _MODULES: dict[str, str] = {
     "WorkerRecord": "._core._records",
     "RemoteQueue": "._remote._client",
     "connect": "._remote._client",
+    "BlockingQueue": "._remote._blocking",
+    "connect_blocking": "._remote._blocking",
     "QueueServer": "._remote._server",
     "serve": "._remote._server",
     "ProtocolError": "._core._errors",
@@ -122,6 +125,7 @@ __all__ = [
     "JSON",
     "ActiveJobsError",
     "Backoff",
+    "BlockingQueue",
     "CanceledError",
     "Changes",
     "DequeueTimeoutError",
@@ -164,6 +168,7 @@ __all__ = [
     "WorkerNotExistError",
     "WorkerRecord",
     "connect",
+    "connect_blocking",
     "converter",
     "error_result",
     "open_queue",

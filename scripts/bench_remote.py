@@ -16,7 +16,11 @@ Every part runs in its own process, as in production:
   recording each handler's start (``scripts/bench_worker_app.py``);
 * the producer: a process of its own (this script, ``--producer URL``) that
   holds one ``actorq.connect`` connection and enqueues one job at a time
-  (sequential ``await queue.enqueue(...)``), as this process tells it.
+  (sequential ``await queue.enqueue(...)``), as this process tells it;
+* the blocking producer: another process (``--blocking-producer URL``) doing
+  the same through ``actorq.connect_blocking``, as a web application or a
+  script that does not run trio enqueues: the figures ``..._blocking``.
+  Left out for an ``--against`` checkout that has no blocking client.
 
 The baseline, in the same run: ``redis-server`` on a free loopback port
 (``--save '' --appendonly no``), a producer process doing ``LPUSH`` of JSON
@@ -31,7 +35,8 @@ machine hits all of them alike); figures are medians over the rounds, and
 each ratio to Redis is the median of the per-round ratios. A round:
 
 1. ``enqueue_jobs_per_s``: the producer enqueues the drain jobs sequentially,
-   no worker running;
+   no worker running; ``enqueue_blocking_jobs_per_s``: the blocking producer
+   enqueues as many jobs of a type no worker takes, deleted again untimed;
 2. ``drain_jobs_per_s``: the worker starts and drains them; jobs per second
    from the first to the last handler start. ``server_cpu_ms_per_job`` and
    ``worker_cpu_ms_per_job`` are utime+stime deltas (``/proc/PID/stat``) of
@@ -42,7 +47,8 @@ each ratio to Redis is the median of the per-round ratios. A round:
    (``enqueue_with_worker_jobs_per_s``: the producer's own rate meanwhile);
 4. ``idle_latency_ms``: one job at a time, each 20 ms after the previous
    one's handler started; from the enqueue call to the handler's start,
-   median and p90;
+   median and p90 (``idle_latency_blocking_ms``: the same from the blocking
+   producer, after the producer's samples);
 5. ``chain_jobs_per_s`` (actorq only): a chain of jobs, each depending on the
    previous, enqueued behind a gate job no worker takes; the producer then
    takes and finishes the gate, and the figure runs from the first to the
@@ -161,6 +167,29 @@ async def _actorq_producer(url: str) -> None:
                 t0 = time.time()
                 await queue.finish_job(gate.id)
                 _reply({"t0": t0})
+            else:
+                raise ValueError(f"unknown command {op!r}")
+
+
+def _blocking_producer(url: str) -> None:
+    import actorq
+
+    with actorq.connect_blocking(url) as queue:
+        _reply({"ready": True})
+        for line in sys.stdin:
+            command = json.loads(line)
+            op = command["op"]
+            if op in ("enqueue", "one"):
+                n = command["count"] if op == "enqueue" else 1
+                job_type = command.get("type", JOB_TYPE)
+                args = {"phase": command["phase"], "n": n}
+                t0 = time.time()
+                ids = [queue.enqueue(job_type, args) for _ in range(n)]
+                t1 = time.time()
+                if job_type != JOB_TYPE:  # nobody takes these: taken away again, untimed
+                    for job_id in ids:
+                        queue.delete_job(job_id)
+                _reply({"t0": t0, "t1": t1})
             else:
                 raise ValueError(f"unknown command {op!r}")
 
@@ -384,6 +413,7 @@ class System:
         self.notify = notify
         self.server: Process | None = None
         self.producer: Process | None = None
+        self.blocking: Process | None = None  # a producer on actorq.connect_blocking
         self.sizes: dict[str, int] | None = None
 
     def size(self, plan: dict[str, Any]) -> dict[str, int]:
@@ -414,7 +444,7 @@ class System:
         raise NotImplementedError
 
     def close(self) -> None:
-        for proc in (self.producer, self.server):
+        for proc in (self.blocking, self.producer, self.server):
             if proc is not None:
                 proc.stop()
 
@@ -458,6 +488,19 @@ class ActorqSystem(System):
             cwd=root,
         )
         self.producer.read_reply()
+        if (root / "actorq" / "_remote" / "_blocking.py").is_file():
+            self.blocking = Process(
+                f"{self.name}-blocking-producer",
+                [
+                    *(sys.executable, str(root / "scripts" / "bench_remote.py")),
+                    *("--blocking-producer", self.url),
+                ],
+                workdir,
+                env=_env(root),
+                pipe=True,
+                cwd=root,
+            )
+            self.blocking.read_reply()
 
     def size(self, plan: dict[str, Any]) -> dict[str, int]:
         if self.twin is not None and self.sizes is None:
@@ -543,6 +586,11 @@ def measure_round(system: System, tag: str, sizes: dict[str, int]) -> dict[str, 
 
     sent = producer.call({"op": "enqueue", "phase": drain, "count": n})
     out: dict[str, Any] = {"enqueue_jobs_per_s": n / (sent["t1"] - sent["t0"])}
+    blocking = system.blocking
+    if blocking is not None:
+        command = {"op": "enqueue", "phase": f"{tag}-blocking", "count": n, "type": CALIBRATE_TYPE}
+        sent = blocking.call(command)
+        out["enqueue_blocking_jobs_per_s"] = n / (sent["t1"] - sent["t0"])
 
     consumer = system.start_consumer(
         _env(
@@ -568,6 +616,12 @@ def measure_round(system: System, tag: str, sizes: dict[str, int]) -> dict[str, 
             time.sleep(IDLE_PAUSE)
             latency_sent.append(producer.call({"op": "one", "phase": f"{tag}-lat{i}"}))
             notify.wait(f"{tag}-lat{i}", 1, watched)
+        blocking_sent = []
+        if blocking is not None:
+            for i in range(sizes["latency"]):
+                time.sleep(IDLE_PAUSE)
+                blocking_sent.append(blocking.call({"op": "one", "phase": f"{tag}-blat{i}"}))
+                notify.wait(f"{tag}-blat{i}", 1, watched)
 
         if system.has_chain:
             k = sizes["chain"]
@@ -602,6 +656,16 @@ def measure_round(system: System, tag: str, sizes: dict[str, int]) -> dict[str, 
         "p90": _percentile(latencies, 0.9),
         "samples": len(latencies),
     }
+    if blocking_sent:
+        latencies = [
+            1000 * (starts[f"{tag}-blat{i}"][0] - sent["t0"])
+            for i, sent in enumerate(blocking_sent)
+        ]
+        out["idle_latency_blocking_ms"] = {
+            "median": statistics.median(latencies),
+            "p90": _percentile(latencies, 0.9),
+            "samples": len(latencies),
+        }
     if system.has_chain:
         chained = starts[chain]
         out["chain_jobs_per_s"] = (len(chained) - 1) / (max(chained) - min(chained))
@@ -615,6 +679,7 @@ FIGURES = (
     "drain_jobs_per_s",
     "end_to_end_jobs_per_s",
     "enqueue_jobs_per_s",
+    "enqueue_blocking_jobs_per_s",
     "enqueue_with_worker_jobs_per_s",
     "server_cpu_ms_per_job",
     "worker_cpu_ms_per_job",
@@ -632,10 +697,11 @@ RATIOS = {
 
 
 def _get(run: dict[str, Any], figure: str) -> float | None:
-    if figure == "idle_latency_median_ms":
-        return float(run["idle_latency_ms"]["median"])
-    if figure == "idle_latency_p90_ms":
-        return float(run["idle_latency_ms"]["p90"])
+    for latency in ("idle_latency", "idle_latency_blocking"):
+        for which in ("median", "p90"):
+            if figure == f"{latency}_{which}_ms":
+                found = run.get(f"{latency}_ms")
+                return None if found is None else float(found[which])
     value = run.get(figure)
     return None if value is None else float(value)
 
@@ -652,36 +718,55 @@ def summarize(
         values = [v for r in runs if (v := _get(r, figure)) is not None]
         if values:
             out[figure] = {"median": statistics.median(values), "runs": values}
-    medians = [r["idle_latency_ms"]["median"] for r in runs]
-    p90s = [r["idle_latency_ms"]["p90"] for r in runs]
-    out["idle_latency_ms"] = {
-        "median": statistics.median(medians),
-        "p90": statistics.median(p90s),
-        "runs_median": medians,
-        "runs_p90": p90s,
-        "samples_per_round": runs[0]["idle_latency_ms"]["samples"],
-    }
+    for latency in ("idle_latency_ms", "idle_latency_blocking_ms"):
+        if latency not in runs[0]:
+            continue
+        medians = [r[latency]["median"] for r in runs]
+        p90s = [r[latency]["p90"] for r in runs]
+        out[latency] = {
+            "median": statistics.median(medians),
+            "p90": statistics.median(p90s),
+            "runs_median": medians,
+            "runs_p90": p90s,
+            "samples_per_round": runs[0][latency]["samples"],
+        }
     if baseline is not None:
-        out["vs_redis"] = ratios_to(runs, baseline)
+        out["vs_redis"] = ratios_to(runs, baseline, cross=CROSS_RATIOS)
     elif not is_baseline:
         out["vs_redis"] = None
     return out
 
 
+#: ratios of a figure of ours to another figure of the baseline's: Redis's
+#: producer blocks, so the blocking producer's figures meet its only ones
+CROSS_RATIOS = {
+    ("enqueue_blocking_jobs_per_s", "enqueue_jobs_per_s"): "enqueue_blocking",
+    ("idle_latency_blocking_median_ms", "idle_latency_median_ms"): "latency_blocking_median",
+    ("idle_latency_blocking_p90_ms", "idle_latency_p90_ms"): "latency_blocking_p90",
+}
+
+
 def ratios_to(
-    runs: list[dict[str, Any]], baseline: list[dict[str, Any]], figures: dict[str, str] = RATIOS
+    runs: list[dict[str, Any]],
+    baseline: list[dict[str, Any]],
+    figures: dict[str, str] = RATIOS,
+    cross: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, float]:
-    """The median over rounds of each figure's ratio ``runs`` / ``baseline``, round by round."""
-    pairs = {
-        **figures,
-        "idle_latency_median_ms": "latency_median",
-        "idle_latency_p90_ms": "latency_p90",
+    """The median over rounds of each figure's ratio ``runs`` / ``baseline``, round by round.
+
+    ``cross``: pairs of figures (ours, the baseline's) compared as well.
+    """
+    pairs: dict[tuple[str, str], str] = {
+        **{(figure, figure): name for figure, name in figures.items()},
+        ("idle_latency_median_ms", "idle_latency_median_ms"): "latency_median",
+        ("idle_latency_p90_ms", "idle_latency_p90_ms"): "latency_p90",
+        **(cross or {}),
     }
     ratios: dict[str, float] = {}
-    for figure, name in pairs.items():
+    for (figure, other), name in pairs.items():
         per_round = []
         for ours, theirs in zip(runs, baseline, strict=True):
-            a, b = _get(ours, figure), _get(theirs, figure)
+            a, b = _get(ours, figure), _get(theirs, other)
             if a is not None and b:
                 per_round.append(a / b)
         if per_round:
@@ -840,6 +925,8 @@ def run(quick: bool, *, against: Path | None = None, memory_only: bool = False) 
             "server": "actorq --store STORE serve (its own process)",
             "worker": "actorq --url URL worker bench_worker_app:worker (one process)",
             "producer": "one process, sequential await queue.enqueue(...)",
+            "blocking_producer": "one process, sequential queue.enqueue(...) on "
+            "actorq.connect_blocking (the figures ..._blocking)",
             "redis": "redis-server --save '' --appendonly no; LPUSH producer, BRPOP consumer",
         }
     }
@@ -873,6 +960,8 @@ if __name__ == "__main__":
         import trio
 
         trio.run(_actorq_producer, sys.argv[2])
+    elif sys.argv[1:2] == ["--blocking-producer"]:
+        _blocking_producer(sys.argv[2])
     elif sys.argv[1:2] == ["--redis-producer"]:
         _redis_producer(int(sys.argv[2]))
     else:

@@ -1,0 +1,320 @@
+"""The blocking client (``actorq.connect_blocking``) against a real server on loopback.
+
+The server runs in the test's trio run; each blocking call runs in a thread
+(``trio.to_thread.run_sync``), as a program that does not run trio would make
+it. Real sockets and real time (trio-websocket issue 94: no autojump clock
+over real sockets); every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import uuid
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+import trio
+from trio_websocket import wrap_server_stream
+
+import actorq
+from actorq._remote import _wire as w
+from actorq._remote._client import LOST_MESSAGE
+from actorq._remote._server import QueueServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+R = TypeVar("R")
+
+
+async def blocking(fn: Callable[[], R]) -> R:
+    """``fn()`` in a thread, as code that does not run trio calls it; bounded."""
+    with trio.fail_after(20):  # a hung call fails the test, its thread abandoned
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+
+
+class Front:
+    """A loopback listener in front of a :class:`QueueServer`: each connection
+    goes to ``handler`` if set (once), else to the server; ``close_all`` cuts
+    every connection with no close frame (a crash)."""
+
+    def __init__(self, server: QueueServer) -> None:
+        self.server = server
+        self.handler: Callable[[trio.abc.Stream], Awaitable[None]] | None = None
+        self.connections = 0
+        self.open: list[trio.SocketStream] = []
+        self.port = 0
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        self.open.append(stream)
+        handler, self.handler = self.handler or self.server.handle_stream, None
+        await handler(stream)
+
+    async def close_all(self) -> None:
+        for stream in self.open:
+            await trio.aclose_forcefully(stream)
+        self.open.clear()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+
+@asynccontextmanager
+async def served(**options: Any) -> AsyncIterator[tuple[actorq.LocalQueue, Front]]:
+    async with actorq.open_queue() as local, trio.open_nursery() as nursery:
+        front = Front(QueueServer(local, **options))
+        listeners = await nursery.start(partial(trio.serve_tcp, front.serve, 0, host="127.0.0.1"))
+        front.port = listeners[0].socket.getsockname()[1]
+        yield local, front
+        front.server.close()
+        nursery.cancel_scope.cancel()
+
+
+async def hello_then_drop(stream: trio.abc.Stream) -> None:
+    """A server that welcomes the client, takes one request, and dies without answering."""
+    async with trio.open_nursery() as nursery:
+        request = await wrap_server_stream(nursery, stream)
+        ws = await request.accept()
+        hello = w.decode(await ws.get_message())
+        welcome = w.Welcome(
+            id=hello.id, version=3, server="x", max_message_size=1 << 20, max_in_flight=8
+        )
+        await ws.send_message(w.encode(welcome))
+        await ws.get_message()
+        await trio.aclose_forcefully(stream)
+        nursery.cancel_scope.cancel()
+
+
+class Hung(trio.abc.Stream):
+    """A server's end that goes silent after its handshake answer and welcome
+    (two writes): a paused or hung server, which answers not even pings."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        if self.writes <= 2:
+            await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_the_producers_calls_round_trip() -> None:
+    async with served() as (local, front):
+        queue = await blocking(lambda: actorq.connect_blocking(front.url))
+        with queue:
+            first = await blocking(lambda: queue.enqueue("build", {"ref": "v1"}, channel="red"))
+            second, third = await blocking(
+                lambda: queue.enqueue_many(
+                    [actorq.NewJob("test", {"n": 1}, [first], channel="red"), ("docs", None)]
+                )
+            )
+            # what the server's queue holds is what the calls said
+            assert (await local.job(first)).args == {"ref": "v1"}
+            assert (await local.job(second)).dependencies == [first]
+            status = await blocking(lambda: queue.job_status(second))
+            assert status == await local.job_status(second)
+            assert status.state is actorq.JobState.PENDING
+            assert await blocking(lambda: queue.job(third)) == await local.job(third)
+            assert await blocking(queue.stats) == await local.stats()
+            # roots: the jobs no other job depends on
+            assert sorted(await blocking(queue.all_root_job_ids)) == sorted([second, third])
+            listed = await blocking(lambda: queue.list_jobs(channel="red"))
+            assert {row.id for row in listed} == {first, second}
+
+            await blocking(lambda: queue.cancel_job(first))
+            # canceling a job cancels its pending dependents
+            assert (await local.job_status(second)).state is actorq.JobState.CANCELED
+            assert await blocking(lambda: queue.retry_job(first)) == [first, second]
+            await blocking(lambda: queue.cancel_job(third))
+            await blocking(lambda: queue.delete_job(third))
+            with pytest.raises(actorq.NotExistError):
+                await local.job_status(third)
+        assert queue.closed
+
+
+async def test_errors_are_the_queues_and_bad_arguments_send_nothing() -> None:
+    async with served(max_message_size=64 * 1024) as (local, front):
+        with await blocking(lambda: actorq.connect_blocking(front.url)) as queue:
+            unknown = uuid.uuid4()
+            with pytest.raises(actorq.NotExistError):
+                await blocking(lambda: queue.job_status(unknown))
+            with pytest.raises(TypeError, match="args"):
+                await blocking(lambda: queue.enqueue("t", object()))
+            with pytest.raises(ValueError, match="job_type"):
+                await blocking(lambda: queue.enqueue(""))
+            with pytest.raises(actorq.ProtocolError) as info:
+                await blocking(lambda: queue.enqueue("t", "x" * 100_000))
+            assert info.value.reason == "oversize"
+            assert (await local.stats()).jobs == 0
+            # the connection goes on after each of them
+            job_id = await blocking(lambda: queue.enqueue("t"))
+            assert (await local.job_status(job_id)).state is actorq.JobState.PENDING
+        with pytest.raises(actorq.QueueClosedError, match="closed"):
+            await blocking(lambda: queue.enqueue("t"))
+
+
+async def test_wait_blocks_until_the_job_settles() -> None:
+    async with served() as (local, front):
+        with await blocking(lambda: actorq.connect_blocking(front.url)) as queue:
+            job_id = await local.enqueue("t")
+            got: list[actorq.JobStatus] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    trio.to_thread.run_sync, lambda: got.append(queue.wait(job_id, timeout=10))
+                )
+                job = await local.dequeue(["t"], timeout=5)
+                await trio.sleep(0.05)
+                assert got == []  # still waiting: the job runs
+                await local.finish_job(job.id, {"done": True})
+            assert got[0].state is actorq.JobState.FINISHED
+            assert got[0].result == {"done": True}
+            with pytest.raises(actorq.WaitTimeoutError):
+                pending = await local.enqueue("t")
+                await blocking(lambda: queue.wait(pending, timeout=0.05))
+
+
+async def test_a_token_is_presented_and_a_wrong_one_refused() -> None:
+    async with served(auth="s3cret") as (_, front):
+        with pytest.raises(actorq.ProtocolError) as info:
+            await blocking(lambda: actorq.connect_blocking(front.url, token="wrong"))
+        assert info.value.reason == "unauthorized"
+        with await blocking(lambda: actorq.connect_blocking(front.url, token="s3cret")) as queue:
+            assert isinstance(await blocking(lambda: queue.enqueue("t")), uuid.UUID)
+
+
+async def test_each_url_is_tried_and_none_answering_raises() -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        dead = f"ws://127.0.0.1:{sock.getsockname()[1]}"
+    async with served() as (_, front):
+        with await blocking(lambda: actorq.connect_blocking([dead, front.url])) as queue:
+            assert await blocking(queue.all_root_job_ids) == []
+            assert queue.url == f"127.0.0.1:{front.port}/"
+    with pytest.raises(actorq.QueueClosedError, match="cannot connect"):
+        await blocking(lambda: actorq.connect_blocking(dead, connect_timeout=2))
+    with pytest.raises(ValueError, match="is not a ws:// or wss:// URL"):
+        actorq.connect_blocking("http://127.0.0.1:1")
+
+
+async def test_a_server_restarted_while_idle_is_reconnected_to_before_the_next_call() -> None:
+    async with served() as (local, front):
+        with await blocking(lambda: actorq.connect_blocking(front.url)) as queue:
+            before = await blocking(lambda: queue.enqueue("t"))
+            await front.close_all()  # a crash: no close frame
+            after = await blocking(lambda: queue.enqueue("t"))
+            assert front.connections == 2
+            assert {before, after} <= {job.id for job in await local.list_jobs()}
+            # a server shutting down says 1001 first: a cue to reconnect too
+            front.server.close()
+            await trio.sleep(0.1)
+            front.server = QueueServer(local)
+            assert (await blocking(lambda: queue.job_status(after))).type == "t"
+            assert front.connections == 3
+
+
+async def test_a_lost_enqueue_raises_and_a_lost_read_is_sent_again() -> None:
+    async with served() as (local, front):
+        with await blocking(lambda: actorq.connect_blocking(front.url)) as queue:
+            await front.close_all()
+            front.handler = hello_then_drop
+            with pytest.raises(actorq.QueueClosedError) as info:
+                await blocking(lambda: queue.enqueue("t"))
+            assert str(info.value) == LOST_MESSAGE
+            assert not queue.closed
+            job_id = await local.enqueue("t")
+            await front.close_all()
+            front.handler = hello_then_drop
+            assert (await blocking(lambda: queue.job_status(job_id))).type == "t"
+            assert front.connections == 4  # the first, two dropped, the one that answered
+
+
+async def test_a_silent_server_is_given_up_on_after_the_keepalive_timeout() -> None:
+    async with served() as (_, front):
+        front.handler = lambda stream: front.server.handle_stream(Hung(stream))
+        queue = await blocking(lambda: actorq.connect_blocking(front.url, keepalive_timeout=0.4))
+        with queue:
+            with pytest.raises(actorq.QueueClosedError) as info:
+                await blocking(lambda: queue.enqueue("t"))
+            assert str(info.value) == LOST_MESSAGE
+            # the next call connects again, to the real server this time
+            assert isinstance(await blocking(lambda: queue.enqueue("t")), uuid.UUID)
+
+
+async def test_threads_sharing_a_client_take_turns() -> None:
+    async with served() as (local, front):
+        with await blocking(lambda: actorq.connect_blocking(front.url)) as queue:
+            made: list[uuid.UUID] = []
+            lock = threading.Lock()
+
+            def produce(n: int) -> None:
+                for i in range(50):
+                    job_id = queue.enqueue("t", {"thread": n, "i": i})
+                    with lock:
+                        made.append(job_id)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(4):
+                    nursery.start_soon(blocking, lambda n=n: produce(n))
+            assert len(set(made)) == 200
+            assert (await local.stats()).pending == 200
+
+
+async def test_close_from_another_thread_ends_a_waiting_call() -> None:
+    async with served() as (local, front):
+        queue = await blocking(lambda: actorq.connect_blocking(front.url))
+        job_id = await local.enqueue("t")
+        errors: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                queue.wait(job_id)
+            except BaseException as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(blocking, wait)
+            await trio.sleep(0.1)
+            queue.close()
+        assert [type(e) for e in errors] == [actorq.QueueClosedError]
+        assert queue.closed
+        with pytest.raises(actorq.QueueClosedError):
+            await blocking(lambda: queue.enqueue("t"))
+
+
+async def test_tls() -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with actorq.open_queue() as local, trio.open_nursery() as nursery:
+        server: QueueServer = await nursery.start(
+            lambda task_status: actorq.serve(
+                local, "127.0.0.1", 0, ssl_context=server_context, task_status=task_status
+            )
+        )
+        url = f"wss://127.0.0.1:{server.port}"
+        with await blocking(
+            lambda: actorq.connect_blocking(url, ssl_context=client_context)
+        ) as queue:
+            job_id = await blocking(lambda: queue.enqueue("t", {"secure": True}))
+            assert (await local.job(job_id)).args == {"secure": True}
+        with pytest.raises(actorq.QueueClosedError, match="did not verify"):
+            await blocking(lambda: actorq.connect_blocking(url))
+        server.close()
