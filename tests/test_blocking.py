@@ -318,3 +318,43 @@ async def test_tls() -> None:
         with pytest.raises(actorq.QueueClosedError, match="did not verify"):
             await blocking(lambda: actorq.connect_blocking(url))
         server.close()
+
+
+async def test_a_large_request_goes_whole_after_an_idle_check() -> None:
+    # before each request the client reads what came meanwhile without
+    # blocking; the request after it must still be written whole, however
+    # much more than a socket buffer it is
+    async with served() as (local, front):
+        with await blocking(lambda: actorq.connect_blocking(front.url)) as queue:
+            await blocking(queue.stats)
+            big = {"blob": "x" * 3_000_000}
+            job_id = await blocking(lambda: queue.enqueue("t", big))
+            assert (await local.job(job_id)).args == big
+
+
+async def hello_then_binary(stream: trio.abc.Stream) -> None:
+    """A server that welcomes the client, then answers its request with a binary
+    frame, which the protocol does not have."""
+    async with trio.open_nursery() as nursery:
+        request = await wrap_server_stream(nursery, stream)
+        ws = await request.accept()
+        hello = w.decode(await ws.get_message())
+        welcome = w.Welcome(
+            id=hello.id, version=3, server="x", max_message_size=1 << 20, max_in_flight=8
+        )
+        await ws.send_message(w.encode(welcome))
+        await ws.get_message()
+        await ws.send_message(b"\x00")
+        await trio.sleep_forever()
+
+
+async def test_a_server_that_breaks_the_protocol_is_not_retried() -> None:
+    async with served() as (_, front):
+        front.handler = hello_then_binary
+        queue = await blocking(lambda: actorq.connect_blocking(front.url))
+        with pytest.raises(actorq.QueueClosedError, match="broke the protocol"):
+            await blocking(lambda: queue.enqueue("t"))
+        assert queue.closed
+        with pytest.raises(actorq.QueueClosedError):
+            await blocking(queue.stats)
+        assert front.connections == 1

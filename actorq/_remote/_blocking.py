@@ -81,12 +81,14 @@ _MAX_DELAY = 5.0
 
 
 class _Gone(Exception):
-    """The connection is over; ``retryable`` if another one is worth opening."""
+    """The connection is over; ``retryable`` if another one is worth opening,
+    ``silent`` if its server stopped answering (the next URL is tried first)."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, silent: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.silent = silent
 
 
 class _Slot:
@@ -101,9 +103,18 @@ class _Slot:
 class _Link:
     """One open websocket on a blocking socket, with its session."""
 
-    def __init__(self, sock: socket.socket, ws: Connection, max_message_size: int, name: str):
+    def __init__(
+        self,
+        sock: socket.socket,
+        ws: Connection,
+        *,
+        max_message_size: int,
+        send_timeout: float,
+        name: str,
+    ) -> None:
         self.sock = sock
         self.ws = ws
+        self.send_timeout = send_timeout
         self.session = ss.ClientSession[_Slot](max_message_size=max_message_size)
         self.max_message_size = max_message_size
         self.name = name
@@ -113,6 +124,8 @@ class _Link:
         self.gone: _Gone | None = None  # how it ended, once the messages before that are read
 
     def send(self, text: str) -> None:
+        """Send one message; :class:`OSError` if it did not go (whole or at all)."""
+        self.sock.settimeout(self.send_timeout)  # a server that does not read
         self.sock.sendall(encode_frame(text, mask=True))
 
     def close(self, code: int = 1000) -> None:
@@ -195,6 +208,7 @@ class _Link:
 
     def _send_raw(self, data: bytes) -> None:
         try:
+            self.sock.settimeout(self.send_timeout)
             self.sock.sendall(data)
         except OSError as exc:
             raise _Gone(f"the connection was lost: {exc}") from None
@@ -313,11 +327,13 @@ class BlockingQueue:
         token: str | None,
         ssl_context: ssl.SSLContext | None,
         connect_timeout: float,
+        send_timeout: float,
         max_message_size: int,
         reconnect_timeout: float | None,
         keepalive_timeout: float | None,
     ) -> None:
         self._urls = list(urls)
+        self._send_timeout = send_timeout
         self._token = token
         self._ssl_context = ssl_context
         self._connect_timeout = connect_timeout
@@ -388,14 +404,15 @@ class BlockingQueue:
                     link.send(text)
                     reply = self._receive(link, slot)
                 except _Gone as exc:
-                    self._drop(link)
+                    self._drop(link, next_url=exc.silent)
                     if self._closed:  # close() from another thread
                         raise QueueClosedError("the queue connection was closed") from None
-                    if resend and exc.retryable:
+                    if not exc.retryable:  # never retried: the queue closes for good
+                        self._closed = True
+                        raise QueueClosedError(exc.message) from None
+                    if resend:
                         continue
-                    if exc.retryable:
-                        raise QueueClosedError(LOST_MESSAGE) from None
-                    raise QueueClosedError(exc.message) from None
+                    raise QueueClosedError(LOST_MESSAGE) from None
                 except OSError as exc:  # the write failed: a reset, a broken pipe
                     self._drop(link)
                     if resend:
@@ -426,7 +443,8 @@ class BlockingQueue:
             except TimeoutError:
                 if pinged:
                     raise _Gone(
-                        f"the server did not answer for {keepalive:g} s (keepalive_timeout)"
+                        f"the server did not answer for {keepalive:g} s (keepalive_timeout)",
+                        silent=True,
                     ) from None
                 link._send_raw(link.ws.send(Ping(b"actorq")))
                 pinged = True
@@ -441,7 +459,10 @@ class BlockingQueue:
             if type(event) is ss.Reply:
                 event.waiter.reply = event.message
             elif type(event) is ss.Send:
-                link.send(event.frame)
+                try:
+                    link.send(event.frame)
+                except OSError as exc:
+                    raise _Gone(f"the connection was lost: {exc}") from None
             elif type(event) is ss.Stray:
                 stray = event.message
                 if type(stray) is w.Error:
@@ -450,10 +471,13 @@ class BlockingQueue:
                 link.close(ss.CLOSE_PROTOCOL_ERROR)
                 raise _Gone(event.error.message, retryable=False)
 
-    def _drop(self, link: _Link) -> None:
+    def _drop(self, link: _Link, *, next_url: bool = False) -> None:
+        # The next connection goes to the same URL first (a restart), unless
+        # its server stopped answering; failed attempts move on round the list.
         if self._link is link:
             self._link = None
-            self._url_index += 1  # the next connection starts with the next URL
+            if next_url:
+                self._url_index += 1
         link.close()
 
     # ------------------------------------------------------------ connections
@@ -535,7 +559,13 @@ class BlockingQueue:
                     raise QueueClosedError(_tls_failure(None)) from exc
             header_host = host if port == (443 if tls else 80) else f"{host}:{port}"
             ws = _handshake(sock, header_host, resource, deadline)
-            link = _Link(sock, ws, self._max_message_size, f"{host}:{port}{resource}")
+            link = _Link(
+                sock,
+                ws,
+                max_message_size=self._max_message_size,
+                send_timeout=self._send_timeout,
+                name=f"{host}:{port}{resource}",
+            )
             self._greet(link, deadline)
         except BaseException:
             sock.close()
@@ -639,6 +669,7 @@ def connect_blocking(
     token: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     connect_timeout: float = 10.0,
+    send_timeout: float = 10.0,
     max_message_size: int = w.DEFAULT_MAX_MESSAGE_SIZE,
     reconnect_timeout: float | None = 60.0,
     keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
@@ -648,8 +679,9 @@ def connect_blocking(
     The arguments mean what they mean for :func:`actorq.connect`: ``url`` is
     ``ws://host:port`` or ``wss://host:port`` (TLS, verified with
     ``ssl_context`` or the system's defaults) or a list of them, tried in
-    order; ``token`` is the server's bearer token; ``max_message_size``
-    bounds the frames this client accepts.
+    order; ``token`` is the server's bearer token; a frame the server does
+    not take within ``send_timeout`` seconds ends the connection;
+    ``max_message_size`` bounds the frames this client accepts.
 
     ``connect_timeout`` bounds each attempt to connect (TCP, TLS, the
     websocket handshake and the hello). A connection that ends later is
@@ -682,6 +714,7 @@ def connect_blocking(
         token=token,
         ssl_context=ssl_context,
         connect_timeout=v.check_seconds(connect_timeout, "connect_timeout"),
+        send_timeout=v.check_seconds(send_timeout, "send_timeout"),
         max_message_size=max_message_size,
         reconnect_timeout=_check_reconnect_timeout(reconnect_timeout),
         keepalive_timeout=_check_keepalive(keepalive_timeout),
