@@ -9,6 +9,7 @@ over real sockets); every wait is bounded.
 from __future__ import annotations
 
 import ssl
+import sys
 import threading
 import uuid
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from trio_websocket import wrap_server_stream
 
 import actorq
 from actorq._remote import _wire as w
-from actorq._remote._client import LOST_MESSAGE
+from actorq._remote._common import LOST_MESSAGE
 from actorq._remote._server import QueueServer
 
 if TYPE_CHECKING:
@@ -358,3 +359,18 @@ async def test_a_server_that_breaks_the_protocol_is_not_retried() -> None:
         with pytest.raises(actorq.QueueClosedError):
             await blocking(queue.stats)
         assert front.connections == 1
+
+
+async def test_a_program_that_enqueues_through_it_never_loads_trio() -> None:
+    async with served() as (local, front):
+        script = (
+            "import sys, actorq\n"
+            f"with actorq.connect_blocking({front.url!r}) as queue:\n"
+            "    job_id = queue.enqueue('t', {'from': 'a script'})\n"
+            "    assert queue.job_status(job_id).type == 't'\n"
+            "print('trio' in sys.modules)\n"
+        )
+        with trio.fail_after(30):
+            done = await trio.run_process([sys.executable, "-c", script], capture_stdout=True)
+        assert done.stdout.decode().split() == ["False"]
+        assert [job.type for job in await local.list_jobs()] == ["t"]

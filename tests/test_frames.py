@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
 
-from actorq._remote import _transport
+from actorq._remote import _common
 from actorq._remote._frames import decode, encode
 
 LIMIT = 1 << 20
@@ -131,11 +131,11 @@ def test_the_hot_path_sees_when_wsproto_holds_nothing() -> None:
     # release changes it, this fails, rather than every message silently
     # going the slow way.
     connection = Connection(ConnectionType.SERVER)
-    assert _transport._wsproto_idle(connection)
+    assert _common._wsproto_idle(connection)
     connection.receive_data(encode("half a frame", mask=True)[:5])
     assert not list(connection.events())
-    assert not _transport._wsproto_idle(connection)
+    assert not _common._wsproto_idle(connection)
     fragment = Connection(ConnectionType.CLIENT)
     fragment.receive_data(_frame(0x01, b"first part"))
     assert [e.data for e in fragment.events() if isinstance(e, TextMessage)] == ["first part"]
-    assert not _transport._wsproto_idle(fragment)  # the rest of the message is wsproto's
+    assert not _common._wsproto_idle(fragment)  # the rest of the message is wsproto's

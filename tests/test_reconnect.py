@@ -20,7 +20,8 @@ from trio_websocket import wrap_server_stream
 
 import actorq
 from actorq._remote import _wire as w
-from actorq._remote._client import LOST_MESSAGE, connect_stream
+from actorq._remote._client import connect_stream
+from actorq._remote._common import LOST_MESSAGE
 from actorq._remote._server import QueueServer
 
 if TYPE_CHECKING:

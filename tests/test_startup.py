@@ -68,3 +68,24 @@ def test_an_in_process_program_loads_no_heavy_library(tmp_path: Path) -> None:
 def test_a_name_loads_its_library_when_used(tmp_path: Path, name: str, library: str) -> None:
     # the check above would pass trivially if the probe could not see a loaded library
     assert library in loaded_after(f"import actorq; actorq.{name}", tmp_path)
+
+
+def test_the_blocking_client_loads_no_trio(tmp_path: Path) -> None:
+    # a web application that only enqueues never pays for trio's import
+    script = (
+        "import sys, actorq\n"
+        "actorq.connect_blocking, actorq.BlockingQueue\n"
+        "print('trio' in sys.modules)\n"
+        "actorq.connect\n"
+        "print('trio' in sys.modules)\n"  # the probe sees it once it is there
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split() == ["False", "True"]

@@ -22,7 +22,7 @@ from trio_websocket import wrap_client_stream, wrap_server_stream
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
 
-from actorq._remote import _transport
+from actorq._remote import _common, _transport
 from actorq._remote._transport import (
     ConnectionClosed,
     HandshakeError,
@@ -361,7 +361,7 @@ async def test_after_a_short_read_the_reader_waits_instead_of_reading_in_vain(
         return data
 
     monkeypatch.setattr(_transport, "_read_now", counted)
-    big = "y" * (3 * _transport.RECEIVE_SIZE)
+    big = "y" * (3 * _common.RECEIVE_SIZE)
     async with _tcp_pair() as (server, client):
         for message in ("one", "two", big, "three"):
             async with trio.open_nursery() as nursery:
@@ -378,5 +378,5 @@ async def test_after_a_short_read_the_reader_waits_instead_of_reading_in_vain(
     # none after a short read
     assert reads.count(-1) <= 1
     for before, after in itertools.pairwise(reads):
-        if 0 <= before < _transport.RECEIVE_SIZE:
+        if 0 <= before < _common.RECEIVE_SIZE:
             assert after != -1

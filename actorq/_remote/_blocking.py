@@ -46,22 +46,25 @@ from .._core._errors import ProtocolError, QueueClosedError
 from .._core._protocol import JobQueue
 from . import _session as ss
 from . import _wire as w
-from ._client import (
+from ._common import (
     _RESENDABLE,
     DEFAULT_KEEPALIVE_TIMEOUT,
     LOST_MESSAGE,
-    RemoteQueue,
+    MAX_HANDSHAKE_SIZE,
+    RECEIVE_SIZE,
     _check_keepalive,
     _check_options,
     _check_reconnect_timeout,
+    _looks_like_tls,
     _parse_url,
     _reply_value,
     _retryable_close,
     _tls_failure,
+    _wsproto_idle,
+    structure_reply,
 )
 from ._frames import decode as decode_frames
 from ._frames import encode as encode_frame
-from ._transport import MAX_HANDSHAKE_SIZE, RECEIVE_SIZE, _looks_like_tls, _wsproto_idle
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -424,7 +427,7 @@ class BlockingQueue:
                     self._drop(link)
                     raise
                 break
-        return RemoteQueue._structure(_reply_value(reply), op.RESULT)
+        return structure_reply(_reply_value(reply), op.RESULT)
 
     def _receive(self, link: _Link, slot: _Slot) -> w.Message:
         """Read until ``slot`` holds its reply, keeping the connection alive."""

@@ -32,7 +32,6 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import attrs
@@ -54,27 +53,28 @@ from .._core._errors import (
 )
 from .._core._models import DequeuedJob
 from .._core._ops import (
-    AllRootJobIds,
     Dequeue,
-    GetHeartbeats,
-    GetJob,
-    GetJobStatus,
-    GetStats,
-    GetWorkers,
-    IdFromToken,
-    InsertWorker,
-    ListJobs,
-    ListSchedules,
     Operation,
     RefreshHeartbeat,
     RefreshHeartbeats,
-    Schedule,
-    UpdateWorkerStatus,
-    WaitForJob,
 )
 from .._core._unwrap import ErrorPolicy
 from . import _session as ss
 from . import _wire as w
+from ._common import (
+    _RESENDABLE,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    LOST_MESSAGE,
+    _check_keepalive,
+    _check_options,
+    _check_reconnect_timeout,
+    _parse_url,
+    _Reply,
+    _reply_value,
+    _retryable_close,
+    _tls_failure,
+    structure_reply,
+)
 from ._transport import (
     ABNORMAL_CLOSURE,
     ConnectionClosed,
@@ -88,8 +88,6 @@ __all__ = ["RemoteQueue", "connect", "connect_stream"]
 log = logging.getLogger("actorq.client")
 
 P = TypeVar("P")
-
-_Reply = w.Message | QueueClosedError
 
 
 class _Waiter(Protocol):
@@ -160,15 +158,6 @@ class _Sent:
     slot: _ReplySlot
 
 
-def _reply_value(reply: _Reply) -> w.Message:
-    # a reply as a caller gets it: the error it carries raised
-    if isinstance(reply, QueueClosedError):
-        raise QueueClosedError(reply.message) from reply.__cause__
-    if type(reply) is w.Error:
-        raise w.exception_from_reply(reply)
-    return reply
-
-
 # Errors after which a token is worth nothing: stop holding (and refreshing) it.
 _TOKEN_GONE = (NotExistError, NotRunningError, CanceledError, FinishedError)
 _REFRESH_BATCH = 10_000  # tokens per refresh message, well below any frame limit
@@ -197,58 +186,10 @@ _SETTLE_BATCH = 1000  # finishes per settle message, well below any frame limit
 
 _MAX_CREDIT = 10_000  # the most credit a server takes in one subscribe
 
-#: Seconds of silence after which a connection is given up on (``connect(keepalive_timeout=...)``).
-DEFAULT_KEEPALIVE_TIMEOUT = 10.0
-
-LOST_MESSAGE = "the connection was lost; the request may or may not have taken effect"
-
-# Close codes after which the same server (or the next one) may well take us
-# back: a restart, a shutdown, an overload, an abnormal close. Everything in the
-# protocol's own range (a refused token, a version, a broken message) is final,
-# and so are the codes that say this client sent something wrong.
-_FINAL_CLOSES = frozenset({1002, 1003, 1007, 1009, 1010})
-_RETRY_CLOSES_4XXX = frozenset({ss.CLOSE_HELLO_TIMEOUT})
-
-# Operations that may be sent again after a connection was lost with their
-# reply outstanding: they read, refresh, or wait for a job (a job handed to a
-# lost dequeue goes back when the connection drops, or when its heartbeat
-# lapses), or register a worker (a registration that did land is never
-# updated, so it goes stale and is removed as any stale worker is), or define
-# a schedule (defining one again exactly as it is changes nothing). Everything
-# else raises rather than risk applying twice.
-_RESENDABLE: frozenset[type[Operation[Any, Any]]] = frozenset(
-    {
-        Dequeue,
-        GetJobStatus,
-        WaitForJob,
-        GetJob,
-        AllRootJobIds,
-        ListJobs,
-        GetStats,
-        IdFromToken,
-        GetHeartbeats,
-        RefreshHeartbeat,
-        RefreshHeartbeats,
-        UpdateWorkerStatus,
-        GetWorkers,
-        InsertWorker,
-        Schedule,
-        ListSchedules,
-    }
-)
-
 
 class _Lost(QueueClosedError):
     """The reply a request waiting on a connection gets when that connection
     drops and the client reconnects: whether it took effect is unknown."""
-
-
-def _retryable_close(code: int | None) -> bool:
-    if code is None:
-        return True
-    if code >= 4000:
-        return code in _RETRY_CLOSES_4XXX
-    return code not in _FINAL_CLOSES
 
 
 class _Link:
@@ -537,7 +478,7 @@ class RemoteJobStream(JobBuffer):
             reply = await self._queue._sent_reply(sent)
         else:
             raise sent  # it could not be sent
-        refused = {r.index: r for r in RemoteQueue._structure(reply, list[w.Refusal])}
+        refused = {r.index: r for r in structure_reply(reply, list[w.Refusal])}
         queue = self._queue
         for index, finish in enumerate(finishes):
             self._unsettled.discard(finish.token)
@@ -1036,7 +977,7 @@ class RemoteQueue(QueueAPI):
                 try:
                     op = RefreshHeartbeats(tokens=tuple(batch))
                     reply = await self._request(partial(_request, op=op), resend=True)
-                    gone = set(self._structure(reply, list[UUID]))
+                    gone = set(structure_reply(reply, list[UUID]))
                 except QueueClosedError:
                     return
                 except JobQueueError as exc:  # busy, or a bad reply: try again next time
@@ -1220,12 +1161,6 @@ class RemoteQueue(QueueAPI):
                 trio.current_time() - start,
             )
 
-    @staticmethod
-    def _structure(reply: w.Message, cls: Any) -> Any:
-        if type(reply) is not w.Ok:
-            raise w.ProtocolError(f"unexpected {reply.KIND} reply", "unexpected_kind")
-        return w.structure_value(reply.value, cls)
-
     async def _run(self, op: Operation[Any, P]) -> P:
         """Send ``op`` and return its result, structured as the in-process API returns it.
 
@@ -1273,7 +1208,7 @@ class RemoteQueue(QueueAPI):
             self._hold(reply.job)
             job: P = reply.job  # type: ignore[assignment]
             return job
-        value: P = self._structure(reply, op.RESULT)
+        value: P = structure_reply(reply, op.RESULT)
         return value
 
     def _token_for(self, job_id: UUID) -> UUID | None:
@@ -1376,34 +1311,6 @@ def _handshake_errors() -> Iterator[None]:
         raise QueueClosedError(f"the websocket handshake failed: {exc}") from exc
 
 
-def _check_options(
-    heartbeat_interval: float | None, max_message_size: int, token: str | None
-) -> None:
-    if token is not None:
-        v.check_str(token, "token")
-    if heartbeat_interval is not None:
-        seconds = v.check_seconds(heartbeat_interval, "heartbeat_interval")
-        if seconds == 0:
-            raise ValueError("heartbeat_interval must be > 0 (or None to turn refreshes off)")
-    if isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
-        raise TypeError("max_message_size must be an int")
-    if max_message_size < 1024:
-        raise ValueError("max_message_size must be at least 1024")
-
-
-def _parse_url(url: str) -> tuple[str, int, str, bool]:
-    """``(host, port, resource, tls)`` of a ``ws://`` or ``wss://`` URL."""
-    if not isinstance(url, str):
-        raise TypeError(f"a server URL must be a str, not {type(url).__name__}")
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
-    tls = parts.scheme == "wss"
-    port = parts.port or (443 if tls else 80)
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.hostname, port, resource, tls
-
-
 async def _open_stream(
     url: str, ssl_context: ssl.SSLContext | None
 ) -> tuple[trio.abc.Stream, str, str]:
@@ -1423,38 +1330,6 @@ async def _open_stream(
         stream = tls_stream
     header_host = host if (port == (443 if tls else 80)) else f"{host}:{port}"
     return stream, header_host, resource
-
-
-def _tls_failure(cause: BaseException | None) -> str:
-    """One sentence for a failed TLS handshake, from the error under it."""
-    if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in (62, 64):
-        # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-        return (
-            "the TLS handshake failed: the server's certificate is not valid for the"
-            f" host in the URL ({cause.verify_message})"
-        )
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return (
-            "the TLS handshake failed: the server's certificate did not verify against"
-            f" the trusted CA certificates ({cause.verify_message}); give the CA that"
-            " signed it (connect(ssl_context=...), actorq --ca-file)"
-        )
-    if isinstance(cause, ssl.SSLEOFError) or cause is None:
-        return (
-            "the TLS handshake failed: the server closed the connection"
-            " (if it serves plain websockets, use a ws:// URL)"
-        )
-    if isinstance(cause, ssl.SSLError) and cause.reason in (
-        "WRONG_VERSION_NUMBER",
-        "PACKET_LENGTH_TOO_LONG",
-        "RECORD_LAYER_FAILURE",
-        "HTTP_REQUEST",
-    ):
-        return (
-            "the TLS handshake failed: the server does not answer in TLS"
-            " (if it serves plain websockets, use a ws:// URL)"
-        )
-    return f"the TLS handshake failed: {cause}"
 
 
 @contextlib.asynccontextmanager
@@ -1510,19 +1385,6 @@ async def _open_session(
                     await trio.aclose_forcefully(last.stream)
                 await trio.aclose_forcefully(stream)
             nursery.cancel_scope.cancel()
-
-
-def _check_reconnect_timeout(value: object) -> float | None:
-    return None if value is None else v.check_seconds(value, "reconnect_timeout")
-
-
-def _check_keepalive(value: object) -> float | None:
-    if value is None:
-        return None
-    seconds = v.check_seconds(value, "keepalive_timeout")
-    if seconds == 0:
-        raise ValueError("keepalive_timeout must be > 0 (or None to turn the check off)")
-    return seconds
 
 
 @contextlib.asynccontextmanager

@@ -40,6 +40,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
+from ._common import MAX_HANDSHAKE_SIZE, RECEIVE_SIZE, _looks_like_tls, _wsproto_idle
 from ._frames import decode, encode
 
 if TYPE_CHECKING:
@@ -57,14 +58,10 @@ __all__ = [
 
 log = logging.getLogger("actorq.transport")
 
-#: Bytes asked of the stream per read.
-RECEIVE_SIZE: Final = 65536
 #: Close code of a connection that ended without a close frame (RFC 6455, 7.1.5).
 ABNORMAL_CLOSURE: Final = 1006
 #: Close code for a message larger than the receiver accepts.
 MESSAGE_TOO_BIG: Final = 1009
-#: The most bytes a handshake request or response may take before it is refused.
-MAX_HANDSHAKE_SIZE: Final = 65536
 
 
 class ConnectionClosed(Exception):  # the name websocket libraries use
@@ -86,28 +83,6 @@ class HandshakeError(Exception):
     """The websocket handshake failed; the message says why in one sentence."""
 
 
-def _wsproto_idle(connection: Connection) -> bool:
-    """True if wsproto holds no part of a frame or message, nor an event not yet
-    taken: the next bytes start a frame, and the hot path may read them.
-
-    This looks at wsproto's private state (wsproto 1.2); should that change,
-    it answers False and wsproto reads everything, as before the hot path.
-    """
-    if connection.state is not ConnectionState.OPEN:
-        return False
-    try:
-        proto = connection._proto
-        frames = proto._frame_decoder
-        return (
-            not connection._events
-            and frames.header is None
-            and not len(frames.buffer)
-            and proto._message_decoder.opcode is None
-        )
-    except AttributeError:
-        return False
-
-
 def _read_now(fd: int) -> bytes:
     """Bytes from the socket ``fd`` without blocking; :class:`BlockingIOError` if none."""
     if fd < 0:
@@ -118,12 +93,6 @@ def _read_now(fd: int) -> bytes:
         raise
     except OSError as exc:  # a reset, and the like
         raise trio.BrokenResourceError(f"the socket failed: {exc}") from exc
-
-
-def _looks_like_tls(data: bytes | bytearray) -> bool:
-    # A TLS record: content type 0x14..0x17 (handshake 0x16, alert 0x15), then
-    # major version 3. No HTTP message starts with these bytes.
-    return len(data) >= 2 and 0x14 <= data[0] <= 0x17 and data[1] == 3
 
 
 class WebSocket:
