@@ -76,19 +76,41 @@ async def served(**options: Any) -> AsyncIterator[tuple[actorq.LocalQueue, Front
         nursery.cancel_scope.cancel()
 
 
-async def hello_then_drop(stream: trio.abc.Stream) -> None:
-    """A server that welcomes the client, takes one request, and dies without answering."""
-    async with trio.open_nursery() as nursery:
-        request = await wrap_server_stream(nursery, stream)
-        ws = await request.accept()
-        hello = w.decode(await ws.get_message())
-        welcome = w.Welcome(
-            id=hello.id, version=3, server="x", max_message_size=1 << 20, max_in_flight=8
-        )
-        await ws.send_message(w.encode(welcome))
-        await ws.get_message()
-        await trio.aclose_forcefully(stream)
-        nursery.cancel_scope.cancel()
+def greet_then(
+    after: Callable[[Any, trio.abc.Stream], Awaitable[None]],
+) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    """A server that welcomes the client, reads one request, then does ``after``
+    (with the websocket and the stream) instead of answering it."""
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            request = await wrap_server_stream(nursery, stream)
+            ws = await request.accept()
+            hello = w.decode(await ws.get_message())
+            welcome = w.Welcome(
+                id=hello.id, version=3, server="x", max_message_size=1 << 20, max_in_flight=8
+            )
+            await ws.send_message(w.encode(welcome))
+            await ws.get_message()
+            await after(ws, stream)
+            nursery.cancel_scope.cancel()
+
+    return handler
+
+
+async def _die(ws: Any, stream: trio.abc.Stream) -> None:
+    await trio.aclose_forcefully(stream)
+
+
+async def _send_binary(ws: Any, stream: trio.abc.Stream) -> None:
+    await ws.send_message(b"\x00")  # the protocol has no binary frames
+    await trio.sleep_forever()
+
+
+#: dies without answering
+hello_then_drop = greet_then(_die)
+#: answers with a binary frame
+hello_then_binary = greet_then(_send_binary)
 
 
 class Hung(trio.abc.Stream):
@@ -331,22 +353,6 @@ async def test_a_large_request_goes_whole_after_an_idle_check() -> None:
             big = {"blob": "x" * 3_000_000}
             job_id = await blocking(lambda: queue.enqueue("t", big))
             assert (await local.job(job_id)).args == big
-
-
-async def hello_then_binary(stream: trio.abc.Stream) -> None:
-    """A server that welcomes the client, then answers its request with a binary
-    frame, which the protocol does not have."""
-    async with trio.open_nursery() as nursery:
-        request = await wrap_server_stream(nursery, stream)
-        ws = await request.accept()
-        hello = w.decode(await ws.get_message())
-        welcome = w.Welcome(
-            id=hello.id, version=3, server="x", max_message_size=1 << 20, max_in_flight=8
-        )
-        await ws.send_message(w.encode(welcome))
-        await ws.get_message()
-        await ws.send_message(b"\x00")
-        await trio.sleep_forever()
 
 
 async def test_a_server_that_breaks_the_protocol_is_not_retried() -> None:

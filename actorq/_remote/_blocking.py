@@ -23,19 +23,13 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Ping,
-    RejectConnection,
-    RejectData,
-    Request,
     TextMessage,
 )
 from wsproto.utilities import RemoteProtocolError
@@ -50,23 +44,25 @@ from ._common import (
     _RESENDABLE,
     DEFAULT_KEEPALIVE_TIMEOUT,
     LOST_MESSAGE,
-    MAX_HANDSHAKE_SIZE,
     RECEIVE_SIZE,
+    ClientHandshake,
+    HandshakeError,
     _check_keepalive,
     _check_options,
     _check_reconnect_timeout,
-    _looks_like_tls,
     _parse_url,
     _reply_value,
     _retryable_close,
     _tls_failure,
     _wsproto_idle,
+    check_urls,
     structure_reply,
 )
 from ._frames import decode as decode_frames
 from ._frames import encode as encode_frame
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Sequence
     from types import TracebackType
     from typing import Self
 
@@ -607,63 +603,23 @@ class _Refused(Exception):
 
 def _handshake(sock: socket.socket, host: str, resource: str, deadline: float) -> Connection:
     """The client's side of the websocket handshake on a blocking socket."""
-    ws = WSConnection(ConnectionType.CLIENT)
-    received = 0
-    rejected: RejectConnection | None = None
+    handshake = ClientHandshake(host, resource)
     try:
         sock.settimeout(max(0.001, deadline - time.monotonic()))
-        sock.sendall(ws.send(Request(host=host, target=resource)))
+        sock.sendall(handshake.request)
         while True:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
-            data = sock.recv(RECEIVE_SIZE)
-            if not data:
-                if rejected is not None:
-                    raise QueueClosedError(_refusal(rejected))
-                raise QueueClosedError(
-                    "the websocket handshake failed: the server closed the connection"
-                    " (if it serves TLS, use a wss:// URL)"
-                )
-            if received == 0 and _looks_like_tls(data):
-                raise QueueClosedError(
-                    "the websocket handshake failed: the server answered in TLS:"
-                    " use a wss:// URL for it"
-                )
-            received += len(data)
-            try:
-                ws.receive_data(data)
-            except RemoteProtocolError as exc:
-                raise QueueClosedError(
-                    f"the websocket handshake failed: the server's answer is not a"
-                    f" websocket handshake: {exc}"
-                ) from None
-            for event in ws.events():
-                if isinstance(event, AcceptConnection):
-                    assert ws.connection is not None
-                    return ws.connection
-                if isinstance(event, RejectConnection):
-                    rejected = event
-                    if not event.has_body:
-                        raise QueueClosedError(_refusal(event))
-                elif isinstance(event, RejectData) and event.body_finished:
-                    assert rejected is not None
-                    raise QueueClosedError(_refusal(rejected))
-            if received > MAX_HANDSHAKE_SIZE:
-                raise QueueClosedError(
-                    "the websocket handshake failed: the server's answer is too long"
-                )
+            connection = handshake.receive(sock.recv(RECEIVE_SIZE))
+            if connection is not None:
+                return connection
+    except HandshakeError as exc:
+        raise QueueClosedError(f"the websocket handshake failed: {exc}") from None
     except TimeoutError:
         raise QueueClosedError(
             "the websocket handshake failed: the server did not answer in time"
         ) from None
     except OSError as exc:
         raise QueueClosedError(f"the websocket handshake failed: {exc}") from None
-
-
-def _refusal(event: RejectConnection) -> str:
-    return (
-        "the websocket handshake failed: the server refused the websocket upgrade"
-        f" with HTTP status {event.status_code}"
-    )
 
 
 def connect_blocking(
@@ -703,15 +659,7 @@ def connect_blocking(
     :meth:`BlockingQueue.close`.
     """
     _check_options(None, max_message_size, token)
-    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
-    if isinstance(url, bytes) or not isinstance(url, str | Sequence):
-        raise TypeError(f"url must be a str or a sequence of str, not {type(url).__name__}")
-    urls = [url] if isinstance(url, str) else list(url)
-    if not urls:
-        raise ValueError("url must name at least one server")
-    for candidate in urls:
-        _parse_url(candidate)  # a malformed URL is a bug, not a server that is down
+    urls = check_urls(url, ssl_context)
     queue = BlockingQueue(
         urls,
         token=token,

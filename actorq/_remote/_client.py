@@ -73,6 +73,7 @@ from ._common import (
     _reply_value,
     _retryable_close,
     _tls_failure,
+    check_urls,
     structure_reply,
 )
 from ._transport import (
@@ -1449,15 +1450,7 @@ async def connect(
     :class:`QueueClosedError` whose ``__cause__`` is the original).
     """
     _check_options(heartbeat_interval, max_message_size, token)
-    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
-    if isinstance(url, bytes) or not isinstance(url, str | Sequence):
-        raise TypeError(f"url must be a str or a sequence of str, not {type(url).__name__}")
-    urls = [url] if isinstance(url, str) else list(url)
-    if not urls:
-        raise ValueError("url must name at least one server")
-    for candidate in urls:
-        _parse_url(candidate)  # a malformed URL is a bug, not a server that is down
+    urls = check_urls(url, ssl_context)
     if not isinstance(reconnect, bool):
         raise TypeError(f"reconnect must be a bool, not {type(reconnect).__name__}")
     if not isinstance(retry_on_start, bool):

@@ -10,10 +10,14 @@ trio: a program that only uses :func:`actorq.connect_blocking` never loads it.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
+from wsproto.utilities import RemoteProtocolError
 
 from .._core import _validate as v
 from .._core._errors import QueueClosedError
@@ -39,6 +43,8 @@ from . import _session as ss
 from . import _wire as w
 
 if TYPE_CHECKING:
+    from wsproto.typing import Headers
+
     from .._core._operation import Operation
 
 
@@ -218,3 +224,95 @@ def _looks_like_tls(data: bytes | bytearray) -> bool:
     # A TLS record: content type 0x14..0x17 (handshake 0x16, alert 0x15), then
     # major version 3. No HTTP message starts with these bytes.
     return len(data) >= 2 and 0x14 <= data[0] <= 0x17 and data[1] == 3
+
+
+def check_urls(url: str | Sequence[str], ssl_context: object) -> list[str]:
+    """The server URLs a client was given, checked: one or a list of ``ws://``
+    or ``wss://`` URLs (a malformed one is a bug, not a server that is down)."""
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
+    if isinstance(url, bytes) or not isinstance(url, str | Sequence):
+        raise TypeError(f"url must be a str or a sequence of str, not {type(url).__name__}")
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("url must name at least one server")
+    for candidate in urls:
+        _parse_url(candidate)
+    return urls
+
+
+class HandshakeError(Exception):
+    """The websocket handshake failed; the message says why in one sentence."""
+
+
+class ClientHandshake:
+    """The client's side of the websocket handshake, sans I/O.
+
+    Send :attr:`request`, then feed what the server answers to
+    :meth:`receive` (``b""`` once it closed the connection) until it returns
+    the open connection. Raises :class:`HandshakeError`, saying why in one
+    sentence, if the server refuses the upgrade, answers with something that
+    is not HTTP (TLS on a ``ws://`` URL, say), answers at too great a length,
+    or closes the connection first. Bytes that came after the answer stay in
+    the connection, to be read from it.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        resource: str,
+        *,
+        subprotocols: Sequence[str] = (),
+        extra_headers: Headers | None = None,
+    ) -> None:
+        self._ws = WSConnection(ConnectionType.CLIENT)
+        self.request: bytes = self._ws.send(
+            Request(
+                host=host,
+                target=resource,
+                subprotocols=list(subprotocols),
+                extra_headers=list(extra_headers or []),
+            )
+        )
+        self._received = 0
+        self._rejected: RejectConnection | None = None
+        #: The subprotocol the server chose, once it accepted.
+        self.subprotocol: str | None = None
+
+    def receive(self, data: bytes | bytearray) -> Connection | None:
+        """The open connection once the server's answer is whole, else ``None``."""
+        if not data:
+            if self._rejected is not None:
+                raise HandshakeError(_refusal(self._rejected))
+            raise HandshakeError(
+                "the server closed the connection during the websocket handshake"
+                " (if it serves TLS, use a wss:// URL)"
+            )
+        if self._received == 0 and _looks_like_tls(data):
+            raise HandshakeError("the server answered in TLS: use a wss:// URL for it")
+        self._received += len(data)
+        try:
+            self._ws.receive_data(bytes(data))
+        except RemoteProtocolError as exc:
+            raise HandshakeError(
+                f"the server's answer is not a websocket handshake: {exc}"
+            ) from None
+        for event in self._ws.events():
+            if isinstance(event, AcceptConnection):
+                assert self._ws.connection is not None
+                self.subprotocol = event.subprotocol
+                return self._ws.connection
+            if isinstance(event, RejectConnection):
+                self._rejected = event
+                if not event.has_body:
+                    raise HandshakeError(_refusal(event))
+            elif isinstance(event, RejectData) and event.body_finished:
+                assert self._rejected is not None
+                raise HandshakeError(_refusal(self._rejected))
+        if self._received > MAX_HANDSHAKE_SIZE:
+            raise HandshakeError("the server's handshake answer is too long")
+        return None
+
+
+def _refusal(event: RejectConnection) -> str:
+    return f"the server refused the websocket upgrade with HTTP status {event.status_code}"

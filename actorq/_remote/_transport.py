@@ -34,13 +34,19 @@ from wsproto.events import (
     Event,
     Ping,
     RejectConnection,
-    RejectData,
     Request,
     TextMessage,
 )
 from wsproto.utilities import RemoteProtocolError
 
-from ._common import MAX_HANDSHAKE_SIZE, RECEIVE_SIZE, _looks_like_tls, _wsproto_idle
+from ._common import (
+    MAX_HANDSHAKE_SIZE,
+    RECEIVE_SIZE,
+    ClientHandshake,
+    HandshakeError,
+    _looks_like_tls,
+    _wsproto_idle,
+)
 from ._frames import decode, encode
 
 if TYPE_CHECKING:
@@ -77,10 +83,6 @@ class ConnectionClosed(Exception):  # the name websocket libraries use
         return f"websocket closed with code {self.code}" + (
             f" ({self.reason})" if self.reason else ""
         )
-
-
-class HandshakeError(Exception):
-    """The websocket handshake failed; the message says why in one sentence."""
 
 
 def _read_now(fd: int) -> bytes:
@@ -518,54 +520,17 @@ async def open_websocket(
     ``ws://`` URL, say), or closes the connection first. Stream errors
     propagate; bound it with a timeout.
     """
-    ws = WSConnection(ConnectionType.CLIENT)
-    request = Request(
-        host=host,
-        target=resource,
-        subprotocols=list(subprotocols),
-        extra_headers=list(extra_headers or []),
+    handshake = ClientHandshake(
+        host, resource, subprotocols=subprotocols, extra_headers=extra_headers
     )
-    await stream.send_all(ws.send(request))
-    received = 0
-    rejected: RejectConnection | None = None
+    await stream.send_all(handshake.request)
     while True:
-        data = await stream.receive_some(RECEIVE_SIZE)
-        if not data:
-            if rejected is not None:
-                raise HandshakeError(_refusal(rejected))
-            raise HandshakeError(
-                "the server closed the connection during the websocket handshake"
-                " (if it serves TLS, use a wss:// URL)"
+        connection = handshake.receive(await stream.receive_some(RECEIVE_SIZE))
+        if connection is not None:
+            return WebSocket(
+                stream,
+                connection,
+                max_message_size=max_message_size,
+                path=resource,
+                subprotocol=handshake.subprotocol,
             )
-        if received == 0 and _looks_like_tls(data):
-            raise HandshakeError("the server answered in TLS: use a wss:// URL for it")
-        received += len(data)
-        try:
-            ws.receive_data(bytes(data))
-        except RemoteProtocolError as exc:
-            raise HandshakeError(
-                f"the server's answer is not a websocket handshake: {exc}"
-            ) from None
-        for event in ws.events():
-            if isinstance(event, AcceptConnection):
-                assert ws.connection is not None
-                return WebSocket(
-                    stream,
-                    ws.connection,
-                    max_message_size=max_message_size,
-                    path=resource,
-                    subprotocol=event.subprotocol,
-                )
-            if isinstance(event, RejectConnection):
-                rejected = event
-                if not event.has_body:
-                    raise HandshakeError(_refusal(event))
-            elif isinstance(event, RejectData) and event.body_finished:
-                assert rejected is not None
-                raise HandshakeError(_refusal(rejected))
-        if received > MAX_HANDSHAKE_SIZE:
-            raise HandshakeError("the server's handshake answer is too long")
-
-
-def _refusal(event: RejectConnection) -> str:
-    return f"the server refused the websocket upgrade with HTTP status {event.status_code}"
