@@ -8,9 +8,11 @@ over real sockets); every wait is bounded.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import sys
 import threading
+import time
 import uuid
 from contextlib import asynccontextmanager
 from functools import partial
@@ -380,3 +382,153 @@ async def test_a_program_that_enqueues_through_it_never_loads_trio() -> None:
             done = await trio.run_process([sys.executable, "-c", script], capture_stdout=True)
         assert done.stdout.decode().split() == ["False"]
         assert [job.type for job in await local.list_jobs()] == ["t"]
+
+
+async def test_a_server_down_for_a_while_is_waited_for_and_one_gone_for_good_given_up_on() -> None:
+    async def refuse(stream: trio.abc.Stream) -> None:
+        await trio.aclose_forcefully(stream)  # during the handshake: as good as down
+
+    async with served() as (local, front):
+        with await blocking(
+            lambda: actorq.connect_blocking(front.url, reconnect_timeout=10, connect_timeout=2)
+        ) as queue:
+            await front.close_all()
+            refusals = 3
+
+            async def down_then_up(stream: trio.abc.Stream) -> None:
+                nonlocal refusals
+                if refusals:
+                    refusals -= 1
+                    front.handler = down_then_up
+                    await refuse(stream)
+                else:
+                    await front.server.handle_stream(stream)
+
+            front.handler = down_then_up
+            job_id = await blocking(lambda: queue.enqueue("t"))  # waits out the refusals
+            assert (await local.job_status(job_id)).type == "t"
+            assert front.connections == 5  # the first, three refused, the one that served
+
+        with await blocking(
+            lambda: actorq.connect_blocking(front.url, reconnect_timeout=0.3, connect_timeout=2)
+        ) as queue:
+            await front.close_all()
+
+            async def always_down(stream: trio.abc.Stream) -> None:
+                front.handler = always_down
+                await refuse(stream)
+
+            front.handler = always_down
+            with pytest.raises(actorq.QueueClosedError, match="cannot connect"):
+                await blocking(lambda: queue.enqueue("t"))
+            front.handler = None
+
+
+async def test_a_reconnect_the_server_refuses_closes_the_client() -> None:
+    async with served() as (local, front):
+        with await blocking(lambda: actorq.connect_blocking(front.url)) as queue:
+            await front.close_all()
+            front.server = QueueServer(local, auth="now-with-a-token")
+            with pytest.raises(actorq.ProtocolError) as info:
+                await blocking(lambda: queue.enqueue("t"))
+            assert info.value.reason == "unauthorized"
+            assert queue.closed
+            assert (await local.stats()).jobs == 0
+
+
+async def test_without_keepalive_a_call_waits_as_long_as_its_reply_takes() -> None:
+    async with served() as (local, front):
+        with await blocking(
+            lambda: actorq.connect_blocking(front.url, keepalive_timeout=None)
+        ) as queue:
+            job_id = await local.enqueue("t")
+            async with trio.open_nursery() as nursery:
+                got: list[actorq.JobStatus] = []
+                nursery.start_soon(blocking, lambda: got.append(queue.wait(job_id)))
+                job = await local.dequeue(["t"], timeout=5)
+                await trio.sleep(0.2)
+                await local.finish_job(job.id, 1)
+            assert got[0].result == 1
+
+
+def test_pings_are_answered_fragments_joined_and_a_close_read_after_what_came_before() -> None:
+    # the blocking link over a socket pair, with wsproto as the server: what
+    # the frame hot path does not take (control frames, fragments) goes
+    # through wsproto, in order
+    from wsproto import ConnectionType
+    from wsproto.connection import Connection
+    from wsproto.events import CloseConnection, Ping, Pong, TextMessage
+
+    from actorq._remote._blocking import _Gone, _Link
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        link = _Link(
+            ours,
+            Connection(ConnectionType.CLIENT),
+            max_message_size=1 << 20,
+            send_timeout=5.0,
+            name="pair",
+        )
+        server = Connection(ConnectionType.SERVER)
+        theirs.sendall(
+            server.send(Ping(b"are you there"))
+            + server.send(TextMessage("hel", message_finished=False))
+            + server.send(TextMessage("lo"))
+            + server.send(TextMessage("whole"))
+        )
+        got: list[str | bytes] = []
+        while len(got) < 2:
+            got += link.read(5.0)
+        assert got == ["hello", "whole"]
+        theirs.settimeout(5.0)
+        server.receive_data(theirs.recv(65536))
+        assert [type(e) for e in server.events()] == [Pong]
+
+        theirs.sendall(server.send(TextMessage("last")) + server.send(CloseConnection(4001)))
+        got = []
+        while not got:
+            got += link.read(5.0)
+        assert got == ["last"]
+        with pytest.raises(_Gone) as info:
+            link.read(5.0)
+        assert not info.value.retryable  # 4001: a refused token is never retried
+
+
+def test_a_refusal_and_its_close_in_one_read_is_still_the_refusal() -> None:
+    # The server answers a bad hello with an error, then closes (4001). When
+    # both arrive in one read, the error is what the caller hears: the close
+    # must not end the session before the error before it is read.
+    from wsproto import ConnectionType
+    from wsproto.connection import Connection
+    from wsproto.events import CloseConnection, TextMessage
+
+    from actorq._remote._blocking import BlockingQueue, _Link, _Refused
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        link = _Link(
+            ours,
+            Connection(ConnectionType.CLIENT),
+            max_message_size=1 << 20,
+            send_timeout=5.0,
+            name="pair",
+        )
+        server = Connection(ConnectionType.SERVER)
+        refusal = w.encode(w.error_reply(1, actorq.ProtocolError("invalid token", "unauthorized")))
+        theirs.sendall(server.send(TextMessage(refusal)) + server.send(CloseConnection(4001)))
+        queue = BlockingQueue(
+            ["ws://127.0.0.1:1"],
+            token="bad",
+            ssl_context=None,
+            connect_timeout=5.0,
+            send_timeout=5.0,
+            max_message_size=1 << 20,
+            reconnect_timeout=None,
+            keepalive_timeout=None,
+        )
+        with pytest.raises(_Refused) as info:
+            queue._greet(link, time.monotonic() + 5.0)
+        error = info.value.error
+        assert isinstance(error, actorq.ProtocolError)
+        assert error.reason == "unauthorized"

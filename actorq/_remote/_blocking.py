@@ -120,7 +120,8 @@ class _Link:
         self.inbox = bytearray()  # the start of a frame the hot path reads once whole
         self.parts: list[str | bytes] = []  # a message wsproto hands over in fragments
         self.part_size = 0
-        self.gone: _Gone | None = None  # how it ended, once the messages before that are read
+        # the close frame that ended it, told once the messages before it are read
+        self.closed_with: CloseConnection | None = None
 
     def send(self, text: str) -> None:
         """Send one message; :class:`OSError` if it did not go (whole or at all)."""
@@ -141,8 +142,8 @@ class _Link:
         """The messages one read completes (maybe none); raises :class:`_Gone`
         once the connection is over, :class:`TimeoutError` if nothing arrives
         within ``timeout`` seconds (:class:`BlockingIOError` for 0)."""
-        if self.gone is not None:
-            raise self.gone
+        if self.closed_with is not None:
+            raise self._gone()
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(RECEIVE_SIZE)
@@ -170,9 +171,15 @@ class _Link:
             messages = []
             self.ws.receive_data(data)
         messages += self._events()
-        if self.gone is not None and not messages:
-            raise self.gone
+        if self.closed_with is not None and not messages:
+            raise self._gone()
         return messages
+
+    def _gone(self) -> _Gone:
+        assert self.closed_with is not None
+        code, reason = self.closed_with.code, self.closed_with.reason
+        error = self.session.peer_closed(code, reason or None)
+        return _Gone(error.message, retryable=_retryable_close(code))
 
     def _events(self) -> list[str | bytes]:
         messages: list[str | bytes] = []
@@ -197,11 +204,10 @@ class _Link:
             elif isinstance(event, CloseConnection):
                 # the messages before it are read first: a refused hello's
                 # error reply, say, comes just before its close
-                error = self.session.peer_closed(event.code, event.reason or None)
                 with contextlib.suppress(_Gone, RemoteProtocolError):
                     self._send_raw(self.ws.send(event.response()))
                 self.sock.close()
-                self.gone = _Gone(error.message, retryable=_retryable_close(event.code))
+                self.closed_with = event
                 break
         return messages
 
