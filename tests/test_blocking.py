@@ -8,12 +8,14 @@ over real sockets); every wait is bounded.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import sys
 import threading
 import time
 import uuid
+import warnings
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -532,3 +534,37 @@ def test_a_refusal_and_its_close_in_one_read_is_still_the_refusal() -> None:
         error = info.value.error
         assert isinstance(error, actorq.ProtocolError)
         assert error.reason == "unauthorized"
+
+
+async def test_a_forked_process_opens_its_own_connection_and_leaves_the_parents() -> None:
+    # a pre-forking web server: the app made its client, then the server forked
+    async with served() as (local, front):
+        with await blocking(lambda: actorq.connect_blocking(front.url)) as queue:
+            await blocking(lambda: queue.enqueue("t", "parent, before"))
+
+            def fork_and_enqueue() -> int:
+                reading, writing = os.pipe()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+                    pid = os.fork()
+                if pid == 0:  # the child: no trio here, only this thread
+                    code = 1
+                    try:
+                        queue.enqueue("t", "child")
+                        os.write(writing, b"ok")
+                        code = 0
+                    finally:
+                        os._exit(code)
+                os.close(writing)
+                with os.fdopen(reading, "rb") as answer:
+                    said = answer.read()
+                _, status = os.waitpid(pid, 0)
+                assert said == b"ok"
+                return os.waitstatus_to_exitcode(status)
+
+            assert await blocking(fork_and_enqueue) == 0
+            # the parent's connection is whole and still its own
+            await blocking(lambda: queue.enqueue("t", "parent, after"))
+            assert front.connections == 2  # the parent's, the child's
+        args = [(await local.job(job.id)).args for job in await local.list_jobs()]
+        assert sorted(args) == ["child", "parent, after", "parent, before"]

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import socket
 import ssl
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from wsproto.connection import Connection, ConnectionState
@@ -294,7 +296,9 @@ class BlockingQueue:
 
     One call at a time goes over the connection: threads that share a
     :class:`BlockingQueue` take turns (a lock), so a thread pool that
-    enqueues in parallel gives each thread its own.
+    enqueues in parallel gives each thread its own. A process forked from
+    one that holds a client (a pre-forking web server) leaves the parent's
+    connection alone and opens its own at its first call.
 
     A connection found closed before a call (a server restarted or failed
     over while this one sat idle) is replaced before the request is sent,
@@ -350,6 +354,18 @@ class BlockingQueue:
         self._url_index = 0
         self._closed = False
         self._operations = _Operations(self._call)
+        _CLIENTS.add(self)
+
+    def _forked(self) -> None:
+        # In a child process (a pre-forking web server forks after the app
+        # made its client): the connection is the parent's, to go on using
+        # and to close. Let go of this process's descriptor, with no close
+        # frame, and connect anew at the next call. The lock may have been
+        # held by a thread that does not exist here.
+        self._lock = threading.Lock()
+        link, self._link = self._link, None
+        if link is not None:
+            link.sock.close()
 
     # ------------------------------------------------------------ lifetime
 
@@ -597,6 +613,17 @@ class BlockingQueue:
             raise QueueClosedError(exc.message) from None
         if type(slot.reply) is w.Error:
             raise _Refused(w.exception_from_reply(slot.reply))
+
+
+_CLIENTS: weakref.WeakSet[BlockingQueue] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for client in list(_CLIENTS):
+        client._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class _Refused(Exception):
