@@ -453,26 +453,35 @@ async def test_without_keepalive_a_call_waits_as_long_as_its_reply_takes() -> No
             assert got[0].result == 1
 
 
+def link_pair(ours: socket.socket) -> tuple[Any, Any]:
+    """The blocking client's link on ``ours`` (its session not greeted), and a
+    wsproto server connection whose frames go to the other end of the pair."""
+    from wsproto import ConnectionType
+    from wsproto.connection import Connection
+
+    from actorq._remote._blocking import _Link
+
+    link = _Link(
+        ours,
+        Connection(ConnectionType.CLIENT),
+        max_message_size=1 << 20,
+        send_timeout=5.0,
+        name="pair",
+    )
+    return link, Connection(ConnectionType.SERVER)
+
+
 def test_pings_are_answered_fragments_joined_and_a_close_read_after_what_came_before() -> None:
     # the blocking link over a socket pair, with wsproto as the server: what
     # the frame hot path does not take (control frames, fragments) goes
     # through wsproto, in order
-    from wsproto import ConnectionType
-    from wsproto.connection import Connection
     from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 
-    from actorq._remote._blocking import _Gone, _Link
+    from actorq._remote._blocking import _Gone
 
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        link = _Link(
-            ours,
-            Connection(ConnectionType.CLIENT),
-            max_message_size=1 << 20,
-            send_timeout=5.0,
-            name="pair",
-        )
-        server = Connection(ConnectionType.SERVER)
+        link, server = link_pair(ours)
         theirs.sendall(
             server.send(Ping(b"are you there"))
             + server.send(TextMessage("hel", message_finished=False))
@@ -501,22 +510,13 @@ def test_a_refusal_and_its_close_in_one_read_is_still_the_refusal() -> None:
     # The server answers a bad hello with an error, then closes (4001). When
     # both arrive in one read, the error is what the caller hears: the close
     # must not end the session before the error before it is read.
-    from wsproto import ConnectionType
-    from wsproto.connection import Connection
     from wsproto.events import CloseConnection, TextMessage
 
-    from actorq._remote._blocking import BlockingQueue, _Link, _Refused
+    from actorq._remote._blocking import BlockingQueue, _Refused
 
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        link = _Link(
-            ours,
-            Connection(ConnectionType.CLIENT),
-            max_message_size=1 << 20,
-            send_timeout=5.0,
-            name="pair",
-        )
-        server = Connection(ConnectionType.SERVER)
+        link, server = link_pair(ours)
         refusal = w.encode(w.error_reply(1, actorq.ProtocolError("invalid token", "unauthorized")))
         theirs.sendall(server.send(TextMessage(refusal)) + server.send(CloseConnection(4001)))
         queue = BlockingQueue(

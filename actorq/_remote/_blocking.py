@@ -126,9 +126,8 @@ class _Link:
         self.closed_with: CloseConnection | None = None
 
     def send(self, text: str) -> None:
-        """Send one message; :class:`OSError` if it did not go (whole or at all)."""
-        self.sock.settimeout(self.send_timeout)  # a server that does not read
-        self.sock.sendall(encode_frame(text, mask=True))
+        """Send one message; :class:`_Gone` if it did not go (whole or at all)."""
+        self._send_raw(encode_frame(text, mask=True))
 
     def close(self, code: int = 1000) -> None:
         try:
@@ -215,7 +214,7 @@ class _Link:
 
     def _send_raw(self, data: bytes) -> None:
         try:
-            self.sock.settimeout(self.send_timeout)
+            self.sock.settimeout(self.send_timeout)  # a server that does not read
             self.sock.sendall(data)
         except OSError as exc:
             raise _Gone(f"the connection was lost: {exc}") from None
@@ -434,11 +433,6 @@ class BlockingQueue:
                     if resend:
                         continue
                     raise QueueClosedError(LOST_MESSAGE) from None
-                except OSError as exc:  # the write failed: a reset, a broken pipe
-                    self._drop(link)
-                    if resend:
-                        continue
-                    raise QueueClosedError(LOST_MESSAGE) from exc
                 except BaseException:
                     # interrupted (KeyboardInterrupt, a timeout signal): the
                     # reply may still come, on a connection nobody reads
@@ -480,10 +474,7 @@ class BlockingQueue:
             if type(event) is ss.Reply:
                 event.waiter.reply = event.message
             elif type(event) is ss.Send:
-                try:
-                    link.send(event.frame)
-                except OSError as exc:
-                    raise _Gone(f"the connection was lost: {exc}") from None
+                link.send(event.frame)
             elif type(event) is ss.Stray:
                 stray = event.message
                 if type(stray) is w.Error:
@@ -537,27 +528,33 @@ class BlockingQueue:
         timeout = self._reconnect_timeout
         give_up = None if timeout is None else time.monotonic() + timeout
         delay = _INITIAL_DELAY
-        failures: list[str] = []
         while True:
-            for _ in range(len(self._urls)):
-                url = self._urls[self._url_index % len(self._urls)]
-                try:
-                    return self._dial(url)
-                except _Refused as exc:
-                    self._closed = True
-                    raise exc.error from None
-                except QueueClosedError as exc:
-                    failures.append(f"{url}: {exc.message}")
-                    self._url_index += 1
-            summary = "cannot connect to the queue server: " + "; ".join(failures)
-            pause = random.uniform(delay / 2, delay)
-            if give_up is None or time.monotonic() + pause <= give_up:
-                log.warning("%s; trying again in %.1f s", summary, pause)
-                time.sleep(pause)
-                delay = min(delay * 2, _MAX_DELAY)
-                failures.clear()
-                continue
-            raise QueueClosedError(summary)
+            try:
+                return self._connect_round()
+            except QueueClosedError as exc:
+                pause = random.uniform(delay / 2, delay)
+                if give_up is not None and time.monotonic() + pause > give_up:
+                    raise
+                log.warning("%s; trying again in %.1f s", exc.message, pause)
+            time.sleep(pause)
+            delay = min(delay * 2, _MAX_DELAY)
+
+    def _connect_round(self) -> _Link:
+        """A connection to the first URL that answers, each tried once from the
+        current one; :class:`QueueClosedError` saying why each failed, or the
+        server's refusal (the client then closes for good)."""
+        failures: list[str] = []
+        for _ in range(len(self._urls)):
+            url = self._urls[self._url_index % len(self._urls)]
+            try:
+                return self._dial(url)
+            except _Refused as exc:
+                self._closed = True
+                raise exc.error from None
+            except QueueClosedError as exc:
+                failures.append(f"{url}: {exc.message}")
+                self._url_index += 1
+        raise QueueClosedError("cannot connect to the queue server: " + "; ".join(failures))
 
     def _dial(self, url: str) -> _Link:
         """A connection to ``url``, greeted; :class:`QueueClosedError` if it cannot
@@ -605,8 +602,6 @@ class BlockingQueue:
                     self._dispatch(link, text)
         except TimeoutError:
             raise QueueClosedError("the server did not answer the hello in time") from None
-        except OSError as exc:
-            raise QueueClosedError(f"the connection was lost: {exc}") from None
         except _Gone as exc:
             if not exc.retryable:  # closed with a code not worth retrying (4001, say)
                 raise _Refused(ProtocolError(exc.message)) from None
@@ -704,15 +699,5 @@ def connect_blocking(
         keepalive_timeout=_check_keepalive(keepalive_timeout),
     )
     # the first connection: each URL once, no waiting (as connect() without retry_on_start)
-    failures: list[str] = []
-    for index, candidate in enumerate(urls):
-        try:
-            queue._link = queue._dial(candidate)
-        except _Refused as exc:
-            raise exc.error from None
-        except QueueClosedError as exc:
-            failures.append(f"{candidate}: {exc.message}")
-            continue
-        queue._url_index = index
-        return queue
-    raise QueueClosedError("cannot connect to the queue server: " + "; ".join(failures))
+    queue._link = queue._connect_round()
+    return queue
